@@ -1,0 +1,1 @@
+//! KV state machine (to be written).

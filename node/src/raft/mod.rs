@@ -1,0 +1,3 @@
+//! Sans-IO Raft core.
+mod types;
+pub use types::*;

@@ -1,0 +1,153 @@
+//! The vocabulary of the Raft core: identifiers, log entries, messages, snapshots and the
+//! `Ready` batch the core hands to its I/O shell.
+//!
+//! These types are the contract between the sans-IO core (`raft::Raft`) and the runtime that
+//! drives it (server event loop, in-memory test cluster, simulator). They are plain data:
+//! serializable, comparable and free of I/O.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = u64;
+pub type Term = u64;
+pub type LogIndex = u64;
+
+/// What must be durable before any message that depends on it is sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub commit: LogIndex,
+}
+
+/// The replica set of one Raft group. Changes are made one server at a time (Raft
+/// dissertation §4.1): a configuration takes effect on a node as soon as the entry carrying it
+/// is appended to that node's log, committed or not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a non-voting member that receives the log (and snapshots) but does not vote.
+    AddLearner(NodeId),
+    /// Turn a learner into a voter.
+    Promote(NodeId),
+    /// Remove a voter or a learner.
+    Remove(NodeId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryPayload {
+    /// Appended by every new leader so that it can commit an entry of its own term.
+    Noop,
+    /// Opaque application command (the KV state machine's encoded request).
+    Command(Vec<u8>),
+    Membership(MembershipChange),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: LogIndex,
+    pub term: Term,
+    pub payload: EntryPayload,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Last log index covered by the snapshot.
+    pub index: LogIndex,
+    pub term: Term,
+    /// The membership in force at `index`.
+    pub membership: Membership,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    /// The application's encoded state machine at `meta.index`.
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub body: MessageBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// Sent with `term` = the candidate's term + 1, without the sender changing its own term.
+    PreVote { last_index: LogIndex, last_term: Term },
+    PreVoteResponse { granted: bool },
+    /// `transfer` is set when the election was started by a leadership transfer (TimeoutNow), so
+    /// receivers must not refuse it because they recently heard from a leader.
+    Vote { last_index: LogIndex, last_term: Term, transfer: bool },
+    VoteResponse { granted: bool },
+    Append { prev_index: LogIndex, prev_term: Term, entries: Vec<Entry>, commit: LogIndex },
+    /// On success `index` is the last index known to match the leader. On rejection the hint
+    /// lets the leader skip back a whole term at a time (fast conflict back-off).
+    AppendResponse { success: bool, index: LogIndex, reject_hint: Option<RejectHint> },
+    /// `read_seq` identifies the ReadIndex round the heartbeat confirms (0: none).
+    Heartbeat { commit: LogIndex, read_seq: u64 },
+    HeartbeatResponse { read_seq: u64 },
+    InstallSnapshot { snapshot: Snapshot },
+    InstallSnapshotResponse { index: LogIndex },
+    /// Leadership transfer: the receiver starts an election at once.
+    TimeoutNow,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectHint {
+    /// The term of the follower's entry at the rejected `prev_index` (None: it has no entry there).
+    pub conflict_term: Option<Term>,
+    /// The first index the follower holds for `conflict_term`, or its last index + 1.
+    pub conflict_index: LogIndex,
+}
+
+/// A linearizable read whose `ctx` was passed to `Raft::read_index`: it may be served from the
+/// state machine once the applied index is >= `index`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadState {
+    pub ctx: u64,
+    pub index: LogIndex,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Everything the core wants done, in the order it must be done:
+/// 1. persist `snapshot` (if any), then `entries` (the store truncates its log from
+///    `entries[0].index` first when that index is not past its last entry), then `hard_state`,
+///    and sync;
+/// 2. only then send `messages`;
+/// 3. apply `committed` in order (after restoring the state machine from `snapshot`, if any);
+/// 4. serve `reads` once applied index >= their index;
+/// 5. call `Raft::advance(ready)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub committed: Vec<Entry>,
+    pub reads: Vec<ReadState>,
+    /// Set when the known leader or this node's role changed since the last Ready.
+    pub soft_state: Option<SoftState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoftState {
+    pub leader: Option<NodeId>,
+    pub role: Role,
+}

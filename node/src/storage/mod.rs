@@ -1,0 +1,3 @@
+//! Persistence.
+mod disk;
+pub use disk::{Disk, DiskFile};
