@@ -7,6 +7,8 @@
 //!   `madsim-tokio`, so the same code runs on real tokio/TCP/files or inside the simulator.
 #![forbid(unsafe_code)]
 
+#[cfg(any(test, madsim))]
+pub mod bugs;
 pub mod raft;
 pub mod kv;
 pub mod storage;

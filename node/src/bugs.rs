@@ -1,0 +1,72 @@
+//! Deliberately planted bugs, compiled only into test and simulation builds.
+//!
+//! The simulator proves its bug-finding power by switching one of these on by name and showing
+//! that a seeded campaign finds it (issue 5). Production builds carry none of this: the module
+//! and every field that refers to it exist only under `cfg(any(test, madsim))`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// One switch per planted bug; all off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Raft: the leader advances commit on a quorum for entries of earlier terms (Figure 8).
+    pub commit_counts_old_terms: bool,
+    /// Raft/storage: a granted vote is not made durable before the VoteResponse is sent.
+    pub vote_not_persisted: bool,
+    /// Server: a follower answers reads from its local state machine without ReadIndex.
+    pub follower_local_reads: bool,
+    /// Server: the leader replies to a client before its own log append is synced.
+    pub ack_before_fsync: bool,
+    /// KV: a retried (client id, seq) is applied again instead of answered from the session.
+    pub no_retry_dedup: bool,
+    /// KV: snapshots omit the session table, so dedup is lost after restore.
+    pub snapshot_drops_sessions: bool,
+}
+
+impl PlantedBugs {
+    pub const NAMES: [&'static str; 6] = [
+        "commit-counts-old-terms",
+        "vote-not-persisted",
+        "follower-local-reads",
+        "ack-before-fsync",
+        "no-retry-dedup",
+        "snapshot-drops-sessions",
+    ];
+
+    pub fn any(&self) -> bool {
+        *self != PlantedBugs::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownBug(pub String);
+
+impl fmt::Display for UnknownBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown planted bug {:?}; known: {}", self.0, PlantedBugs::NAMES.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownBug {}
+
+impl FromStr for PlantedBugs {
+    type Err = UnknownBug;
+
+    /// Parses a comma-separated list of bug names (empty: none).
+    fn from_str(names: &str) -> Result<Self, Self::Err> {
+        let mut bugs = PlantedBugs::default();
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "commit-counts-old-terms" => bugs.commit_counts_old_terms = true,
+                "vote-not-persisted" => bugs.vote_not_persisted = true,
+                "follower-local-reads" => bugs.follower_local_reads = true,
+                "ack-before-fsync" => bugs.ack_before_fsync = true,
+                "no-retry-dedup" => bugs.no_retry_dedup = true,
+                "snapshot-drops-sessions" => bugs.snapshot_drops_sessions = true,
+                other => return Err(UnknownBug(other.to_string())),
+            }
+        }
+        Ok(bugs)
+    }
+}
