@@ -186,6 +186,11 @@ impl History {
         self.ops.is_empty()
     }
 
+    /// The time of the latest event (0 for an empty history).
+    pub fn last_time_ns(&self) -> u64 {
+        self.last_ns
+    }
+
     fn stamp(&mut self, time_ns: u64) -> Result<u64, HistoryError> {
         if time_ns < self.last_ns {
             return Err(HistoryError::TimeWentBackwards { time_ns, last_ns: self.last_ns });
