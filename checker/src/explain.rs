@@ -106,15 +106,19 @@ pub fn explain(history: &History, violation: &Violation, options: &CheckOptions)
     let failing = ops[failing_index];
     let failing_prefix = prefix(&ops, &events, hi);
     let (rejected, tried) = match control.search(&failing_prefix, initial, Some(failing.id)) {
-        SearchResult::Violation { focus_states, focus_tried } => (focus_states, focus_tried),
+        SearchResult::Violation { mut focus_states, focus_tried } => {
+            focus_states.sort_unstable();
+            (focus_states, focus_tried)
+        }
         _ => (Vec::new(), false),
     };
     let prefix_ops = prefix(&ops, &events, lo).iter().map(|o| o.id).collect();
+    let why = reason(history, failing, &rejected, tried, &failing_prefix, &ops, initial);
     let (minimal, one_minimal) = shrink(&control, failing_prefix, failing.id, initial);
     Some(Explanation {
         key: violation.key.clone(),
         failing_op: failing.id,
-        reason: reason(history, failing, &rejected, tried),
+        reason: why,
         rejected_states: rejected,
         prefix_events: lo,
         prefix_ops,
@@ -127,8 +131,32 @@ fn show_state(state: RegisterState) -> String {
     state.map_or_else(|| "absent".to_string(), |v| v.to_string())
 }
 
-fn reason(history: &History, failing: KeyOp, rejected: &[RegisterState], tried: bool) -> String {
+fn reason(
+    history: &History,
+    failing: KeyOp,
+    rejected: &[RegisterState],
+    tried: bool,
+    failing_prefix: &[KeyOp],
+    all: &[KeyOp],
+    initial: RegisterState,
+) -> String {
     let what = history.op(failing.id).map_or_else(|| failing.id.to_string(), describe);
+    let observed = match failing.step {
+        Step::Read(v) => Some(v),
+        Step::Cas { expected, .. } => Some(Some(expected)),
+        _ => None,
+    };
+    if let Some(v) = observed.filter(|v| !produced(failing_prefix, initial).contains(v)) {
+        let later = all.iter().find(|o| o.step.produces_state() == Some(v)).map_or(String::new(), |o| {
+            let writer = history.op(o.id).map_or_else(|| o.id.to_string(), describe);
+            format!(" ({writer} was invoked only after it completed)")
+        });
+        return format!(
+            "{what} cannot be placed: it observes {} but no op that could produce it (other than failed ones) \
+             was invoked before it completed{later}",
+            show_state(v)
+        );
+    }
     let needs = match failing.step {
         Step::Read(v) => format!("a read returning {} needs the register to hold {}", show_state(v), show_state(v)),
         Step::Cas { expected, .. } => format!("a successful cas needs the register to hold {expected}"),
@@ -158,6 +186,7 @@ pub const MAX_SHRINK_PROBES: usize = 5_000;
 fn shrink(control: &CheckControl, mut ops: Vec<KeyOp>, keep: OpId, initial: RegisterState) -> (Vec<KeyOp>, bool) {
     let mut chunk = ops.len().div_ceil(2).max(1);
     let mut probes = 0usize;
+    let unsupported_from_start = unsupported(&ops, initial);
     loop {
         let mut removed_any = false;
         let mut start = 0;
@@ -167,7 +196,7 @@ fn shrink(control: &CheckControl, mut ops: Vec<KeyOp>, keep: OpId, initial: Regi
             }
             let end = (start + chunk).min(ops.len());
             let candidate: Vec<KeyOp> = ops[..start].iter().chain(&ops[end..]).copied().collect();
-            let allowed = candidate.iter().any(|o| o.id == keep) && supported(&candidate, initial);
+            let allowed = candidate.iter().any(|o| o.id == keep) && supported(&candidate, initial, &unsupported_from_start);
             if allowed {
                 probes += 1;
                 match probe(control, &candidate, initial) {
@@ -193,8 +222,20 @@ fn shrink(control: &CheckControl, mut ops: Vec<KeyOp>, keep: OpId, initial: Regi
 
 /// Every value an op observes is produced by some op of the candidate (or is the initial
 /// state), so a shrunk history never "fails" merely by reading a value nobody wrote.
-fn supported(ops: &[KeyOp], initial: RegisterState) -> bool {
-    let produced: HashSet<RegisterState> = ops
+fn supported(ops: &[KeyOp], initial: RegisterState, unsupported_from_start: &HashSet<RegisterState>) -> bool {
+    let produced = produced(ops, initial);
+    ops.iter().all(|o| match o.step {
+        Step::Read(v) => produced.contains(&v) || unsupported_from_start.contains(&v),
+        Step::Cas { expected, .. } => {
+            produced.contains(&Some(expected)) || unsupported_from_start.contains(&Some(expected))
+        }
+        _ => true,
+    })
+}
+
+/// States some op of `ops` can leave behind, and the initial state.
+fn produced(ops: &[KeyOp], initial: RegisterState) -> HashSet<RegisterState> {
+    ops
         .iter()
         .filter_map(|o| match o.step {
             Step::Write(v) | Step::Cas { new: v, .. } => Some(Some(v)),
@@ -202,12 +243,20 @@ fn supported(ops: &[KeyOp], initial: RegisterState) -> bool {
             _ => None,
         })
         .chain(std::iter::once(initial))
-        .collect();
-    ops.iter().all(|o| match o.step {
-        Step::Read(v) => produced.contains(&v),
-        Step::Cas { expected, .. } => produced.contains(&Some(expected)),
-        _ => true,
-    })
+        .collect()
+}
+
+/// Values observed by ops of `ops` that no op of `ops` produces.
+fn unsupported(ops: &[KeyOp], initial: RegisterState) -> HashSet<RegisterState> {
+    let produced = produced(ops, initial);
+    ops.iter()
+        .filter_map(|o| match o.step {
+            Step::Read(v) => Some(v),
+            Step::Cas { expected, .. } => Some(Some(expected)),
+            _ => None,
+        })
+        .filter(|v| !produced.contains(v))
+        .collect()
 }
 
 /// "process 3: read -> 5 (ok)", for reports.

@@ -48,6 +48,10 @@ impl Step {
     }
 
     /// The state this step leaves behind, if it does not depend on the state.
+    pub fn produces_state(self) -> Option<RegisterState> {
+        self.produces()
+    }
+
     fn produces(self) -> Option<RegisterState> {
         match self {
             Step::Write(v) | Step::Cas { new: v, .. } => Some(Some(v)),
