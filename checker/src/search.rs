@@ -593,6 +593,35 @@ mod tests {
         assert!(matches!(run(&ops), SearchResult::Violation { .. }));
     }
 
+    /// Distinct unknown writes, each observed by a long read, and a read of a value nobody
+    /// wrote: the search space is exponential, so a small budget must give up, not guess.
+    #[test]
+    fn exhausted_budget_gives_up() {
+        let mut ops = Vec::new();
+        for i in 0..14u32 {
+            ops.push(op(2 * i, u64::from(i), None, Step::Write(i64::from(i))));
+            ops.push(op(2 * i + 1, u64::from(i), Some(1_000 + u64::from(i)), Step::Read(Some(i64::from(i)))));
+        }
+        ops.push(op(100, 500, Some(2_000), Step::Read(Some(999))));
+        let memory = AtomicUsize::new(0);
+        let cancel = AtomicBool::new(false);
+        let mut control = SearchControl {
+            deadline: None,
+            max_steps: None,
+            max_memory_bytes: 4 << 20,
+            memory_used_bytes: &memory,
+            cancel: &cancel,
+        };
+        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::MemoryLimit));
+        assert_eq!(memory.load(Ordering::Relaxed), 0);
+        control.max_memory_bytes = usize::MAX;
+        control.max_steps = Some(100_000);
+        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::StepLimit));
+        cancel.store(true, Ordering::Relaxed);
+        control.max_steps = None;
+        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::Cancelled));
+    }
+
     #[test]
     fn pruning_keeps_observed_and_drops_unobservable_unknowns() {
         let mut ops = vec![
