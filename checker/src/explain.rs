@@ -82,7 +82,11 @@ fn probe(control: &CheckControl, ops: &[KeyOp], initial: RegisterState) -> Probe
 
 /// Explains a violation found by `check_kv`. `None` when the key's history turns out
 /// linearizable or the budget runs out before the failing op is found.
-pub fn explain(history: &History, violation: &Violation, options: &CheckOptions) -> Option<Explanation> {
+pub fn explain(
+    history: &History,
+    violation: &Violation,
+    options: &CheckOptions,
+) -> Option<Explanation> {
     let control = CheckControl::new(&options.budget);
     let initial = options.initial_value;
     let ops = compile_key(history, &violation.key);
@@ -102,18 +106,32 @@ pub fn explain(history: &History, violation: &Violation, options: &CheckOptions)
         }
     }
     let (_, failing_index, is_completion) = events[hi - 1];
-    assert!(is_completion, "adding an invocation cannot make a history non-linearizable");
+    assert!(
+        is_completion,
+        "adding an invocation cannot make a history non-linearizable"
+    );
     let failing = ops[failing_index];
     let failing_prefix = prefix(&ops, &events, hi);
     let (rejected, tried) = match control.search(&failing_prefix, initial, Some(failing.id)) {
-        SearchResult::Violation { mut focus_states, focus_tried } => {
+        SearchResult::Violation {
+            mut focus_states,
+            focus_tried,
+        } => {
             focus_states.sort_unstable();
             (focus_states, focus_tried)
         }
         _ => (Vec::new(), false),
     };
     let prefix_ops = prefix(&ops, &events, lo).iter().map(|o| o.id).collect();
-    let why = reason(history, failing, &rejected, tried, &failing_prefix, &ops, initial);
+    let why = reason(
+        history,
+        failing,
+        &rejected,
+        tried,
+        &failing_prefix,
+        &ops,
+        initial,
+    );
     let (minimal, one_minimal) = shrink(&control, failing_prefix, failing.id, initial);
     Some(Explanation {
         key: violation.key.clone(),
@@ -140,17 +158,22 @@ fn reason(
     all: &[KeyOp],
     initial: RegisterState,
 ) -> String {
-    let what = history.op(failing.id).map_or_else(|| failing.id.to_string(), describe);
+    let what = history
+        .op(failing.id)
+        .map_or_else(|| failing.id.to_string(), describe);
     let observed = match failing.step {
         Step::Read(v) => Some(v),
         Step::Cas { expected, .. } => Some(Some(expected)),
         _ => None,
     };
     if let Some(v) = observed.filter(|v| !produced(failing_prefix, initial).contains(v)) {
-        let later = all.iter().find(|o| o.step.produces_state() == Some(v)).map_or(String::new(), |o| {
-            let writer = history.op(o.id).map_or_else(|| o.id.to_string(), describe);
-            format!(" ({writer} was invoked only after it completed)")
-        });
+        let later = all
+            .iter()
+            .find(|o| o.step.produces_state() == Some(v))
+            .map_or(String::new(), |o| {
+                let writer = history.op(o.id).map_or_else(|| o.id.to_string(), describe);
+                format!(" ({writer} was invoked only after it completed)")
+            });
         return format!(
             "{what} cannot be placed: it observes {} but no op that could produce it (other than failed ones) \
              was invoked before it completed{later}",
@@ -158,9 +181,17 @@ fn reason(
         );
     }
     let needs = match failing.step {
-        Step::Read(v) => format!("a read returning {} needs the register to hold {}", show_state(v), show_state(v)),
-        Step::Cas { expected, .. } => format!("a successful cas needs the register to hold {expected}"),
-        Step::CasMismatch { expected } => format!("a failed cas needs the register not to hold {expected}"),
+        Step::Read(v) => format!(
+            "a read returning {} needs the register to hold {}",
+            show_state(v),
+            show_state(v)
+        ),
+        Step::Cas { expected, .. } => {
+            format!("a successful cas needs the register to hold {expected}")
+        }
+        Step::CasMismatch { expected } => {
+            format!("a failed cas needs the register not to hold {expected}")
+        }
         Step::Write(_) | Step::Delete => String::new(),
     };
     if tried && !rejected.is_empty() {
@@ -183,7 +214,12 @@ fn reason(
 pub const MAX_SHRINK_PROBES: usize = 5_000;
 
 /// Shrinks a failing sub-history; returns it and whether it is 1-minimal.
-fn shrink(control: &CheckControl, mut ops: Vec<KeyOp>, keep: OpId, initial: RegisterState) -> (Vec<KeyOp>, bool) {
+fn shrink(
+    control: &CheckControl,
+    mut ops: Vec<KeyOp>,
+    keep: OpId,
+    initial: RegisterState,
+) -> (Vec<KeyOp>, bool) {
     let mut chunk = ops.len().div_ceil(2).max(1);
     let mut probes = 0usize;
     let unsupported_from_start = unsupported(&ops, initial);
@@ -196,7 +232,8 @@ fn shrink(control: &CheckControl, mut ops: Vec<KeyOp>, keep: OpId, initial: Regi
             }
             let end = (start + chunk).min(ops.len());
             let candidate: Vec<KeyOp> = ops[..start].iter().chain(&ops[end..]).copied().collect();
-            let allowed = candidate.iter().any(|o| o.id == keep) && supported(&candidate, initial, &unsupported_from_start);
+            let allowed = candidate.iter().any(|o| o.id == keep)
+                && supported(&candidate, initial, &unsupported_from_start);
             if allowed {
                 probes += 1;
                 match probe(control, &candidate, initial) {
@@ -222,7 +259,11 @@ fn shrink(control: &CheckControl, mut ops: Vec<KeyOp>, keep: OpId, initial: Regi
 
 /// Every value an op observes is produced by some op of the candidate (or is the initial
 /// state), so a shrunk history never "fails" merely by reading a value nobody wrote.
-fn supported(ops: &[KeyOp], initial: RegisterState, unsupported_from_start: &HashSet<RegisterState>) -> bool {
+fn supported(
+    ops: &[KeyOp],
+    initial: RegisterState,
+    unsupported_from_start: &HashSet<RegisterState>,
+) -> bool {
     let produced = produced(ops, initial);
     ops.iter().all(|o| match o.step {
         Step::Read(v) => produced.contains(&v) || unsupported_from_start.contains(&v),
@@ -235,8 +276,7 @@ fn supported(ops: &[KeyOp], initial: RegisterState, unsupported_from_start: &Has
 
 /// States some op of `ops` can leave behind, and the initial state.
 fn produced(ops: &[KeyOp], initial: RegisterState) -> HashSet<RegisterState> {
-    ops
-        .iter()
+    ops.iter()
         .filter_map(|o| match o.step {
             Step::Write(v) | Step::Cas { new: v, .. } => Some(Some(v)),
             Step::Delete => Some(None),
@@ -273,5 +313,8 @@ pub fn describe(record: &crate::history::OpRecord) -> String {
         Op::Read => "read".to_string(),
         other => other.to_string(),
     };
-    format!("op {} by process {}: {what}{result}", record.id, record.process)
+    format!(
+        "op {} by process {}: {what}{result}",
+        record.id, record.process
+    )
 }

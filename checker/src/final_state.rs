@@ -19,22 +19,41 @@ pub const FINAL_READ_PROCESS: u64 = u64::MAX;
 pub enum FinalStateVerdict {
     Ok,
     /// Replicas disagree on `key`: each replica's value (`None`: absent).
-    Diverged { key: String, values: Vec<(String, Option<i64>)> },
+    Diverged {
+        key: String,
+        values: Vec<(String, Option<i64>)>,
+    },
     /// The agreed state is not reachable by the history (e.g. a lost acknowledged write).
-    Inconsistent { key: String },
-    Unknown { reason: String },
+    Inconsistent {
+        key: String,
+    },
+    Unknown {
+        reason: String,
+    },
 }
 
 /// Checks `replicas` (name, state) against each other and against `history`.
-pub fn check_final_state(history: &History, replicas: &[(String, ReplicaState)], options: &CheckOptions) -> FinalStateVerdict {
+pub fn check_final_state(
+    history: &History,
+    replicas: &[(String, ReplicaState)],
+    options: &CheckOptions,
+) -> FinalStateVerdict {
     let Some((_, first)) = replicas.first() else {
-        return FinalStateVerdict::Unknown { reason: "no replica states given".into() };
+        return FinalStateVerdict::Unknown {
+            reason: "no replica states given".into(),
+        };
     };
     let keys: BTreeSet<&String> = replicas.iter().flat_map(|(_, s)| s.keys()).collect();
     for key in &keys {
-        let values: Vec<(String, Option<i64>)> = replicas.iter().map(|(n, s)| (n.clone(), s.get(*key).copied())).collect();
+        let values: Vec<(String, Option<i64>)> = replicas
+            .iter()
+            .map(|(n, s)| (n.clone(), s.get(*key).copied()))
+            .collect();
         if values.iter().any(|(_, v)| *v != values[0].1) {
-            return FinalStateVerdict::Diverged { key: (*key).clone(), values };
+            return FinalStateVerdict::Diverged {
+                key: (*key).clone(),
+                values,
+            };
         }
     }
     let mut extended = history.clone();
@@ -45,12 +64,18 @@ pub fn check_final_state(history: &History, replicas: &[(String, ReplicaState)],
     for key in &all_keys {
         match extended.invoke(time_ns, FINAL_READ_PROCESS, key.clone(), Op::Read) {
             Ok(id) => reads.push((id, first.get(key).copied())),
-            Err(e) => return FinalStateVerdict::Unknown { reason: e.to_string() },
+            Err(e) => {
+                return FinalStateVerdict::Unknown {
+                    reason: e.to_string(),
+                }
+            }
         }
     }
     for (id, value) in reads {
         if let Err(e) = extended.complete(time_ns, id, Outcome::Ok(OkValue::Read(value))) {
-            return FinalStateVerdict::Unknown { reason: e.to_string() };
+            return FinalStateVerdict::Unknown {
+                reason: e.to_string(),
+            };
         }
     }
     match check_kv(&extended, options) {
@@ -82,20 +107,40 @@ mod tests {
     #[test]
     fn agreed_state_with_latest_writes_passes() {
         let opts = CheckOptions::default();
-        let replicas = vec![("a".to_string(), state(&[("x", 2)])), ("b".to_string(), state(&[("x", 2)]))];
-        assert_eq!(check_final_state(&history(), &replicas, &opts), FinalStateVerdict::Ok);
+        let replicas = vec![
+            ("a".to_string(), state(&[("x", 2)])),
+            ("b".to_string(), state(&[("x", 2)])),
+        ];
+        assert_eq!(
+            check_final_state(&history(), &replicas, &opts),
+            FinalStateVerdict::Ok
+        );
         let replicas = vec![("a".to_string(), state(&[("x", 2), ("y", 7)]))];
-        assert_eq!(check_final_state(&history(), &replicas, &opts), FinalStateVerdict::Ok);
+        assert_eq!(
+            check_final_state(&history(), &replicas, &opts),
+            FinalStateVerdict::Ok
+        );
     }
 
     #[test]
     fn divergence_and_lost_writes_fail() {
         let opts = CheckOptions::default();
-        let replicas = vec![("a".to_string(), state(&[("x", 2)])), ("b".to_string(), state(&[("x", 1)]))];
-        assert!(matches!(check_final_state(&history(), &replicas, &opts), FinalStateVerdict::Diverged { key, .. } if key == "x"));
+        let replicas = vec![
+            ("a".to_string(), state(&[("x", 2)])),
+            ("b".to_string(), state(&[("x", 1)])),
+        ];
+        assert!(
+            matches!(check_final_state(&history(), &replicas, &opts), FinalStateVerdict::Diverged { key, .. } if key == "x")
+        );
         let replicas = vec![("a".to_string(), state(&[("x", 1)]))];
-        assert_eq!(check_final_state(&history(), &replicas, &opts), FinalStateVerdict::Inconsistent { key: "x".into() });
+        assert_eq!(
+            check_final_state(&history(), &replicas, &opts),
+            FinalStateVerdict::Inconsistent { key: "x".into() }
+        );
         let replicas = vec![("a".to_string(), state(&[]))];
-        assert_eq!(check_final_state(&history(), &replicas, &opts), FinalStateVerdict::Inconsistent { key: "x".into() });
+        assert_eq!(
+            check_final_state(&history(), &replicas, &opts),
+            FinalStateVerdict::Inconsistent { key: "x".into() }
+        );
     }
 }

@@ -56,20 +56,40 @@ pub fn html_document(title: &str, sections: &[String]) -> String {
 }
 
 /// The report for one history as a complete HTML document.
-pub fn render_html(title: &str, history: &History, verdict: &Verdict, explanation: Option<&Explanation>) -> String {
+pub fn render_html(
+    title: &str,
+    history: &History,
+    verdict: &Verdict,
+    explanation: Option<&Explanation>,
+) -> String {
     html_document(title, &[html_section(title, history, verdict, explanation)])
 }
 
 /// The report for one history, to embed in `html_document`.
-pub fn html_section(name: &str, history: &History, verdict: &Verdict, explanation: Option<&Explanation>) -> String {
+pub fn html_section(
+    name: &str,
+    history: &History,
+    verdict: &Verdict,
+    explanation: Option<&Explanation>,
+) -> String {
     let mut out = String::new();
     let (class, text) = match verdict {
         Verdict::Linearizable => ("ok", "linearizable".to_string()),
         Verdict::NotLinearizable(v) => ("bad", format!("NOT linearizable (key {})", v.key)),
         Verdict::Unknown { reason } => ("unknown", format!("unknown ({reason})")),
     };
-    let _ = write!(out, "<h2>{}: <span class=\"{class}\">{}</span></h2>\n", escape(name), escape(&text));
-    let _ = writeln!(out, "<p>{} operations, {} keys.</p>", history.len(), history.keys().len());
+    let _ = writeln!(
+        out,
+        "<h2>{}: <span class=\"{class}\">{}</span></h2>",
+        escape(name),
+        escape(&text)
+    );
+    let _ = writeln!(
+        out,
+        "<p>{} operations, {} keys.</p>",
+        history.len(),
+        history.keys().len()
+    );
     match explanation {
         Some(e) => explanation_section(&mut out, history, e),
         None => {
@@ -97,13 +117,24 @@ fn explanation_section(out: &mut String, history: &History, e: &Explanation) {
         out,
         "<h3>Minimal failing sub-history ({} ops{})</h3>",
         minimal.len(),
-        if e.minimal_is_one_minimal { "" } else { ", shrinking stopped at the budget" }
+        if e.minimal_is_one_minimal {
+            ""
+        } else {
+            ", shrinking stopped at the budget"
+        }
     );
     out.push_str("<table><tr><th>op</th><th>process</th><th>operation</th><th>invoked</th><th>completed</th></tr>\n");
     for id in &e.minimal_ops {
         if let Some(r) = history.op(*id) {
-            let completed = r.completion.as_ref().map_or("never".to_string(), |c| c.time_ns.to_string());
-            let style = if *id == e.failing_op { " style=\"background:#ef9a9a\"" } else { "" };
+            let completed = r
+                .completion
+                .as_ref()
+                .map_or("never".to_string(), |c| c.time_ns.to_string());
+            let style = if *id == e.failing_op {
+                " style=\"background:#ef9a9a\""
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "<tr{style}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -116,17 +147,32 @@ fn explanation_section(out: &mut String, history: &History, e: &Explanation) {
         }
     }
     out.push_str("</table>\n");
-    let minimal_records: Vec<&OpRecord> = e.minimal_ops.iter().filter_map(|id| history.op(*id)).collect();
+    let minimal_records: Vec<&OpRecord> = e
+        .minimal_ops
+        .iter()
+        .filter_map(|id| history.op(*id))
+        .collect();
     timeline(out, &minimal_records, Some(e.failing_op), &minimal);
-    let failing_seq = history.op(e.failing_op).and_then(|r| r.completion.as_ref()).map_or(u64::MAX, |c| c.seq);
-    let key_ops: Vec<&OpRecord> = history.ops().iter().filter(|r| r.key == e.key && r.invoke_seq <= failing_seq).collect();
+    let failing_seq = history
+        .op(e.failing_op)
+        .and_then(|r| r.completion.as_ref())
+        .map_or(u64::MAX, |c| c.seq);
+    let key_ops: Vec<&OpRecord> = history
+        .ops()
+        .iter()
+        .filter(|r| r.key == e.key && r.invoke_seq <= failing_seq)
+        .collect();
     let skip = key_ops.len().saturating_sub(MAX_TIMELINE_OPS);
     let _ = writeln!(
         out,
         "<h3>Key {} up to the failure ({} ops{})</h3>",
         escape(&e.key),
         key_ops.len() - skip,
-        if skip > 0 { format!(", the last {MAX_TIMELINE_OPS}") } else { String::new() }
+        if skip > 0 {
+            format!(", the last {MAX_TIMELINE_OPS}")
+        } else {
+            String::new()
+        }
     );
     timeline(out, &key_ops[skip..], Some(e.failing_op), &minimal);
 }
@@ -160,8 +206,14 @@ fn timeline(out: &mut String, ops: &[&OpRecord], failing: Option<OpId>, minimal:
     seqs.sort_unstable();
     seqs.dedup();
     let rank: HashMap<u64, usize> = seqs.iter().enumerate().map(|(i, s)| (*s, i)).collect();
-    let lanes: BTreeMap<u64, usize> =
-        ops.iter().map(|r| r.process).collect::<BTreeSet<_>>().into_iter().enumerate().map(|(i, p)| (p, i)).collect();
+    let lanes: BTreeMap<u64, usize> = ops
+        .iter()
+        .map(|r| r.process)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (p, i))
+        .collect();
     let step = (1400 / seqs.len().max(1)).clamp(8, 60) as f64;
     let (left, lane_height) = (90.0, 30.0);
     let width = left + step * (seqs.len() + 2) as f64;
@@ -184,7 +236,9 @@ fn timeline(out: &mut String, ops: &[&OpRecord], failing: Option<OpId>, minimal:
         let lane = lanes.get(&r.process).copied().unwrap_or(0) as f64;
         let x0 = left + step * rank.get(&r.invoke_seq).copied().unwrap_or(0) as f64;
         let x1 = match &r.completion {
-            Some(c) if !matches!(c.outcome, Outcome::Info) => left + step * rank.get(&c.seq).copied().unwrap_or(0) as f64,
+            Some(c) if !matches!(c.outcome, Outcome::Info) => {
+                left + step * rank.get(&c.seq).copied().unwrap_or(0) as f64
+            }
             _ => width - 4.0,
         };
         let (fill, mut stroke, dash) = match r.outcome() {

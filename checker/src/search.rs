@@ -28,9 +28,14 @@ pub enum Step {
     Read(RegisterState),
     Write(i64),
     /// A cas that took effect (ok) or may have (info).
-    Cas { expected: i64, new: i64 },
+    Cas {
+        expected: i64,
+        new: i64,
+    },
     /// An ok cas that definitely did not take effect: the state was not `Some(expected)`.
-    CasMismatch { expected: i64 },
+    CasMismatch {
+        expected: i64,
+    },
     Delete,
 }
 
@@ -103,7 +108,10 @@ pub enum SearchResult {
     Linearizable,
     /// No linearization exists. `focus_states`: distinct states in which the focus op (if any)
     /// was tried and could not be applied (at most `MAX_FOCUS_STATES`).
-    Violation { focus_states: Vec<RegisterState>, focus_tried: bool },
+    Violation {
+        focus_states: Vec<RegisterState>,
+        focus_tried: bool,
+    },
     GaveUp(GaveUp),
 }
 
@@ -120,7 +128,9 @@ const CONTROL_INTERVAL_STEPS: u64 = 4096;
 ///   before anyone looks.
 pub fn prune_unknown(ops: &mut Vec<KeyOp>, initial: RegisterState) {
     use std::collections::HashSet;
-    let has_mismatch = ops.iter().any(|o| matches!(o.step, Step::CasMismatch { .. }));
+    let has_mismatch = ops
+        .iter()
+        .any(|o| matches!(o.step, Step::CasMismatch { .. }));
     loop {
         let before = ops.len();
         let mut producible: HashSet<RegisterState> = HashSet::new();
@@ -263,11 +273,19 @@ struct Memo {
 
 impl Memo {
     fn new(words: usize) -> Memo {
-        Memo { words, bits: Vec::new(), states: Vec::new(), slots: vec![(0, 0); 1024], len: 0 }
+        Memo {
+            words,
+            bits: Vec::new(),
+            states: Vec::new(),
+            slots: vec![(0, 0); 1024],
+            len: 0,
+        }
     }
 
     fn bytes_per_entry(&self) -> usize {
-        self.words * 8 + std::mem::size_of::<RegisterState>() + 2 * std::mem::size_of::<(u64, u32)>()
+        self.words * 8
+            + std::mem::size_of::<RegisterState>()
+            + 2 * std::mem::size_of::<(u64, u32)>()
     }
 
     /// Inserts; false when already present.
@@ -281,7 +299,9 @@ impl Memo {
             }
             if h == hash {
                 let e = (entry - 1) as usize;
-                if self.states[e] == state && &self.bits[e * self.words..(e + 1) * self.words] == bits {
+                if self.states[e] == state
+                    && &self.bits[e * self.words..(e + 1) * self.words] == bits
+                {
                     return false;
                 }
             }
@@ -324,7 +344,9 @@ pub fn search(
     ops.sort_by_key(|o| o.call);
     let mut searcher = Searcher::new(&ops, initial, focus);
     let result = searcher.run(control);
-    control.memory_used_bytes.fetch_sub(searcher.memory_charged_bytes, Ordering::Relaxed);
+    control
+        .memory_used_bytes
+        .fetch_sub(searcher.memory_charged_bytes, Ordering::Relaxed);
     result
 }
 
@@ -359,7 +381,9 @@ impl<'o> Searcher<'o> {
             ops,
             list: EventList::new(ops),
             same_before,
-            zobrist: (0..ops.len() as u64).map(|i| mix(i.wrapping_mul(0x2545_F491_4F6C_DD1D))).collect(),
+            zobrist: (0..ops.len() as u64)
+                .map(|i| mix(i.wrapping_mul(0x2545_F491_4F6C_DD1D)))
+                .collect(),
             bits: vec![0; words],
             memo: Memo::new(words),
             state: initial,
@@ -391,14 +415,19 @@ impl<'o> Searcher<'o> {
         let bytes = self.memo.len * self.memo.bytes_per_entry() + self.memo.slots.len() * 12;
         let delta = bytes.saturating_sub(self.memory_charged_bytes);
         self.memory_charged_bytes = bytes.max(self.memory_charged_bytes);
-        let total = control.memory_used_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
+        let total = control
+            .memory_used_bytes
+            .fetch_add(delta, Ordering::Relaxed)
+            + delta;
         (total > control.max_memory_bytes).then_some(GaveUp::MemoryLimit)
     }
 
     fn note_focus(&mut self, op: usize) {
         if Some(op) == self.focus {
             self.focus_tried = true;
-            if self.focus_states.len() < MAX_FOCUS_STATES && !self.focus_states.contains(&self.state) {
+            if self.focus_states.len() < MAX_FOCUS_STATES
+                && !self.focus_states.contains(&self.state)
+            {
                 self.focus_states.push(self.state);
             }
         }
@@ -416,7 +445,7 @@ impl<'o> Searcher<'o> {
         let mut steps = 0u64;
         loop {
             steps += 1;
-            if steps % CONTROL_INTERVAL_STEPS == 0 {
+            if steps.is_multiple_of(CONTROL_INTERVAL_STEPS) {
                 if let Some(reason) = self.control(control, steps) {
                     return SearchResult::GaveUp(reason);
                 }
@@ -425,7 +454,8 @@ impl<'o> Searcher<'o> {
             if !dead_end {
                 let op = self.list.node_op[entry as usize] as usize;
                 let o = self.ops[op];
-                let blocked = self.same_before[op] != NONE && !self.is_set(self.same_before[op] as usize);
+                let blocked =
+                    self.same_before[op] != NONE && !self.is_set(self.same_before[op] as usize);
                 match o.step.apply(self.state).filter(|_| !blocked) {
                     None => {
                         if !blocked {
@@ -437,7 +467,11 @@ impl<'o> Searcher<'o> {
                     Some(next_state) => {
                         self.flip(op);
                         let next_hash = hash ^ self.zobrist[op];
-                        if self.memo.insert(next_hash ^ state_hash(next_state), &self.bits, next_state) {
+                        if self.memo.insert(
+                            next_hash ^ state_hash(next_state),
+                            &self.bits,
+                            next_state,
+                        ) {
                             stack.push((op, self.state, hash));
                             hash = next_hash;
                             self.state = next_state;
@@ -502,25 +536,43 @@ mod tests {
             cancel: &cancel,
         };
         let result = search(ops, None, &control, None);
-        assert_eq!(memory.load(Ordering::Relaxed), 0, "memory accounting must return to zero");
+        assert_eq!(
+            memory.load(Ordering::Relaxed),
+            0,
+            "memory accounting must return to zero"
+        );
         result
     }
 
     fn op(id: u32, call: u64, ret: Option<u64>, step: Step) -> KeyOp {
-        KeyOp { id: OpId(id), call, ret, step }
+        KeyOp {
+            id: OpId(id),
+            call,
+            ret,
+            step,
+        }
     }
 
     #[test]
     fn concurrent_write_and_read_either_order() {
-        let ops = [op(0, 0, Some(3), Step::Write(1)), op(1, 1, Some(2), Step::Read(Some(1)))];
+        let ops = [
+            op(0, 0, Some(3), Step::Write(1)),
+            op(1, 1, Some(2), Step::Read(Some(1))),
+        ];
         assert_eq!(run(&ops), SearchResult::Linearizable);
-        let ops = [op(0, 0, Some(3), Step::Write(1)), op(1, 1, Some(2), Step::Read(None))];
+        let ops = [
+            op(0, 0, Some(3), Step::Write(1)),
+            op(1, 1, Some(2), Step::Read(None)),
+        ];
         assert_eq!(run(&ops), SearchResult::Linearizable);
     }
 
     #[test]
     fn read_before_write_invocation_is_rejected() {
-        let ops = [op(0, 2, Some(3), Step::Write(1)), op(1, 0, Some(1), Step::Read(Some(1)))];
+        let ops = [
+            op(0, 2, Some(3), Step::Write(1)),
+            op(1, 0, Some(1), Step::Read(Some(1))),
+        ];
         assert!(matches!(run(&ops), SearchResult::Violation { .. }));
     }
 
@@ -541,12 +593,49 @@ mod tests {
         assert!(matches!(run(&ops), SearchResult::Violation { .. }));
     }
 
+    /// Distinct unknown writes, each observed by a long read, and a read of a value nobody
+    /// wrote: the search space is exponential, so a small budget must give up, not guess.
+    #[test]
+    fn exhausted_budget_gives_up() {
+        let mut ops = Vec::new();
+        for i in 0..14u32 {
+            ops.push(op(2 * i, u64::from(i), None, Step::Write(i64::from(i))));
+            ops.push(op(2 * i + 1, u64::from(i), Some(1_000 + u64::from(i)), Step::Read(Some(i64::from(i)))));
+        }
+        ops.push(op(100, 500, Some(2_000), Step::Read(Some(999))));
+        let memory = AtomicUsize::new(0);
+        let cancel = AtomicBool::new(false);
+        let mut control = SearchControl {
+            deadline: None,
+            max_steps: None,
+            max_memory_bytes: 4 << 20,
+            memory_used_bytes: &memory,
+            cancel: &cancel,
+        };
+        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::MemoryLimit));
+        assert_eq!(memory.load(Ordering::Relaxed), 0);
+        control.max_memory_bytes = usize::MAX;
+        control.max_steps = Some(100_000);
+        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::StepLimit));
+        cancel.store(true, Ordering::Relaxed);
+        control.max_steps = None;
+        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::Cancelled));
+    }
+
     #[test]
     fn pruning_keeps_observed_and_drops_unobservable_unknowns() {
         let mut ops = vec![
             op(0, 0, None, Step::Write(1)),
             op(1, 1, None, Step::Write(2)),
-            op(2, 2, None, Step::Cas { expected: 9, new: 3 }),
+            op(
+                2,
+                2,
+                None,
+                Step::Cas {
+                    expected: 9,
+                    new: 3,
+                },
+            ),
             op(3, 3, Some(4), Step::Read(Some(2))),
         ];
         prune_unknown(&mut ops, None);

@@ -14,13 +14,30 @@ use std::collections::{BTreeMap, BTreeSet};
 #[serde(tag = "anomaly", rename_all = "snake_case")]
 pub enum SetAnomaly {
     /// `add` was acknowledged before `read` was invoked, but `read` lacks the element.
-    Lost { key: String, element: i64, add: OpId, read: OpId },
+    Lost {
+        key: String,
+        element: i64,
+        add: OpId,
+        read: OpId,
+    },
     /// `read` returned an element no operation ever tried to add.
-    NeverAdded { key: String, element: i64, read: OpId },
+    NeverAdded {
+        key: String,
+        element: i64,
+        read: OpId,
+    },
     /// `read` returned an element whose only adds definitely failed.
-    FailedAddObserved { key: String, element: i64, read: OpId },
+    FailedAddObserved {
+        key: String,
+        element: i64,
+        read: OpId,
+    },
     /// `read` completed before any add of the element was invoked.
-    VisibleBeforeAdd { key: String, element: i64, read: OpId },
+    VisibleBeforeAdd {
+        key: String,
+        element: i64,
+        read: OpId,
+    },
 }
 
 /// Counts over each key's last ok read, plus every anomaly found on any read.
@@ -51,22 +68,35 @@ struct AddInfo {
     failed: bool,
 }
 
+/// An ok set read: (op, invocation seq, completion seq, elements).
+type ReadInfo<'a> = (OpId, u64, u64, &'a [i64]);
+
 /// Checks every key that has set operations.
 pub fn check_set(history: &History) -> SetReport {
     let mut adds: BTreeMap<&str, BTreeMap<i64, Vec<AddInfo>>> = BTreeMap::new();
-    let mut reads: BTreeMap<&str, Vec<(OpId, u64, u64, &[i64])>> = BTreeMap::new();
+    let mut reads: BTreeMap<&str, Vec<ReadInfo<'_>>> = BTreeMap::new();
     for r in history.ops() {
         match (&r.op, r.outcome(), &r.completion) {
             (Op::Add { element }, outcome, completion) => {
-                adds.entry(&r.key).or_default().entry(*element).or_default().push(AddInfo {
-                    id: r.id,
-                    invoke_seq: r.invoke_seq,
-                    ok_completion_seq: completion.as_ref().filter(|_| matches!(outcome, Outcome::Ok(_))).map(|c| c.seq),
-                    failed: matches!(outcome, Outcome::Fail),
-                });
+                adds.entry(&r.key)
+                    .or_default()
+                    .entry(*element)
+                    .or_default()
+                    .push(AddInfo {
+                        id: r.id,
+                        invoke_seq: r.invoke_seq,
+                        ok_completion_seq: completion
+                            .as_ref()
+                            .filter(|_| matches!(outcome, Outcome::Ok(_)))
+                            .map(|c| c.seq),
+                        failed: matches!(outcome, Outcome::Fail),
+                    });
             }
             (Op::ReadSet, Outcome::Ok(OkValue::Elements(elements)), Some(c)) => {
-                reads.entry(&r.key).or_default().push((r.id, r.invoke_seq, c.seq, elements));
+                reads
+                    .entry(&r.key)
+                    .or_default()
+                    .push((r.id, r.invoke_seq, c.seq, elements));
             }
             _ => {}
         }
@@ -82,19 +112,38 @@ pub fn check_set(history: &History) -> SetReport {
             report.reads_checked += 1;
             let present: BTreeSet<i64> = elements.iter().copied().collect();
             for (&element, infos) in key_adds {
-                let acked_before = infos.iter().find(|a| a.ok_completion_seq.is_some_and(|s| s < invoked));
+                let acked_before = infos
+                    .iter()
+                    .find(|a| a.ok_completion_seq.is_some_and(|s| s < invoked));
                 if let (Some(add), false) = (acked_before, present.contains(&element)) {
-                    report.anomalies.push(SetAnomaly::Lost { key: key.to_string(), element, add: add.id, read });
+                    report.anomalies.push(SetAnomaly::Lost {
+                        key: key.to_string(),
+                        element,
+                        add: add.id,
+                        read,
+                    });
                 }
             }
             for &element in &present {
                 let infos = key_adds.get(&element).map_or(&[][..], |v| v.as_slice());
                 let anomaly = if infos.is_empty() {
-                    Some(SetAnomaly::NeverAdded { key: key.to_string(), element, read })
+                    Some(SetAnomaly::NeverAdded {
+                        key: key.to_string(),
+                        element,
+                        read,
+                    })
                 } else if infos.iter().all(|a| a.failed) {
-                    Some(SetAnomaly::FailedAddObserved { key: key.to_string(), element, read })
+                    Some(SetAnomaly::FailedAddObserved {
+                        key: key.to_string(),
+                        element,
+                        read,
+                    })
                 } else if !infos.iter().any(|a| !a.failed && a.invoke_seq < completed) {
-                    Some(SetAnomaly::VisibleBeforeAdd { key: key.to_string(), element, read })
+                    Some(SetAnomaly::VisibleBeforeAdd {
+                        key: key.to_string(),
+                        element,
+                        read,
+                    })
                 } else {
                     None
                 };
@@ -128,7 +177,8 @@ mod tests {
 
     fn read(h: &mut History, t: u64, elements: Vec<i64>) -> OpId {
         let id = h.invoke(t, 2, "s", Op::ReadSet).unwrap();
-        h.complete(t + 1, id, Outcome::Ok(OkValue::Elements(elements))).unwrap();
+        h.complete(t + 1, id, Outcome::Ok(OkValue::Elements(elements)))
+            .unwrap();
         id
     }
 
@@ -141,7 +191,10 @@ mod tests {
         read(&mut h, 6, vec![1, 2]);
         let report = check_set(&h);
         assert!(report.is_valid(), "{report:?}");
-        assert_eq!((report.acknowledged_adds, report.unknown_adds_present), (1, 1));
+        assert_eq!(
+            (report.acknowledged_adds, report.unknown_adds_present),
+            (1, 1)
+        );
     }
 
     #[test]
@@ -153,10 +206,27 @@ mod tests {
         add(&mut h, 6, 4, Outcome::Ok(OkValue::Done));
         let report = check_set(&h);
         let key = "s".to_string();
-        assert!(report.anomalies.contains(&SetAnomaly::Lost { key: key.clone(), element: 1, add: a1, read: r }));
-        assert!(report.anomalies.contains(&SetAnomaly::FailedAddObserved { key: key.clone(), element: 2, read: r }));
-        assert!(report.anomalies.contains(&SetAnomaly::NeverAdded { key: key.clone(), element: 3, read: r }));
-        assert!(report.anomalies.contains(&SetAnomaly::VisibleBeforeAdd { key, element: 4, read: r }));
+        assert!(report.anomalies.contains(&SetAnomaly::Lost {
+            key: key.clone(),
+            element: 1,
+            add: a1,
+            read: r
+        }));
+        assert!(report.anomalies.contains(&SetAnomaly::FailedAddObserved {
+            key: key.clone(),
+            element: 2,
+            read: r
+        }));
+        assert!(report.anomalies.contains(&SetAnomaly::NeverAdded {
+            key: key.clone(),
+            element: 3,
+            read: r
+        }));
+        assert!(report.anomalies.contains(&SetAnomaly::VisibleBeforeAdd {
+            key,
+            element: 4,
+            read: r
+        }));
         assert_eq!(report.anomalies.len(), 4);
     }
 }

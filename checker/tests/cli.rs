@@ -17,10 +17,20 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> (i32, String) {
-    let Output { status, stdout, stderr } =
-        Command::new(env!("CARGO_BIN_EXE_quorumkv-check")).args(args).output().expect("run quorumkv-check");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_quorumkv-check"))
+        .args(args)
+        .output()
+        .expect("run quorumkv-check");
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    assert!(status.code().is_some(), "killed by a signal; stderr: {}", String::from_utf8_lossy(&stderr));
+    assert!(
+        status.code().is_some(),
+        "killed by a signal; stderr: {}",
+        String::from_utf8_lossy(&stderr)
+    );
     (status.code().unwrap_or(-1), stdout)
 }
 
@@ -43,7 +53,12 @@ fn linearizable_file_exits_zero() {
     let (code, out) = run(&[good]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("{good}: linearizable\n")), "{out}");
-    assert!(out.contains("summary: 1 files: 1 linearizable, 0 NOT linearizable, 0 unknown, 0 unreadable in "), "{out}");
+    assert!(
+        out.contains(
+            "summary: 1 files: 1 linearizable, 0 NOT linearizable, 0 unknown, 0 unreadable in "
+        ),
+        "{out}"
+    );
 }
 
 #[test]
@@ -55,8 +70,15 @@ fn violation_exits_one_with_key_reason_and_html() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("bad.edn: NOT linearizable (key register, op #1 by process 1: read -> 2 cannot be placed"), "{out}");
     let report = std::fs::read_to_string(&html).expect("HTML report written");
-    assert!(report.starts_with("<!DOCTYPE html>") && report.contains("<svg") && report.contains("cannot be placed"));
-    assert!(!report.contains("<script") && !report.contains("https://"), "self-contained");
+    assert!(
+        report.starts_with("<!DOCTYPE html>")
+            && report.contains("<svg")
+            && report.contains("cannot be placed")
+    );
+    assert!(
+        !report.contains("<script") && !report.contains("https://"),
+        "self-contained"
+    );
 }
 
 #[test]
@@ -67,15 +89,30 @@ fn malformed_input_names_file_line_and_expectation() {
     let (code, out) = run(&[path.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("broken.jsonl: unreadable ("), "{out}");
-    assert!(out.contains("broken.jsonl:2: expected f to be read|write|cas|delete|add|read_set, found \"peek\""), "{out}");
-    let edn = write(&dir, "broken.edn", "{:process 0 :type :invoke :f :write :value 1}\n{:process 0 :type :ok :f :write");
+    assert!(
+        out.contains(
+            "broken.jsonl:2: expected f to be read|write|cas|delete|add|read_set, found \"peek\""
+        ),
+        "{out}"
+    );
+    let edn = write(
+        &dir,
+        "broken.edn",
+        "{:process 0 :type :invoke :f :write :value 1}\n{:process 0 :type :ok :f :write",
+    );
     let (code, out) = run(&[edn.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("broken.edn:2: expected '}', found end of input"), "{out}");
+    assert!(
+        out.contains("broken.edn:2: expected '}', found end of input"),
+        "{out}"
+    );
     let other = write(&dir, "history.txt", GOOD_JSONL);
     let (code, out) = run(&[other.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("expected a .edn or .jsonl file name, or --format"), "{out}");
+    assert!(
+        out.contains("expected a .edn or .jsonl file name, or --format"),
+        "{out}"
+    );
     let (code, out) = run(&["--format", "jsonl", other.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
@@ -90,12 +127,18 @@ fn exhausted_budget_is_unknown_and_exits_two() {
             "{{\"type\":\"invoke\",\"id\":{i},\"time_ns\":{t},\"process\":{},\"key\":\"k\",\"f\":\"write\",\"value\":{i}}}\n",
             i % 4
         ));
-        text.push_str(&format!("{{\"type\":\"ok\",\"id\":{i},\"time_ns\":{}}}\n", t + 5));
+        text.push_str(&format!(
+            "{{\"type\":\"ok\",\"id\":{i},\"time_ns\":{}}}\n",
+            t + 5
+        ));
     }
     let path = write(&dir, "long.jsonl", &text);
     let (code, out) = run(&["--timeout-s", "0", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("long.jsonl: unknown (time limit of 0.0 s reached on key k)"), "{out}");
+    assert!(
+        out.contains("long.jsonl: unknown (time limit of 0.0 s reached on key k)"),
+        "{out}"
+    );
     let (code, out) = run(&[path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
@@ -106,9 +149,17 @@ fn mixed_files_json_output_and_exit_code() {
     let good = write(&dir, "good.jsonl", GOOD_JSONL);
     let bad = write(&dir, "bad.edn", BAD_EDN);
     let missing = dir.join("missing.jsonl");
-    let (code, out) = run(&["--json", good.to_str().unwrap(), bad.to_str().unwrap(), missing.to_str().unwrap()]);
+    let (code, out) = run(&[
+        "--json",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1, "a violation outranks unreadable files: {out}");
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
     assert_eq!(lines.len(), 4);
     assert_eq!(lines[0]["verdict"], "linearizable");
     assert_eq!(lines[1]["verdict"], "not_linearizable");
@@ -151,5 +202,10 @@ fn knossos_dev_set_through_the_binary() {
     args.extend(files.iter().map(String::as_str));
     let (code, out) = run(&args);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("summary: 19 files: 12 linearizable, 7 NOT linearizable, 0 unknown, 0 unreadable"), "{out}");
+    assert!(
+        out.contains(
+            "summary: 19 files: 12 linearizable, 7 NOT linearizable, 0 unknown, 0 unreadable"
+        ),
+        "{out}"
+    );
 }

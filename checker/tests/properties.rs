@@ -36,27 +36,60 @@ fn generate(specs: &[Spec]) -> Vec<Planned> {
         let current = state[key];
         let unknown = roll < 2;
         let (op, outcome) = match kind {
-            0 => (Op::Read, if roll == 2 { Outcome::Fail } else { Outcome::Ok(OkValue::Read(current)) }),
+            0 => (
+                Op::Read,
+                if roll == 2 {
+                    Outcome::Fail
+                } else {
+                    Outcome::Ok(OkValue::Read(current))
+                },
+            ),
             1 => {
                 state[key] = Some(unique);
                 (Op::Write { value: unique }, Outcome::Ok(OkValue::Done))
             }
             2 => {
                 // A write that never took effect.
-                let outcome = if roll % 2 == 0 { Outcome::Fail } else { Outcome::Info };
+                let outcome = if roll % 2 == 0 {
+                    Outcome::Fail
+                } else {
+                    Outcome::Info
+                };
                 (Op::Write { value: unique }, outcome)
             }
             3 => match current {
                 Some(expected) => {
                     state[key] = Some(unique);
-                    (Op::Cas { expected, new: unique }, Outcome::Ok(OkValue::Done))
+                    (
+                        Op::Cas {
+                            expected,
+                            new: unique,
+                        },
+                        Outcome::Ok(OkValue::Done),
+                    )
                 }
-                None => (Op::Cas { expected: 0, new: unique }, Outcome::Ok(OkValue::CasMismatch)),
+                None => (
+                    Op::Cas {
+                        expected: 0,
+                        new: unique,
+                    },
+                    Outcome::Ok(OkValue::CasMismatch),
+                ),
             },
             4 => {
                 let expected = current.map_or(-1, |v| v + 1_000);
-                let outcome = if roll % 2 == 0 { Outcome::Fail } else { Outcome::Ok(OkValue::CasMismatch) };
-                (Op::Cas { expected, new: unique }, outcome)
+                let outcome = if roll % 2 == 0 {
+                    Outcome::Fail
+                } else {
+                    Outcome::Ok(OkValue::CasMismatch)
+                };
+                (
+                    Op::Cas {
+                        expected,
+                        new: unique,
+                    },
+                    outcome,
+                )
             }
             _ => {
                 state[key] = None;
@@ -68,7 +101,12 @@ fn generate(specs: &[Spec]) -> Vec<Planned> {
             (true, _) => Some((end, Outcome::Info)),
             _ => Some((end, outcome)),
         };
-        planned.push(Planned { key, op, invoke_ns, completion });
+        planned.push(Planned {
+            key,
+            op,
+            invoke_ns,
+            completion,
+        });
     }
     planned
 }
@@ -94,7 +132,9 @@ fn record(planned: &[Planned]) -> History {
             if !matches!(outcome, Outcome::Info) {
                 busy[process_of[i]] = false;
             }
-            history.complete(t, ids[i].expect("invoked"), outcome).expect("valid completion");
+            history
+                .complete(t, ids[i].expect("invoked"), outcome)
+                .expect("valid completion");
         } else {
             let process = busy.iter().position(|b| !b).unwrap_or_else(|| {
                 busy.push(false);
@@ -102,14 +142,23 @@ fn record(planned: &[Planned]) -> History {
             });
             busy[process] = true;
             process_of[i] = process;
-            ids[i] = Some(history.invoke(t, process as u64, format!("k{}", p.key), p.op.clone()).expect("valid invoke"));
+            ids[i] = Some(
+                history
+                    .invoke(t, process as u64, format!("k{}", p.key), p.op.clone())
+                    .expect("valid invoke"),
+            );
         }
     }
     history
 }
 
 fn at(key: usize, op: Op, invoke_ns: u64, end_ns: u64, outcome: Outcome) -> Planned {
-    Planned { key, op, invoke_ns, completion: Some((end_ns, outcome)) }
+    Planned {
+        key,
+        op,
+        invoke_ns,
+        completion: Some((end_ns, outcome)),
+    }
 }
 
 /// Ops that make any history containing them non-linearizable, at time `t`.
@@ -124,14 +173,26 @@ fn violation(kind: u8, t: u64) -> Vec<Planned> {
             at(0, Op::Read, t + 5, t + 6, read(a)),
         ],
         1 => vec![at(0, Op::Read, t + 1, t + 2, read(FRESH + 7))],
-        2 => vec![at(0, Op::Cas { expected: FRESH + 9, new: a }, t + 1, t + 2, done())],
+        2 => vec![at(
+            0,
+            Op::Cas {
+                expected: FRESH + 9,
+                new: a,
+            },
+            t + 1,
+            t + 2,
+            done(),
+        )],
         3 => vec![
             at(0, Op::Write { value: a }, t + 1, t + 2, done()),
             at(0, Op::Write { value: b }, t + 3, t + 9, done()),
             at(0, Op::Read, t + 4, t + 5, read(b)),
             at(0, Op::Read, t + 6, t + 7, read(a)),
         ],
-        4 => vec![at(0, Op::Read, t + 1, t + 2, read(a)), at(0, Op::Write { value: a }, t + 3, t + 4, done())],
+        4 => vec![
+            at(0, Op::Read, t + 1, t + 2, read(a)),
+            at(0, Op::Write { value: a }, t + 3, t + 4, done()),
+        ],
         _ => vec![
             at(0, Op::Write { value: a }, t + 1, t + 2, Outcome::Fail),
             at(0, Op::Read, t + 3, t + 4, read(a)),

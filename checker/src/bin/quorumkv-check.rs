@@ -5,8 +5,8 @@
 #![forbid(unsafe_code)]
 
 use checker::{
-    check_kv, check_set, explain, html_document, html_section, parse_edn, Budget, CheckOptions, History,
-    HistoryError, ImportModel, Verdict, Violation,
+    check_kv, check_set, explain, html_document, html_section, parse_edn, Budget, CheckOptions,
+    History, HistoryError, ImportModel, Verdict, Violation,
 };
 use clap::{Parser, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -64,14 +64,20 @@ fn parse_initial(text: &str) -> Result<Initial, String> {
     if text == "nil" {
         return Ok(Initial(None));
     }
-    text.parse().map(|v| Initial(Some(v))).map_err(|_| format!("expected an integer or nil, found {text:?}"))
+    text.parse()
+        .map(|v| Initial(Some(v)))
+        .map_err(|_| format!("expected an integer or nil, found {text:?}"))
 }
 
 /// The result for one file.
 enum FileResult {
     Linearizable,
     Valid,
-    Violation { key: String, detail: String, json: serde_json::Value },
+    Violation {
+        key: String,
+        detail: String,
+        json: serde_json::Value,
+    },
     Unknown(String),
     Unreadable(String),
 }
@@ -87,7 +93,9 @@ fn read_history(path: &Path, args: &Args) -> Result<History, String> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
     let located = |e: HistoryError| match e {
-        HistoryError::Malformed { line, message } => format!("{}:{line}: {message}", path.display()),
+        HistoryError::Malformed { line, message } => {
+            format!("{}:{line}: {message}", path.display())
+        }
         other => format!("{}: {other}", path.display()),
     };
     let history = match format {
@@ -102,7 +110,11 @@ fn read_history(path: &Path, args: &Args) -> Result<History, String> {
         }
     };
     if args.model == Model::Register && history.keys().len() > 1 {
-        return Err(format!("{}: expected a single register, found {} keys", path.display(), history.keys().len()));
+        return Err(format!(
+            "{}: expected a single register, found {} keys",
+            path.display(),
+            history.keys().len()
+        ));
     }
     Ok(history)
 }
@@ -145,11 +157,23 @@ fn check_file(path: &Path, args: &Args, html: &mut Vec<String>) -> FileResult {
         Verdict::NotLinearizable(Violation { key }) => {
             let explanation = explain(&history, &Violation { key: key.clone() }, &options);
             if args.html.is_some() {
-                html.push(html_section(&name, &history, &verdict, explanation.as_ref()));
+                html.push(html_section(
+                    &name,
+                    &history,
+                    &verdict,
+                    explanation.as_ref(),
+                ));
             }
-            let detail = explanation.as_ref().map_or_else(|| "no explanation within the budget".into(), |e| e.reason.clone());
+            let detail = explanation.as_ref().map_or_else(
+                || "no explanation within the budget".into(),
+                |e| e.reason.clone(),
+            );
             let json = serde_json::to_value(&explanation).unwrap_or_default();
-            return FileResult::Violation { key: key.clone(), detail, json };
+            return FileResult::Violation {
+                key: key.clone(),
+                detail,
+                json,
+            };
         }
     };
     if args.html.is_some() {
@@ -161,8 +185,17 @@ fn check_file(path: &Path, args: &Args, html: &mut Vec<String>) -> FileResult {
 fn set_anomaly_key(anomaly: &checker::SetAnomaly) -> &str {
     use checker::SetAnomaly::*;
     match anomaly {
-        Lost { key, .. } | NeverAdded { key, .. } | FailedAddObserved { key, .. } | VisibleBeforeAdd { key, .. } => key,
+        Lost { key, .. }
+        | NeverAdded { key, .. }
+        | FailedAddObserved { key, .. }
+        | VisibleBeforeAdd { key, .. } => key,
     }
+}
+
+/// Prints a line; false when stdout is gone (e.g. piped into `head`), so the caller stops.
+fn emit(line: &str) -> bool {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").is_ok()
 }
 
 fn main() -> ExitCode {
@@ -174,20 +207,45 @@ fn main() -> ExitCode {
         let file = path.display().to_string();
         let result = check_file(path, &args, &mut html);
         let (index, verdict, text, extra) = match &result {
-            FileResult::Linearizable => (0, "linearizable", "linearizable".to_string(), serde_json::Value::Null),
-            FileResult::Valid => (0, "valid", "valid (set: no lost, unexpected or premature elements)".into(), serde_json::Value::Null),
-            FileResult::Violation { key, detail, json } => {
-                (1, "not_linearizable", format!("NOT linearizable (key {key}, {detail})"), json.clone())
-            }
-            FileResult::Unknown(reason) => (2, "unknown", format!("unknown ({reason})"), serde_json::Value::Null),
-            FileResult::Unreadable(reason) => (3, "unreadable", format!("unreadable ({reason})"), serde_json::Value::Null),
+            FileResult::Linearizable => (
+                0,
+                "linearizable",
+                "linearizable".to_string(),
+                serde_json::Value::Null,
+            ),
+            FileResult::Valid => (
+                0,
+                "valid",
+                "valid (set: no lost, unexpected or premature elements)".into(),
+                serde_json::Value::Null,
+            ),
+            FileResult::Violation { key, detail, json } => (
+                1,
+                "not_linearizable",
+                format!("NOT linearizable (key {key}, {detail})"),
+                json.clone(),
+            ),
+            FileResult::Unknown(reason) => (
+                2,
+                "unknown",
+                format!("unknown ({reason})"),
+                serde_json::Value::Null,
+            ),
+            FileResult::Unreadable(reason) => (
+                3,
+                "unreadable",
+                format!("unreadable ({reason})"),
+                serde_json::Value::Null,
+            ),
         };
         counts[index] += 1;
-        if args.json {
-            let line = serde_json::json!({ "file": file, "verdict": verdict, "message": text, "details": extra });
-            println!("{line}");
+        let line = if args.json {
+            serde_json::json!({ "file": file, "verdict": verdict, "message": text, "details": extra }).to_string()
         } else {
-            println!("{file}: {text}");
+            format!("{file}: {text}")
+        };
+        if !emit(&line) {
+            return ExitCode::from(2);
         }
     }
     let elapsed_s = started.elapsed().as_secs_f64();
@@ -201,12 +259,12 @@ fn main() -> ExitCode {
     if args.json {
         let summary = serde_json::json!({ "files": args.files.len(), "linearizable": good, "not_linearizable": bad,
             "unknown": unknown, "unreadable": unreadable, "elapsed_s": elapsed_s });
-        println!("{}", serde_json::json!({ "summary": summary }));
+        emit(&serde_json::json!({ "summary": summary }).to_string());
     } else {
-        println!(
+        emit(&format!(
             "summary: {} files: {good} linearizable, {bad} NOT linearizable, {unknown} unknown, {unreadable} unreadable in {elapsed_s:.3} s",
             args.files.len()
-        );
+        ));
     }
     if bad > 0 {
         ExitCode::from(1)
