@@ -2,3 +2,4 @@
 //! its safety checker (`cluster`) and the property tests that drive it (`property`).
 mod cluster;
 mod rules;
+mod property;
