@@ -185,7 +185,7 @@ impl Raft {
                 }
             }
             MessageBody::TimeoutNow => {
-                if self.role == Role::Follower && self.leader == Some(from) && self.is_voter() {
+                if self.role == Role::Follower && self.leader == Some(from) && self.can_campaign() {
                     tracing::info!(id = self.id(), term = self.term, "TimeoutNow: campaigning");
                     self.become_candidate(true);
                 }
@@ -254,24 +254,47 @@ impl Raft {
             return;
         }
         self.votes.insert(from, granted);
-        let yes = self.votes.values().filter(|g| **g).count();
-        let no = self.votes.len() - yes;
+        self.tally_election(pre);
+    }
+
+    /// Counts the (pre)votes of current voters: wins, loses, or keeps waiting.
+    fn tally_election(&mut self, pre: bool) {
+        let voters = &self.membership.voters;
+        let counted = self.votes.iter().filter(|(id, _)| voters.contains(id));
+        let (yes, no) = counted.fold(
+            (0, 0),
+            |(y, n), (_, g)| if *g { (y + 1, n) } else { (y, n + 1) },
+        );
         if yes >= self.quorum() {
             if pre {
                 self.become_candidate(false);
             } else {
                 self.become_leader();
             }
-        } else if self.membership.voters.len() - no < self.quorum() {
+        } else if voters.len() - no < self.quorum() {
             self.become_follower(self.term, None);
         }
+    }
+
+    /// A voter campaigns; so does a node whose own removal is appended but not committed (it
+    /// may hold the only copy of that entry, and the nodes that still count it as a voter
+    /// would otherwise wait for it forever).
+    fn can_campaign(&self) -> bool {
+        if self.is_voter() {
+            return true;
+        }
+        if self.last_membership_index <= self.log.commit {
+            return false;
+        }
+        self.snapshot_meta_at(self.last_membership_index - 1)
+            .is_some_and(|m| m.membership.voters.contains(&self.config.id))
     }
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
-            if self.is_voter() {
+            if self.can_campaign() {
                 self.campaign();
             }
         }
@@ -374,10 +397,6 @@ impl Raft {
         self.reset_role_state();
         self.votes.insert(self.config.id, true);
         tracing::debug!(id = self.id(), term = self.term, "pre-campaign");
-        if self.quorum() == 1 {
-            self.become_candidate(false);
-            return;
-        }
         let body = MessageBody::PreVote {
             last_index: self.log.last_index(),
             last_term: self.log.last_term(),
@@ -386,6 +405,7 @@ impl Raft {
         for v in self.other_voters() {
             self.send_with_term(v, term, body.clone());
         }
+        self.tally_election(true);
     }
 
     fn become_candidate(&mut self, transfer: bool) {
@@ -396,10 +416,6 @@ impl Raft {
         self.reset_role_state();
         self.votes.insert(self.config.id, true);
         tracing::info!(id = self.id(), term = self.term, transfer, "campaign");
-        if self.quorum() == 1 {
-            self.become_leader();
-            return;
-        }
         let body = MessageBody::Vote {
             last_index: self.log.last_index(),
             last_term: self.log.last_term(),
@@ -408,6 +424,7 @@ impl Raft {
         for v in self.other_voters() {
             self.send(v, body.clone());
         }
+        self.tally_election(false);
     }
 
     fn other_voters(&self) -> Vec<NodeId> {

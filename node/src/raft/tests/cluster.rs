@@ -245,7 +245,6 @@ impl Cluster {
 
     /// Plays the runtime for one Ready of `id`: persist, send, apply, advance.
     pub(crate) fn process_ready(&mut self, id: NodeId) -> Result<(), String> {
-        let max_term = self.max_term();
         let Some(node) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
@@ -279,22 +278,13 @@ impl Cluster {
             }
             node.app.apply(e);
             self.checker.observe_app(id, node.app)?;
-            self.checker.observe_committed(e, max_term)?;
+            self.checker.observe_committed(e, raft.term())?;
         }
         for r in &rd.reads {
             self.checker.observe_read(id, r)?;
         }
         raft.advance(rd);
         Ok(())
-    }
-
-    fn max_term(&self) -> Term {
-        self.nodes
-            .values()
-            .filter_map(|n| n.raft.as_ref())
-            .map(|r| r.term())
-            .max()
-            .unwrap_or(0)
     }
 
     pub(crate) fn process_all_ready(&mut self) -> Result<(), String> {
@@ -346,11 +336,11 @@ impl Cluster {
             .iter()
             .filter_map(|(id, n)| n.raft.as_ref().map(|r| (*id, r)))
             .collect();
-        let max_term = live.iter().map(|(_, r)| r.term()).max().unwrap_or(0);
+        let step = self.checker.step;
         // At most one leader per term.
         for (id, r) in &live {
             if r.role() == Role::Leader {
-                let first = *self.checker.leaders.entry(r.term()).or_insert(*id);
+                let (first, _) = *self.checker.leaders.entry(r.term()).or_insert((*id, step));
                 if first != *id {
                     return Err(format!(
                         "two leaders in term {}: {first} and {id}",
@@ -373,29 +363,30 @@ impl Cluster {
                 .take_while(|e| e.index <= r.commit_index())
             {
                 self.checker
-                    .observe_committed(e, max_term)
+                    .observe_committed(e, r.term())
                     .map_err(|err| format!("node {id}: {err}"))?;
             }
         }
-        // Leader completeness: a leader elected after an entry was seen committed has it.
+        // Leader completeness: a leader has every entry committed in an earlier term.
         for (id, r) in &live {
             if r.role() != Role::Leader {
                 continue;
             }
             let snap = r.snapshot_meta().map_or(0, |m| m.index);
-            for (index, (entry, seen_term)) in &self.checker.committed {
-                if *seen_term >= r.term() || *index <= snap {
+            for (index, (entry, commit_term)) in &self.checker.committed {
+                if *commit_term >= r.term() || *index <= snap {
                     continue;
                 }
                 let have = r.log_entries().get((*index - snap - 1) as usize);
                 if have != Some(entry) {
                     return Err(format!(
-                        "leader completeness: leader {id} of term {} lacks committed entry {index} (seen committed by term {seen_term})",
+                        "leader completeness: leader {id} of term {} lacks entry {index} committed by term {commit_term}",
                         r.term()
                     ));
                 }
             }
         }
+        self.checker.step += 1;
         Ok(())
     }
 
@@ -420,15 +411,44 @@ impl Cluster {
                 return Ok(());
             }
         }
-        Err(format!("no convergence within {max_rounds} rounds"))
+        Err(format!(
+            "no convergence within {max_rounds} rounds:\n{}",
+            self.describe()
+        ))
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let mut out = String::new();
+        for (id, n) in &self.nodes {
+            match &n.raft {
+                None => out.push_str(&format!("node {id}: down\n")),
+                Some(r) => out.push_str(&format!(
+                    "node {id}: term {} vote {:?} role {:?} leader {:?} last {} (term {:?}) commit {} applied {} snap {:?} voters {:?} learners {:?}\n",
+                    r.term(),
+                    r.hard_state().vote,
+                    r.role(),
+                    r.leader(),
+                    r.last_index(),
+                    r.log_entries().last().map(|e| e.term),
+                    r.commit_index(),
+                    n.app.index,
+                    r.snapshot_meta().map(|m| m.index),
+                    r.membership().voters,
+                    r.membership().learners,
+                )),
+            }
+        }
+        out
     }
 
     fn converged(&self) -> bool {
         let Some(l) = self.leader() else { return false };
         let Some(lr) = self.raft(l) else { return false };
-        if lr.log_entries().last().map_or(0, |e| e.term) != lr.term()
-            || lr.commit_index() != lr.last_index()
-        {
+        let last_term = lr.log_entries().last().map(|e| e.term);
+        let last_term = last_term
+            .or(lr.snapshot_meta().map(|m| m.term))
+            .unwrap_or(0);
+        if last_term != lr.term() || lr.commit_index() != lr.last_index() {
             return false;
         }
         let m = lr.membership();
@@ -472,10 +492,12 @@ fn check_log_matching(a: &Raft, b: &Raft) -> Result<(), String> {
 /// The record of everything observed so far, against which safety is judged.
 #[derive(Default)]
 pub(crate) struct Checker {
-    /// term -> the first node seen leading it.
-    pub(crate) leaders: BTreeMap<Term, NodeId>,
-    /// index -> (committed entry, max term in the cluster when first seen committed).
-    pub(crate) committed: BTreeMap<LogIndex, (Entry, Term)>,
+    /// Checks done so far: the logical time of every observation.
+    pub(crate) step: u64,
+    /// term -> the first node seen leading it, and when.
+    pub(crate) leaders: BTreeMap<Term, (NodeId, u64)>,
+    /// index -> (committed entry, an upper bound on the term in which it was committed).
+    pub(crate) committed: BTreeMap<LogIndex, (Entry, u64)>,
     /// index -> application hash after applying it.
     pub(crate) app_hash: BTreeMap<LogIndex, u64>,
     /// ctx -> highest index known committed when the read was requested.
@@ -485,16 +507,21 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
-    fn observe_committed(&mut self, e: &Entry, max_term: Term) -> Result<(), String> {
+    /// `reporter_term`: the current term of the node whose log shows `e` committed, an upper
+    /// bound on the term in which `e` was committed.
+    fn observe_committed(&mut self, e: &Entry, reporter_term: Term) -> Result<(), String> {
         match self.committed.get(&e.index) {
             Some((known, _)) if known != e => Err(format!(
                 "committed entry changed at index {}: {known:?} then {e:?}",
                 e.index
             )),
-            Some(_) => Ok(()),
+            Some((_, term)) => {
+                let term = (*term).min(reporter_term);
+                self.committed.insert(e.index, (e.clone(), term));
+                Ok(())
+            }
             None => {
-                self.committed
-                    .insert(e.index, (e.clone(), max_term.max(e.term)));
+                self.committed.insert(e.index, (e.clone(), reporter_term));
                 Ok(())
             }
         }
