@@ -367,3 +367,91 @@ impl DiskFile for CrashFile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(disk: &CrashDisk, name: &str) -> Vec<u8> {
+        disk.contents(name).unwrap_or_default()
+    }
+
+    #[test]
+    fn drop_keeps_exactly_what_was_synced() {
+        let disk = CrashDisk::new(1);
+        let mut f = disk.open("a").unwrap();
+        f.write_at(0, b"hello").unwrap();
+        f.sync().unwrap();
+        disk.sync_dir().unwrap();
+        f.write_at(5, b" world").unwrap();
+        assert_eq!(read(&disk, "a"), b"hello world");
+        disk.crash(CrashMode::Drop);
+        assert_eq!(read(&disk, "a"), b"hello");
+        assert!(
+            f.write_at(0, b"x").is_err(),
+            "a handle from before the crash must fail"
+        );
+    }
+
+    #[test]
+    fn directory_changes_need_sync_dir() {
+        let disk = CrashDisk::new(1);
+        let mut f = disk.open("new").unwrap();
+        f.write_at(0, b"data").unwrap();
+        f.sync().unwrap();
+        disk.crash(CrashMode::Drop);
+        assert!(!disk.exists("new").unwrap(), "created but never sync_dir'd");
+
+        let mut f = disk.open("old").unwrap();
+        f.write_at(0, b"v1").unwrap();
+        f.sync().unwrap();
+        disk.sync_dir().unwrap();
+        let mut t = disk.open("tmp").unwrap();
+        t.write_at(0, b"v2").unwrap();
+        t.sync().unwrap();
+        disk.rename("tmp", "old").unwrap();
+        disk.crash(CrashMode::Drop);
+        assert_eq!(read(&disk, "old"), b"v1");
+        assert!(!disk.exists("tmp").unwrap());
+    }
+
+    #[test]
+    fn torn_crash_keeps_a_prefix_and_is_deterministic_per_seed() {
+        let run = |seed| {
+            let disk = CrashDisk::new(seed);
+            let mut f = disk.open("log").unwrap();
+            f.write_at(0, b"synced|").unwrap();
+            f.sync().unwrap();
+            disk.sync_dir().unwrap();
+            f.write_at(7, b"first|").unwrap();
+            f.write_at(13, b"second").unwrap();
+            disk.crash(CrashMode::Torn);
+            read(&disk, "log")
+        };
+        let full = b"synced|first|second";
+        for seed in 0..50 {
+            let got = run(seed);
+            assert_eq!(got, run(seed), "seed {seed} not deterministic");
+            assert!(got.starts_with(b"synced|"), "seed {seed} lost synced bytes");
+            let written = got.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+            assert!(
+                full.starts_with(&got[..written]),
+                "seed {seed}: {got:?} is no prefix"
+            );
+        }
+    }
+
+    #[test]
+    fn fail_after_stops_mutations_until_the_crash() {
+        let disk = CrashDisk::new(1);
+        let mut f = disk.open("a").unwrap();
+        disk.fail_after(1);
+        f.write_at(0, b"x").unwrap();
+        assert!(f.sync().is_err());
+        assert!(f.read_at(0, &mut [0u8; 1]).is_ok(), "reads still work");
+        disk.crash(CrashMode::Drop);
+        let mut f = disk.open("b").unwrap();
+        f.write_at(0, b"y").unwrap();
+        f.sync().unwrap();
+    }
+}
