@@ -10,7 +10,9 @@
 //!   invocation, or never;
 //! - info ops that can never matter are dropped before the search (`prune_unknown`);
 //! - identical info ops are linearized in invocation order (symmetry);
-//! - a pure op (ok read, ok cas mismatch) that can be linearized now is linearized now.
+//! - a pure op (ok read, ok cas mismatch) that can be linearized now is linearized now;
+//! - an unknown op that took effect is immediately followed by an op that observes its result
+//!   (otherwise the next op is blind and the unknown op can be dropped).
 //!
 //! Model states are `Option<i64>` (absent or a value): `Copy`, so a step allocates nothing.
 
@@ -81,6 +83,11 @@ impl KeyOp {
     fn is_pure(&self) -> bool {
         self.ret.is_some() && matches!(self.step, Step::Read(_) | Step::CasMismatch { .. })
     }
+
+    /// Writes and deletes: the state after them does not depend on the state before.
+    fn is_blind(&self) -> bool {
+        matches!(self.step, Step::Write(_) | Step::Delete)
+    }
 }
 
 /// Why a search gave up.
@@ -117,39 +124,64 @@ pub enum SearchResult {
 
 /// How many distinct rejected states explanations keep for the focus op.
 pub const MAX_FOCUS_STATES: usize = 8;
-/// Steps between two looks at the clock and the cancel flag.
-const CONTROL_INTERVAL_STEPS: u64 = 4096;
+/// Steps (configurations visited) between two looks at the clock and the cancel flag.
+const CONTROL_INTERVAL_STEPS: u64 = 1024;
 
 /// Drops unknown ops that provably cannot change the verdict, until nothing changes:
 /// - an info cas whose expected value no op (nor the initial state) can produce never succeeds;
-/// - an info write/cas/delete whose resulting state is never observed (no ok read returns it,
-///   no cas expects it, and there is no ok cas-mismatch on the key) can be removed from any
-///   linearization: the next op after it must be blind (write/delete), so it is overwritten
-///   before anyone looks.
+/// - an info write/cas/delete X leaving state `s` is dropped when no op that could be
+///   linearized after X observes `s`: no read returning `s`, no cas expecting `s` and no ok
+///   cas-mismatch expecting something else completes after X's invocation. In any
+///   linearization the op after X is then blind (write/delete), so X's effect is never seen
+///   and the linearization without X is valid too.
 pub fn prune_unknown(ops: &mut Vec<KeyOp>, initial: RegisterState) {
-    use std::collections::HashSet;
-    let has_mismatch = ops
-        .iter()
-        .any(|o| matches!(o.step, Step::CasMismatch { .. }));
+    use std::collections::{HashMap, HashSet};
     loop {
         let before = ops.len();
         let mut producible: HashSet<RegisterState> = HashSet::new();
         producible.insert(initial);
-        let mut observed: HashSet<RegisterState> = HashSet::new();
+        // Latest completion among the ops observing each state (unknown ops: u64::MAX).
+        let mut last_observer: HashMap<RegisterState, u64> = HashMap::new();
+        // The latest mismatch (completion, expected), and the latest with another expected.
+        let mut mismatch_latest: Option<(u64, i64)> = None;
+        let mut mismatch_other_ret = 0u64;
         for o in ops.iter() {
             if let Some(p) = o.step.produces() {
                 producible.insert(p);
             }
-            match o.step {
-                Step::Read(v) => {
-                    observed.insert(v);
-                }
-                Step::Cas { expected, .. } => {
-                    observed.insert(Some(expected));
-                }
-                _ => {}
+            let ret = o.ret.unwrap_or(u64::MAX);
+            let observed = match o.step {
+                Step::Read(v) => Some(v),
+                Step::Cas { expected, .. } => Some(Some(expected)),
+                _ => None,
+            };
+            if let Some(v) = observed {
+                let latest = last_observer.entry(v).or_insert(0);
+                *latest = (*latest).max(ret);
+            }
+            if let Step::CasMismatch { expected } = o.step {
+                mismatch_latest = match mismatch_latest {
+                    None => Some((ret, expected)),
+                    Some((r, e)) if ret > r => {
+                        if e != expected {
+                            mismatch_other_ret = mismatch_other_ret.max(r);
+                        }
+                        Some((ret, expected))
+                    }
+                    Some((r, e)) => {
+                        if e != expected {
+                            mismatch_other_ret = mismatch_other_ret.max(ret);
+                        }
+                        Some((r, e))
+                    }
+                };
             }
         }
+        let mismatch_after = |state: RegisterState| match mismatch_latest {
+            None => 0,
+            Some((ret, expected)) if state != Some(expected) => ret,
+            Some(_) => mismatch_other_ret,
+        };
         ops.retain(|o| {
             if o.ret.is_some() {
                 return true;
@@ -160,7 +192,10 @@ pub fn prune_unknown(ops: &mut Vec<KeyOp>, initial: RegisterState) {
                 }
             }
             match o.step.produces() {
-                Some(p) => has_mismatch || observed.contains(&p),
+                Some(p) => {
+                    let observer = last_observer.get(&p).copied().unwrap_or(0);
+                    observer > o.call || mismatch_after(p) > o.call
+                }
                 None => true,
             }
         });
@@ -253,10 +288,22 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn state_hash(state: RegisterState) -> u64 {
-    match state {
+/// The model state plus whether the next op must observe it (see `Searcher::run`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Config {
+    state: RegisterState,
+    must_observe: bool,
+}
+
+fn config_hash(config: Config) -> u64 {
+    let state = match config.state {
         None => mix(0x5EED_0000_0000_0001),
         Some(v) => mix(v as u64 ^ 0xA5A5_5A5A_0F0F_F0F0),
+    };
+    if config.must_observe {
+        mix(state)
+    } else {
+        state
     }
 }
 
@@ -265,7 +312,7 @@ fn state_hash(state: RegisterState) -> u64 {
 struct Memo {
     words: usize,
     bits: Vec<u64>,
-    states: Vec<RegisterState>,
+    states: Vec<Config>,
     /// (hash, entry + 1); 0 marks an empty slot.
     slots: Vec<(u64, u32)>,
     len: usize,
@@ -289,7 +336,7 @@ impl Memo {
     }
 
     /// Inserts; false when already present.
-    fn insert(&mut self, hash: u64, bits: &[u64], state: RegisterState) -> bool {
+    fn insert(&mut self, hash: u64, bits: &[u64], state: Config) -> bool {
         let mask = self.slots.len() - 1;
         let mut slot = (hash as usize) & mask;
         loop {
@@ -355,6 +402,9 @@ struct Searcher<'o> {
     list: EventList,
     /// For each info op: the previous info op with the identical step (symmetry), or NONE.
     same_before: Vec<u32>,
+    /// For each info op: the required ops that observe the state it produces (reads of it,
+    /// cas expecting it), by completion; it is tried by the deadline of the first pending one.
+    observers: Vec<Vec<u32>>,
     zobrist: Vec<u64>,
     bits: Vec<u64>,
     memo: Memo,
@@ -376,11 +426,34 @@ impl<'o> Searcher<'o> {
                 }
             }
         }
+        let mut observed_by: std::collections::HashMap<RegisterState, Vec<u32>> =
+            std::collections::HashMap::new();
+        for (i, o) in ops.iter().enumerate() {
+            let observed = match o.step {
+                Step::Read(v) => Some(v),
+                Step::Cas { expected, .. } => Some(Some(expected)),
+                _ => None,
+            };
+            if let (Some(v), Some(_)) = (observed, o.ret) {
+                observed_by.entry(v).or_default().push(i as u32);
+            }
+        }
+        for list in observed_by.values_mut() {
+            list.sort_unstable_by_key(|&i| ops[i as usize].ret);
+        }
+        let observers = ops
+            .iter()
+            .map(|o| match (o.ret, o.step.produces()) {
+                (None, Some(p)) => observed_by.get(&p).cloned().unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect();
         let words = ops.len().div_ceil(64).max(1);
         Searcher {
             ops,
             list: EventList::new(ops),
             same_before,
+            observers,
             zobrist: (0..ops.len() as u64)
                 .map(|i| mix(i.wrapping_mul(0x2545_F491_4F6C_DD1D)))
                 .collect(),
@@ -433,16 +506,51 @@ impl<'o> Searcher<'o> {
         }
     }
 
+    /// The order in which a configuration's candidates are tried: pure ops first (if one
+    /// fits, it is forced), then earliest deadline first: a required op's completion, an
+    /// unknown op's first pending observer's completion (unobserved unknown ops last). The
+    /// order only steers the search; every candidate is still tried.
+    fn order_key(&self, op: usize) -> OrderKey {
+        let o = &self.ops[op];
+        let deadline = match o.ret {
+            Some(ret) => ret,
+            None => self.observers[op]
+                .iter()
+                .find(|&&i| !self.is_set(i as usize))
+                .and_then(|&i| self.ops[i as usize].ret)
+                .unwrap_or(u64::MAX),
+        };
+        (!o.is_pure(), deadline, o.call, op)
+    }
+
+    /// The minimal calls (before the first pending return), in trying order.
+    fn candidates(&self, out: &mut Vec<(OrderKey, usize)>) {
+        out.clear();
+        let mut entry = self.list.next[0];
+        while entry != self.list.tail && self.list.node_is_call[entry as usize] {
+            let op = self.list.node_op[entry as usize] as usize;
+            out.push((self.order_key(op), op));
+            entry = self.list.next[entry as usize];
+        }
+        out.sort_unstable();
+    }
+
     fn run(&mut self, control: &SearchControl<'_>) -> SearchResult {
         let mut required_left = self.ops.iter().filter(|o| o.ret.is_some()).count();
         if required_left == 0 {
             return SearchResult::Linearizable;
         }
-        // (op, state before it, memo hash before it)
-        let mut stack: Vec<(usize, RegisterState, u64)> = Vec::new();
+        // (op, configuration before it, memo hash before it)
+        let mut stack: Vec<(usize, Config, u64)> = Vec::new();
+        // After an unknown op takes effect, the next op must observe the state it left: were
+        // the next one blind (write, delete), the unknown op's effect would be invisible and
+        // the same linearization without it (the op "never happened") is equally valid.
+        let mut must_observe = false;
         let mut hash = 0u64;
-        let mut entry = self.list.next[0];
         let mut steps = 0u64;
+        let mut candidates: Vec<(OrderKey, usize)> = Vec::new();
+        // Candidates up to this key were already tried in the current configuration.
+        let mut resume_after: Option<OrderKey> = None;
         loop {
             steps += 1;
             if steps.is_multiple_of(CONTROL_INTERVAL_STEPS) {
@@ -450,62 +558,63 @@ impl<'o> Searcher<'o> {
                     return SearchResult::GaveUp(reason);
                 }
             }
-            let mut dead_end = entry == self.list.tail || !self.list.node_is_call[entry as usize];
-            if !dead_end {
-                let op = self.list.node_op[entry as usize] as usize;
+            self.candidates(&mut candidates);
+            let mut descended = false;
+            for &(key, op) in &candidates {
+                if resume_after.is_some_and(|r| key <= r) {
+                    continue;
+                }
                 let o = self.ops[op];
-                let blocked =
-                    self.same_before[op] != NONE && !self.is_set(self.same_before[op] as usize);
-                match o.step.apply(self.state).filter(|_| !blocked) {
-                    None => {
-                        if !blocked {
-                            self.note_focus(op);
-                        }
-                        entry = self.list.next[entry as usize];
-                        continue;
-                    }
-                    Some(next_state) => {
-                        self.flip(op);
-                        let next_hash = hash ^ self.zobrist[op];
-                        if self.memo.insert(
-                            next_hash ^ state_hash(next_state),
-                            &self.bits,
-                            next_state,
-                        ) {
-                            stack.push((op, self.state, hash));
-                            hash = next_hash;
-                            self.state = next_state;
-                            self.list.lift(op);
-                            if o.ret.is_some() {
-                                required_left -= 1;
-                                if required_left == 0 {
-                                    return SearchResult::Linearizable;
-                                }
-                            }
-                            entry = self.list.next[0];
-                            continue;
-                        }
-                        self.flip(op);
-                        // A pure op applicable here leads to an explored, failed configuration:
-                        // this configuration fails too (see the module comment).
-                        dead_end = o.is_pure();
-                        if !dead_end {
-                            entry = self.list.next[entry as usize];
-                            continue;
+                let same = self.same_before[op];
+                if same != NONE && !self.is_set(same as usize) {
+                    continue; // symmetry: the identical earlier unknown op goes first
+                }
+                if must_observe && o.is_blind() {
+                    continue;
+                }
+                let Some(next_state) = o.step.apply(self.state) else {
+                    self.note_focus(op);
+                    continue;
+                };
+                self.flip(op);
+                let next_hash = hash ^ self.zobrist[op];
+                let next = Config { state: next_state, must_observe: o.ret.is_none() };
+                if self.memo.insert(next_hash ^ config_hash(next), &self.bits, next) {
+                    stack.push((op, Config { state: self.state, must_observe }, hash));
+                    hash = next_hash;
+                    self.state = next_state;
+                    must_observe = next.must_observe;
+                    self.list.lift(op);
+                    if o.ret.is_some() {
+                        required_left -= 1;
+                        if required_left == 0 {
+                            return SearchResult::Linearizable;
                         }
                     }
+                    descended = true;
+                    break;
+                }
+                self.flip(op);
+                if o.is_pure() {
+                    // A pure op that fits leads to an explored, failed configuration: this
+                    // configuration fails too (see the module comment).
+                    break;
                 }
             }
-            debug_assert!(dead_end);
+            if descended {
+                resume_after = None;
+                continue;
+            }
             // Backtrack: undo the last op; if it was pure, its parent configuration failed too.
             loop {
-                let Some((op, state, previous_hash)) = stack.pop() else {
+                let Some((op, before, previous_hash)) = stack.pop() else {
                     return SearchResult::Violation {
                         focus_states: std::mem::take(&mut self.focus_states),
                         focus_tried: self.focus_tried,
                     };
                 };
-                self.state = state;
+                self.state = before.state;
+                must_observe = before.must_observe;
                 hash = previous_hash;
                 self.flip(op);
                 self.list.unlift(op);
@@ -513,13 +622,16 @@ impl<'o> Searcher<'o> {
                     required_left += 1;
                 }
                 if !self.ops[op].is_pure() {
-                    entry = self.list.next[self.list.call_node[op] as usize];
+                    resume_after = Some(self.order_key(op));
                     break;
                 }
             }
         }
     }
 }
+
+/// (not pure, completion sequence or MAX, invocation sequence, op index).
+type OrderKey = (bool, u64, u64, usize);
 
 #[cfg(test)]
 mod tests {
