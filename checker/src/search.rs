@@ -115,9 +115,13 @@ pub enum SearchResult {
     Linearizable,
     /// No linearization exists. `focus_states`: distinct states in which the focus op (if any)
     /// was tried and could not be applied (at most `MAX_FOCUS_STATES`).
+    /// `deepest_return`: the latest first-pending-return any configuration reached; the events
+    /// before it form the longest linearizable prefix, and it is the completion of the op
+    /// that cannot be placed.
     Violation {
         focus_states: Vec<RegisterState>,
         focus_tried: bool,
+        deepest_return: u64,
     },
     GaveUp(GaveUp),
 }
@@ -214,6 +218,8 @@ struct EventList {
     /// For each node: the op index, and whether it is a call entry.
     node_op: Vec<u32>,
     node_is_call: Vec<bool>,
+    /// Event sequence number of each node.
+    node_seq: Vec<u64>,
     call_node: Vec<u32>,
     ret_node: Vec<u32>,
     tail: u32,
@@ -236,13 +242,15 @@ impl EventList {
             prev: (0..nodes as u32).map(|i| i.wrapping_sub(1)).collect(),
             node_op: vec![NONE; nodes],
             node_is_call: vec![false; nodes],
+            node_seq: vec![u64::MAX; nodes],
             call_node: vec![NONE; ops.len()],
             ret_node: vec![NONE; ops.len()],
             tail,
         };
         list.next[tail as usize] = NONE;
-        for (index, &(_, op, is_call)) in events.iter().enumerate() {
+        for (index, &(seq, op, is_call)) in events.iter().enumerate() {
             let node = index + 1;
+            list.node_seq[node] = seq;
             list.node_op[node] = op;
             list.node_is_call[node] = is_call;
             if is_call {
@@ -402,9 +410,9 @@ struct Searcher<'o> {
     list: EventList,
     /// For each info op: the previous info op with the identical step (symmetry), or NONE.
     same_before: Vec<u32>,
-    /// For each info op: the required ops that observe the state it produces (reads of it,
-    /// cas expecting it), by completion; it is tried by the deadline of the first pending one.
-    observers: Vec<Vec<u32>>,
+    /// For each info op: completions (sorted) of the required ops that observe the state it
+    /// produces (reads of it, cas expecting it); see `order_key`.
+    observer_rets: Vec<Vec<u64>>,
     zobrist: Vec<u64>,
     bits: Vec<u64>,
     memo: Memo,
@@ -412,6 +420,7 @@ struct Searcher<'o> {
     focus: Option<usize>,
     focus_states: Vec<RegisterState>,
     focus_tried: bool,
+    deepest_return: u64,
     memory_charged_bytes: usize,
 }
 
@@ -426,22 +435,22 @@ impl<'o> Searcher<'o> {
                 }
             }
         }
-        let mut observed_by: std::collections::HashMap<RegisterState, Vec<u32>> =
+        let mut observed_by: std::collections::HashMap<RegisterState, Vec<u64>> =
             std::collections::HashMap::new();
-        for (i, o) in ops.iter().enumerate() {
+        for o in ops.iter() {
             let observed = match o.step {
                 Step::Read(v) => Some(v),
                 Step::Cas { expected, .. } => Some(Some(expected)),
                 _ => None,
             };
-            if let (Some(v), Some(_)) = (observed, o.ret) {
-                observed_by.entry(v).or_default().push(i as u32);
+            if let (Some(v), Some(ret)) = (observed, o.ret) {
+                observed_by.entry(v).or_default().push(ret);
             }
         }
         for list in observed_by.values_mut() {
-            list.sort_unstable_by_key(|&i| ops[i as usize].ret);
+            list.sort_unstable();
         }
-        let observers = ops
+        let observer_rets = ops
             .iter()
             .map(|o| match (o.ret, o.step.produces()) {
                 (None, Some(p)) => observed_by.get(&p).cloned().unwrap_or_default(),
@@ -453,7 +462,7 @@ impl<'o> Searcher<'o> {
             ops,
             list: EventList::new(ops),
             same_before,
-            observers,
+            observer_rets,
             zobrist: (0..ops.len() as u64)
                 .map(|i| mix(i.wrapping_mul(0x2545_F491_4F6C_DD1D)))
                 .collect(),
@@ -463,6 +472,7 @@ impl<'o> Searcher<'o> {
             focus: focus.and_then(|id| ops.iter().position(|o| o.id == id)),
             focus_states: Vec::new(),
             focus_tried: false,
+            deepest_return: 0,
             memory_charged_bytes: 0,
         }
     }
@@ -508,31 +518,55 @@ impl<'o> Searcher<'o> {
 
     /// The order in which a configuration's candidates are tried: pure ops first (if one
     /// fits, it is forced), then earliest deadline first: a required op's completion, an
-    /// unknown op's first pending observer's completion (unobserved unknown ops last). The
-    /// order only steers the search; every candidate is still tried.
-    fn order_key(&self, op: usize) -> OrderKey {
+    /// unknown op's first observer completing at or after `frontier` (the first pending
+    /// return; unobserved unknown ops last). The order only steers the search; every
+    /// candidate is still tried.
+    fn order_key(&self, op: usize, frontier: u64) -> OrderKey {
         let o = &self.ops[op];
         let deadline = match o.ret {
             Some(ret) => ret,
-            None => self.observers[op]
-                .iter()
-                .find(|&&i| !self.is_set(i as usize))
-                .and_then(|&i| self.ops[i as usize].ret)
-                .unwrap_or(u64::MAX),
+            None => {
+                let rets = &self.observer_rets[op];
+                rets.get(rets.partition_point(|&r| r < frontier))
+                    .copied()
+                    .unwrap_or(u64::MAX)
+            }
         };
         (!o.is_pure(), deadline, o.call, op)
     }
 
-    /// The minimal calls (before the first pending return), in trying order.
-    fn candidates(&self, out: &mut Vec<(OrderKey, usize)>) {
+    /// The minimal calls (before the first pending return) that can take effect now, with
+    /// the state each leaves, in trying order.
+    fn candidates(&mut self, must_observe: bool, out: &mut Vec<Candidate>) {
         out.clear();
         let mut entry = self.list.next[0];
         while entry != self.list.tail && self.list.node_is_call[entry as usize] {
-            let op = self.list.node_op[entry as usize] as usize;
-            out.push((self.order_key(op), op));
             entry = self.list.next[entry as usize];
         }
-        out.sort_unstable();
+        let frontier = if entry == self.list.tail {
+            u64::MAX
+        } else {
+            self.list.node_seq[entry as usize]
+        };
+        self.deepest_return = self.deepest_return.max(frontier);
+        let mut entry = self.list.next[0];
+        while entry != self.list.tail && self.list.node_is_call[entry as usize] {
+            let op = self.list.node_op[entry as usize] as usize;
+            entry = self.list.next[entry as usize];
+            let o = self.ops[op];
+            let same = self.same_before[op];
+            if same != NONE && !self.is_set(same as usize) {
+                continue; // symmetry: the identical earlier unknown op goes first
+            }
+            if must_observe && o.is_blind() {
+                continue;
+            }
+            match o.step.apply(self.state) {
+                Some(next_state) => out.push((self.order_key(op, frontier), op, next_state)),
+                None => self.note_focus(op),
+            }
+        }
+        out.sort_unstable_by_key(|c| c.0);
     }
 
     fn run(&mut self, control: &SearchControl<'_>) -> SearchResult {
@@ -540,15 +574,15 @@ impl<'o> Searcher<'o> {
         if required_left == 0 {
             return SearchResult::Linearizable;
         }
-        // (op, configuration before it, memo hash before it)
-        let mut stack: Vec<(usize, Config, u64)> = Vec::new();
+        // (op, its order key, configuration before it, memo hash before it)
+        let mut stack: Vec<(usize, OrderKey, Config, u64)> = Vec::new();
         // After an unknown op takes effect, the next op must observe the state it left: were
         // the next one blind (write, delete), the unknown op's effect would be invisible and
         // the same linearization without it (the op "never happened") is equally valid.
         let mut must_observe = false;
         let mut hash = 0u64;
         let mut steps = 0u64;
-        let mut candidates: Vec<(OrderKey, usize)> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         // Candidates up to this key were already tried in the current configuration.
         let mut resume_after: Option<OrderKey> = None;
         loop {
@@ -558,29 +592,32 @@ impl<'o> Searcher<'o> {
                     return SearchResult::GaveUp(reason);
                 }
             }
-            self.candidates(&mut candidates);
+            self.candidates(must_observe, &mut candidates);
             let mut descended = false;
-            for &(key, op) in &candidates {
+            for &(key, op, next_state) in &candidates {
                 if resume_after.is_some_and(|r| key <= r) {
                     continue;
                 }
                 let o = self.ops[op];
-                let same = self.same_before[op];
-                if same != NONE && !self.is_set(same as usize) {
-                    continue; // symmetry: the identical earlier unknown op goes first
-                }
-                if must_observe && o.is_blind() {
-                    continue;
-                }
-                let Some(next_state) = o.step.apply(self.state) else {
-                    self.note_focus(op);
-                    continue;
-                };
                 self.flip(op);
                 let next_hash = hash ^ self.zobrist[op];
-                let next = Config { state: next_state, must_observe: o.ret.is_none() };
-                if self.memo.insert(next_hash ^ config_hash(next), &self.bits, next) {
-                    stack.push((op, Config { state: self.state, must_observe }, hash));
+                let next = Config {
+                    state: next_state,
+                    must_observe: o.ret.is_none(),
+                };
+                if self
+                    .memo
+                    .insert(next_hash ^ config_hash(next), &self.bits, next)
+                {
+                    stack.push((
+                        op,
+                        key,
+                        Config {
+                            state: self.state,
+                            must_observe,
+                        },
+                        hash,
+                    ));
                     hash = next_hash;
                     self.state = next_state;
                     must_observe = next.must_observe;
@@ -607,10 +644,11 @@ impl<'o> Searcher<'o> {
             }
             // Backtrack: undo the last op; if it was pure, its parent configuration failed too.
             loop {
-                let Some((op, before, previous_hash)) = stack.pop() else {
+                let Some((op, key, before, previous_hash)) = stack.pop() else {
                     return SearchResult::Violation {
                         focus_states: std::mem::take(&mut self.focus_states),
                         focus_tried: self.focus_tried,
+                        deepest_return: self.deepest_return,
                     };
                 };
                 self.state = before.state;
@@ -622,13 +660,16 @@ impl<'o> Searcher<'o> {
                     required_left += 1;
                 }
                 if !self.ops[op].is_pure() {
-                    resume_after = Some(self.order_key(op));
+                    resume_after = Some(key);
                     break;
                 }
             }
         }
     }
 }
+
+/// A candidate: its order key, op index, and the state it leaves.
+type Candidate = (OrderKey, usize, RegisterState);
 
 /// (not pure, completion sequence or MAX, invocation sequence, op index).
 type OrderKey = (bool, u64, u64, usize);
@@ -712,7 +753,12 @@ mod tests {
         let mut ops = Vec::new();
         for i in 0..14u32 {
             ops.push(op(2 * i, u64::from(i), None, Step::Write(i64::from(i))));
-            ops.push(op(2 * i + 1, u64::from(i), Some(1_000 + u64::from(i)), Step::Read(Some(i64::from(i)))));
+            ops.push(op(
+                2 * i + 1,
+                u64::from(i),
+                Some(1_000 + u64::from(i)),
+                Step::Read(Some(i64::from(i))),
+            ));
         }
         ops.push(op(100, 500, Some(2_000), Step::Read(Some(999))));
         let memory = AtomicUsize::new(0);
@@ -724,14 +770,23 @@ mod tests {
             memory_used_bytes: &memory,
             cancel: &cancel,
         };
-        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::MemoryLimit));
+        assert_eq!(
+            search(&ops, None, &control, None),
+            SearchResult::GaveUp(GaveUp::MemoryLimit)
+        );
         assert_eq!(memory.load(Ordering::Relaxed), 0);
         control.max_memory_bytes = usize::MAX;
         control.max_steps = Some(100_000);
-        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::StepLimit));
+        assert_eq!(
+            search(&ops, None, &control, None),
+            SearchResult::GaveUp(GaveUp::StepLimit)
+        );
         cancel.store(true, Ordering::Relaxed);
         control.max_steps = None;
-        assert_eq!(search(&ops, None, &control, None), SearchResult::GaveUp(GaveUp::Cancelled));
+        assert_eq!(
+            search(&ops, None, &control, None),
+            SearchResult::GaveUp(GaveUp::Cancelled)
+        );
     }
 
     #[test]
