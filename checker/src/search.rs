@@ -14,7 +14,10 @@
 //! - an unknown op that took effect is immediately followed by an op that observes its result
 //!   (otherwise the next op is blind and the unknown op can be dropped).
 //!
-//! Model states are `Option<i64>` (absent or a value): `Copy`, so a step allocates nothing.
+//! Candidates are tried pure ops first, then earliest deadline first (`Searcher::order_key`);
+//! the order only steers the search, every candidate of a configuration is tried before it is
+//! abandoned. Model states are `Option<i64>` (absent or a value): `Copy`, so a step allocates
+//! nothing.
 
 use crate::history::OpId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
