@@ -93,9 +93,24 @@ pub fn explain(
     let events = key_events(&ops);
     // Invariant of the binary search: prefix(lo) linearizable, prefix(hi) not.
     let (mut lo, mut hi) = (0usize, events.len());
-    match probe(&control, &ops, initial) {
-        Probe::Fails => {}
-        Probe::Ok | Probe::GaveUp => return None,
+    let deepest = match control.search(&ops, initial, None) {
+        SearchResult::Violation { deepest_return, .. } => deepest_return,
+        SearchResult::Linearizable | SearchResult::GaveUp(_) => return None,
+    };
+    // The search's deepest point is the answer; confirm it with two probes (cheap compared
+    // to a binary search of failing probes) and fall back to the binary search otherwise.
+    let guess = events.partition_point(|e| e.0 < deepest);
+    if guess < events.len() && events[guess].2 {
+        let confirmed = matches!(
+            probe(&control, &prefix(&ops, &events, guess), initial),
+            Probe::Ok
+        ) && matches!(
+            probe(&control, &prefix(&ops, &events, guess + 1), initial),
+            Probe::Fails
+        );
+        if confirmed {
+            (lo, hi) = (guess, guess + 1);
+        }
     }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
@@ -116,6 +131,7 @@ pub fn explain(
         SearchResult::Violation {
             mut focus_states,
             focus_tried,
+            ..
         } => {
             focus_states.sort_unstable();
             (focus_states, focus_tried)
@@ -232,8 +248,8 @@ fn shrink(
             }
             let end = (start + chunk).min(ops.len());
             let candidate: Vec<KeyOp> = ops[..start].iter().chain(&ops[end..]).copied().collect();
-            let allowed = candidate.iter().any(|o| o.id == keep)
-                && supported(&candidate, initial, &unsupported_from_start);
+            let candidate = drop_unsupported(candidate, initial, &unsupported_from_start);
+            let allowed = candidate.len() < ops.len() && candidate.iter().any(|o| o.id == keep);
             if allowed {
                 probes += 1;
                 match probe(control, &candidate, initial) {
@@ -257,21 +273,27 @@ fn shrink(
     }
 }
 
-/// Every value an op observes is produced by some op of the candidate (or is the initial
-/// state), so a shrunk history never "fails" merely by reading a value nobody wrote.
-fn supported(
-    ops: &[KeyOp],
+/// Removes, until none is left, ops observing a value no remaining op produces (unless it was
+/// unproduced from the start), so a shrunk history never "fails" merely by reading a value
+/// nobody wrote: removing a write also removes the reads of it.
+fn drop_unsupported(
+    mut ops: Vec<KeyOp>,
     initial: RegisterState,
     unsupported_from_start: &HashSet<RegisterState>,
-) -> bool {
-    let produced = produced(ops, initial);
-    ops.iter().all(|o| match o.step {
-        Step::Read(v) => produced.contains(&v) || unsupported_from_start.contains(&v),
-        Step::Cas { expected, .. } => {
-            produced.contains(&Some(expected)) || unsupported_from_start.contains(&Some(expected))
+) -> Vec<KeyOp> {
+    loop {
+        let produced = produced(&ops, initial);
+        let fine = |v: &RegisterState| produced.contains(v) || unsupported_from_start.contains(v);
+        let before = ops.len();
+        ops.retain(|o| match o.step {
+            Step::Read(v) => fine(&v),
+            Step::Cas { expected, .. } => fine(&Some(expected)),
+            _ => true,
+        });
+        if ops.len() == before {
+            return ops;
         }
-        _ => true,
-    })
+    }
 }
 
 /// States some op of `ops` can leave behind, and the initial state.

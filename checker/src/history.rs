@@ -597,6 +597,19 @@ mod tests {
     }
 
     #[test]
+    fn serde_round_trip_validates_invariants() {
+        let mut h = History::new();
+        let a = h.invoke(1, 1, "x", Op::Write { value: 5 }).unwrap();
+        h.complete(2, a, Outcome::Ok(OkValue::Done)).unwrap();
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<History>(&json).unwrap(), h);
+        let bad = json.replace("\"id\":0", "\"id\":3");
+        assert!(serde_json::from_str::<History>(&bad).is_err());
+        let backwards = json.replace("\"time_ns\":2", "\"time_ns\":0");
+        assert!(serde_json::from_str::<History>(&backwards).is_err());
+    }
+
+    #[test]
     fn builder_rejects_backwards_time_and_wrong_outcomes() {
         let mut h = History::new();
         let a = h.invoke(10, 1, "x", Op::Write { value: 5 }).unwrap();

@@ -40,6 +40,27 @@ pub enum SetAnomaly {
     },
 }
 
+impl std::fmt::Display for SetAnomaly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetAnomaly::Lost { key, element, add, read } => write!(
+                f,
+                "key {key}: element {element} lost: add {add} was acknowledged before read {read} was invoked, which lacks it"
+            ),
+            SetAnomaly::NeverAdded { key, element, read } => {
+                write!(f, "key {key}: read {read} returned {element}, which nothing tried to add")
+            }
+            SetAnomaly::FailedAddObserved { key, element, read } => {
+                write!(f, "key {key}: read {read} returned {element}, whose adds all failed")
+            }
+            SetAnomaly::VisibleBeforeAdd { key, element, read } => write!(
+                f,
+                "key {key}: read {read} returned {element} before any add of it was invoked"
+            ),
+        }
+    }
+}
+
 /// Counts over each key's last ok read, plus every anomaly found on any read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetReport {

@@ -24,7 +24,10 @@ fn build(specs: &[Spec]) -> History {
         let op = match kind {
             0 => Op::Read,
             1 => Op::Write { value: a },
-            2 => Op::Cas { expected: a, new: b },
+            2 => Op::Cas {
+                expected: a,
+                new: b,
+            },
             _ => Op::Delete,
         };
         if !done {
@@ -38,7 +41,9 @@ fn build(specs: &[Spec]) -> History {
             (3, Op::Cas { .. }) => Outcome::Ok(OkValue::CasMismatch),
             _ => Outcome::Ok(OkValue::Done),
         };
-        history.complete(t, ids[i].expect("invoked"), outcome).expect("complete");
+        history
+            .complete(t, ids[i].expect("invoked"), outcome)
+            .expect("complete");
     }
     history
 }
@@ -50,7 +55,9 @@ fn apply(record: &OpRecord, state: Option<i64>) -> Option<Option<i64>> {
         (Op::Read, Outcome::Ok(OkValue::Read(v))) => (state == *v).then_some(state),
         (Op::Write { value }, _) => Some(Some(*value)),
         (Op::Delete, _) => Some(None),
-        (Op::Cas { expected, .. }, Outcome::Ok(OkValue::CasMismatch)) => (state != Some(*expected)).then_some(state),
+        (Op::Cas { expected, .. }, Outcome::Ok(OkValue::CasMismatch)) => {
+            (state != Some(*expected)).then_some(state)
+        }
         (Op::Cas { expected, new }, _) => (state == Some(*expected)).then_some(Some(*new)),
         _ => {
             assert!(!required);
@@ -63,7 +70,11 @@ fn apply(record: &OpRecord, state: Option<i64>) -> Option<Option<i64>> {
 /// are placed; done when every ok op is placed.
 fn brute_force(ops: &[&OpRecord], placed: &mut Vec<bool>, state: Option<i64>) -> bool {
     let required = |r: &OpRecord| matches!(r.outcome(), Outcome::Ok(_));
-    if ops.iter().zip(placed.iter()).all(|(r, p)| *p || !required(r)) {
+    if ops
+        .iter()
+        .zip(placed.iter())
+        .all(|(r, p)| *p || !required(r))
+    {
         return true;
     }
     for i in 0..ops.len() {
@@ -71,7 +82,10 @@ fn brute_force(ops: &[&OpRecord], placed: &mut Vec<bool>, state: Option<i64>) ->
             continue;
         }
         let ready = ops.iter().zip(placed.iter()).all(|(a, p)| {
-            *p || !required(a) || a.completion.as_ref().is_none_or(|c| c.seq > ops[i].invoke_seq)
+            *p || !required(a)
+                || a.completion
+                    .as_ref()
+                    .is_none_or(|c| c.seq > ops[i].invoke_seq)
         });
         if !ready {
             continue;

@@ -139,12 +139,15 @@ fn check_file(path: &Path, args: &Args, html: &mut Vec<String>) -> FileResult {
     let name = path.display().to_string();
     if args.model == Model::Set {
         let report = check_set(&history);
+        if args.html.is_some() {
+            html.push(set_html_section(&name, &report));
+        }
         let json = serde_json::to_value(&report).unwrap_or_default();
         return match report.anomalies.first() {
             None => FileResult::Valid,
             Some(first) => FileResult::Violation {
                 key: set_anomaly_key(first).to_string(),
-                detail: format!("{} anomalies; first: {first:?}", report.anomalies.len()),
+                detail: format!("{} anomalies; first: {first}", report.anomalies.len()),
                 json,
             },
         };
@@ -180,6 +183,30 @@ fn check_file(path: &Path, args: &Args, html: &mut Vec<String>) -> FileResult {
         html.push(html_section(&name, &history, &verdict, None));
     }
     result
+}
+
+/// The set check has no timeline: a list of the anomalies found (at most `MAX_HTML_ANOMALIES`).
+fn set_html_section(name: &str, report: &checker::SetReport) -> String {
+    const MAX_HTML_ANOMALIES: usize = 100;
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut out = format!(
+        "<h2>{}: {}</h2>\n<p>{} keys, {} reads checked, {} acknowledged adds, {} unknown adds present.</p>\n<ul>\n",
+        escape(name),
+        if report.is_valid() { "valid set" } else { "NOT valid" },
+        report.keys,
+        report.reads_checked,
+        report.acknowledged_adds,
+        report.unknown_adds_present
+    );
+    for anomaly in report.anomalies.iter().take(MAX_HTML_ANOMALIES) {
+        out.push_str(&format!("<li>{}</li>\n", escape(&anomaly.to_string())));
+    }
+    out.push_str("</ul>\n");
+    out
 }
 
 fn set_anomaly_key(anomaly: &checker::SetAnomaly) -> &str {
