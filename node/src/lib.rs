@@ -19,6 +19,7 @@
 
 #[cfg(any(test, madsim))]
 pub mod bugs;
+pub mod placement;
 pub mod raft;
 pub mod kv;
 pub mod storage;
