@@ -10,9 +10,9 @@
 //! - a vote is granted at most once per term, only to a candidate whose log is at least as up
 //!   to date, and the vote is persisted (Ready.hard_state) before the response is sent.
 
-use super::membership::bootstrap_changes;
+use super::membership::{apply_change, bootstrap_changes};
 use super::progress::ProgressState;
-use super::types::{EntryPayload, Message, MessageBody, NodeId, Role, Term};
+use super::types::{EntryPayload, Membership, Message, MessageBody, NodeId, Role, Term};
 use super::{NotLeader, ProposeError, Raft};
 
 /// Terms and indexes above this are treated as corrupt input (a real log or term counter
@@ -119,6 +119,11 @@ impl Raft {
                 ),
                 MessageBody::PreVote { .. } => {
                     self.send(m.from, MessageBody::PreVoteResponse { granted: false })
+                }
+                // A candidate behind in term learns ours and can catch up (otherwise two
+                // nodes that each need the other's vote can leapfrog terms forever).
+                MessageBody::Vote { .. } => {
+                    self.send(m.from, MessageBody::VoteResponse { granted: false })
                 }
                 _ => {}
             }
@@ -292,11 +297,11 @@ impl Raft {
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
-        if self.election_elapsed >= self.randomized_election_timeout {
+        // A node that may not campaign keeps counting, so that its lease (which makes it
+        // ignore vote requests) expires once the leader falls silent.
+        if self.election_elapsed >= self.randomized_election_timeout && self.can_campaign() {
             self.election_elapsed = 0;
-            if self.can_campaign() {
-                self.campaign();
-            }
+            self.campaign();
         }
     }
 
@@ -448,12 +453,29 @@ impl Raft {
         self.reset_role_state();
         self.election_elapsed = 0;
         self.sync_progress_with_membership();
-        if self.log.last_index() == 0 {
+        if self.log_lacks_bootstrap() {
             for change in bootstrap_changes(&self.membership.clone()) {
                 self.append_local(EntryPayload::Membership(change));
             }
         }
         self.append_local(EntryPayload::Noop);
+    }
+
+    /// True when no snapshot covers the log start and the log's membership entries alone do
+    /// not rebuild the membership (a node joining with an empty `initial_membership` would
+    /// see a wrong configuration). The earlier bootstrap may be missing or only partly
+    /// replicated before its leader failed.
+    fn log_lacks_bootstrap(&self) -> bool {
+        if self.log.snapshot_index() > 0 {
+            return false;
+        }
+        let mut from_log = Membership::default();
+        for e in self.log.entries() {
+            if let EntryPayload::Membership(change) = &e.payload {
+                apply_change(&mut from_log, change);
+            }
+        }
+        from_log != self.membership
     }
 
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ProposeError> {
