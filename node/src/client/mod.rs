@@ -279,9 +279,67 @@ impl Client {
     }
 
     /// Runs one operation to completion: finds the leader, follows redirects, retries.
+    ///
+    /// Writes run inside an exactly-once session that this client opens with
+    /// `Operation::OpenSession` (seq 1) before its first write, and again after the cluster
+    /// reports the session expired. No real operation is ever the one that creates a session,
+    /// so a retry after an expiry is refused by the state machine rather than applied twice.
     pub async fn execute(&mut self, op: Operation) -> Result<OpResult, ClientError> {
-        let is_read = op.is_read();
         let deadline = Instant::now() + self.options.operation_timeout;
+        if op.is_read() {
+            return self.execute_until(op, deadline).await;
+        }
+        loop {
+            if self.last_seq == 0 {
+                self.open_session(deadline).await?;
+            }
+            match self.execute_until(op.clone(), deadline).await? {
+                // `execute_until` already started a new session and knows nothing was applied.
+                OpResult::SessionExpired if Instant::now() < deadline => continue,
+                OpResult::SessionExpired => {
+                    return Err(ClientError::Failed {
+                        reason: "session expired and the operation timed out".into(),
+                    })
+                }
+                result => return Ok(result),
+            }
+        }
+    }
+
+    async fn open_session(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        debug_assert_eq!(self.last_seq, 0);
+        match self.execute_until(Operation::OpenSession, deadline).await {
+            Ok(OpResult::SessionOpened) => Ok(()),
+            Ok(other) => {
+                self.new_session();
+                Err(ClientError::Failed {
+                    reason: format!("unexpected answer to opening a session: {other:?}"),
+                })
+            }
+            // The operation itself was never sent, so its failure is definite even when the
+            // session's opening is in doubt; a fresh session avoids any seq confusion.
+            Err(ClientError::Unknown { reason }) => {
+                self.new_session();
+                Err(ClientError::Failed {
+                    reason: format!("could not open a session: {reason}"),
+                })
+            }
+            Err(e) => {
+                self.new_session();
+                Err(e)
+            }
+        }
+    }
+
+    /// One operation under the current session, retried until `deadline`. Returns
+    /// `Ok(OpResult::SessionExpired)` (after starting a new, unopened session) when the cluster no
+    /// longer knows the session and nothing of this operation can have been applied.
+    async fn execute_until(
+        &mut self,
+        op: Operation,
+        deadline: Instant,
+    ) -> Result<OpResult, ClientError> {
+        let is_read = op.is_read();
         let mut command = Command {
             client_id: self.client_id,
             seq: 0,
@@ -315,10 +373,7 @@ impl Client {
                                 reason: "session expired during retries".into(),
                             });
                         }
-                        command.client_id = self.client_id;
-                        self.last_seq = 1;
-                        command.seq = 1;
-                        false
+                        return Ok(OpResult::SessionExpired);
                     }
                     result => return Ok(result),
                 },

@@ -189,6 +189,7 @@ impl StateMachine {
             Operation::Delete { .. } => return Err(KvError::NotARead("delete")),
             Operation::CompareAndSwap { .. } => return Err(KvError::NotARead("cas")),
             Operation::PutIfAbsent { .. } => return Err(KvError::NotARead("put-if-absent")),
+            Operation::OpenSession => return Err(KvError::NotARead("open-session")),
         }
         if let Err(invalid) = self.check_limits(op) {
             return Ok(OpResult::Invalid(invalid));
@@ -257,6 +258,7 @@ impl StateMachine {
                     }
                 }
             }
+            Operation::OpenSession => Ok(()),
         }
     }
 
@@ -297,6 +299,8 @@ impl StateMachine {
                     }
                 }
             }
+            // The session itself is recorded by `apply`.
+            Operation::OpenSession => OpResult::SessionOpened,
         }
     }
 

@@ -369,6 +369,7 @@ impl Model {
     fn run(&mut self, index: u64, op: &Operation) -> OpResult {
         match op {
             Operation::Get { key } => OpResult::Value(self.find(key)),
+            Operation::OpenSession => OpResult::SessionOpened,
             Operation::Put { key, value } => self.set(key, value, index),
             Operation::Delete { key } => {
                 let previous = self.find(key);
@@ -540,4 +541,39 @@ proptest! {
         let _ = decode_command(&bytes);
         let _ = StateMachine::restore(KvConfig::default(), &bytes);
     }
+}
+
+#[test]
+fn retry_after_session_expiry_is_refused_not_reapplied() {
+    // The client library opens every session with `OpenSession` at seq 1, so its first real
+    // operation is seq 2. If the session expires while that operation's outcome is unknown to
+    // the client, the retry must be refused (not applied a second time).
+    let config = KvConfig {
+        max_sessions: 1,
+        ..KvConfig::default()
+    };
+    let mut m = StateMachine::new(config).unwrap();
+    assert_eq!(
+        m.apply(1, &cmd(1, 1, Operation::OpenSession)),
+        OpResult::SessionOpened
+    );
+    assert_eq!(
+        m.apply(2, &cmd(1, 2, put("k", "once"))),
+        OpResult::Written { version: 2 }
+    );
+    // Another client's session evicts client 1's (max_sessions = 1).
+    m.apply(3, &cmd(2, 1, Operation::OpenSession));
+    assert_eq!(
+        m.apply(4, &cmd(1, 2, put("k", "once"))),
+        OpResult::SessionExpired
+    );
+    assert_eq!(
+        m.read(&get("k")).unwrap(),
+        OpResult::Value(versioned("once", 2))
+    );
+    // Retrying the session opening itself is harmless: it applies nothing.
+    assert_eq!(
+        m.apply(5, &cmd(2, 1, Operation::OpenSession)),
+        OpResult::SessionOpened
+    );
 }

@@ -47,6 +47,12 @@ pub enum Operation {
         range: KeyRange,
         limit: u32,
     },
+    /// Opens the exactly-once session of `Command::client_id` (Raft dissertation §6.3,
+    /// RegisterClient). The state machine starts a session at any seq-1 command; `node::client`
+    /// always makes seq 1 an `OpenSession`, so no real operation is ever the one that creates
+    /// a session: after an expiry, a retried real operation (seq > 1) meets `SessionExpired`
+    /// instead of silently starting a fresh session and being applied twice.
+    OpenSession,
 }
 
 impl Operation {
@@ -79,8 +85,8 @@ pub enum KeyRange {
 }
 
 /// The payload of a Raft log entry: one client operation inside an exactly-once session.
-/// `seq` starts at 1 for a new `client_id` and grows by at least 1 per new operation; a retry
-/// reuses the seq of the operation it retries.
+/// A session starts at `seq` 1 (the client library sends `Operation::OpenSession` there); `seq` grows by at least 1 per new
+/// operation; a retry reuses the seq of the operation it retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub client_id: u64,
@@ -118,6 +124,8 @@ pub enum OpResult {
     /// The session already applied a later seq (`last_seq`): this older request is not applied
     /// and its original response is no longer kept.
     Stale { last_seq: u64 },
+    /// `OpenSession`: the session is open.
+    SessionOpened,
     /// The session for this client id is unknown (expired, or never opened with seq 1): the
     /// request was not applied. The client must start a new session (new client id); the
     /// outcome of its earlier unacknowledged request is unknown.
