@@ -1,1 +1,19 @@
-//! placeholder until the crate's issue lands
+//! quorumkv workloads: operation generators that run through a `KvStore` (the real client
+//! library or an in-memory fake) and record every operation into a history for the checker.
+//!
+//! The same workload code runs inside the simulator and against real processes; it never reads
+//! a clock (the caller supplies time stamps) and draws randomness only from seeded rngs.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod fake;
+pub mod generator;
+pub mod op;
+pub mod recorder;
+pub mod store;
+
+pub use client::{ClientStats, Clock, WorkloadClient};
+pub use generator::{Generator, WorkloadSpec};
+pub use op::{Op, OpResult};
+pub use recorder::{Completion, Event, EventKind, Invocation, Recorder};
+pub use store::{KvStore, StoreError, Value};
