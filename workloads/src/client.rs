@@ -16,10 +16,6 @@ use crate::op::{execute, Op};
 use crate::recorder::{Completion, Recorder};
 use crate::store::{KvStore, StoreError};
 
-/// Source of the time stamps, in nanoseconds since the start of the run (the simulator passes
-/// elapsed simulated time).
-pub type Clock = dyn Fn() -> u64 + Send + Sync;
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
     pub ok: u64,
@@ -86,14 +82,15 @@ impl<S: KvStore> WorkloadClient<S> {
         &self.store
     }
 
-    /// Runs generated operations until `max_ops` were issued or `clock()` reaches `until_ns`.
-    pub async fn run(&mut self, max_ops: u64, until_ns: u64, clock: &Clock) {
+    /// Runs generated operations until `max_ops` were issued or the recorder's clock reaches
+    /// `until_ns`.
+    pub async fn run(&mut self, max_ops: u64, until_ns: u64) {
         for _ in 0..max_ops {
-            if clock() >= until_ns {
+            if self.recorder.now_ns() >= until_ns {
                 break;
             }
             let op = self.generator.next_op(&mut self.rng);
-            self.perform(op, clock).await;
+            self.perform(op).await;
             if self.think_time_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(self.think_time_ms)).await;
             }
@@ -101,15 +98,15 @@ impl<S: KvStore> WorkloadClient<S> {
     }
 
     /// Runs the workload's closing operations (e.g. the set's final read).
-    pub async fn run_final(&mut self, clock: &Clock) {
+    pub async fn run_final(&mut self) {
         for op in self.generator.final_ops() {
-            self.perform(op, clock).await;
+            self.perform(op).await;
         }
     }
 
     /// Performs one operation and records it; returns its completion.
-    pub async fn perform(&mut self, op: Op, clock: &Clock) -> Completion {
-        let invocation = self.recorder.invoke(self.process, op.clone(), clock());
+    pub async fn perform(&mut self, op: Op) -> Completion {
+        let invocation = self.recorder.invoke(self.process, &op);
         let outcome = execute(&self.store, &op).await;
         let completion = match outcome {
             Ok(result) => {
@@ -130,8 +127,7 @@ impl<S: KvStore> WorkloadClient<S> {
                 Completion::Info(reason)
             }
         };
-        self.recorder
-            .complete(invocation, completion.clone(), clock());
+        self.recorder.complete(invocation, &completion);
         if matches!(completion, Completion::Info(_)) {
             self.process += self.client_count;
         }

@@ -12,8 +12,8 @@ pub mod op;
 pub mod recorder;
 pub mod store;
 
-pub use client::{ClientStats, Clock, WorkloadClient};
+pub use client::{ClientStats, WorkloadClient};
 pub use generator::{Generator, WorkloadSpec};
 pub use op::{Op, OpResult};
-pub use recorder::{Completion, Event, EventKind, Invocation, Recorder};
+pub use recorder::{Clock, Completion, Recorder};
 pub use store::{KvStore, StoreError, Value};
