@@ -15,3 +15,4 @@ pub mod storage;
 pub mod transport;
 pub mod server;
 pub mod client;
+pub mod config;

@@ -1,0 +1,81 @@
+//! The client port's request/response types (carried in `transport::frame` frames).
+//!
+//! A client sends one `ClientFrame` at a time per connection and waits for the `ServerFrame`
+//! with the same `id`. The distinction that matters to callers is encoded in the response:
+//! `Redirect` and `Refused` mean the request was NOT proposed (safe to retry anywhere);
+//! `Unknown` means it was proposed and this node cannot tell whether it will take effect (retry
+//! with the same (client id, seq), which the state machine applies at most once).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MemberConfig;
+use crate::kv::{Command, OpResult};
+use crate::raft::{LogIndex, NodeId, Role, Term};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    pub id: u64,
+    pub request: ClientRequest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Reads (`Get`, `Scan`) ignore `client_id`/`seq`; writes are exactly-once per pair.
+    Execute(Command),
+    Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerFrame {
+    pub id: u64,
+    pub response: ClientResponse,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// Applied (writes) or read at a linearizable point (reads).
+    Done(OpResult),
+    /// This node is not the leader and did not propose the request.
+    Redirect {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<SocketAddr>,
+    },
+    /// Refused before being proposed: definitely not applied.
+    Refused(RefusedReason),
+    /// Proposed, but this node lost track of it (leadership lost, log entry replaced, shutdown).
+    Unknown {
+        reason: String,
+    },
+    Status(NodeStatus),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusedReason {
+    /// Too many requests in flight on this node (`limits.max_pending_requests`).
+    Busy,
+    ShuttingDown,
+}
+
+/// What `quorumkv status` shows for one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub pid: u32,
+    pub role: Role,
+    pub term: Term,
+    pub leader_id: Option<NodeId>,
+    pub leader_addr: Option<SocketAddr>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub last_index: LogIndex,
+    pub snapshot_index: LogIndex,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// The members this node was configured with (addresses).
+    pub members: Vec<MemberConfig>,
+    pub keys: u64,
+}

@@ -1,0 +1,394 @@
+//! Node configuration: what a `quorumkv server` process is told, from flags or a TOML file.
+//!
+//! Every limit is explicit and named with its unit. `ServerConfig::validate` is the single place
+//! that decides whether a configuration is usable; its errors name the offending field, so the
+//! binary can print them as one line. Simulation-only knobs (transport faults, planted bugs) are
+//! not part of the file format and exist only in test/simulation builds.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::NodeId;
+
+/// Default client port of `quorumkv server`; `quorumkv local` uses `LOCAL_CLIENT_PORT_BASE + i`.
+pub const DEFAULT_CLIENT_PORT: u16 = 7379;
+pub const DEFAULT_PEER_PORT: u16 = 7380;
+pub const LOCAL_CLIENT_PORT_BASE: u16 = 7400;
+pub const LOCAL_PEER_PORT_BASE: u16 = 7500;
+
+/// One member of the cluster as every node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: NodeId,
+    /// Where other nodes reach this member's peer (Raft) port.
+    pub peer_addr: SocketAddr,
+    /// Where clients reach this member (also returned in redirects).
+    pub client_addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Largest frame accepted on the client port (must hold a key and a value).
+    pub max_client_frame_bytes: usize,
+    /// Largest frame accepted on the peer port (must hold a snapshot).
+    pub max_peer_frame_bytes: usize,
+    /// Client requests accepted by the event loop but not yet answered, over all connections.
+    pub max_pending_requests: usize,
+    pub max_client_connections: usize,
+    pub max_peer_connections: usize,
+    /// Largest number of items a scan returns.
+    pub max_scan_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 1024 * 1024,
+            max_client_frame_bytes: 4 * 1024 * 1024,
+            max_peer_frame_bytes: 256 * 1024 * 1024,
+            max_pending_requests: 16 * 1024,
+            max_client_connections: 1024,
+            max_peer_connections: 64,
+            max_scan_items: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// Raft messages queued for one peer; beyond this new messages are refused (dropped).
+    pub peer_queue_messages: usize,
+    /// Raft messages written to a peer in one frame.
+    pub max_batch_messages: usize,
+    /// A peer connection with no traffic sends a ping this often.
+    pub heartbeat_interval_ms: u64,
+    /// A peer connection that heard nothing (not even a pong) for this long is closed.
+    pub silence_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub reconnect_backoff_ms_min: u64,
+    pub reconnect_backoff_ms_max: u64,
+    /// A new connection must send its first frame within this time.
+    pub handshake_timeout_ms: u64,
+    /// A client connection idle for this long is closed.
+    pub client_idle_timeout_ms: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            peer_queue_messages: 4096,
+            max_batch_messages: 512,
+            heartbeat_interval_ms: 250,
+            silence_timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            reconnect_backoff_ms_min: 20,
+            reconnect_backoff_ms_max: 1_000,
+            handshake_timeout_ms: 2_000,
+            client_idle_timeout_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub node_id: NodeId,
+    /// All voting members at bootstrap, this node included.
+    pub members: Vec<MemberConfig>,
+    /// Addresses to bind; default: this node's addresses in `members`.
+    pub listen_peer_addr: Option<SocketAddr>,
+    pub listen_client_addr: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    /// Seeds the node's RNG (election timeouts, fault decisions) together with `node_id`.
+    pub seed: u64,
+    pub tick_interval_ms: u64,
+    pub election_timeout_ticks_min: u32,
+    pub election_timeout_ticks_max: u32,
+    pub heartbeat_interval_ticks: u32,
+    /// A snapshot is taken after this many entries were applied since the last one.
+    pub snapshot_interval_entries: u64,
+    pub limits: Limits,
+    pub transport: TransportConfig,
+    /// Simulation/test only: faults injected into this node's outgoing peer messages.
+    #[cfg(any(test, madsim))]
+    #[serde(skip)]
+    pub faults: Option<crate::transport::TransportFaults>,
+    /// Simulation/test only: deliberately planted bugs.
+    #[cfg(any(test, madsim))]
+    #[serde(skip)]
+    pub planted_bugs: crate::bugs::PlantedBugs,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node_id: 1,
+            members: vec![MemberConfig {
+                id: 1,
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PEER_PORT)),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_CLIENT_PORT)),
+            }],
+            listen_peer_addr: None,
+            listen_client_addr: None,
+            data_dir: PathBuf::from("quorumkv-data"),
+            seed: 0,
+            tick_interval_ms: 20,
+            election_timeout_ticks_min: 15,
+            election_timeout_ticks_max: 30,
+            heartbeat_interval_ticks: 3,
+            snapshot_interval_entries: 10_000,
+            limits: Limits::default(),
+            transport: TransportConfig::default(),
+            #[cfg(any(test, madsim))]
+            faults: None,
+            #[cfg(any(test, madsim))]
+            planted_bugs: crate::bugs::PlantedBugs::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used: names the field and the problem.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad config: `{field}`: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn bad(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+impl ServerConfig {
+    /// Parses a TOML file's text; unknown fields are errors.
+    pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let field = e.span().map(|s| text.get(s).unwrap_or("?").to_string());
+            bad(field.as_deref().unwrap_or("file"), e.message().to_string())
+        })
+    }
+
+    pub fn me(&self) -> Option<&MemberConfig> {
+        self.members.iter().find(|m| m.id == self.node_id)
+    }
+
+    pub fn member(&self, id: NodeId) -> Option<&MemberConfig> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    pub fn peer_listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_peer_addr
+            .or_else(|| self.me().map(|m| m.peer_addr))
+    }
+
+    pub fn client_listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_client_addr
+            .or_else(|| self.me().map(|m| m.client_addr))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(bad("node_id", "must be >= 1"));
+        }
+        if self.members.is_empty() {
+            return Err(bad("members", "must list at least this node"));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for m in &self.members {
+            if m.id == 0 {
+                return Err(bad("members.id", "must be >= 1"));
+            }
+            if !ids.insert(m.id) {
+                return Err(bad("members.id", format!("node id {} listed twice", m.id)));
+            }
+            for addr in [m.peer_addr, m.client_addr] {
+                if !addrs.insert(addr) {
+                    return Err(bad("members", format!("address {addr} used twice")));
+                }
+            }
+        }
+        if self.me().is_none() {
+            return Err(bad(
+                "node_id",
+                format!("{} is not one of the members {:?}", self.node_id, ids),
+            ));
+        }
+        if self.tick_interval_ms == 0 {
+            return Err(bad("tick_interval_ms", "must be >= 1"));
+        }
+        if self.election_timeout_ticks_min >= self.election_timeout_ticks_max {
+            return Err(bad(
+                "election_timeout_ticks_min",
+                "must be below election_timeout_ticks_max",
+            ));
+        }
+        if self.heartbeat_interval_ticks == 0
+            || self.heartbeat_interval_ticks >= self.election_timeout_ticks_min
+        {
+            return Err(bad(
+                "heartbeat_interval_ticks",
+                "must be >= 1 and below election_timeout_ticks_min",
+            ));
+        }
+        if self.snapshot_interval_entries == 0 {
+            return Err(bad("snapshot_interval_entries", "must be >= 1"));
+        }
+        self.validate_limits()?;
+        self.validate_transport()
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (field, value) in [
+            ("limits.max_key_bytes", l.max_key_bytes),
+            ("limits.max_value_bytes", l.max_value_bytes),
+            ("limits.max_pending_requests", l.max_pending_requests),
+            ("limits.max_client_connections", l.max_client_connections),
+            ("limits.max_peer_connections", l.max_peer_connections),
+            ("limits.max_scan_items", l.max_scan_items),
+        ] {
+            if value == 0 {
+                return Err(bad(field, "must be >= 1"));
+            }
+        }
+        let needed = l.max_key_bytes + l.max_value_bytes + 1024;
+        if l.max_client_frame_bytes < needed {
+            return Err(bad(
+                "limits.max_client_frame_bytes",
+                format!("must be >= max_key_bytes + max_value_bytes + 1024 = {needed}"),
+            ));
+        }
+        let max = crate::transport::frame::DECODE_LIMIT_BYTES;
+        for (field, value) in [
+            ("limits.max_client_frame_bytes", l.max_client_frame_bytes),
+            ("limits.max_peer_frame_bytes", l.max_peer_frame_bytes),
+        ] {
+            if value > max {
+                return Err(bad(field, format!("must be <= {max}")));
+            }
+        }
+        if l.max_peer_frame_bytes < l.max_client_frame_bytes {
+            return Err(bad(
+                "limits.max_peer_frame_bytes",
+                "must be >= max_client_frame_bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        let t = &self.transport;
+        for (field, value) in [
+            (
+                "transport.peer_queue_messages",
+                t.peer_queue_messages as u64,
+            ),
+            ("transport.max_batch_messages", t.max_batch_messages as u64),
+            ("transport.heartbeat_interval_ms", t.heartbeat_interval_ms),
+            ("transport.connect_timeout_ms", t.connect_timeout_ms),
+            (
+                "transport.reconnect_backoff_ms_min",
+                t.reconnect_backoff_ms_min,
+            ),
+            ("transport.handshake_timeout_ms", t.handshake_timeout_ms),
+            ("transport.client_idle_timeout_ms", t.client_idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(bad(field, "must be >= 1"));
+            }
+        }
+        if t.silence_timeout_ms <= t.heartbeat_interval_ms {
+            return Err(bad(
+                "transport.silence_timeout_ms",
+                "must be above transport.heartbeat_interval_ms",
+            ));
+        }
+        if t.reconnect_backoff_ms_max < t.reconnect_backoff_ms_min {
+            return Err(bad(
+                "transport.reconnect_backoff_ms_max",
+                "must be >= reconnect_backoff_ms_min",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_a_valid_single_node() {
+        let config = ServerConfig::default();
+        config.validate().unwrap();
+        assert_eq!(
+            config.client_listen_addr().unwrap().port(),
+            DEFAULT_CLIENT_PORT
+        );
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_field() {
+        let text = r#"
+            node_id = 2
+            data_dir = "/tmp/x"
+            [[members]]
+            id = 1
+            peer_addr = "127.0.0.1:1"
+            client_addr = "127.0.0.1:2"
+            [[members]]
+            id = 2
+            peer_addr = "127.0.0.1:3"
+            client_addr = "127.0.0.1:4"
+            [limits]
+            max_value_bytes = 100
+        "#;
+        let config = ServerConfig::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.limits.max_value_bytes, 100);
+        assert_eq!(config.limits.max_key_bytes, 4096);
+        let err = ServerConfig::from_toml("node_idd = 3").unwrap_err();
+        assert!(err.to_string().contains("node_idd"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut config = ServerConfig {
+            node_id: 5,
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().field, "node_id");
+        config.node_id = 1;
+        config.election_timeout_ticks_max = 10;
+        assert_eq!(
+            config.validate().unwrap_err().field,
+            "election_timeout_ticks_min"
+        );
+        config = ServerConfig::default();
+        config.limits.max_client_frame_bytes = 10;
+        assert_eq!(
+            config.validate().unwrap_err().field,
+            "limits.max_client_frame_bytes"
+        );
+        config = ServerConfig::default();
+        config.transport.silence_timeout_ms = 1;
+        assert_eq!(
+            config.validate().unwrap_err().field,
+            "transport.silence_timeout_ms"
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! The client-facing vocabulary of the KV state machine: operations, the command that travels
+//! through the Raft log, and the results handed back to clients.
+//!
+//! These types are shared with the client protocol, so they are plain serializable data. A
+//! `Command` is the only thing the state machine ever decodes from the log; its decoding is
+//! bounded by `MAX_COMMAND_BYTES` so that a corrupt or hostile payload cannot make us allocate
+//! without limit.
+
+use serde::{Deserialize, Serialize};
+
+use super::KvError;
+
+/// Log index of a key's last write (like etcd's `mod_revision`).
+pub type Version = u64;
+
+/// Upper bound on an encoded `Command`, in bytes: the largest key and value the default limits
+/// allow plus framing. Decoding refuses anything longer.
+pub const MAX_COMMAND_BYTES: usize = 4096 + (1 << 20) + 1024;
+
+/// What a client asks for. `Get` and `Scan` are reads: they are served from the state machine
+/// after a ReadIndex round and never go through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    Get {
+        key: Vec<u8>,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Writes `new_value` only if the key's current state matches `expected`.
+    CompareAndSwap {
+        key: Vec<u8>,
+        expected: Expected,
+        new_value: Vec<u8>,
+    },
+    /// Writes `value` only if the key is absent.
+    PutIfAbsent {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Keys in `range`, in ascending byte order, at most `limit` of them.
+    Scan {
+        range: KeyRange,
+        limit: u32,
+    },
+}
+
+impl Operation {
+    /// True for operations that never change state (served by ReadIndex, not the log).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Operation::Get { .. } | Operation::Scan { .. })
+    }
+}
+
+/// The condition of a compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expected {
+    /// The key must not exist.
+    Absent,
+    /// The key must exist with exactly this value.
+    Value(Vec<u8>),
+    /// The key must exist with exactly this version.
+    Version(Version),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRange {
+    /// `[start, end)`; `end: None` means unbounded.
+    Between {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
+    /// Every key that starts with these bytes.
+    Prefix(Vec<u8>),
+}
+
+/// The payload of a Raft log entry: one client operation inside an exactly-once session.
+/// `seq` starts at 1 for a new `client_id` and grows by at least 1 per new operation; a retry
+/// reuses the seq of the operation it retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub client_id: u64,
+    pub seq: u64,
+    pub op: Operation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub version: Version,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanItem {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub version: Version,
+}
+
+/// The outcome of one operation, as returned to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// `Get`: the current value and version, or `None` when the key is absent.
+    Value(Option<Versioned>),
+    /// `Put`, or a successful `CompareAndSwap`/`PutIfAbsent`: the key's new version.
+    Written { version: Version },
+    /// `Delete`: what was there before (`None`: the key was already absent).
+    Deleted { previous: Option<Versioned> },
+    /// A `CompareAndSwap` or `PutIfAbsent` whose condition did not hold: nothing was written;
+    /// `current` is the key's state it was compared against.
+    ConditionFailed { current: Option<Versioned> },
+    /// `Scan`: the items in key order; `more` is true when the limit cut the result short.
+    Scan { items: Vec<ScanItem>, more: bool },
+    /// The session already applied a later seq (`last_seq`): this older request is not applied
+    /// and its original response is no longer kept.
+    Stale { last_seq: u64 },
+    /// The session for this client id is unknown (expired, or never opened with seq 1): the
+    /// request was not applied. The client must start a new session (new client id); the
+    /// outcome of its earlier unacknowledged request is unknown.
+    SessionExpired,
+    /// The operation breaks a limit; nothing was applied.
+    Invalid(InvalidOp),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum InvalidOp {
+    #[error("key of {len_bytes} bytes exceeds max_key_bytes {max_bytes}")]
+    KeyTooLarge { len_bytes: usize, max_bytes: usize },
+    #[error("value of {len_bytes} bytes exceeds max_value_bytes {max_bytes}")]
+    ValueTooLarge { len_bytes: usize, max_bytes: usize },
+    #[error("scan limit {limit} is 0 or exceeds max_scan_limit {max}")]
+    BadScanLimit { limit: u32, max: u32 },
+}
+
+fn codec() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_COMMAND_BYTES>()
+}
+
+/// Encodes a command as a log payload.
+pub fn encode_command(command: &Command) -> Result<Vec<u8>, KvError> {
+    bincode::serde::encode_to_vec(command, codec()).map_err(|e| KvError::Encode(e.to_string()))
+}
+
+/// Decodes a log payload; refuses trailing bytes and anything over `MAX_COMMAND_BYTES`.
+pub fn decode_command(bytes: &[u8]) -> Result<Command, KvError> {
+    if bytes.len() > MAX_COMMAND_BYTES {
+        return Err(KvError::Decode(format!(
+            "command of {} bytes exceeds {MAX_COMMAND_BYTES}",
+            bytes.len()
+        )));
+    }
+    let (command, read) = bincode::serde::decode_from_slice(bytes, codec())
+        .map_err(|e| KvError::Decode(e.to_string()))?;
+    if read != bytes.len() {
+        return Err(KvError::Decode(format!(
+            "{} trailing bytes after command",
+            bytes.len() - read
+        )));
+    }
+    Ok(command)
+}
