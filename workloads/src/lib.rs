@@ -10,6 +10,7 @@ pub mod fake;
 pub mod generator;
 pub mod op;
 pub mod recorder;
+pub mod remote;
 pub mod store;
 
 pub use client::{ClientStats, WorkloadClient};
