@@ -82,6 +82,10 @@ impl<S: KvStore> WorkloadClient<S> {
         &self.store
     }
 
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
     /// Runs generated operations until `max_ops` were issued or the recorder's clock reaches
     /// `until_ns`.
     pub async fn run(&mut self, max_ops: u64, until_ns: u64) {
