@@ -1,0 +1,101 @@
+//! Record framing for append-only files: a checksummed header, then the payload.
+//!
+//! Layout (little endian): `len: u32` (payload bytes), `payload_crc: u32` (crc32 of the
+//! payload), `header_crc: u32` (crc32 of the 8 bytes before it), then `len` payload bytes.
+//! The separate header checksum lets recovery tell a damaged length from a short tail.
+//!
+//! Recovery rule (`scan`): records are read front to back. A record that is incomplete or fails
+//! a checksum ends the file. In a file still being appended to (`tail_may_be_torn`) it is the
+//! torn tail of an unsynced write, cut off and never served, unless a valid record starts
+//! somewhere after it: then it is damage in the middle, reported with file and offset. In any
+//! other file every bad record is damage.
+
+use super::StorageError;
+
+pub const HEADER_BYTES: usize = 12;
+
+pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
+    let len = u32::try_from(payload.len()).expect("caller bounds payloads by max_record_bytes");
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&crc32fast::hash(&head).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+/// Parses the record at `offset`; `Err` says why it is not a valid record.
+fn parse(bytes: &[u8], offset: usize, max_record_bytes: usize) -> Result<&[u8], &'static str> {
+    let rest = &bytes[offset..];
+    if rest.len() < HEADER_BYTES {
+        return Err("incomplete record header");
+    }
+    if crc32fast::hash(&rest[..8]) != u32_at(rest, 8) {
+        return Err("record header checksum mismatch");
+    }
+    let len = u32_at(rest, 0) as usize;
+    if len > max_record_bytes {
+        return Err("record length exceeds max_record_bytes");
+    }
+    let payload = rest
+        .get(HEADER_BYTES..HEADER_BYTES + len)
+        .ok_or("incomplete record payload")?;
+    if crc32fast::hash(payload) != u32_at(rest, 4) {
+        return Err("record payload checksum mismatch");
+    }
+    Ok(payload)
+}
+
+pub struct Scanned<'a> {
+    /// `(offset, payload)` of every valid record, in file order.
+    pub records: Vec<(u64, &'a [u8])>,
+    /// Where the valid records end; `< bytes.len()` when a torn tail was found.
+    pub valid_len: u64,
+}
+
+pub fn scan<'a>(
+    file: &str,
+    bytes: &'a [u8],
+    tail_may_be_torn: bool,
+    max_record_bytes: usize,
+) -> Result<Scanned<'a>, StorageError> {
+    let mut records = Vec::new();
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        match parse(bytes, offset, max_record_bytes) {
+            Ok(payload) => {
+                records.push((offset as u64, payload));
+                offset += HEADER_BYTES + payload.len();
+            }
+            Err(reason) => {
+                if !tail_may_be_torn {
+                    return Err(StorageError::corrupt(file, offset as u64, reason));
+                }
+                let later = (offset + 1..bytes.len())
+                    .find(|&at| parse(bytes, at, max_record_bytes).is_ok());
+                if let Some(at) = later {
+                    return Err(StorageError::corrupt(
+                        file,
+                        offset as u64,
+                        format!("{reason}, yet a valid record follows at offset {at}"),
+                    ));
+                }
+                tracing::warn!(file, offset, reason, "cutting torn tail");
+                return Ok(Scanned {
+                    records,
+                    valid_len: offset as u64,
+                });
+            }
+        }
+    }
+    Ok(Scanned {
+        records,
+        valid_len: offset as u64,
+    })
+}
