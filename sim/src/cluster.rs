@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::net::NetSim;
-use madsim::runtime::{Handle, NodeId as SimNodeId, Runtime};
+use madsim::runtime::{Handle, Runtime};
+use madsim::task::NodeId as SimNodeId;
 use node::bugs::PlantedBugs;
 use node::client::{Client, ClientOptions};
 use node::config::{MemberConfig, ServerConfig};
