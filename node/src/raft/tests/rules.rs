@@ -1,0 +1,867 @@
+//! One test per Raft rule, on small hand-driven clusters or single cores.
+
+use super::cluster::Cluster;
+use crate::raft::{
+    Config, Entry, EntryPayload, HardState, Membership, MembershipChange, Message, MessageBody,
+    NodeId, ProposeError, Raft, Ready, Restored, Role,
+};
+
+fn config(id: NodeId, seed: u64) -> Config {
+    Config::new(id, seed)
+}
+
+fn cluster(n: u64) -> Cluster {
+    Cluster::new(&(1..=n).collect::<Vec<_>>(), &[], config)
+}
+
+/// Delivers everything (in order) and processes every Ready until quiet; checks safety.
+fn settle(c: &mut Cluster) {
+    for _ in 0..100 {
+        c.process_all_ready().unwrap();
+        if c.network.is_empty() {
+            break;
+        }
+        while !c.network.is_empty() {
+            c.deliver(0);
+        }
+    }
+    c.check().unwrap();
+}
+
+fn run_ticks(c: &mut Cluster, ticks: usize) {
+    for _ in 0..ticks {
+        c.tick_all();
+        settle(c);
+    }
+}
+
+fn elect(c: &mut Cluster) -> NodeId {
+    for _ in 0..200 {
+        run_ticks(c, 1);
+        if let Some(l) = c.leader() {
+            return l;
+        }
+    }
+    panic!("no leader elected");
+}
+
+fn voters(ids: &[NodeId]) -> Membership {
+    Membership {
+        voters: ids.iter().copied().collect(),
+        learners: Default::default(),
+    }
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        payload: EntryPayload::Command(vec![index as u8]),
+    }
+}
+
+fn core(id: NodeId, members: &[NodeId], hs: HardState, entries: Vec<Entry>) -> Raft {
+    let restored = Restored {
+        hard_state: hs,
+        snapshot: None,
+        entries,
+        initial_membership: voters(members),
+    };
+    Raft::new(Config::new(id, 7), restored).unwrap()
+}
+
+fn msg(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
+}
+
+fn drain(r: &mut Raft) -> Ready {
+    let rd = r.ready();
+    r.advance(rd.clone());
+    rd
+}
+
+#[test]
+fn config_validation_rejects_nonsense() {
+    let mut c = Config::new(1, 0);
+    assert!(c.validate().is_ok());
+    c.election_timeout_ticks_max = c.election_timeout_ticks_min;
+    assert!(c.validate().is_err());
+    let mut c = Config::new(1, 0);
+    c.heartbeat_interval_ticks = c.election_timeout_ticks_min;
+    assert!(c.validate().is_err());
+    let mut c = Config::new(1, 0);
+    c.max_inflight_appends = 0;
+    assert!(Raft::new(c, Restored::default()).is_err());
+}
+
+#[test]
+fn restore_rejects_a_log_with_gaps() {
+    let restored = Restored {
+        entries: vec![entry(1, 1), entry(3, 1)],
+        initial_membership: voters(&[1]),
+        ..Restored::default()
+    };
+    assert!(Raft::new(Config::new(1, 0), restored).is_err());
+}
+
+#[test]
+fn single_node_elects_itself_and_commits() {
+    let mut c = cluster(1);
+    let l = elect(&mut c);
+    assert_eq!(l, 1);
+    let (index, _) = c.raft_mut(1).unwrap().propose(b"x".to_vec()).unwrap();
+    settle(&mut c);
+    assert_eq!(c.raft(1).unwrap().commit_index(), index);
+    assert_eq!(c.nodes[&1].app.index, index);
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_replicate() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    for i in 0..10u8 {
+        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
+    }
+    settle(&mut c);
+    let commit = c.raft(l).unwrap().commit_index();
+    assert_eq!(commit, c.raft(l).unwrap().last_index());
+    run_ticks(&mut c, 3); // heartbeats carry the commit index
+    for id in 1..=3 {
+        assert_eq!(
+            c.nodes[&id].app.index, commit,
+            "node {id} applied everything"
+        );
+    }
+    assert_eq!(
+        c.ids()
+            .iter()
+            .filter(|id| c.raft(**id).unwrap().role() == Role::Leader)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn followers_refuse_proposals_and_reads_with_a_leader_hint() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    run_ticks(&mut c, 2);
+    let f = (1..=3).find(|id| *id != l).unwrap();
+    let err = c.raft_mut(f).unwrap().propose(vec![1]).unwrap_err();
+    assert_eq!(err.leader, Some(l));
+    assert!(c.raft_mut(f).unwrap().read_index(1).is_err());
+}
+
+#[test]
+fn vote_is_in_the_ready_that_carries_the_vote_response() {
+    let mut r = core(2, &[1, 2, 3], HardState::default(), vec![]);
+    r.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Vote {
+            last_index: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    ));
+    let rd = r.ready();
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| m.body == MessageBody::VoteResponse { granted: true }));
+    assert_eq!(
+        rd.hard_state,
+        Some(HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 0
+        })
+    );
+}
+
+#[test]
+fn planted_vote_not_persisted_drops_the_vote_from_the_ready() {
+    let mut cfg = Config::new(2, 7);
+    cfg.bugs.vote_not_persisted = true;
+    let restored = Restored {
+        initial_membership: voters(&[1, 2, 3]),
+        ..Restored::default()
+    };
+    let mut r = Raft::new(cfg, restored).unwrap();
+    r.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Vote {
+            last_index: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    ));
+    let rd = r.ready();
+    assert_eq!(
+        rd.hard_state,
+        Some(HardState {
+            term: 1,
+            vote: None,
+            commit: 0
+        })
+    );
+}
+
+#[test]
+fn vote_granted_once_per_term_and_only_to_up_to_date_logs() {
+    let mut r = core(
+        3,
+        &[1, 2, 3],
+        HardState {
+            term: 2,
+            vote: None,
+            commit: 0,
+        },
+        vec![entry(1, 2)],
+    );
+    // Candidate 1 with a shorter log: refused.
+    r.step(msg(
+        1,
+        3,
+        3,
+        MessageBody::Vote {
+            last_index: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    ));
+    // Candidate 2 with an equal log: granted.
+    r.step(msg(
+        2,
+        3,
+        3,
+        MessageBody::Vote {
+            last_index: 1,
+            last_term: 2,
+            transfer: false,
+        },
+    ));
+    // Candidate 1 again, now up to date but same term: refused (already voted).
+    r.step(msg(
+        1,
+        3,
+        3,
+        MessageBody::Vote {
+            last_index: 5,
+            last_term: 3,
+            transfer: false,
+        },
+    ));
+    let rd = drain(&mut r);
+    let grants: Vec<_> = rd
+        .messages
+        .iter()
+        .map(|m| (m.to, m.body == MessageBody::VoteResponse { granted: true }))
+        .collect();
+    assert_eq!(grants, vec![(1, false), (2, true), (1, false)]);
+    assert_eq!(r.hard_state().vote, Some(2));
+}
+
+#[test]
+fn prevote_does_not_change_terms() {
+    let mut r = core(
+        3,
+        &[1, 2, 3],
+        HardState {
+            term: 4,
+            vote: None,
+            commit: 0,
+        },
+        vec![],
+    );
+    r.step(msg(
+        1,
+        3,
+        5,
+        MessageBody::PreVote {
+            last_index: 0,
+            last_term: 0,
+        },
+    ));
+    let rd = drain(&mut r);
+    assert_eq!(r.term(), 4, "a pre-vote never changes the receiver's term");
+    assert_eq!(
+        rd.messages[0].body,
+        MessageBody::PreVoteResponse { granted: true }
+    );
+    assert_eq!(rd.messages[0].term, 5);
+}
+
+#[test]
+fn partitioned_node_does_not_disrupt_the_leader_when_it_returns() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    let term = c.raft(l).unwrap().term();
+    let lonely = (1..=3).find(|id| *id != l).unwrap();
+    c.partition(&[lonely]);
+    run_ticks(&mut c, 100);
+    assert_eq!(
+        c.raft(lonely).unwrap().term(),
+        term,
+        "PreVote keeps the isolated term"
+    );
+    c.heal();
+    run_ticks(&mut c, 30);
+    assert_eq!(c.leader(), Some(l));
+    assert_eq!(c.raft(l).unwrap().term(), term);
+}
+
+#[test]
+fn check_quorum_makes_an_isolated_leader_step_down() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    c.partition(&[l]);
+    run_ticks(&mut c, 25);
+    assert_ne!(c.raft(l).unwrap().role(), Role::Leader);
+    let new = c.leader().unwrap();
+    assert_ne!(new, l);
+}
+
+#[test]
+fn follower_in_lease_ignores_vote_requests_unless_transfer() {
+    let mut r = core(
+        2,
+        &[1, 2, 3],
+        HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 0,
+        },
+        vec![],
+    );
+    r.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_seq: 0,
+        },
+    ));
+    drain(&mut r);
+    r.step(msg(
+        3,
+        2,
+        2,
+        MessageBody::Vote {
+            last_index: 9,
+            last_term: 9,
+            transfer: false,
+        },
+    ));
+    assert_eq!(r.term(), 1, "ignored in lease");
+    assert!(drain(&mut r).messages.is_empty());
+    r.step(msg(
+        3,
+        2,
+        2,
+        MessageBody::Vote {
+            last_index: 9,
+            last_term: 9,
+            transfer: true,
+        },
+    ));
+    assert_eq!(r.term(), 2);
+    assert_eq!(
+        drain(&mut r).messages[0].body,
+        MessageBody::VoteResponse { granted: true }
+    );
+}
+
+#[test]
+fn stale_leader_learns_the_newer_term_from_an_append_rejection() {
+    let mut r = core(
+        2,
+        &[1, 2, 3],
+        HardState {
+            term: 5,
+            vote: None,
+            commit: 0,
+        },
+        vec![],
+    );
+    r.step(msg(
+        1,
+        2,
+        3,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_seq: 0,
+        },
+    ));
+    let rd = drain(&mut r);
+    assert_eq!(rd.messages.len(), 1);
+    assert_eq!(rd.messages[0].term, 5);
+}
+
+#[test]
+fn leader_does_not_count_replicas_of_old_term_entries_figure_8() {
+    // Node 1 is leader of term 4 with an entry of term 2 at index 1 that node 2 also has.
+    let mut r = core(
+        1,
+        &[1, 2, 3],
+        HardState {
+            term: 3,
+            vote: None,
+            commit: 0,
+        },
+        vec![entry(1, 2)],
+    );
+    r.step(msg(2, 1, 4, MessageBody::VoteResponse { granted: false })); // term 4 now
+    for _ in 0..30 {
+        r.tick();
+        if r.role() == Role::PreCandidate {
+            break;
+        }
+    }
+    r.step(msg(2, 1, 5, MessageBody::PreVoteResponse { granted: true }));
+    assert_eq!(r.role(), Role::Candidate);
+    let term = r.term();
+    r.step(msg(2, 1, term, MessageBody::VoteResponse { granted: true }));
+    assert_eq!(r.role(), Role::Leader);
+    drain(&mut r); // persists the no-op at index 2
+                   // Follower 2 acknowledges only index 1 (the old-term entry): no commit.
+    r.step(msg(
+        2,
+        1,
+        term,
+        MessageBody::AppendResponse {
+            success: true,
+            index: 1,
+            reject_hint: None,
+        },
+    ));
+    assert_eq!(
+        r.commit_index(),
+        0,
+        "Figure 8: a replica count alone commits no old-term entry"
+    );
+    r.step(msg(
+        2,
+        1,
+        term,
+        MessageBody::AppendResponse {
+            success: true,
+            index: 2,
+            reject_hint: None,
+        },
+    ));
+    assert_eq!(
+        r.commit_index(),
+        2,
+        "committing the current-term entry commits the old one"
+    );
+}
+
+#[test]
+fn planted_commit_counts_old_terms_commits_the_old_entry() {
+    let mut cfg = Config::new(1, 7);
+    cfg.bugs.commit_counts_old_terms = true;
+    cfg.pre_vote = false;
+    let restored = Restored {
+        hard_state: HardState {
+            term: 3,
+            vote: None,
+            commit: 0,
+        },
+        entries: vec![entry(1, 2)],
+        initial_membership: voters(&[1, 2, 3]),
+        ..Restored::default()
+    };
+    let mut r = Raft::new(cfg, restored).unwrap();
+    while r.role() != Role::Candidate {
+        r.tick();
+    }
+    let term = r.term();
+    r.step(msg(2, 1, term, MessageBody::VoteResponse { granted: true }));
+    drain(&mut r);
+    r.step(msg(
+        2,
+        1,
+        term,
+        MessageBody::AppendResponse {
+            success: true,
+            index: 1,
+            reject_hint: None,
+        },
+    ));
+    assert_eq!(r.commit_index(), 1);
+}
+
+#[test]
+fn committed_entries_wait_for_local_durability() {
+    let mut c = cluster(1);
+    elect(&mut c);
+    let r = c.raft_mut(1).unwrap();
+    let (index, _) = r.propose(vec![9]).unwrap();
+    let rd = r.ready();
+    assert!(rd.entries.iter().any(|e| e.index == index));
+    assert!(
+        rd.committed.iter().all(|e| e.index < index),
+        "not committed before it is durable"
+    );
+    r.advance(rd);
+    let rd = r.ready();
+    assert_eq!(rd.committed.last().map(|e| e.index), Some(index));
+}
+
+#[test]
+fn conflicting_follower_log_is_repaired_with_term_skipping() {
+    // Follower 2 holds 50 entries of a term the leader never had; the leader has 3 terms.
+    let leader_log: Vec<Entry> = (1..=30).map(|i| entry(i, 1 + (i - 1) / 10)).collect();
+    let follower_log: Vec<Entry> = (1..=10)
+        .map(|i| entry(i, 1))
+        .chain((11..=60).map(|i| entry(i, 2)))
+        .collect();
+    let mut l = core(
+        1,
+        &[1, 2],
+        HardState {
+            term: 4,
+            vote: None,
+            commit: 0,
+        },
+        leader_log,
+    );
+    let mut f = core(
+        2,
+        &[1, 2],
+        HardState {
+            term: 4,
+            vote: None,
+            commit: 0,
+        },
+        follower_log,
+    );
+    while l.role() != Role::Leader {
+        l.tick();
+        for m in drain(&mut l).messages {
+            f.step(m);
+        }
+        for m in drain(&mut f).messages {
+            l.step(m);
+        }
+    }
+    let mut round_trips = 0;
+    loop {
+        let to_f = drain(&mut l).messages;
+        let appends = to_f
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::Append { .. }))
+            .count();
+        for m in to_f {
+            f.step(m);
+        }
+        let back = drain(&mut f).messages;
+        if appends == 0 && back.is_empty() {
+            break;
+        }
+        round_trips += 1;
+        for m in back {
+            l.step(m);
+        }
+        assert!(round_trips < 10, "back-off should skip whole terms");
+    }
+    assert_eq!(f.log_entries(), l.log_entries());
+    assert_eq!(f.commit_index(), l.last_index());
+}
+
+#[test]
+fn pipelining_respects_the_inflight_window_and_message_limits() {
+    let mk = |id, seed| {
+        let mut c = Config::new(id, seed);
+        c.max_inflight_appends = 2;
+        c.max_append_entries = 3;
+        c
+    };
+    let mut c = Cluster::new(&[1, 2, 3], &[], mk);
+    let l = elect(&mut c);
+    for i in 0..40u8 {
+        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
+    }
+    c.process_ready(l).unwrap();
+    let mut per_peer = std::collections::BTreeMap::new();
+    for m in &c.network {
+        if let MessageBody::Append { entries, .. } = &m.body {
+            assert!(entries.len() <= 3);
+            *per_peer.entry(m.to).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        per_peer.values().all(|n| *n <= 2),
+        "window of 2: {per_peer:?}"
+    );
+    settle(&mut c);
+    assert_eq!(
+        c.raft(l).unwrap().commit_index(),
+        c.raft(l).unwrap().last_index()
+    );
+}
+
+#[test]
+fn lagging_follower_gets_a_snapshot() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    let lag = (1..=3).find(|id| *id != l).unwrap();
+    c.crash(lag);
+    for i in 0..20u8 {
+        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
+    }
+    settle(&mut c);
+    c.snapshot(l);
+    assert!(c.raft(l).unwrap().log_entries().is_empty());
+    c.restart(lag);
+    run_ticks(&mut c, 5);
+    let lr = c.raft(l).unwrap().commit_index();
+    assert_eq!(c.nodes[&lag].app.index, lr);
+    assert!(
+        c.nodes[&lag].durable.snapshot.is_some(),
+        "installed from the leader's snapshot"
+    );
+}
+
+#[test]
+fn read_index_waits_for_a_current_term_commit_and_a_quorum_round() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    settle(&mut c);
+    let r = c.raft_mut(l).unwrap();
+    r.read_index(1).unwrap();
+    r.read_index(2).unwrap();
+    let rd = r.ready();
+    assert!(rd.reads.is_empty(), "needs a heartbeat quorum first");
+    let heartbeats: Vec<_> = rd
+        .messages
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::Heartbeat { read_seq, .. } => Some(read_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heartbeats.len(), 2, "both reads share one round");
+    assert!(heartbeats.iter().all(|s| *s == heartbeats[0] && *s > 0));
+    let commit = r.commit_index();
+    r.advance(rd.clone());
+    c.network.extend(rd.messages);
+    // Only one follower answers: with the leader that is a quorum of 3.
+    let to = c
+        .network
+        .iter()
+        .position(|m| matches!(m.body, MessageBody::Heartbeat { .. }))
+        .unwrap();
+    c.deliver(to);
+    c.process_all_ready().unwrap();
+    let back = c
+        .network
+        .iter()
+        .position(|m| matches!(m.body, MessageBody::HeartbeatResponse { .. }))
+        .unwrap();
+    c.deliver(back);
+    let rd = c.raft_mut(l).unwrap().ready();
+    let mut reads: Vec<_> = rd.reads.iter().map(|r| (r.ctx, r.index)).collect();
+    reads.sort();
+    assert_eq!(reads, vec![(1, commit), (2, commit)]);
+}
+
+#[test]
+fn new_leader_defers_reads_until_its_noop_commits() {
+    let mut r = core(1, &[1, 2, 3], HardState::default(), vec![]);
+    let mut c = Config::new(1, 3);
+    c.pre_vote = false;
+    let _ = c;
+    while r.role() != Role::PreCandidate {
+        r.tick();
+    }
+    r.step(msg(2, 1, 1, MessageBody::PreVoteResponse { granted: true }));
+    r.step(msg(2, 1, 1, MessageBody::VoteResponse { granted: true }));
+    assert_eq!(r.role(), Role::Leader);
+    r.read_index(5).unwrap();
+    let rd = drain(&mut r);
+    assert!(rd.reads.is_empty());
+    assert!(!rd
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::Heartbeat { read_seq, .. } if read_seq > 0)));
+    let last = r.last_index();
+    r.step(msg(
+        2,
+        1,
+        1,
+        MessageBody::AppendResponse {
+            success: true,
+            index: last,
+            reject_hint: None,
+        },
+    ));
+    let rd = drain(&mut r);
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::Heartbeat { read_seq, .. } if read_seq > 0)));
+}
+
+#[test]
+fn leadership_transfer_hands_over_to_the_target() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    run_ticks(&mut c, 2);
+    let target = (1..=3).find(|id| *id != l).unwrap();
+    c.raft_mut(l).unwrap().transfer_leadership(target).unwrap();
+    settle(&mut c);
+    assert_eq!(c.leader(), Some(target));
+    assert!(matches!(
+        c.raft_mut(target).unwrap().transfer_leadership(99),
+        Err(ProposeError::UnknownNode(99))
+    ));
+}
+
+#[test]
+fn leadership_transfer_aborts_after_an_election_timeout() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    run_ticks(&mut c, 2);
+    let target = (1..=3).find(|id| *id != l).unwrap();
+    c.crash(target);
+    c.raft_mut(l).unwrap().transfer_leadership(target).unwrap();
+    let other = (1..=3).find(|id| *id != l && *id != target).unwrap();
+    assert_eq!(
+        c.raft_mut(l).unwrap().transfer_leadership(other),
+        Err(ProposeError::TransferInProgress)
+    );
+    run_ticks(&mut c, 12);
+    assert_eq!(c.leader(), Some(l));
+    assert_eq!(c.raft_mut(l).unwrap().transfer_leadership(other), Ok(()));
+}
+
+#[test]
+fn membership_add_learner_promote_and_remove() {
+    let mut c = Cluster::new(&[1, 2, 3], &[4], config);
+    let l = elect(&mut c);
+    run_ticks(&mut c, 2);
+    let r = c.raft_mut(l).unwrap();
+    r.propose_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    assert_eq!(
+        r.propose_membership(MembershipChange::Promote(4)),
+        Err(ProposeError::MembershipChangePending),
+        "one change at a time"
+    );
+    settle(&mut c);
+    run_ticks(&mut c, 2);
+    assert!(
+        c.raft(4).unwrap().membership().learners.contains(&4),
+        "learner learned its membership"
+    );
+    assert_eq!(c.nodes[&4].app.index, c.raft(l).unwrap().commit_index());
+    c.raft_mut(l)
+        .unwrap()
+        .propose_membership(MembershipChange::Promote(4))
+        .unwrap();
+    settle(&mut c);
+    assert_eq!(c.raft(l).unwrap().membership().voters.len(), 4);
+    assert_eq!(
+        c.raft(4).unwrap().membership().voters,
+        c.raft(l).unwrap().membership().voters
+    );
+    // Remove the leader itself: it steps down once the removal commits.
+    c.raft_mut(l)
+        .unwrap()
+        .propose_membership(MembershipChange::Remove(l))
+        .unwrap();
+    settle(&mut c);
+    run_ticks(&mut c, 3);
+    assert_ne!(c.raft(l).unwrap().role(), Role::Leader);
+    let new = elect(&mut c);
+    assert_ne!(new, l);
+    run_ticks(&mut c, 40);
+    assert_ne!(
+        c.raft(l).unwrap().role(),
+        Role::Candidate,
+        "a removed node never campaigns"
+    );
+    assert_eq!(
+        c.raft_mut(new)
+            .unwrap()
+            .propose_membership(MembershipChange::Remove(l)),
+        Err(ProposeError::UnknownNode(l))
+    );
+}
+
+#[test]
+fn garbage_messages_never_panic() {
+    let mut r = core(
+        2,
+        &[1, 2, 3],
+        HardState {
+            term: 3,
+            vote: None,
+            commit: 0,
+        },
+        vec![entry(1, 1)],
+    );
+    let bodies = vec![
+        MessageBody::Append {
+            prev_index: u64::MAX,
+            prev_term: 0,
+            entries: vec![],
+            commit: u64::MAX,
+        },
+        MessageBody::Append {
+            prev_index: 1 << 40,
+            prev_term: 1,
+            entries: vec![],
+            commit: 1 << 41,
+        },
+        MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![entry(5, 1)],
+            commit: 9,
+        },
+        MessageBody::AppendResponse {
+            success: false,
+            index: 1 << 50,
+            reject_hint: Some(crate::raft::RejectHint {
+                conflict_term: Some(1 << 50),
+                conflict_index: 0,
+            }),
+        },
+        MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![entry(1, 9)],
+            commit: 9,
+        },
+        MessageBody::AppendResponse {
+            success: true,
+            index: u64::MAX,
+            reject_hint: None,
+        },
+        MessageBody::Heartbeat {
+            commit: u64::MAX,
+            read_seq: u64::MAX,
+        },
+        MessageBody::InstallSnapshotResponse { index: u64::MAX },
+        MessageBody::TimeoutNow,
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        r.step(msg(1, 2, 3, body.clone()));
+        r.step(msg(1, 2, u64::MAX - i as u64, body.clone()));
+        r.step(msg(2, 2, 3, body));
+        let _ = drain(&mut r);
+    }
+    assert!(r.commit_index() <= r.last_index());
+}
