@@ -351,14 +351,17 @@ async fn simulate(scenario: Scenario, shared: Arc<Mutex<Shared>>) -> SimEnd {
         panic!("nemesis task failed: {e}");
     }
     // Closing operations (the set's final read) by the first client, after everyone is done.
-    if let (Some(mut first), Some(node)) = (finished.drain(..1).next(), client_nodes.first()) {
-        let task = node.spawn(async move {
-            first.run_final().await;
-            first
-        });
-        match task.await {
-            Ok(first) => finished.insert(0, first),
-            Err(e) => panic!("final operations failed: {e}"),
+    if !finished.is_empty() {
+        if let Some(node) = client_nodes.first() {
+            let mut first = finished.remove(0);
+            let task = node.spawn(async move {
+                first.run_final().await;
+                first
+            });
+            match task.await {
+                Ok(first) => finished.insert(0, first),
+                Err(e) => panic!("final operations failed: {e}"),
+            }
         }
     }
     for client in &finished {
