@@ -298,7 +298,12 @@ async fn simulate(scenario: Scenario, shared: Arc<Mutex<Shared>>) -> SimEnd {
             rng_seed: Some(scenario.seed.wrapping_mul(7919).wrapping_add(u64::from(c))),
             ..ClientOptions::default()
         };
-        let store = match ClientStore::new(servers.client_addrs.clone(), options) {
+        // Each client starts at a different node (as Jepsen binds clients to nodes), so that
+        // followers see client traffic too.
+        let mut endpoints = servers.client_addrs.clone();
+        let first = c as usize % endpoints.len().max(1);
+        endpoints.rotate_left(first);
+        let store = match ClientStore::new(endpoints, options) {
             Ok(store) => store,
             Err(e) => panic!("client {c}: {e}"),
         };

@@ -79,7 +79,7 @@ impl Scenario {
             seed: 0,
             nodes: 5,
             clients: 4,
-            ops_per_client: 200,
+            ops_per_client: 100_000,
             duration_s: 20,
             think_time_ms: 20,
             liveness_bound_s: 10,
