@@ -418,7 +418,28 @@ enum Undo {
     Restart(u32),
     Resume(u32),
     DiskErrors(u32),
+    Storm(madsim::task::JoinHandle<()>),
     Nothing,
+}
+
+/// Kills and restarts random servers until `end` (the `CrashStorm` fault).
+async fn crash_storm(ids: Vec<SimNodeId>, interval_ms: u64, end: Instant, seed: u64, trace: Trace) {
+    let handle = Handle::current();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let interval_ms = interval_ms.max(2);
+    loop {
+        let pause = rng.random_range(interval_ms / 2..=interval_ms + interval_ms / 2);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if Instant::now() >= end || ids.is_empty() {
+            break;
+        }
+        let n = rng.random_range(0..ids.len());
+        handle.kill(ids[n]);
+        let down_ms = rng.random_range(1..interval_ms);
+        trace.log(format!("storm: crash n{} for {down_ms} ms", n + 1));
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
+        handle.restart(ids[n]);
+    }
 }
 
 async fn run_nemesis(
@@ -498,6 +519,12 @@ async fn run_nemesis(
                         n + 1,
                         n + 1
                     ));
+                }
+                Undo::Storm(task) => {
+                    if let Err(e) = task.await {
+                        panic!("crash storm task failed: {e}");
+                    }
+                    trace.log(format!("heal {fault:?}"));
                 }
                 Undo::Nothing => {}
             }
@@ -583,6 +610,18 @@ async fn run_nemesis(
                 disk_faults[n as usize].set_error_percent(*percent);
                 trace.log(format!("disk errors {percent}% on n{}", n + 1));
                 Undo::DiskErrors(n)
+            }
+            Fault::CrashStorm { interval_ms } => {
+                let end = start + Duration::from_millis(schedule[index].end_ms);
+                let seed = rng.random::<u64>();
+                trace.log(format!("start {fault:?}"));
+                Undo::Storm(tokio::spawn(crash_storm(
+                    ids.clone(),
+                    *interval_ms,
+                    end,
+                    seed,
+                    trace.clone(),
+                )))
             }
             _ => Undo::Nothing,
         };

@@ -25,7 +25,7 @@ struct Args {
     /// Replay one seed with full logs.
     #[arg(long)]
     seed: Option<u64>,
-    /// Preset scenario: none, partitions, messages, crashes, mixed, set, ycsb.
+    /// Preset scenario: none, partitions, messages, crashes, elections, mixed, set, ycsb.
     #[arg(long, default_value = "mixed")]
     scenario: String,
     /// Replay this scenario file (TOML, or JSON by extension) exactly.

@@ -47,10 +47,13 @@ pub enum FaultKind {
     Pause,
     /// A node's disk fails a share of its writes and syncs with I/O errors.
     DiskErrors,
+    /// Rapid kill/restart of random nodes throughout the period (crashes mid-election,
+    /// mid-replication, mid-snapshot).
+    CrashStorm,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::PartitionHalves,
         FaultKind::IsolateLeader,
         FaultKind::LeaderMinority,
@@ -64,6 +67,7 @@ impl FaultKind {
         FaultKind::CrashLeader,
         FaultKind::Pause,
         FaultKind::DiskErrors,
+        FaultKind::CrashStorm,
     ];
 
     pub const PARTITIONS: [FaultKind; 5] = [
@@ -145,6 +149,11 @@ pub enum Fault {
     DiskErrors {
         node: u32,
         percent: u32,
+    },
+    /// Every ~`interval_ms` (jittered) a random node is killed and restarted after a random
+    /// downtime shorter than `interval_ms`.
+    CrashStorm {
+        interval_ms: u64,
     },
 }
 
@@ -365,7 +374,7 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
             percent: rng.random_range(5..=40),
         },
         FaultKind::MessageDelay => Fault::MessageDelay {
-            max_ms: rng.random_range(10..=500),
+            max_ms: rng.random_range(10..=2000),
         },
         FaultKind::MessageDuplicate => Fault::MessageDuplicate {
             percent: rng.random_range(5..=30),
@@ -385,6 +394,9 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
         FaultKind::DiskErrors => Fault::DiskErrors {
             node: rng.random_range(0..nodes),
             percent: rng.random_range(1..=20),
+        },
+        FaultKind::CrashStorm => Fault::CrashStorm {
+            interval_ms: rng.random_range(50..=400),
         },
     }
 }

@@ -64,8 +64,21 @@ impl Scenario {
             "crashes" => {
                 let mut kinds = FaultKind::PROCESSES.to_vec();
                 kinds.push(FaultKind::DiskErrors);
+                kinds.push(FaultKind::CrashStorm);
                 (WorkloadSpec::register(), kinds)
             }
+            // Frequent leader changes: short fault periods of leader isolation and crashes.
+            "elections" => (
+                WorkloadSpec::register(),
+                vec![
+                    FaultKind::IsolateLeader,
+                    FaultKind::LeaderMinority,
+                    FaultKind::Crash,
+                    FaultKind::CrashLeader,
+                    FaultKind::CrashStorm,
+                    FaultKind::MessageDelay,
+                ],
+            ),
             "mixed" => (WorkloadSpec::register(), FaultKind::ALL.to_vec()),
             "set" => (WorkloadSpec::set(), FaultKind::ALL.to_vec()),
             "ycsb" => (WorkloadSpec::ycsb_a(), FaultKind::ALL.to_vec()),
@@ -74,6 +87,12 @@ impl Scenario {
                 Scenario::PRESETS.join(", ")
             ),
         };
+        let mut nemesis = NemesisSpec::with_kinds(&kinds);
+        if name == "elections" {
+            nemesis.fault_ms = 800;
+            nemesis.heal_ms = 400;
+            nemesis.max_concurrent = 3;
+        }
         Ok(Scenario {
             name: name.to_string(),
             seed: 0,
@@ -84,7 +103,7 @@ impl Scenario {
             think_time_ms: 20,
             liveness_bound_s: 10,
             workload,
-            nemesis: NemesisSpec::with_kinds(&kinds),
+            nemesis,
             faults: None,
             planted_bugs: String::new(),
             buggify: name != "none",

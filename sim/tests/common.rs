@@ -16,7 +16,10 @@ pub fn failure_dir() -> PathBuf {
 /// Runs one scenario; returns the report, after printing the seed, the verdict and (on
 /// failure) where the artifacts are and how to replay.
 pub fn run_and_report(scenario: &Scenario) -> RunReport {
-    println!("seed {} scenario {} bugs [{}]", scenario.seed, scenario.name, scenario.planted_bugs);
+    println!(
+        "seed {} scenario {} bugs [{}]",
+        scenario.seed, scenario.name, scenario.planted_bugs
+    );
     let report = cluster::run(scenario, RunOptions::default());
     if !report.verdict.passed() {
         match write_failure(&report, &failure_dir()) {
@@ -44,8 +47,8 @@ pub fn ci_scenario(preset: &str, seed: u64, nodes: u32, duration_s: u64) -> Scen
     scenario.nodes = nodes;
     scenario.duration_s = duration_s;
     scenario.nemesis.final_heal_ms = 4_000.min(duration_s * 500);
-    scenario.nemesis.fault_ms = 2_000;
-    scenario.nemesis.heal_ms = 1_000;
+    scenario.nemesis.fault_ms = scenario.nemesis.fault_ms.min(2_000);
+    scenario.nemesis.heal_ms = scenario.nemesis.heal_ms.min(1_000);
     scenario
 }
 
@@ -58,8 +61,18 @@ pub fn run_seeds(seeds: impl Iterator<Item = u64>, make: impl Fn(u64) -> Scenari
         let report = run_and_report(&scenario);
         count += 1;
         if !report.verdict.passed() {
-            failures.push(format!("seed {}: {} — {}", seed, report.verdict.summary(), scenario.replay_command()));
+            failures.push(format!(
+                "seed {}: {} — {}",
+                seed,
+                report.verdict.summary(),
+                scenario.replay_command()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {count} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

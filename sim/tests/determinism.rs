@@ -10,7 +10,11 @@ fn same_seed_same_history_and_trace() {
     let scenario = common::ci_scenario("mixed", 4242, 5, 12);
     let first = common::run_and_report(&scenario);
     let second = common::run_and_report(&scenario);
-    assert!(first.history.len() > 50, "too few operations to compare: {}", first.history.len());
+    assert!(
+        first.history.len() > 50,
+        "too few operations to compare: {}",
+        first.history.len()
+    );
     let (a, b) = (first.history.to_jsonl(), second.history.to_jsonl());
     if a != b {
         let line = a.lines().zip(b.lines()).position(|(x, y)| x != y);
@@ -18,7 +22,11 @@ fn same_seed_same_history_and_trace() {
     }
     assert_eq!(first.trace, second.trace, "event traces differ");
     assert_eq!(first.verdict, second.verdict);
-    println!("verdict: deterministic ({} ops, {} trace lines)", first.history.len(), first.trace.lines().count());
+    println!(
+        "verdict: deterministic ({} ops, {} trace lines)",
+        first.history.len(),
+        first.trace.lines().count()
+    );
 }
 
 #[test]

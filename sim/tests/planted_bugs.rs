@@ -16,7 +16,10 @@ fn hunt(bug: &str, make: impl Fn(u64) -> Scenario) {
         scenario.planted_bugs = bug.to_string();
         let report = common::run_and_report(&scenario);
         if !report.verdict.passed() {
-            println!("verdict: planted bug {bug} found at seed {seed} after {seed} seeds: {}", report.verdict.summary());
+            println!(
+                "verdict: planted bug {bug} found at seed {seed} after {seed} seeds: {}",
+                report.verdict.summary()
+            );
             return;
         }
     }
@@ -25,22 +28,30 @@ fn hunt(bug: &str, make: impl Fn(u64) -> Scenario) {
 
 #[test]
 fn finds_follower_local_reads() {
-    hunt("follower-local-reads", |s| common::ci_scenario("partitions", s, 5, 10));
+    hunt("follower-local-reads", |s| {
+        common::ci_scenario("partitions", s, 5, 10)
+    });
 }
 
 #[test]
 fn finds_ack_before_fsync() {
-    hunt("ack-before-fsync", |s| common::ci_scenario("crashes", s, 3, 10));
+    hunt("ack-before-fsync", |s| {
+        common::ci_scenario("crashes", s, 3, 10)
+    });
 }
 
 #[test]
 fn finds_vote_not_persisted() {
-    hunt("vote-not-persisted", |s| common::ci_scenario("mixed", s, 3, 10));
+    hunt("vote-not-persisted", |s| {
+        common::ci_scenario("mixed", s, 3, 10)
+    });
 }
 
 #[test]
 fn finds_commit_counts_old_terms() {
-    hunt("commit-counts-old-terms", |s| common::ci_scenario("mixed", s, 5, 10));
+    hunt("commit-counts-old-terms", |s| {
+        common::ci_scenario("mixed", s, 5, 10)
+    });
 }
 
 #[test]
@@ -50,5 +61,7 @@ fn finds_no_retry_dedup() {
 
 #[test]
 fn finds_snapshot_drops_sessions() {
-    hunt("snapshot-drops-sessions", |s| common::ci_scenario("mixed", s, 3, 10));
+    hunt("snapshot-drops-sessions", |s| {
+        common::ci_scenario("mixed", s, 3, 10)
+    });
 }

@@ -11,27 +11,37 @@ const SEEDS_PER_TEST: u64 = 26;
 
 #[test]
 fn partitions_5_nodes() {
-    common::run_seeds(1..=SEEDS_PER_TEST, |s| common::ci_scenario("partitions", s, 5, 10));
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("partitions", s, 5, 10)
+    });
 }
 
 #[test]
 fn messages_3_nodes() {
-    common::run_seeds(1..=SEEDS_PER_TEST, |s| common::ci_scenario("messages", s, 3, 10));
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("messages", s, 3, 10)
+    });
 }
 
 #[test]
 fn crashes_5_nodes() {
-    common::run_seeds(1..=SEEDS_PER_TEST, |s| common::ci_scenario("crashes", s, 5, 10));
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("crashes", s, 5, 10)
+    });
 }
 
 #[test]
 fn mixed_5_nodes() {
-    common::run_seeds(1..=SEEDS_PER_TEST, |s| common::ci_scenario("mixed", s, 5, 10));
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("mixed", s, 5, 10)
+    });
 }
 
 #[test]
 fn mixed_7_nodes() {
-    common::run_seeds(1..=SEEDS_PER_TEST, |s| common::ci_scenario("mixed", s, 7, 10));
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("mixed", s, 7, 10)
+    });
 }
 
 #[test]
@@ -41,10 +51,14 @@ fn set_5_nodes() {
 
 #[test]
 fn ycsb_3_nodes() {
-    common::run_seeds(1..=SEEDS_PER_TEST, |s| common::ci_scenario("ycsb", s, 3, 10));
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("ycsb", s, 3, 10)
+    });
 }
 
 #[test]
 fn no_faults_3_nodes() {
-    common::run_seeds(1..=SEEDS_PER_TEST, |s| common::ci_scenario("none", s, 3, 10));
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("none", s, 3, 10)
+    });
 }
