@@ -39,6 +39,7 @@ pub struct ClientOptions {
     pub retry_backoff_max: Duration,
     pub max_frame_bytes: usize,
     /// Seeds the client's RNG (client id, backoff jitter); `None`: seeded from `rand::rng()`.
+    /// Two clients with the same seed share a session: give every client its own seed.
     pub rng_seed: Option<u64>,
 }
 
@@ -336,6 +337,11 @@ impl Client {
                     self.forget_target();
                     true
                 }
+                Ok(ClientResponse::Refused(RefusedReason::ResponseTooLarge { len_bytes })) => {
+                    return Err(ClientError::Failed {
+                        reason: format!("response of {len_bytes} bytes exceeds the frame limit; use a smaller scan limit"),
+                    })
+                }
                 Ok(ClientResponse::Refused(reason)) => {
                     heard_from_a_node = true;
                     last_problem = format!("{target} refused: {reason:?}");
@@ -351,7 +357,7 @@ impl Client {
                 Err(AttemptError::NotSent(e)) => {
                     last_problem = e;
                     self.forget_target();
-                    self.next_endpoint % self.endpoints.len() == 0
+                    self.next_endpoint.is_multiple_of(self.endpoints.len())
                 }
                 Err(AttemptError::AfterSend(e)) => {
                     maybe_delivered |= !is_read;

@@ -56,6 +56,10 @@ pub enum RefusedReason {
     /// Too many requests in flight on this node (`limits.max_pending_requests`).
     Busy,
     ShuttingDown,
+    /// The answer would exceed the client port's max frame size (e.g. a scan: lower its limit).
+    ResponseTooLarge {
+        len_bytes: u64,
+    },
 }
 
 /// What `quorumkv status` shows for one node.

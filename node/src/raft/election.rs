@@ -261,7 +261,10 @@ impl Raft {
     fn tally_election(&mut self, pre: bool) {
         let voters = &self.membership.voters;
         let counted = self.votes.iter().filter(|(id, _)| voters.contains(id));
-        let (yes, no) = counted.fold((0, 0), |(y, n), (_, g)| if *g { (y + 1, n) } else { (y, n + 1) });
+        let (yes, no) = counted.fold(
+            (0, 0),
+            |(y, n), (_, g)| if *g { (y + 1, n) } else { (y, n + 1) },
+        );
         if yes >= self.quorum() {
             if pre {
                 self.become_candidate(false);

@@ -1,1 +1,368 @@
-//! server (to be written).
+//! A quorumkv node process: storage, the Raft core and the state machine behind two TCP ports.
+//!
+//! `Server::new` opens storage, recovers the Raft core and the state machine, and binds the peer
+//! and client ports; `Server::run` serves until the given shutdown future resolves. The same code
+//! runs on real tokio and inside madsim: it reaches the outside world only through tokio APIs
+//! (from madsim-tokio), the `Disk` it is handed and RNGs seeded from the config, and it keeps no
+//! state in statics (all simulated nodes share one process).
+//!
+//! Tasks: the event loop (owns everything mutable), the two accept loops (one task per
+//! connection) and one outbound task per peer. Only bounded channels connect them.
+mod client_port;
+mod event_loop;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, Instrument};
+
+pub use self::client_port::ClientCall;
+use self::client_port::{accept_clients, ClientPortConfig};
+use self::event_loop::{restore_machine, EventLoop};
+use crate::config::{ConfigError, ServerConfig};
+use crate::kv::{KvConfig, StateMachine};
+use crate::raft::{self, Membership, Raft, Restored};
+use crate::storage::{Disk, NodeStorage};
+use crate::transport::peer::{accept_peers, InboundConfig};
+use crate::transport::PeerTransport;
+
+/// Client requests queued for the event loop; beyond this a request is answered `Busy`.
+const CLIENT_QUEUE_REQUESTS: usize = 4096;
+/// Peer messages queued for the event loop; beyond this peer connections wait (back-pressure).
+const PEER_INBOX_MESSAGES: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("cannot bind {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("event loop task failed: {0}")]
+    Task(String),
+}
+
+/// A node ready to serve: storage recovered, ports bound.
+pub struct Server {
+    config: ServerConfig,
+    event_loop: EventLoop,
+    peer_listener: TcpListener,
+    client_listener: TcpListener,
+    peer_addr: SocketAddr,
+    client_addr: SocketAddr,
+}
+
+impl Server {
+    /// Opens `disk`, recovers state and binds both ports.
+    pub async fn new(config: ServerConfig, disk: Arc<dyn Disk>) -> Result<Server, ServerError> {
+        config.validate()?;
+        let kv_config = kv_config(&config)?;
+        #[cfg(any(test, madsim))]
+        let disk: Arc<dyn Disk> = if config.planted_bugs.ack_before_fsync {
+            Arc::new(planted::NoSyncDisk(disk))
+        } else {
+            disk
+        };
+        let (storage, recovered) =
+            NodeStorage::open(disk).map_err(|e| ServerError::Storage(e.to_string()))?;
+
+        let initial_membership = Membership {
+            voters: config.members.iter().map(|m| m.id).collect::<BTreeSet<_>>(),
+            learners: BTreeSet::new(),
+        };
+        let machine = match &recovered.snapshot {
+            Some(snapshot) => restore_machine(&kv_config, &config, snapshot)?,
+            None => new_machine(&kv_config, &config)?,
+        };
+        let restored = Restored {
+            hard_state: recovered.hard_state.clone(),
+            snapshot: recovered.snapshot.as_ref().map(|s| s.meta.clone()),
+            entries: recovered.entries.clone(),
+            initial_membership,
+        };
+        let raft = Raft::new(raft_config(&config)?, restored)
+            .map_err(|e| ServerError::Raft(format!("{e:?}")))?;
+
+        let peer_listen = config
+            .peer_listen_addr()
+            .ok_or_else(|| ServerError::Raft("no peer address".into()))?;
+        let client_listen = config
+            .client_listen_addr()
+            .ok_or_else(|| ServerError::Raft("no client address".into()))?;
+        let peer_listener =
+            TcpListener::bind(peer_listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "peer",
+                    addr: peer_listen,
+                    source,
+                })?;
+        let client_listener =
+            TcpListener::bind(client_listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "client",
+                    addr: client_listen,
+                    source,
+                })?;
+        let peer_addr = peer_listener.local_addr().unwrap_or(peer_listen);
+        let client_addr = client_listener.local_addr().unwrap_or(client_listen);
+
+        let peers: BTreeMap<_, _> = config.members.iter().map(|m| (m.id, m.peer_addr)).collect();
+        #[allow(unused_mut)]
+        let mut transport = PeerTransport::start(
+            config.node_id,
+            &peers,
+            &config.transport,
+            config.limits.max_peer_frame_bytes,
+        );
+        #[cfg(any(test, madsim))]
+        if let Some(faults) = &config.faults {
+            transport.set_faults(faults.clone(), node_seed(&config) ^ 0x5eed_fa17);
+        }
+        info!(
+            node_id = config.node_id,
+            %peer_addr,
+            %client_addr,
+            applied = machine.applied_index(),
+            term = recovered.hard_state.term,
+            "node recovered"
+        );
+        let event_loop =
+            EventLoop::new(config.clone(), raft, machine, kv_config, storage, transport);
+        Ok(Server {
+            config,
+            event_loop,
+            peer_listener,
+            client_listener,
+            peer_addr,
+            client_addr,
+        })
+    }
+
+    /// Opens (creating it if needed) the data directory with real files.
+    #[cfg(not(madsim))]
+    pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
+        let disk = crate::storage::FileDisk::open(&config.data_dir).map_err(|e| {
+            ServerError::Storage(format!("data_dir {}: {e}", config.data_dir.display()))
+        })?;
+        Server::new(config, Arc::new(disk)).await
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, fails in-flight requests and
+    /// returns (every Ready was synced before it was acted on, so nothing is left to sync).
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let Server {
+            config,
+            event_loop,
+            peer_listener,
+            client_listener,
+            ..
+        } = self;
+        let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX_MESSAGES);
+        let (client_tx, client_rx) = mpsc::channel(CLIENT_QUEUE_REQUESTS);
+        let inbound = InboundConfig {
+            me: config.node_id,
+            members: config.members.iter().map(|m| m.id).collect(),
+            transport: config.transport.clone(),
+            max_frame_bytes: config.limits.max_peer_frame_bytes,
+            max_connections: config.limits.max_peer_connections,
+        };
+        let client_port = ClientPortConfig {
+            max_frame_bytes: config.limits.max_client_frame_bytes,
+            max_connections: config.limits.max_client_connections,
+            idle_timeout: Duration::from_millis(config.transport.client_idle_timeout_ms),
+        };
+        let accept_tasks: Vec<JoinHandle<()>> = vec![
+            tokio::spawn(accept_peers(peer_listener, inbound, peer_tx).in_current_span()),
+            tokio::spawn(accept_clients(client_listener, client_port, client_tx).in_current_span()),
+        ];
+        let result = event_loop.run(peer_rx, client_rx, shutdown).await;
+        for task in accept_tasks {
+            task.abort();
+        }
+        info!(
+            node_id = config.node_id,
+            ok = result.is_ok(),
+            "node stopped"
+        );
+        result
+    }
+
+    /// Starts the node in its own task; the simulator and tests use this.
+    pub async fn start_with(
+        config: ServerConfig,
+        disk: Arc<dyn Disk>,
+    ) -> Result<ServerHandle, ServerError> {
+        let server = Server::new(config, disk).await?;
+        let (peer_addr, client_addr) = (server.peer_addr, server.client_addr);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            server
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .in_current_span(),
+        );
+        Ok(ServerHandle {
+            peer_addr,
+            client_addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+}
+
+/// A running node started by `Server::start_with`.
+pub struct ServerHandle {
+    pub peer_addr: SocketAddr,
+    pub client_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    /// Graceful stop: fails in-flight requests and waits for the event loop to end.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+    }
+
+    /// Whether the node stopped by itself (e.g. a storage error).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+fn node_seed(config: &ServerConfig) -> u64 {
+    config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ config.node_id.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+fn kv_config(config: &ServerConfig) -> Result<KvConfig, ServerError> {
+    let kv = KvConfig {
+        max_key_bytes: config.limits.max_key_bytes,
+        max_value_bytes: config.limits.max_value_bytes,
+        max_scan_limit: u32::try_from(config.limits.max_scan_items).unwrap_or(u32::MAX),
+        ..KvConfig::default()
+    };
+    kv.validate().map_err(|e| ConfigError {
+        field: "limits.max_value_bytes".into(),
+        problem: e.to_string(),
+    })?;
+    Ok(kv)
+}
+
+fn new_machine(kv_config: &KvConfig, config: &ServerConfig) -> Result<StateMachine, ServerError> {
+    #[allow(unused_mut)]
+    let mut machine =
+        StateMachine::new(kv_config.clone()).map_err(|e| ServerError::Storage(e.to_string()))?;
+    #[cfg(any(test, madsim))]
+    machine.set_planted_bugs(config.planted_bugs);
+    let _ = config;
+    Ok(machine)
+}
+
+fn raft_config(config: &ServerConfig) -> Result<raft::Config, ServerError> {
+    let mut raft_config = raft::Config::new(config.node_id, node_seed(config));
+    raft_config.election_timeout_ticks_min = config.election_timeout_ticks_min;
+    raft_config.election_timeout_ticks_max = config.election_timeout_ticks_max;
+    raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
+    raft_config.pre_vote = true;
+    raft_config.check_quorum = true;
+    #[cfg(any(test, madsim))]
+    {
+        raft_config.bugs = config.planted_bugs;
+    }
+    raft_config
+        .validate()
+        .map_err(|e| ServerError::Raft(format!("{e:?}")))?;
+    Ok(raft_config)
+}
+
+#[cfg(any(test, madsim))]
+mod planted {
+    //! `ack_before_fsync`: a disk whose syncs do nothing, so the node acknowledges writes that
+    //! are not durable (a crash of the simulator's disk then loses acknowledged data).
+    use std::io;
+    use std::sync::Arc;
+
+    use crate::storage::{Disk, DiskFile};
+
+    pub(super) struct NoSyncDisk(pub(super) Arc<dyn Disk>);
+    struct NoSyncFile(Box<dyn DiskFile>);
+
+    impl Disk for NoSyncDisk {
+        fn open(&self, name: &str) -> io::Result<Box<dyn DiskFile>> {
+            Ok(Box::new(NoSyncFile(self.0.open(name)?)))
+        }
+        fn exists(&self, name: &str) -> io::Result<bool> {
+            self.0.exists(name)
+        }
+        fn list(&self) -> io::Result<Vec<String>> {
+            self.0.list()
+        }
+        fn remove(&self, name: &str) -> io::Result<()> {
+            self.0.remove(name)
+        }
+        fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+            self.0.rename(from, to)
+        }
+        fn sync_dir(&self) -> io::Result<()> {
+            self.0.sync_dir()
+        }
+    }
+
+    impl DiskFile for NoSyncFile {
+        fn len(&self) -> io::Result<u64> {
+            self.0.len()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read_at(offset, buf)
+        }
+        fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.0.write_at(offset, data)
+        }
+        fn set_len(&mut self, len_bytes: u64) -> io::Result<()> {
+            self.0.set_len(len_bytes)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
+use tracing::Instrument;
 use tracing::{debug, info, warn};
 
 use super::frame::{encode_frame, read_frame, FrameError};
@@ -82,7 +83,7 @@ impl PeerTransport {
                 config: config.clone(),
                 max_frame_bytes,
             };
-            tasks.push(tokio::spawn(link.run(rx)));
+            tasks.push(tokio::spawn(link.run(rx).in_current_span()));
             queues.insert(id, tx);
         }
         PeerTransport {
@@ -174,10 +175,13 @@ impl FaultInjector {
             if plan.delay_ms_max > 0 && self.rng.random_bool(clamp(plan.delay_probability)) {
                 let delay = Duration::from_millis(self.rng.random_range(1..=plan.delay_ms_max));
                 if let Some(queue) = transport.queues.get(&message.to).cloned() {
-                    tokio::spawn(async move {
-                        sleep(delay).await;
-                        let _ = queue.try_send(message);
-                    });
+                    tokio::spawn(
+                        async move {
+                            sleep(delay).await;
+                            let _ = queue.try_send(message);
+                        }
+                        .in_current_span(),
+                    );
                 }
             } else if self.rng.random_bool(clamp(plan.reorder_probability)) {
                 if let Some(earlier) = self.held.insert(message.to, message) {
@@ -267,11 +271,9 @@ impl OutboundLink {
         self.write(&mut write_half, &hello, write_timeout).await?;
 
         let last_heard = Arc::new(Mutex::new(Instant::now()));
-        let reader = tokio::spawn(read_pongs(
-            read_half,
-            last_heard.clone(),
-            self.max_frame_bytes,
-        ));
+        let reader = tokio::spawn(
+            read_pongs(read_half, last_heard.clone(), self.max_frame_bytes).in_current_span(),
+        );
         let result = self
             .pump(&mut write_half, queue, &last_heard, &reader, write_timeout)
             .await;
@@ -430,13 +432,16 @@ pub async fn accept_peers(
         };
         let config = config.clone();
         let inbox = inbox.clone();
-        tokio::spawn(async move {
-            match serve_inbound(stream, &config, &inbox).await {
-                Ok(()) => debug!(%addr, "peer connection closed"),
-                Err(e) => warn!(%addr, error = %e, "peer connection closed with error"),
+        tokio::spawn(
+            async move {
+                match serve_inbound(stream, &config, &inbox).await {
+                    Ok(()) => debug!(%addr, "peer connection closed"),
+                    Err(e) => warn!(%addr, error = %e, "peer connection closed with error"),
+                }
+                drop(permit);
             }
-            drop(permit);
-        });
+            .in_current_span(),
+        );
     }
 }
 

@@ -278,7 +278,7 @@ impl Cluster {
             }
             node.app.apply(e);
             self.checker.observe_app(id, node.app)?;
-            self.checker.observe_committed(e)?;
+            self.checker.observe_committed(e, raft.term())?;
         }
         for r in &rd.reads {
             self.checker.observe_read(id, r)?;
@@ -363,25 +363,24 @@ impl Cluster {
                 .take_while(|e| e.index <= r.commit_index())
             {
                 self.checker
-                    .observe_committed(e)
+                    .observe_committed(e, r.term())
                     .map_err(|err| format!("node {id}: {err}"))?;
             }
         }
-        // Leader completeness: a leader first seen after an entry was seen committed has it.
+        // Leader completeness: a leader has every entry committed in an earlier term.
         for (id, r) in &live {
             if r.role() != Role::Leader {
                 continue;
             }
-            let elected_step = self.checker.leaders.get(&r.term()).map_or(step, |(_, s)| *s);
             let snap = r.snapshot_meta().map_or(0, |m| m.index);
-            for (index, (entry, seen_step)) in &self.checker.committed {
-                if *seen_step >= elected_step || *index <= snap {
+            for (index, (entry, commit_term)) in &self.checker.committed {
+                if *commit_term >= r.term() || *index <= snap {
                     continue;
                 }
                 let have = r.log_entries().get((*index - snap - 1) as usize);
                 if have != Some(entry) {
                     return Err(format!(
-                        "leader completeness: leader {id} of term {} (elected at step {elected_step}) lacks entry {index} committed at step {seen_step}",
+                        "leader completeness: leader {id} of term {} lacks entry {index} committed by term {commit_term}",
                         r.term()
                     ));
                 }
@@ -412,7 +411,10 @@ impl Cluster {
                 return Ok(());
             }
         }
-        Err(format!("no convergence within {max_rounds} rounds:\n{}", self.describe()))
+        Err(format!(
+            "no convergence within {max_rounds} rounds:\n{}",
+            self.describe()
+        ))
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -443,10 +445,10 @@ impl Cluster {
         let Some(l) = self.leader() else { return false };
         let Some(lr) = self.raft(l) else { return false };
         let last_term = lr.log_entries().last().map(|e| e.term);
-        let last_term = last_term.or(lr.snapshot_meta().map(|m| m.term)).unwrap_or(0);
-        if last_term != lr.term()
-            || lr.commit_index() != lr.last_index()
-        {
+        let last_term = last_term
+            .or(lr.snapshot_meta().map(|m| m.term))
+            .unwrap_or(0);
+        if last_term != lr.term() || lr.commit_index() != lr.last_index() {
             return false;
         }
         let m = lr.membership();
@@ -494,7 +496,7 @@ pub(crate) struct Checker {
     pub(crate) step: u64,
     /// term -> the first node seen leading it, and when.
     pub(crate) leaders: BTreeMap<Term, (NodeId, u64)>,
-    /// index -> (committed entry, step at which it was first seen committed).
+    /// index -> (committed entry, an upper bound on the term in which it was committed).
     pub(crate) committed: BTreeMap<LogIndex, (Entry, u64)>,
     /// index -> application hash after applying it.
     pub(crate) app_hash: BTreeMap<LogIndex, u64>,
@@ -505,16 +507,21 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
-    fn observe_committed(&mut self, e: &Entry) -> Result<(), String> {
+    /// `reporter_term`: the current term of the node whose log shows `e` committed, an upper
+    /// bound on the term in which `e` was committed.
+    fn observe_committed(&mut self, e: &Entry, reporter_term: Term) -> Result<(), String> {
         match self.committed.get(&e.index) {
             Some((known, _)) if known != e => Err(format!(
                 "committed entry changed at index {}: {known:?} then {e:?}",
                 e.index
             )),
-            Some(_) => Ok(()),
+            Some((_, term)) => {
+                let term = (*term).min(reporter_term);
+                self.committed.insert(e.index, (e.clone(), term));
+                Ok(())
+            }
             None => {
-                self.committed
-                    .insert(e.index, (e.clone(), self.step));
+                self.committed.insert(e.index, (e.clone(), reporter_term));
                 Ok(())
             }
         }

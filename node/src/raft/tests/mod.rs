@@ -1,5 +1,5 @@
 //! Tests of the Raft core: unit tests per rule (`rules`), the in-memory cluster harness with
 //! its safety checker (`cluster`) and the property tests that drive it (`property`).
 mod cluster;
-mod rules;
 mod property;
+mod rules;

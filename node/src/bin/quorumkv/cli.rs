@@ -1,0 +1,608 @@
+//! Command-line parsing and the client commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use node::client::{CasOutcome, Client, ClientError, ClientOptions, NodeStatus};
+use node::config::{MemberConfig, ServerConfig, DEFAULT_CLIENT_PORT, LOCAL_CLIENT_PORT_BASE};
+use node::kv::{Expected, KeyRange, Versioned};
+use node::server::Server;
+use serde_json::json;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_NO: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = 3;
+pub const EXIT_NO_QUORUM: u8 = 4;
+pub const EXIT_UNKNOWN: u8 = 5;
+pub const EXIT_SERVER: u8 = 6;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "quorumkv",
+    version,
+    about = "A linearizable, replicated key-value store"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node (no arguments: a single-node cluster on 127.0.0.1, data in ./quorumkv-data).
+    Server(ServerArgs),
+    /// Start a cluster of N nodes on loopback as child processes; Ctrl-C stops them all.
+    Local(crate::local::LocalArgs),
+    /// Print the value of a key (exit 1 when absent).
+    Get {
+        key: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Set a key.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Compare-and-swap: write NEW_VALUE only if the key matches the expectation (exit 1 if not).
+    Cas {
+        key: String,
+        new_value: String,
+        /// Expected current value.
+        #[arg(long, group = "expectation")]
+        expect: Option<String>,
+        /// Expected current version.
+        #[arg(long, group = "expectation")]
+        expect_version: Option<u64>,
+        /// The key must not exist (put-if-absent).
+        #[arg(long, group = "expectation")]
+        expect_absent: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// List keys in order: by prefix, or in [start, end).
+    Scan {
+        #[arg(long, conflicts_with_all = ["start", "end"])]
+        prefix: Option<String>,
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show every node of the cluster: id, address, process id, role, term, indexes.
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Closed-loop benchmark: ops/s and latency percentiles.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Comma-separated client addresses of any nodes (default: `server`'s and `local`'s).
+    #[arg(long, env = "QUORUMKV_ENDPOINTS", value_delimiter = ',')]
+    pub endpoints: Vec<SocketAddr>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up on an operation after this long.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+impl ConnArgs {
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        if !self.endpoints.is_empty() {
+            return self.endpoints.clone();
+        }
+        let mut defaults = vec![SocketAddr::from(([127, 0, 0, 1], DEFAULT_CLIENT_PORT))];
+        defaults.extend(
+            (1..=3).map(|i| SocketAddr::from(([127, 0, 0, 1], LOCAL_CLIENT_PORT_BASE + i))),
+        );
+        defaults
+    }
+
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            operation_timeout: Duration::from_millis(self.timeout_ms),
+            request_timeout: Duration::from_millis(self.timeout_ms.min(3000)),
+            connect_timeout: Duration::from_millis(500),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    id: Option<u64>,
+    /// A cluster member as ID=PEER_ADDR,CLIENT_ADDR (repeat for each member, this node included).
+    #[arg(long = "member", value_name = "ID=PEER,CLIENT")]
+    members: Vec<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    snapshot_interval_entries: Option<u64>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// tracing filter, e.g. "info" or "node=debug".
+    #[arg(long, env = "QUORUMKV_LOG", default_value = "info")]
+    log_level: String,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_SERVER);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Server(args) => run_server(args).await,
+        Command::Local(args) => crate::local::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Get { key, conn } => {
+            client_command(&conn, |c| Box::pin(get(c, key, conn.json))).await
+        }
+        Command::Put { key, value, conn } => {
+            client_command(&conn, |c| Box::pin(put(c, key, value, conn.json))).await
+        }
+        Command::Del { key, conn } => {
+            client_command(&conn, |c| Box::pin(del(c, key, conn.json))).await
+        }
+        Command::Cas {
+            key,
+            new_value,
+            expect,
+            expect_version,
+            expect_absent,
+            conn,
+        } => {
+            let expected = match (expect, expect_version, expect_absent) {
+                (Some(value), None, false) => Expected::Value(value.into_bytes()),
+                (None, Some(version), false) => Expected::Version(version),
+                (None, None, true) => Expected::Absent,
+                _ => {
+                    eprintln!(
+                        "error: give exactly one of --expect, --expect-version, --expect-absent"
+                    );
+                    return EXIT_USAGE;
+                }
+            };
+            client_command(&conn, |c| {
+                Box::pin(cas(c, key, expected, new_value, conn.json))
+            })
+            .await
+        }
+        Command::Scan {
+            prefix,
+            start,
+            end,
+            limit,
+            conn,
+        } => {
+            let range = match prefix {
+                Some(prefix) => KeyRange::Prefix(prefix.into_bytes()),
+                None => KeyRange::Between {
+                    start: start.unwrap_or_default().into_bytes(),
+                    end: end.map(String::into_bytes),
+                },
+            };
+            client_command(&conn, |c| Box::pin(scan(c, range, limit, conn.json))).await
+        }
+        Command::Status { conn } => status(&conn).await,
+    }
+}
+
+type CommandFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u8, ClientError>> + 'a>>;
+
+async fn client_command<F>(conn: &ConnArgs, command: F) -> u8
+where
+    F: for<'a> FnOnce(&'a mut Client) -> CommandFuture<'a>,
+{
+    let mut client = match Client::new(conn.endpoints(), conn.options()) {
+        Ok(client) => client,
+        Err(e) => return report(e),
+    };
+    match command(&mut client).await {
+        Ok(code) => code,
+        Err(e) => report(e),
+    }
+}
+
+/// Prints a client error as one line and maps it to its exit code.
+pub fn report(error: ClientError) -> u8 {
+    eprintln!("error: {error}");
+    exit_code(&error)
+}
+
+pub fn exit_code(error: &ClientError) -> u8 {
+    match error {
+        ClientError::Unknown { .. } => EXIT_UNKNOWN,
+        ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+        ClientError::NoQuorum { .. } => EXIT_NO_QUORUM,
+        ClientError::TooLarge(_) | ClientError::InvalidArgument(_) => EXIT_USAGE,
+        ClientError::Failed { .. } => EXIT_NO_QUORUM,
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn versioned_json(v: &Option<Versioned>) -> serde_json::Value {
+    match v {
+        Some(v) => json!({"value": text(&v.value), "version": v.version}),
+        None => serde_json::Value::Null,
+    }
+}
+
+async fn get(client: &mut Client, key: String, as_json: bool) -> Result<u8, ClientError> {
+    let found = client.get(key.as_bytes()).await?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"key": key, "found": found.is_some(), "value": found.as_ref().map(|v| text(&v.value)), "version": found.as_ref().map(|v| v.version)})
+        );
+    } else if let Some(v) = &found {
+        println!("{}", text(&v.value));
+    } else {
+        eprintln!("(not found)");
+    }
+    Ok(if found.is_some() { EXIT_OK } else { EXIT_NO })
+}
+
+async fn put(
+    client: &mut Client,
+    key: String,
+    value: String,
+    as_json: bool,
+) -> Result<u8, ClientError> {
+    let version = client.put(key.as_bytes(), value.as_bytes()).await?;
+    if as_json {
+        println!("{}", json!({"key": key, "version": version}));
+    } else {
+        println!("OK (version {version})");
+    }
+    Ok(EXIT_OK)
+}
+
+async fn del(client: &mut Client, key: String, as_json: bool) -> Result<u8, ClientError> {
+    let previous = client.delete(key.as_bytes()).await?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"key": key, "deleted": previous.is_some(), "previous": versioned_json(&previous)})
+        );
+    } else if previous.is_some() {
+        println!("OK (deleted)");
+    } else {
+        println!("OK (was absent)");
+    }
+    Ok(EXIT_OK)
+}
+
+async fn cas(
+    client: &mut Client,
+    key: String,
+    expected: Expected,
+    new_value: String,
+    as_json: bool,
+) -> Result<u8, ClientError> {
+    let outcome = if expected == Expected::Absent {
+        client
+            .put_if_absent(key.as_bytes(), new_value.as_bytes())
+            .await?
+    } else {
+        client
+            .cas(key.as_bytes(), expected, new_value.as_bytes())
+            .await?
+    };
+    match outcome {
+        CasOutcome::Written { version } => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"key": key, "written": true, "version": version})
+                );
+            } else {
+                println!("OK (version {version})");
+            }
+            Ok(EXIT_OK)
+        }
+        CasOutcome::ConditionFailed { current } => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"key": key, "written": false, "current": versioned_json(&current)})
+                );
+            } else {
+                match &current {
+                    Some(v) => println!(
+                        "condition failed: current value {:?} (version {})",
+                        text(&v.value),
+                        v.version
+                    ),
+                    None => println!("condition failed: key is absent"),
+                }
+            }
+            Ok(EXIT_NO)
+        }
+    }
+}
+
+async fn scan(
+    client: &mut Client,
+    range: KeyRange,
+    limit: u32,
+    as_json: bool,
+) -> Result<u8, ClientError> {
+    let (items, more) = client.scan(range, limit).await?;
+    if as_json {
+        let items: Vec<_> = items
+            .iter()
+            .map(|i| json!({"key": text(&i.key), "value": text(&i.value), "version": i.version}))
+            .collect();
+        println!("{}", json!({"items": items, "more": more}));
+    } else {
+        for item in &items {
+            println!("{}\t{}", text(&item.key), text(&item.value));
+        }
+        if more {
+            eprintln!("(more keys: raise --limit)");
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Asks the first reachable endpoint for the member list, then every member for its status.
+async fn status(conn: &ConnArgs) -> u8 {
+    let mut client = match Client::new(conn.endpoints(), conn.options()) {
+        Ok(client) => client,
+        Err(e) => return report(e),
+    };
+    let first = match client.status_any().await {
+        Ok(status) => status,
+        Err(e) => return report(e),
+    };
+    let mut rows: Vec<(MemberConfig, Result<NodeStatus, ClientError>)> = Vec::new();
+    for member in first.members.clone() {
+        let result = if member.id == first.node_id {
+            Ok(first.clone())
+        } else {
+            client.node_status(member.client_addr).await
+        };
+        rows.push((member, result));
+    }
+    let has_leader = rows
+        .iter()
+        .any(|(_, r)| matches!(r, Ok(s) if s.role == node::raft::Role::Leader));
+    if conn.json {
+        let nodes: Vec<_> = rows
+            .iter()
+            .map(|(m, r)| match r {
+                Ok(s) => json!({
+                    "node_id": s.node_id, "address": s.client_addr.to_string(), "peer_address": s.peer_addr.to_string(),
+                    "pid": s.pid, "role": format!("{:?}", s.role).to_lowercase(), "term": s.term, "leader_id": s.leader_id,
+                    "commit_index": s.commit_index, "applied_index": s.applied_index, "last_index": s.last_index,
+                    "snapshot_index": s.snapshot_index, "voters": s.voters, "keys": s.keys, "reachable": true,
+                }),
+                Err(e) => json!({"node_id": m.id, "address": m.client_addr.to_string(), "reachable": false, "error": e.to_string()}),
+            })
+            .collect();
+        println!("{}", json!({"nodes": nodes, "has_leader": has_leader}));
+    } else {
+        println!(
+            "{:<4} {:<21} {:<8} {:<13} {:<6} {:<7} {:<9} {:<9} {:<8}",
+            "ID", "ADDRESS", "PID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "KEYS"
+        );
+        for (m, r) in &rows {
+            match r {
+                Ok(s) => println!(
+                    "{:<4} {:<21} {:<8} {:<13} {:<6} {:<7} {:<9} {:<9} {:<8}",
+                    s.node_id,
+                    s.client_addr.to_string(),
+                    s.pid,
+                    format!("{:?}", s.role).to_lowercase(),
+                    s.term,
+                    s.leader_id
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.commit_index,
+                    s.applied_index,
+                    s.keys
+                ),
+                Err(_) => println!("{:<4} {:<21} unreachable", m.id, m.client_addr.to_string()),
+            }
+        }
+        if !has_leader {
+            eprintln!("warning: no leader (no quorum?)");
+        }
+    }
+    if has_leader {
+        EXIT_OK
+    } else {
+        EXIT_NO_QUORUM
+    }
+}
+
+fn parse_member(spec: &str) -> Result<MemberConfig, String> {
+    let (id, addrs) = spec
+        .split_once('=')
+        .ok_or("expected ID=PEER_ADDR,CLIENT_ADDR")?;
+    let (peer, client) = addrs
+        .split_once(',')
+        .ok_or("expected ID=PEER_ADDR,CLIENT_ADDR")?;
+    Ok(MemberConfig {
+        id: id
+            .trim()
+            .parse()
+            .map_err(|e| format!("node id {id:?}: {e}"))?,
+        peer_addr: peer
+            .trim()
+            .parse()
+            .map_err(|e| format!("peer address {peer:?}: {e}"))?,
+        client_addr: client
+            .trim()
+            .parse()
+            .map_err(|e| format!("client address {client:?}: {e}"))?,
+    })
+}
+
+fn server_config(args: &ServerArgs) -> Result<ServerConfig, String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+            ServerConfig::from_toml(&text).map_err(|e| format!("{} ({})", e, path.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(id) = args.id {
+        config.node_id = id;
+    }
+    if !args.members.is_empty() {
+        config.members = args
+            .members
+            .iter()
+            .map(|m| parse_member(m))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("bad config: `member`: {e}"))?;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    if let Some(n) = args.snapshot_interval_entries {
+        config.snapshot_interval_entries = n;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+pub fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+}
+
+async fn run_server(args: ServerArgs) -> u8 {
+    init_logging(args.log_format, &args.log_level);
+    let config = match server_config(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let span = tracing::info_span!("node", id = config.node_id);
+    let data_dir = config.data_dir.clone();
+    let server = match tracing::Instrument::instrument(Server::open(config), span.clone()).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return if matches!(e, node::server::ServerError::Config(_)) {
+                EXIT_USAGE
+            } else {
+                EXIT_SERVER
+            };
+        }
+    };
+    let _entered = span.enter();
+    tracing::info!(client_addr = %server.client_addr(), peer_addr = %server.peer_addr(), data_dir = %data_dir.display(), pid = std::process::id(), "quorumkv server ready");
+    drop(_entered);
+    let result = tracing::Instrument::instrument(server.run(shutdown_signal()), span).await;
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_SERVER
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(s) => { s.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn member_specs_parse() {
+        let m = parse_member("2=127.0.0.1:7502,127.0.0.1:7402").unwrap();
+        assert_eq!(
+            (m.id, m.peer_addr.port(), m.client_addr.port()),
+            (2, 7502, 7402)
+        );
+        assert!(parse_member("2=127.0.0.1:7502").is_err());
+    }
+}

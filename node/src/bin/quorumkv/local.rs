@@ -1,0 +1,179 @@
+//! `quorumkv local`: a whole cluster on loopback, as child `quorumkv server` processes.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Args;
+use node::config::{MemberConfig, ServerConfig, LOCAL_CLIENT_PORT_BASE, LOCAL_PEER_PORT_BASE};
+
+use crate::cli::{EXIT_OK, EXIT_SERVER, EXIT_USAGE};
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Directory for data, configs and logs (created if needed).
+    #[arg(long, default_value = "quorumkv-local")]
+    dir: PathBuf,
+    /// Client ports are BASE+1..BASE+N, peer ports BASE+101..BASE+100+N.
+    #[arg(long, default_value_t = LOCAL_CLIENT_PORT_BASE)]
+    base_port: u16,
+    #[arg(long)]
+    snapshot_interval_entries: Option<u64>,
+}
+
+struct Children(Vec<(u64, Child)>);
+
+impl Drop for Children {
+    /// Never leave servers behind, even on an error path.
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub async fn run(args: LocalArgs) -> u8 {
+    if args.nodes == 0 || args.nodes > 99 {
+        eprintln!("error: bad config: `nodes`: must be 1..=99");
+        return EXIT_USAGE;
+    }
+    let peer_base = if args.base_port == LOCAL_CLIENT_PORT_BASE {
+        LOCAL_PEER_PORT_BASE
+    } else {
+        args.base_port.saturating_add(100)
+    };
+    let members: Vec<MemberConfig> = (1..=args.nodes)
+        .map(|i| MemberConfig {
+            id: u64::from(i),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], peer_base + i)),
+            client_addr: SocketAddr::from(([127, 0, 0, 1], args.base_port + i)),
+        })
+        .collect();
+    if let Err(e) = fs::create_dir_all(&args.dir) {
+        eprintln!("error: cannot create {}: {e}", args.dir.display());
+        return EXIT_SERVER;
+    }
+    let dir = fs::canonicalize(&args.dir).unwrap_or(args.dir.clone());
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot find the quorumkv executable: {e}");
+            return EXIT_SERVER;
+        }
+    };
+    let mut children = Children(Vec::new());
+    for member in &members {
+        match spawn_node(&exe, &dir, member, &members, args.snapshot_interval_entries) {
+            Ok(child) => children.0.push((member.id, child)),
+            Err(e) => {
+                eprintln!("error: cannot start node {}: {e}", member.id);
+                return EXIT_SERVER;
+            }
+        }
+    }
+    let endpoints: Vec<String> = members.iter().map(|m| m.client_addr.to_string()).collect();
+    println!(
+        "quorumkv local: {} nodes, data and logs in {}",
+        args.nodes,
+        dir.display()
+    );
+    for (member, (_, child)) in members.iter().zip(&children.0) {
+        println!(
+            "  node {}  client {}  peer {}  pid {}  log {}",
+            member.id,
+            member.client_addr,
+            member.peer_addr,
+            child.id(),
+            dir.join(format!("node-{}.log", member.id)).display()
+        );
+    }
+    println!("endpoints: {}", endpoints.join(","));
+    println!("try: quorumkv put hello world && quorumkv get hello && quorumkv status");
+    println!("Ctrl-C stops all nodes.");
+
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let signal = crate::cli::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = ticker.tick() => {
+                for (id, child) in &mut children.0 {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        eprintln!("node {id} exited ({status}); see {}", dir.join(format!("node-{id}.log")).display());
+                    }
+                }
+                children.0.retain_mut(|(_, child)| matches!(child.try_wait(), Ok(None)));
+                if children.0.is_empty() {
+                    eprintln!("all nodes exited");
+                    return EXIT_SERVER;
+                }
+            }
+        }
+    }
+    println!("stopping {} nodes...", children.0.len());
+    stop_all(&mut children).await;
+    EXIT_OK
+}
+
+fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    me: &MemberConfig,
+    members: &[MemberConfig],
+    snapshot_interval: Option<u64>,
+) -> std::io::Result<Child> {
+    let mut config = ServerConfig {
+        node_id: me.id,
+        members: members.to_vec(),
+        data_dir: dir.join(format!("node-{}", me.id)),
+        seed: me.id,
+        ..ServerConfig::default()
+    };
+    if let Some(n) = snapshot_interval {
+        config.snapshot_interval_entries = n;
+    }
+    let text = toml::to_string(&config).map_err(std::io::Error::other)?;
+    let config_path = dir.join(format!("node-{}.toml", me.id));
+    fs::write(&config_path, text)?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("node-{}.log", me.id)))?;
+    Command::new(exe)
+        .arg("server")
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
+/// SIGTERM (graceful) to every child, then SIGKILL after 5 s.
+async fn stop_all(children: &mut Children) {
+    for (_, child) in &children.0 {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    }
+    for _ in 0..50 {
+        if children
+            .0
+            .iter_mut()
+            .all(|(_, c)| !matches!(c.try_wait(), Ok(None)))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Drop kills whatever is left.
+}
