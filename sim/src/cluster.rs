@@ -160,11 +160,17 @@ fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
     config.transport.max_batch_messages = batch[rng.random_range(0..batch.len())];
     let queue = [8, 64, config.transport.peer_queue_messages];
     config.transport.peer_queue_messages = queue[rng.random_range(0..queue.len())];
+    // A narrow election timeout window makes split votes (several candidates per term) common.
+    if rng.random_bool(0.5) {
+        config.election_timeout_ticks_max = config.election_timeout_ticks_min + 2;
+    }
     trace.log(format!(
-        "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={}",
+        "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={} election_timeout_ticks={}..{}",
         config.snapshot_interval_entries,
         config.transport.max_batch_messages,
-        config.transport.peer_queue_messages
+        config.transport.peer_queue_messages,
+        config.election_timeout_ticks_min,
+        config.election_timeout_ticks_max
     ));
 }
 
