@@ -9,6 +9,7 @@
 
 #[cfg(any(test, madsim))]
 pub mod bugs;
+pub mod placement;
 pub mod raft;
 pub mod kv;
 pub mod storage;

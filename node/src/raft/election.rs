@@ -291,7 +291,7 @@ impl Raft {
     }
 
     pub(super) fn tick_election(&mut self) {
-        self.election_elapsed += 1;
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
             if self.can_campaign() {
@@ -301,8 +301,8 @@ impl Raft {
     }
 
     pub(super) fn tick_leader(&mut self) {
-        self.election_elapsed += 1;
-        self.heartbeat_elapsed += 1;
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
+        self.heartbeat_elapsed = self.heartbeat_elapsed.saturating_add(1);
         if self.election_elapsed >= self.config.election_timeout_ticks_min {
             self.election_elapsed = 0;
             if self.config.check_quorum && !self.quorum_recently_active() {
@@ -319,7 +319,7 @@ impl Raft {
             }
         }
         if self.lead_transferee.is_some() {
-            self.transfer_elapsed += 1;
+            self.transfer_elapsed = self.transfer_elapsed.saturating_add(1);
             if self.transfer_elapsed >= self.config.election_timeout_ticks_min {
                 tracing::info!(id = self.id(), to = ?self.lead_transferee, "leadership transfer aborted");
                 self.lead_transferee = None;
@@ -447,7 +447,7 @@ impl Raft {
         self.leader = Some(self.config.id);
         self.reset_role_state();
         self.election_elapsed = 0;
-        self.recompute_membership(); // creates progress for every member
+        self.sync_progress_with_membership();
         if self.log.last_index() == 0 {
             for change in bootstrap_changes(&self.membership.clone()) {
                 self.append_local(EntryPayload::Membership(change));
