@@ -9,6 +9,13 @@ pub mod client;
 pub mod fake;
 pub mod generator;
 pub mod op;
+// Real processes on loopback: meaningless inside the simulator.
+#[cfg(not(madsim))]
+pub mod process_cluster;
+#[cfg(not(madsim))]
+pub mod process_nemesis;
+#[cfg(not(madsim))]
+pub mod real_campaign;
 pub mod recorder;
 pub mod remote;
 pub mod store;
