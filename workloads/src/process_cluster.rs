@@ -35,7 +35,11 @@ pub enum ClusterError {
     #[error("node {0} is not a member of the cluster")]
     UnknownNode(u64),
     #[error("node {id} exited on its own ({status}); its log: {log}")]
-    Exited { id: u64, status: String, log: String },
+    Exited {
+        id: u64,
+        status: String,
+        log: String,
+    },
     #[error("no leader within {bound_ms} ms: {detail}")]
     NoLeader { bound_ms: u64, detail: String },
     #[error("cannot attach: {0}")]
@@ -371,7 +375,11 @@ impl ProcessCluster {
                     return Err(ClusterError::Exited {
                         id,
                         status: status.to_string(),
-                        log: self.dir.join(format!("node-{id}.log")).display().to_string(),
+                        log: self
+                            .dir
+                            .join(format!("node-{id}.log"))
+                            .display()
+                            .to_string(),
                     });
                 }
             }

@@ -106,7 +106,10 @@ impl fmt::Display for AppliedFault {
 impl ProcessNemesis {
     /// `max_faulty` nodes at most are hit at once (at least 1); `faults` must not be empty.
     pub fn new(seed: u64, faults: Vec<ProcessFault>, max_faulty: usize) -> ProcessNemesis {
-        assert!(!faults.is_empty(), "the nemesis needs at least one fault kind");
+        assert!(
+            !faults.is_empty(),
+            "the nemesis needs at least one fault kind"
+        );
         ProcessNemesis {
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
             faults,

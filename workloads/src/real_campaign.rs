@@ -67,14 +67,25 @@ impl Default for CampaignOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CampaignVerdict {
     Pass,
-    NotLinearizable { key: String },
-    SetAnomaly { anomalies: usize, first: String },
+    NotLinearizable {
+        key: String,
+    },
+    SetAnomaly {
+        anomalies: usize,
+        first: String,
+    },
     /// The checker ran out of budget: neither a pass nor a proven violation.
-    CheckerUnknown { reason: String },
+    CheckerUnknown {
+        reason: String,
+    },
     /// A server process exited without being killed by the nemesis.
-    ServerExited { detail: String },
+    ServerExited {
+        detail: String,
+    },
     /// After the final heal some client completed no operation within the bound.
-    NoProgress { detail: String },
+    NoProgress {
+        detail: String,
+    },
 }
 
 impl CampaignVerdict {

@@ -46,7 +46,11 @@ mod cli {
         #[arg(long, default_value_t = 3000)]
         heal_ms: u64,
         /// Comma-separated faults: kill, kill-leader, pause, pause-leader.
-        #[arg(long, value_delimiter = ',', default_value = "kill,kill-leader,pause,pause-leader")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "kill,kill-leader,pause,pause-leader"
+        )]
         faults: Vec<ProcessFault>,
         /// Most nodes one fault hits (default: a minority, so a quorum survives).
         #[arg(long)]
@@ -183,10 +187,7 @@ mod cli {
         let report = match run_campaign(&options, &mut cluster).await {
             Ok(report) => report,
             Err(e) => {
-                eprintln!(
-                    "error: {e} (node logs in {})",
-                    cluster.dir().display()
-                );
+                eprintln!("error: {e} (node logs in {})", cluster.dir().display());
                 return EXIT_SETUP;
             }
         };

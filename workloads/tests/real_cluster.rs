@@ -1,0 +1,136 @@
+//! The real-cluster campaign, short: three `quorumkv server` processes on loopback, register
+//! and set workloads through the client library, kill -9 / restart and SIGSTOP / SIGCONT of
+//! random nodes and leaders; the histories must be linearizable, the set check clean, and every
+//! client must complete an operation soon after the final heal.
+//!
+//! Needs the `quorumkv` binary of the same profile: the test runs
+//! `cargo build -p node --bin quorumkv` (a no-op when it is fresh) and prints what it does.
+//! `QUORUMKV_JEPSEN_SEED=N` overrides the seed.
+#![cfg(not(madsim))]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use checker::Verdict;
+use workloads::process_cluster::{ProcessCluster, SpawnSpec};
+use workloads::process_nemesis::ProcessFault;
+use workloads::real_campaign::{run_campaign, write_artifacts, CampaignOptions};
+
+const DEFAULT_SEED: u64 = 20_261_129;
+
+/// target/<profile>/ of this test executable (target/<profile>/deps/real_cluster-<hash>).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let deps = exe.parent().expect("test executable has a directory");
+    deps.parent().expect("deps/ has a parent").to_path_buf()
+}
+
+/// The `quorumkv` binary next to the test's profile directory, built first if cargo is known.
+fn quorumkv_binary() -> PathBuf {
+    let dir = profile_dir();
+    let exe = dir.join("quorumkv");
+    let cargo = std::env::var_os("CARGO");
+    let target_dir = dir.parent().map(Path::to_path_buf);
+    match (cargo, target_dir) {
+        (Some(cargo), Some(target_dir)) => {
+            let mut command = Command::new(cargo);
+            command
+                .args(["build", "-p", "node", "--bin", "quorumkv"])
+                .env("CARGO_TARGET_DIR", &target_dir);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                command.arg("--release");
+            }
+            eprintln!(
+                "building the server: {command:?} (target dir {})",
+                target_dir.display()
+            );
+            let status = command.status().expect("running cargo build");
+            assert!(status.success(), "cargo build of quorumkv failed: {status}");
+        }
+        _ => eprintln!("CARGO not set: using {} as it is", exe.display()),
+    }
+    assert!(
+        exe.is_file(),
+        "{} missing: run `cargo build -p node --bin quorumkv`",
+        exe.display()
+    );
+    exe
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_against_real_processes_is_linearizable_and_live() {
+    let seed = std::env::var("QUORUMKV_JEPSEN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED);
+    eprintln!("real-cluster campaign seed {seed} (QUORUMKV_JEPSEN_SEED={seed} to rerun)");
+    let exe = quorumkv_binary();
+    let dir = std::env::temp_dir().join(format!(
+        "quorumkv-real-cluster-{}-seed{seed}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cluster = ProcessCluster::spawn(SpawnSpec {
+        nodes: 3,
+        quorumkv_exe: exe,
+        dir: dir.join("cluster"),
+        snapshot_interval_entries: 200,
+        seed,
+    })
+    .expect("spawn a 3-node cluster");
+    let options = CampaignOptions {
+        seed,
+        duration_s: 20,
+        fault_ms: 2_000,
+        heal_ms: 1_500,
+        faults: ProcessFault::ALL.to_vec(),
+        max_faulty: None,
+        register_clients: 3,
+        set_clients: 2,
+        think_time_ms: 5,
+        // Generous: two busy cores, processes restarting, elections.
+        liveness_bound_s: 20,
+        client_request_timeout_ms: 1_000,
+        client_operation_timeout_ms: 4_000,
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_campaign(&options, &mut cluster),
+    )
+    .await
+    .expect("the campaign is bounded")
+    .expect("the campaign ran");
+    eprintln!("{}", report.figures());
+    if !report.verdict.passed() {
+        let files = write_artifacts(&report, &dir).expect("write artifacts");
+        panic!(
+            "seed {seed}: {}\nartifacts: {files:?}\nnode logs: {}",
+            report.verdict.summary(),
+            dir.join("cluster").display()
+        );
+    }
+    assert_eq!(report.register_verdict, Verdict::Linearizable);
+    assert!(report.set_report.is_valid(), "{:?}", report.set_report);
+    assert!(report.set_report.reads_checked >= 1, "the set's final read");
+    assert!(
+        report.set_report.acknowledged_adds > 0,
+        "{:?}",
+        report.set_report
+    );
+    assert!(
+        report.kills + report.pauses >= 4,
+        "too few faults: {} kills, {} pauses",
+        report.kills,
+        report.pauses
+    );
+    assert!(
+        report.register_stats.ok > 100 && report.set_stats.ok > 50,
+        "the workload made little progress: {}",
+        report.figures()
+    );
+    let recovery_ms = report.recovery_ms_max.expect("every client recovered");
+    assert!(recovery_ms < options.liveness_bound_s * 1000);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
