@@ -214,6 +214,16 @@ impl ProcessCluster {
         self.nodes.iter().map(|n| n.member.client_addr).collect()
     }
 
+    /// Nodes whose current process this value spawned (all of a spawned cluster; in an
+    /// attached one, the nodes the nemesis restarted). They are stopped when it is dropped.
+    pub fn spawned_here(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.member.id)
+            .collect()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

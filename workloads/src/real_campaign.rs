@@ -331,39 +331,14 @@ pub async fn run_campaign(
     let set_report = check_set(&set_history);
     let check_s = check_started.elapsed().as_secs_f64();
 
-    let verdict = if let Verdict::NotLinearizable(Violation { key }) = &register_verdict {
-        CampaignVerdict::NotLinearizable { key: key.clone() }
-    } else if let Some(first) = set_report.anomalies.first() {
-        CampaignVerdict::SetAnomaly {
-            anomalies: set_report.anomalies.len(),
-            first: first.to_string(),
-        }
-    } else if let Verdict::Unknown { reason } = &register_verdict {
-        CampaignVerdict::CheckerUnknown {
-            reason: reason.clone(),
-        }
-    } else if !exits.is_empty() {
-        CampaignVerdict::ServerExited {
-            detail: exits.join("; "),
-        }
-    } else if !stuck.is_empty() {
-        CampaignVerdict::NoProgress {
-            detail: format!(
-                "{} completed no operation within {} s after the final heal",
-                stuck.join(", "),
-                options.liveness_bound_s
-            ),
-        }
-    } else if !final_read_ok {
-        CampaignVerdict::NoProgress {
-            detail: format!(
-                "the set's final read did not succeed within {} s",
-                options.liveness_bound_s
-            ),
-        }
-    } else {
-        CampaignVerdict::Pass
-    };
+    let verdict = judge(&Findings {
+        register_verdict: &register_verdict,
+        set_report: &set_report,
+        exits: &exits,
+        stuck: &stuck,
+        final_read_ok,
+        liveness_bound_s: options.liveness_bound_s,
+    });
     Ok(CampaignReport {
         seed: options.seed,
         nodes: cluster.node_ids().len(),
@@ -381,6 +356,56 @@ pub async fn run_campaign(
         wall_s: started.elapsed().as_secs_f64(),
         check_s,
     })
+}
+
+/// What a finished run observed, for `judge`.
+struct Findings<'a> {
+    register_verdict: &'a Verdict,
+    set_report: &'a SetReport,
+    /// Servers that exited on their own.
+    exits: &'a [String],
+    /// Clients that completed nothing after the final heal.
+    stuck: &'a [String],
+    final_read_ok: bool,
+    liveness_bound_s: u64,
+}
+
+/// Safety violations first (they are what the campaign is for), then checker give-ups, then
+/// crashes and liveness; a pass needs all of them clean.
+fn judge(f: &Findings<'_>) -> CampaignVerdict {
+    if let Verdict::NotLinearizable(Violation { key }) = f.register_verdict {
+        CampaignVerdict::NotLinearizable { key: key.clone() }
+    } else if let Some(first) = f.set_report.anomalies.first() {
+        CampaignVerdict::SetAnomaly {
+            anomalies: f.set_report.anomalies.len(),
+            first: first.to_string(),
+        }
+    } else if let Verdict::Unknown { reason } = f.register_verdict {
+        CampaignVerdict::CheckerUnknown {
+            reason: reason.clone(),
+        }
+    } else if !f.exits.is_empty() {
+        CampaignVerdict::ServerExited {
+            detail: f.exits.join("; "),
+        }
+    } else if !f.stuck.is_empty() {
+        CampaignVerdict::NoProgress {
+            detail: format!(
+                "{} completed no operation within {} s after the final heal",
+                f.stuck.join(", "),
+                f.liveness_bound_s
+            ),
+        }
+    } else if !f.final_read_ok {
+        CampaignVerdict::NoProgress {
+            detail: format!(
+                "the set's final read did not succeed within {} s",
+                f.liveness_bound_s
+            ),
+        }
+    } else {
+        CampaignVerdict::Pass
+    }
 }
 
 /// Single-threaded check (the histories are small) with a generous time budget.
@@ -615,4 +640,76 @@ fn explain_failure(report: &CampaignReport) -> (String, String) {
         &sections,
     );
     (text, html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn findings<'a>(
+        register_verdict: &'a Verdict,
+        set_report: &'a SetReport,
+        exits: &'a [String],
+        stuck: &'a [String],
+    ) -> Findings<'a> {
+        Findings {
+            register_verdict,
+            set_report,
+            exits,
+            stuck,
+            final_read_ok: true,
+            liveness_bound_s: 5,
+        }
+    }
+
+    #[test]
+    fn safety_violations_outrank_crashes_and_liveness() {
+        let clean = SetReport::default();
+        let stuck = vec!["client 1".to_string()];
+        let exits = vec!["node 2 exited".to_string()];
+        let violation = Verdict::NotLinearizable(Violation { key: "r1".into() });
+        assert_eq!(
+            judge(&findings(&violation, &clean, &exits, &stuck)),
+            CampaignVerdict::NotLinearizable { key: "r1".into() }
+        );
+        let lost = SetReport {
+            anomalies: vec![checker::SetAnomaly::NeverAdded {
+                key: "s".into(),
+                element: 9,
+                read: checker::OpId(3),
+            }],
+            ..SetReport::default()
+        };
+        let verdict = judge(&findings(&Verdict::Linearizable, &lost, &exits, &stuck));
+        assert!(
+            matches!(verdict, CampaignVerdict::SetAnomaly { anomalies: 1, .. }),
+            "{verdict:?}"
+        );
+        let verdict = judge(&findings(&Verdict::Linearizable, &clean, &exits, &stuck));
+        assert!(
+            matches!(verdict, CampaignVerdict::ServerExited { .. }),
+            "{verdict:?}"
+        );
+        let verdict = judge(&findings(&Verdict::Linearizable, &clean, &[], &stuck));
+        assert!(
+            matches!(verdict, CampaignVerdict::NoProgress { .. }),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn pass_needs_every_check_clean() {
+        let clean = SetReport::default();
+        assert_eq!(
+            judge(&findings(&Verdict::Linearizable, &clean, &[], &[])),
+            CampaignVerdict::Pass
+        );
+        let unknown = Verdict::Unknown {
+            reason: "budget".into(),
+        };
+        assert!(!judge(&findings(&unknown, &clean, &[], &[])).passed());
+        let mut no_final_read = findings(&Verdict::Linearizable, &clean, &[], &[]);
+        no_final_read.final_read_ok = false;
+        assert!(!judge(&no_final_read).passed());
+    }
 }

@@ -201,6 +201,13 @@ mod cli {
             Err(e) => eprintln!("error: writing artifacts to {}: {e}", out.display()),
         }
         println!("verdict: {}", report.verdict.summary());
+        let restarted = cluster.spawned_here();
+        if args.attach_dir.is_some() && !restarted.is_empty() {
+            println!(
+                "note: nodes {restarted:?} were restarted by this campaign and stop with it; \
+                 restart the `quorumkv local` cluster to get them back"
+            );
+        }
         if report.verdict.passed() {
             drop(cluster);
             if args.attach_dir.is_none() && !args.keep_data {
