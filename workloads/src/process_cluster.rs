@@ -276,6 +276,30 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// Deletes a down node's data directory (spawned clusters only: an attached cluster's
+    /// data is never deleted).
+    pub fn wipe(&mut self, id: u64) -> Result<(), ClusterError> {
+        let Some(spec) = &self.spawned else {
+            return Err(ClusterError::Attach(
+                "refusing to delete the data of an attached cluster".into(),
+            ));
+        };
+        let data_dir = spec.dir.join(format!("node-{id}"));
+        assert_eq!(
+            self.node(id)?.state,
+            NodeState::Down,
+            "wiping node {id} while it runs"
+        );
+        match std::fs::remove_dir_all(&data_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ClusterError::Io {
+                context: format!("deleting {}", data_dir.display()),
+                source,
+            }),
+        }
+    }
+
     /// Starts a down node again on its old ports and data directory. No-op when not down.
     pub fn restart(&mut self, id: u64) -> Result<(), ClusterError> {
         let mut command = Command::new(&self.quorumkv_exe);

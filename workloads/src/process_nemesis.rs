@@ -27,6 +27,10 @@ pub enum ProcessFault {
     Pause,
     /// SIGSTOP the current leader (plus random others).
     PauseLeader,
+    /// Harness self-test, never in `ALL`: kill -9 every node and delete every data directory
+    /// (spawned clusters only), so the cluster restarts empty at the heal. Acknowledged writes
+    /// are lost: a run with this fault must fail, or the harness is blind.
+    AmnesiaAll,
 }
 
 impl ProcessFault {
@@ -37,12 +41,22 @@ impl ProcessFault {
         ProcessFault::PauseLeader,
     ];
 
+    /// Every fault, the self-test included.
+    pub const KNOWN: [ProcessFault; 5] = [
+        ProcessFault::Kill,
+        ProcessFault::KillLeader,
+        ProcessFault::Pause,
+        ProcessFault::PauseLeader,
+        ProcessFault::AmnesiaAll,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             ProcessFault::Kill => "kill",
             ProcessFault::KillLeader => "kill-leader",
             ProcessFault::Pause => "pause",
             ProcessFault::PauseLeader => "pause-leader",
+            ProcessFault::AmnesiaAll => "amnesia-all",
         }
     }
 
@@ -50,8 +64,12 @@ impl ProcessFault {
         matches!(self, ProcessFault::KillLeader | ProcessFault::PauseLeader)
     }
 
-    fn kills(self) -> bool {
-        matches!(self, ProcessFault::Kill | ProcessFault::KillLeader)
+    /// True when the fault kills processes (false: it pauses them).
+    pub fn kills(self) -> bool {
+        matches!(
+            self,
+            ProcessFault::Kill | ProcessFault::KillLeader | ProcessFault::AmnesiaAll
+        )
     }
 }
 
@@ -64,11 +82,11 @@ impl fmt::Display for ProcessFault {
 impl FromStr for ProcessFault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ProcessFault::ALL
+        ProcessFault::KNOWN
             .into_iter()
             .find(|f| f.name() == s)
             .ok_or_else(|| {
-                let names: Vec<&str> = ProcessFault::ALL.iter().map(|f| f.name()).collect();
+                let names: Vec<&str> = ProcessFault::KNOWN.iter().map(|f| f.name()).collect();
                 format!("unknown fault {s:?} (known: {})", names.join(", "))
             })
     }
@@ -140,13 +158,23 @@ impl ProcessNemesis {
             ids.retain(|&id| id != l);
             ids.insert(0, l);
         }
-        let mut nodes: Vec<u64> = ids.into_iter().take(count).collect();
+        let take = if fault == ProcessFault::AmnesiaAll {
+            ids.len()
+        } else {
+            count
+        };
+        let mut nodes: Vec<u64> = ids.into_iter().take(take).collect();
         nodes.sort_unstable();
         for &id in &nodes {
             if fault.kills() {
                 cluster.kill(id)?;
             } else {
                 cluster.pause(id)?;
+            }
+        }
+        if fault == ProcessFault::AmnesiaAll {
+            for &id in &nodes {
+                cluster.wipe(id)?;
             }
         }
         Ok(AppliedFault {
@@ -163,7 +191,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_names_are_refused() {
-        for f in ProcessFault::ALL {
+        for f in ProcessFault::KNOWN {
             assert_eq!(f.name().parse::<ProcessFault>(), Ok(f));
         }
         let err = "partition".parse::<ProcessFault>().unwrap_err();

@@ -524,7 +524,7 @@ async fn run_nemesis(
             break;
         }
         let applied = nemesis.strike(cluster).await?;
-        if matches!(applied.fault, ProcessFault::Kill | ProcessFault::KillLeader) {
+        if applied.fault.kills() {
             kills += applied.nodes.len();
         } else {
             pauses += applied.nodes.len();

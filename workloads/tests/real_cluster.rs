@@ -5,7 +5,9 @@
 //!
 //! Needs the `quorumkv` binary of the same profile: the test runs
 //! `cargo build -p node --bin quorumkv` (a no-op when it is fresh) and prints what it does.
-//! `QUORUMKV_JEPSEN_SEED=N` overrides the seed.
+//! `QUORUMKV_JEPSEN_SEED=N` overrides the seed. A second test wipes every node's data in the
+//! middle of a run and asserts the campaign fails: the harness must not be blind to lost data.
+//! The two tests take turns (one cluster at a time on small machines).
 #![cfg(not(madsim))]
 
 use std::path::{Path, PathBuf};
@@ -18,6 +20,9 @@ use workloads::process_nemesis::ProcessFault;
 use workloads::real_campaign::{run_campaign, write_artifacts, CampaignOptions};
 
 const DEFAULT_SEED: u64 = 20_261_129;
+
+/// One cluster at a time.
+static CLUSTER_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// target/<profile>/ of this test executable (target/<profile>/deps/real_cluster-<hash>).
 fn profile_dir() -> PathBuf {
@@ -64,6 +69,7 @@ async fn campaign_against_real_processes_is_linearizable_and_live() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEED);
+    let _slot = CLUSTER_SLOT.lock().await;
     eprintln!("real-cluster campaign seed {seed} (QUORUMKV_JEPSEN_SEED={seed} to rerun)");
     let exe = quorumkv_binary();
     let dir = std::env::temp_dir().join(format!(
@@ -131,6 +137,73 @@ async fn campaign_against_real_processes_is_linearizable_and_live() {
     );
     let recovery_ms = report.recovery_ms_max.expect("every client recovered");
     assert!(recovery_ms < options.liveness_bound_s * 1000);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiping_every_node_mid_run_is_caught() {
+    let _slot = CLUSTER_SLOT.lock().await;
+    let seed = 7;
+    let exe = quorumkv_binary();
+    let dir = std::env::temp_dir().join(format!(
+        "quorumkv-real-cluster-amnesia-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cluster = ProcessCluster::spawn(SpawnSpec {
+        nodes: 3,
+        quorumkv_exe: exe,
+        dir: dir.join("cluster"),
+        snapshot_interval_entries: 200,
+        seed,
+    })
+    .expect("spawn a 3-node cluster");
+    // One wipe at 2.5 s, back (empty) at 4 s, then 4 s of reads of the lost values.
+    let options = CampaignOptions {
+        seed,
+        duration_s: 8,
+        fault_ms: 1_500,
+        heal_ms: 2_500,
+        faults: vec![ProcessFault::AmnesiaAll],
+        max_faulty: None,
+        register_clients: 3,
+        set_clients: 2,
+        think_time_ms: 5,
+        liveness_bound_s: 20,
+        client_request_timeout_ms: 1_000,
+        client_operation_timeout_ms: 4_000,
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(90),
+        run_campaign(&options, &mut cluster),
+    )
+    .await
+    .expect("the campaign is bounded")
+    .expect("the campaign ran");
+    eprintln!("{}: {}", report.verdict.summary(), report.figures());
+    assert!(report.kills >= 3, "the wipe happened: {}", report.figures());
+    assert!(
+        !report.register_verdict.is_linearizable(),
+        "lost registers went unnoticed: {:?}",
+        report.register_verdict
+    );
+    assert!(
+        report
+            .set_report
+            .anomalies
+            .iter()
+            .any(|a| matches!(a, checker::SetAnomaly::Lost { .. })),
+        "lost set elements went unnoticed: {:?}",
+        report.set_report
+    );
+    assert!(!report.verdict.passed());
+    // The failure artifacts are written and explain the violation.
+    let files = write_artifacts(&report, &dir).expect("write artifacts");
+    let explanation = std::fs::read_to_string(dir.join("explanation.txt")).expect("explanation");
+    assert!(explanation.contains("cannot be placed"), "{explanation}");
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(html.contains("NOT linearizable"), "{files:?}");
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -45,7 +45,8 @@ mod cli {
         fault_ms: u64,
         #[arg(long, default_value_t = 3000)]
         heal_ms: u64,
-        /// Comma-separated faults: kill, kill-leader, pause, pause-leader.
+        /// Comma-separated faults: kill, kill-leader, pause, pause-leader; `amnesia-all` (wipes
+        /// every node's data: a harness self-test that must fail) only when asked for.
         #[arg(
             long,
             value_delimiter = ',',
@@ -146,6 +147,10 @@ mod cli {
                 return EXIT_SETUP;
             }
         };
+        if args.attach_dir.is_some() && args.faults.contains(&ProcessFault::AmnesiaAll) {
+            eprintln!("error: amnesia-all deletes data: not allowed with --attach-dir");
+            return EXIT_SETUP;
+        }
         let out = args.out.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!(
                 "quorumkv-jepsen-seed{seed}-pid{}",
