@@ -222,9 +222,22 @@ mod cli {
             }
             0
         } else {
+            let faults: Vec<&str> = args.faults.iter().map(|f| f.name()).collect();
+            let max_faulty = args
+                .max_faulty
+                .map_or_else(String::new, |m| format!(" --max-faulty {m}"));
             println!(
-                "replay the schedule: quorumkv-jepsen --seed {seed} --nodes {} --duration-s {} --fault-ms {} --heal-ms {}",
-                report.nodes, args.duration_s, args.fault_ms, args.heal_ms
+                "replay the schedule: quorumkv-jepsen --seed {seed} --nodes {} --duration-s {} \
+                 --fault-ms {} --heal-ms {} --faults {}{max_faulty} --register-clients {} \
+                 --set-clients {} --think-time-ms {}",
+                report.nodes,
+                args.duration_s,
+                args.fault_ms,
+                args.heal_ms,
+                faults.join(","),
+                args.register_clients,
+                args.set_clients,
+                args.think_time_ms
             );
             println!("node logs: {}", cluster.dir().display());
             EXIT_FAILED
