@@ -254,7 +254,8 @@ pub async fn run_campaign(
         cluster.node_ids().len()
     ));
 
-    let clock_start = Instant::now();
+    // The history and the event log share one time origin, so faults line up with ops.
+    let clock_start = started;
     let clock: Arc<crate::Clock> = Arc::new(move || clock_start.elapsed().as_nanos() as u64);
     let register_recorder = Recorder::new(clock.clone());
     let set_recorder = Recorder::new(clock);
