@@ -232,6 +232,11 @@ impl ProcessCluster {
         self.dir.join(format!("node-{id}.log"))
     }
 
+    /// The node's current process id (`None`: down).
+    pub fn pid(&self, id: u64) -> Result<Option<u32>, ClusterError> {
+        Ok(self.node(id)?.pid)
+    }
+
     pub fn state(&self, id: u64) -> Result<NodeState, ClusterError> {
         Ok(self.node(id)?.state)
     }

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use checker::Verdict;
-use workloads::process_cluster::{ProcessCluster, SpawnSpec};
+use workloads::process_cluster::{NodeState, ProcessCluster, SpawnSpec};
 use workloads::process_nemesis::ProcessFault;
 use workloads::real_campaign::{run_campaign, write_artifacts, CampaignOptions};
 
@@ -205,5 +205,58 @@ async fn wiping_every_node_mid_run_is_caught() {
     let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
     assert!(html.contains("NOT linearizable"), "{files:?}");
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Running (not a zombie, not gone), per /proc.
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_change_node_states_and_drop_leaves_no_process() {
+    let _slot = CLUSTER_SLOT.lock().await;
+    let exe = quorumkv_binary();
+    let dir =
+        std::env::temp_dir().join(format!("quorumkv-real-cluster-drop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cluster = ProcessCluster::spawn(SpawnSpec {
+        nodes: 3,
+        quorumkv_exe: exe,
+        dir: dir.clone(),
+        snapshot_interval_entries: 200,
+        seed: 1,
+    })
+    .expect("spawn a 3-node cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let old_pid = cluster.pid(3).unwrap().expect("node 3 runs");
+    cluster.pause(1).unwrap();
+    cluster.kill(2).unwrap();
+    cluster.kill(3).unwrap();
+    assert_eq!(cluster.state(1).unwrap(), NodeState::Paused);
+    assert_eq!(cluster.state(2).unwrap(), NodeState::Down);
+    assert!(!process_alive(old_pid), "kill -9 reaped node 3");
+    cluster.restart(3).unwrap();
+    let new_pid = cluster.pid(3).unwrap().expect("node 3 runs again");
+    assert_ne!(new_pid, old_pid);
+    let pids: Vec<u32> = [1, 3]
+        .into_iter()
+        .filter_map(|id| cluster.pid(id).unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|&pid| process_alive(pid)));
+    drop(cluster);
+    for pid in pids {
+        assert!(!process_alive(pid), "pid {pid} survived the drop");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
