@@ -1,1 +1,25 @@
-//! placeholder until the crate's issue lands
+//! quorumkv's simulator: the unchanged node runtime inside madsim, driven by workloads while the
+//! nemesis injects faults, every history judged by the checker; campaigns over many seeds,
+//! replay of one seed, and shrinking of a failing scenario.
+//!
+//! - `scenario`: the serializable description of a run (a run is a function of it).
+//! - `nemesis`: every injectable fault, named in one place, and the fault/heal schedule.
+//! - `report`: verdicts (checker + liveness) and failure artifacts.
+//! - `shrink`: reduce a failing scenario to a smaller one that still fails.
+//! - `campaign`: seeds over worker processes, progress, summary.
+//! - `cluster`, `disk` (simulation builds only): the madsim harness and the simulated disk.
+#![forbid(unsafe_code)]
+
+pub mod campaign;
+#[cfg(madsim)]
+pub mod cluster;
+#[cfg(madsim)]
+pub mod disk;
+pub mod nemesis;
+pub mod report;
+pub mod scenario;
+pub mod shrink;
+
+pub use nemesis::{Fault, FaultKind, NemesisSpec, ScheduledFault, Target};
+pub use report::{judge, RunReport, RunVerdict};
+pub use scenario::Scenario;

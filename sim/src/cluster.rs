@@ -1,0 +1,646 @@
+//! The madsim cluster harness (simulation builds only): N quorumkv servers running the real
+//! node runtime on `SimDisk`s, client nodes running workloads through the real client library,
+//! and a nemesis node executing the scenario's fault schedule. Everything is a function of the
+//! scenario (its seed included).
+//!
+//! Invariants: no node state lives outside the init closures except the disks and fault
+//! switches (which survive restarts, like hardware); every (re)start of a server begins with a
+//! power loss of its disk (pending writes dropped, or torn on every other restart); every fault
+//! is healed by its end time and all are healed after the schedule, so the final
+//! `final_heal_ms` of the run is fault-free and liveness is checked there; the checker runs
+//! after the simulation returns (it may use OS threads and real time).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, Runtime};
+use madsim::task::NodeId as SimNodeId;
+use node::bugs::PlantedBugs;
+use node::client::{Client, ClientOptions};
+use node::config::{MemberConfig, ServerConfig};
+use node::raft::Role;
+use node::server::Server;
+use node::storage::{CrashMode, Disk};
+use node::transport::{FaultPlan, TransportFaults};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use workloads::remote::ClientStore;
+use workloads::{ClientStats, Recorder, WorkloadClient};
+
+use crate::disk::{DiskFaults, SimDisk};
+use crate::nemesis::{Fault, ScheduledFault, Target};
+use crate::report::{judge, RunReport, RunVerdict};
+use crate::scenario::Scenario;
+
+pub const CLIENT_PORT: u16 = 7379;
+pub const PEER_PORT: u16 = 7380;
+/// Per-attempt and per-operation client timeouts inside the simulation.
+pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 1_000;
+pub const CLIENT_OPERATION_TIMEOUT_MS: u64 = 4_000;
+/// Extra simulated time allowed beyond the scenario before madsim aborts the run as hung.
+pub const TIME_LIMIT_SLACK_S: u64 = 600;
+
+fn server_ip(index: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1))
+}
+
+fn client_ip(index: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 2, index as u8 + 1))
+}
+
+/// Options for one run that do not change what happens in it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Install a tracing subscriber printing node logs (replay of one seed).
+    pub verbose: bool,
+}
+
+/// Runs `scenario` to completion and judges it.
+pub fn run(scenario: &Scenario, _options: RunOptions) -> RunReport {
+    let scenario = scenario.concretize();
+    let wall = std::time::Instant::now();
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let outcome = {
+        let mut rt = Runtime::with_seed_and_config(scenario.seed, madsim::Config::default());
+        rt.set_time_limit(Duration::from_secs(
+            scenario.duration_s + scenario.liveness_bound_s + TIME_LIMIT_SLACK_S,
+        ));
+        let shared = shared.clone();
+        let scenario = scenario.clone();
+        std::panic::catch_unwind(AssertUnwindSafe(move || {
+            rt.block_on(simulate(scenario, shared))
+        }))
+    };
+    let wall_s = wall.elapsed().as_secs_f64();
+    let shared = match shared.lock() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let history = shared
+        .recorder
+        .as_ref()
+        .map(Recorder::history)
+        .unwrap_or_default();
+    let (verdict, stats, simulated_s) = match outcome {
+        Ok(end) => (
+            judge(&history, end.liveness_failure),
+            end.stats,
+            end.simulated_s,
+        ),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".to_string());
+            (
+                RunVerdict::Panic { message },
+                ClientStats::default(),
+                shared.last_time_s,
+            )
+        }
+    };
+    let mut trace = shared.trace.join("\n");
+    trace.push('\n');
+    RunReport {
+        scenario,
+        verdict,
+        stats,
+        history,
+        trace,
+        simulated_s,
+        wall_s,
+    }
+}
+
+/// What the simulation shares with the code around it (survives a panic inside).
+#[derive(Clone, Default)]
+struct Shared {
+    recorder: Option<Recorder>,
+    trace: Vec<String>,
+    last_time_s: f64,
+}
+
+struct SimEnd {
+    stats: ClientStats,
+    liveness_failure: Option<String>,
+    simulated_s: f64,
+}
+
+/// A run-local log of harness and nemesis events, time-stamped with simulated time.
+#[derive(Clone)]
+struct Trace {
+    shared: Arc<Mutex<Shared>>,
+    start: Instant,
+}
+
+impl Trace {
+    fn log(&self, line: String) {
+        let elapsed = self.start.elapsed();
+        tracing::info!(target: "nemesis", "{line}");
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.last_time_s = elapsed.as_secs_f64();
+        shared
+            .trace
+            .push(format!("{:>10.3}s {line}", elapsed.as_secs_f64()));
+    }
+}
+
+/// BUGGIFY: knobs drawn from the seed that push the node into rarely taken paths.
+fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
+    let snapshot_every = [4, 16, 64, config.snapshot_interval_entries];
+    config.snapshot_interval_entries = snapshot_every[rng.random_range(0..snapshot_every.len())];
+    let batch = [1, 2, config.transport.max_batch_messages];
+    config.transport.max_batch_messages = batch[rng.random_range(0..batch.len())];
+    let queue = [8, 64, config.transport.peer_queue_messages];
+    config.transport.peer_queue_messages = queue[rng.random_range(0..queue.len())];
+    // A narrow election timeout window makes split votes (several candidates per term) common.
+    if rng.random_bool(0.5) {
+        config.election_timeout_ticks_max = config.election_timeout_ticks_min + 2;
+    }
+    trace.log(format!(
+        "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={} election_timeout_ticks={}..{}",
+        config.snapshot_interval_entries,
+        config.transport.max_batch_messages,
+        config.transport.peer_queue_messages,
+        config.election_timeout_ticks_min,
+        config.election_timeout_ticks_max
+    ));
+}
+
+struct Servers {
+    ids: Vec<SimNodeId>,
+    disks: Vec<SimDisk>,
+    disk_faults: Vec<DiskFaults>,
+    transport: TransportFaults,
+    client_addrs: Vec<SocketAddr>,
+}
+
+fn start_servers(scenario: &Scenario, trace: &Trace) -> anyhow::Result<Servers> {
+    let handle = Handle::current();
+    let planted: PlantedBugs = scenario.planted_bugs.parse()?;
+    let members: Vec<MemberConfig> = (0..scenario.nodes)
+        .map(|i| MemberConfig {
+            id: u64::from(i) + 1,
+            peer_addr: SocketAddr::new(server_ip(i), PEER_PORT),
+            client_addr: SocketAddr::new(server_ip(i), CLIENT_PORT),
+        })
+        .collect();
+    let transport = TransportFaults::new();
+    let mut knob_rng = StdRng::seed_from_u64(scenario.seed ^ 0xb066_1f1e);
+    let mut base = ServerConfig {
+        members: members.clone(),
+        seed: scenario.seed,
+        ..ServerConfig::default()
+    };
+    if scenario.buggify {
+        buggify(&mut base, &mut knob_rng, trace);
+    }
+    let mut servers = Servers {
+        ids: Vec::new(),
+        disks: Vec::new(),
+        disk_faults: Vec::new(),
+        transport: transport.clone(),
+        client_addrs: members.iter().map(|m| m.client_addr).collect(),
+    };
+    for i in 0..scenario.nodes {
+        let disk = SimDisk::new(scenario.seed.wrapping_mul(1000).wrapping_add(u64::from(i)));
+        let mut config = base.clone();
+        config.node_id = u64::from(i) + 1;
+        config.faults = Some(transport.clone());
+        config.planted_bugs = planted;
+        let starts = Arc::new(AtomicU64::new(0));
+        let init_disk = disk.clone();
+        let node = handle
+            .create_node()
+            .name(format!("n{}", i + 1))
+            .ip(server_ip(i))
+            .init(move || {
+                let config = config.clone();
+                let disk = init_disk.clone();
+                let start = starts.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if start > 0 {
+                        let mode = if start % 2 == 0 {
+                            CrashMode::Torn
+                        } else {
+                            CrashMode::Drop
+                        };
+                        disk.crash(mode);
+                    }
+                    let disk: Arc<dyn Disk> = Arc::new(disk);
+                    match Server::new(config, disk).await {
+                        Ok(server) => {
+                            if let Err(e) = server.run(std::future::pending::<()>()).await {
+                                tracing::error!("server stopped: {e}");
+                            }
+                        }
+                        Err(e) => tracing::error!("server failed to start: {e}"),
+                    }
+                }
+            })
+            .build();
+        servers.ids.push(node.id());
+        servers.disk_faults.push(disk.faults());
+        servers.disks.push(disk);
+    }
+    Ok(servers)
+}
+
+async fn simulate(scenario: Scenario, shared: Arc<Mutex<Shared>>) -> SimEnd {
+    let start = Instant::now();
+    let trace = Trace {
+        shared: shared.clone(),
+        start,
+    };
+    trace.log(format!(
+        "seed {} scenario {} nodes {} clients {}",
+        scenario.seed, scenario.name, scenario.nodes, scenario.clients
+    ));
+    let servers = match start_servers(&scenario, &trace) {
+        Ok(servers) => servers,
+        Err(e) => panic!("cluster setup failed: {e:#}"),
+    };
+    let clock_start = start;
+    let recorder = Recorder::new(Arc::new(move || clock_start.elapsed().as_nanos() as u64));
+    shared.lock().unwrap_or_else(|p| p.into_inner()).recorder = Some(recorder.clone());
+
+    let handle = Handle::current();
+    let nemesis_node = handle
+        .create_node()
+        .name("nemesis")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)))
+        .build();
+    let nemesis = nemesis_node.spawn(run_nemesis(
+        scenario.fault_schedule(),
+        scenario.nodes,
+        servers.ids.clone(),
+        servers.client_addrs.clone(),
+        servers.transport.clone(),
+        servers.disk_faults.clone(),
+        trace.clone(),
+    ));
+
+    let main_until_ns = scenario.duration_ms() * 1_000_000;
+    let liveness_bound_ns = scenario.liveness_bound_s * 1_000_000_000;
+    let mut client_tasks = Vec::new();
+    let mut client_nodes = Vec::new();
+    for c in 0..scenario.clients {
+        let node = handle
+            .create_node()
+            .name(format!("c{}", c + 1))
+            .ip(client_ip(c))
+            .build();
+        let options = ClientOptions {
+            request_timeout: Duration::from_millis(CLIENT_REQUEST_TIMEOUT_MS),
+            operation_timeout: Duration::from_millis(CLIENT_OPERATION_TIMEOUT_MS),
+            connect_timeout: Duration::from_millis(500),
+            rng_seed: Some(scenario.seed.wrapping_mul(7919).wrapping_add(u64::from(c))),
+            ..ClientOptions::default()
+        };
+        // Each client starts at a different node (as Jepsen binds clients to nodes), so that
+        // followers see client traffic too.
+        let mut endpoints = servers.client_addrs.clone();
+        let first = c as usize % endpoints.len().max(1);
+        endpoints.rotate_left(first);
+        let store = match ClientStore::new(endpoints, options) {
+            Ok(store) => store,
+            Err(e) => panic!("client {c}: {e}"),
+        };
+        let mut client = WorkloadClient::new(
+            store,
+            &scenario.workload,
+            c,
+            scenario.clients,
+            scenario.seed.wrapping_mul(31).wrapping_add(u64::from(c)),
+            recorder.clone(),
+        )
+        .with_think_time_ms(scenario.think_time_ms);
+        let ops = scenario.ops_per_client;
+        let task = node.spawn(async move {
+            client.run(ops, main_until_ns).await;
+            // Liveness: the last fault ended at least final_heal_ms ago; the client must
+            // complete an operation within the bound.
+            let deadline_ns = recorder_now(&client) + liveness_bound_ns;
+            let mut progressed = false;
+            while recorder_now(&client) < deadline_ns {
+                let before = client.stats.ok;
+                client.run(1, u64::MAX).await;
+                if client.stats.ok > before {
+                    progressed = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (client, progressed)
+        });
+        client_tasks.push(task);
+        client_nodes.push(node);
+    }
+
+    let mut stats = ClientStats::default();
+    let mut stuck = Vec::new();
+    let mut finished = Vec::new();
+    for (c, task) in client_tasks.into_iter().enumerate() {
+        match task.await {
+            Ok((client, progressed)) => {
+                if !progressed {
+                    stuck.push(format!("client {c}"));
+                }
+                finished.push(client);
+            }
+            Err(e) => panic!("client {c} task failed: {e}"),
+        }
+    }
+    if let Err(e) = nemesis.await {
+        panic!("nemesis task failed: {e}");
+    }
+    // Closing operations (the set's final read) by the first client, after everyone is done.
+    if !finished.is_empty() {
+        if let Some(node) = client_nodes.first() {
+            let mut first = finished.remove(0);
+            let task = node.spawn(async move {
+                first.run_final().await;
+                first
+            });
+            match task.await {
+                Ok(first) => finished.insert(0, first),
+                Err(e) => panic!("final operations failed: {e}"),
+            }
+        }
+    }
+    for client in &finished {
+        stats.add(&client.stats);
+    }
+    let liveness_failure = if stuck.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "{} completed no operation within {} s after the final heal",
+            stuck.join(", "),
+            scenario.liveness_bound_s
+        ))
+    };
+    trace.log(format!(
+        "end: ok {} fail {} info {}",
+        stats.ok, stats.fail, stats.info
+    ));
+    SimEnd {
+        stats,
+        liveness_failure,
+        simulated_s: start.elapsed().as_secs_f64(),
+    }
+}
+
+fn recorder_now<S: workloads::KvStore>(client: &WorkloadClient<S>) -> u64 {
+    client.recorder().now_ns()
+}
+
+/// The leader as the servers report it: the highest-term node that says it leads.
+async fn find_leader(status: &mut Client, addrs: &[SocketAddr]) -> Option<u32> {
+    let mut best: Option<(u64, u32)> = None;
+    for (index, addr) in addrs.iter().enumerate() {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), status.node_status(*addr)).await
+        {
+            if s.role == Role::Leader && best.is_none_or(|(term, _)| s.term > term) {
+                best = Some((s.term, index as u32));
+            }
+        }
+    }
+    best.map(|(_, index)| index)
+}
+
+/// What a started fault must undo at its end.
+enum Undo {
+    Links(BTreeSet<(u32, u32)>),
+    Transport(Fault),
+    Restart(u32),
+    Resume(u32),
+    DiskErrors(u32),
+    Storm(madsim::task::JoinHandle<()>),
+    Nothing,
+}
+
+/// Kills and restarts random servers until `end` (the `CrashStorm` fault).
+async fn crash_storm(ids: Vec<SimNodeId>, interval_ms: u64, end: Instant, seed: u64, trace: Trace) {
+    let handle = Handle::current();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let interval_ms = interval_ms.max(2);
+    loop {
+        let pause = rng.random_range(interval_ms / 2..=interval_ms + interval_ms / 2);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if Instant::now() >= end || ids.is_empty() {
+            break;
+        }
+        let n = rng.random_range(0..ids.len());
+        handle.kill(ids[n]);
+        let down_ms = rng.random_range(1..interval_ms);
+        trace.log(format!("storm: crash n{} for {down_ms} ms", n + 1));
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
+        handle.restart(ids[n]);
+    }
+}
+
+async fn run_nemesis(
+    schedule: Vec<ScheduledFault>,
+    nodes: u32,
+    ids: Vec<SimNodeId>,
+    client_addrs: Vec<SocketAddr>,
+    transport: TransportFaults,
+    disk_faults: Vec<DiskFaults>,
+    trace: Trace,
+) {
+    let handle = Handle::current();
+    let net = NetSim::current();
+    let mut status = match Client::new(
+        client_addrs.clone(),
+        ClientOptions {
+            rng_seed: Some(0x5747),
+            ..ClientOptions::default()
+        },
+    ) {
+        Ok(client) => client,
+        Err(e) => panic!("nemesis status client: {e}"),
+    };
+    // Timeline: (time, 0 = end / 1 = start, fault index); ends sort before starts.
+    let mut timeline: Vec<(u64, u8, usize)> = Vec::new();
+    for (i, f) in schedule.iter().enumerate() {
+        timeline.push((f.start_ms, 1, i));
+        timeline.push((f.end_ms, 0, i));
+    }
+    timeline.sort();
+    let mut undo: BTreeMap<usize, Undo> = BTreeMap::new();
+    let mut rng = StdRng::seed_from_u64(0x6e65_6d65);
+    let start = trace.start;
+    let node_of = |i: u32| -> SimNodeId { ids[i as usize % ids.len()] };
+    for (at_ms, kind, index) in timeline {
+        let at = start + Duration::from_millis(at_ms);
+        tokio::time::sleep_until(at).await;
+        let fault = &schedule[index].fault;
+        if kind == 0 {
+            let Some(action) = undo.remove(&index) else {
+                continue;
+            };
+            match action {
+                Undo::Links(links) => {
+                    for (a, b) in &links {
+                        net.unclog_link(node_of(*a), node_of(*b));
+                    }
+                    trace.log(format!("heal {fault:?}"));
+                }
+                Undo::Transport(f) => {
+                    let mut plan = transport.plan();
+                    match f {
+                        Fault::MessageLoss { .. } => plan.drop_probability = 0.0,
+                        Fault::MessageDelay { .. } => plan.delay_probability = 0.0,
+                        Fault::MessageDuplicate { .. } => plan.duplicate_probability = 0.0,
+                        Fault::MessageReorder { .. } => plan.reorder_probability = 0.0,
+                        _ => {}
+                    }
+                    transport.set(plan);
+                    trace.log(format!("heal {f:?}"));
+                }
+                Undo::Restart(n) => {
+                    handle.restart(node_of(n));
+                    trace.log(format!("restart n{}", n + 1));
+                }
+                Undo::Resume(n) => {
+                    handle.resume(node_of(n));
+                    trace.log(format!("resume n{}", n + 1));
+                }
+                Undo::DiskErrors(n) => {
+                    disk_faults[n as usize].set_error_percent(0);
+                    let injected = disk_faults[n as usize].injected();
+                    // A node that stopped on an I/O error is brought back, as an operator would.
+                    handle.restart(node_of(n));
+                    trace.log(format!(
+                        "disk errors off on n{} ({injected} injected so far); restart n{}",
+                        n + 1,
+                        n + 1
+                    ));
+                }
+                Undo::Storm(task) => {
+                    if let Err(e) = task.await {
+                        panic!("crash storm task failed: {e}");
+                    }
+                    trace.log(format!("heal {fault:?}"));
+                }
+                Undo::Nothing => {}
+            }
+            continue;
+        }
+        let needs_leader = matches!(
+            fault,
+            Fault::IsolateLeader
+                | Fault::LeaderMinority { .. }
+                | Fault::Crash {
+                    target: Target::Leader
+                }
+                | Fault::Pause {
+                    target: Target::Leader
+                }
+        );
+        let leader = if needs_leader {
+            find_leader(&mut status, &client_addrs).await
+        } else {
+            None
+        };
+        let target = |t: &Target, rng: &mut StdRng| -> u32 {
+            match t {
+                Target::Node(n) => *n % nodes,
+                Target::Leader => leader.unwrap_or_else(|| rng.random_range(0..nodes)),
+            }
+        };
+        let action = match fault {
+            f if f.is_partition() => {
+                let links = f.cut_links(nodes, leader);
+                for (a, b) in &links {
+                    net.clog_link(node_of(*a), node_of(*b));
+                }
+                trace.log(format!(
+                    "start {f:?} (leader {leader:?}): {} links cut",
+                    links.len()
+                ));
+                Undo::Links(links)
+            }
+            Fault::MessageLoss { percent } => {
+                let mut plan: FaultPlan = transport.plan();
+                plan.drop_probability = f64::from(*percent) / 100.0;
+                transport.set(plan);
+                trace.log(format!("start {fault:?}"));
+                Undo::Transport(fault.clone())
+            }
+            Fault::MessageDelay { max_ms } => {
+                let mut plan = transport.plan();
+                plan.delay_probability = 0.5;
+                plan.delay_ms_max = *max_ms;
+                transport.set(plan);
+                trace.log(format!("start {fault:?}"));
+                Undo::Transport(fault.clone())
+            }
+            Fault::MessageDuplicate { percent } => {
+                let mut plan = transport.plan();
+                plan.duplicate_probability = f64::from(*percent) / 100.0;
+                transport.set(plan);
+                trace.log(format!("start {fault:?}"));
+                Undo::Transport(fault.clone())
+            }
+            Fault::MessageReorder { percent } => {
+                let mut plan = transport.plan();
+                plan.reorder_probability = f64::from(*percent) / 100.0;
+                transport.set(plan);
+                trace.log(format!("start {fault:?}"));
+                Undo::Transport(fault.clone())
+            }
+            Fault::Crash { target: t } => {
+                let n = target(t, &mut rng);
+                handle.kill(node_of(n));
+                trace.log(format!("crash n{} ({t:?})", n + 1));
+                Undo::Restart(n)
+            }
+            Fault::Pause { target: t } => {
+                let n = target(t, &mut rng);
+                handle.pause(node_of(n));
+                trace.log(format!("pause n{} ({t:?})", n + 1));
+                Undo::Resume(n)
+            }
+            Fault::DiskErrors { node, percent } => {
+                let n = node % nodes;
+                disk_faults[n as usize].set_error_percent(*percent);
+                trace.log(format!("disk errors {percent}% on n{}", n + 1));
+                Undo::DiskErrors(n)
+            }
+            Fault::CrashStorm { interval_ms } => {
+                let end = start + Duration::from_millis(schedule[index].end_ms);
+                let seed = rng.random::<u64>();
+                trace.log(format!("start {fault:?}"));
+                Undo::Storm(tokio::spawn(crash_storm(
+                    ids.clone(),
+                    *interval_ms,
+                    end,
+                    seed,
+                    trace.clone(),
+                )))
+            }
+            _ => Undo::Nothing,
+        };
+        undo.insert(index, action);
+    }
+    // Everything is healed by the schedule; make sure of it.
+    transport.clear();
+    for &a in &ids {
+        for &b in &ids {
+            if a != b {
+                net.unclog_link(a, b);
+            }
+        }
+    }
+    trace.log("nemesis done: all healed".to_string());
+}

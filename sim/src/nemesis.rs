@@ -1,0 +1,515 @@
+//! The nemesis: every fault the simulator can inject is named here, in `FaultKind` (what a
+//! scenario enables) and `Fault` (one concrete, fully resolved injection), and nowhere else.
+//!
+//! A run's faults are a `Schedule`: fault periods alternating with heal periods, planned from
+//! the seed before the run starts, so that a scenario file can list them explicitly and the
+//! shrinker can delete them one by one. Only choices that depend on the cluster's state (who is
+//! leader right now) are resolved when the fault starts.
+//!
+//! Invariants: every fault ends (is healed) by its `end_ms`; the last `final_heal_ms` of a run
+//! is fault-free, so liveness after the final heal is always checked; node indices are in
+//! `0..nodes`.
+
+use std::collections::BTreeSet;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// The kinds of faults a scenario can enable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Cut the cluster into two random halves (both directions).
+    PartitionHalves,
+    /// Cut the current leader off from everyone.
+    IsolateLeader,
+    /// Put the current leader into a minority (with companions); the majority elects anew.
+    LeaderMinority,
+    /// Two halves that only one node (the bridge) can talk to.
+    Bridge,
+    /// Messages from one group to another are dropped; the reverse direction works.
+    OneWay,
+    /// Our transport drops a share of messages.
+    MessageLoss,
+    /// Our transport delays messages by up to a bound.
+    MessageDelay,
+    /// Our transport sends some messages twice.
+    MessageDuplicate,
+    /// Our transport reorders messages.
+    MessageReorder,
+    /// Kill a random node (losing unsynced disk writes, maybe tearing the last); restart at heal.
+    Crash,
+    /// Kill the current leader; restart at heal.
+    CrashLeader,
+    /// Freeze a node (its tasks stop running, its timers stop) and resume it at heal.
+    Pause,
+    /// A node's disk fails a share of its writes and syncs with I/O errors.
+    DiskErrors,
+    /// Rapid kill/restart of random nodes throughout the period (crashes mid-election,
+    /// mid-replication, mid-snapshot).
+    CrashStorm,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 14] = [
+        FaultKind::PartitionHalves,
+        FaultKind::IsolateLeader,
+        FaultKind::LeaderMinority,
+        FaultKind::Bridge,
+        FaultKind::OneWay,
+        FaultKind::MessageLoss,
+        FaultKind::MessageDelay,
+        FaultKind::MessageDuplicate,
+        FaultKind::MessageReorder,
+        FaultKind::Crash,
+        FaultKind::CrashLeader,
+        FaultKind::Pause,
+        FaultKind::DiskErrors,
+        FaultKind::CrashStorm,
+    ];
+
+    pub const PARTITIONS: [FaultKind; 5] = [
+        FaultKind::PartitionHalves,
+        FaultKind::IsolateLeader,
+        FaultKind::LeaderMinority,
+        FaultKind::Bridge,
+        FaultKind::OneWay,
+    ];
+
+    pub const MESSAGES: [FaultKind; 4] = [
+        FaultKind::MessageLoss,
+        FaultKind::MessageDelay,
+        FaultKind::MessageDuplicate,
+        FaultKind::MessageReorder,
+    ];
+
+    pub const PROCESSES: [FaultKind; 3] =
+        [FaultKind::Crash, FaultKind::CrashLeader, FaultKind::Pause];
+
+    /// Faults that occupy the network topology; two of them at once would undo each other.
+    fn is_partition(self) -> bool {
+        FaultKind::PARTITIONS.contains(&self)
+    }
+}
+
+/// Which node a process fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    Node(u32),
+    /// The node that is leader when the fault starts (a random node if there is none).
+    Leader,
+}
+
+/// One concrete fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "kebab-case")]
+pub enum Fault {
+    /// Links between nodes of different groups are cut in both directions.
+    Partition {
+        groups: Vec<Vec<u32>>,
+    },
+    IsolateLeader,
+    /// The leader plus the first `minority_size - 1` of `companions` that are not the leader.
+    LeaderMinority {
+        minority_size: u32,
+        companions: Vec<u32>,
+    },
+    /// `left` and `right` cannot talk to each other; `bridge` talks to both.
+    Bridge {
+        left: Vec<u32>,
+        bridge: u32,
+        right: Vec<u32>,
+    },
+    /// Messages from `from` to `to` are dropped (the other direction works).
+    OneWay {
+        from: Vec<u32>,
+        to: Vec<u32>,
+    },
+    MessageLoss {
+        percent: u32,
+    },
+    MessageDelay {
+        max_ms: u64,
+    },
+    MessageDuplicate {
+        percent: u32,
+    },
+    MessageReorder {
+        percent: u32,
+    },
+    Crash {
+        target: Target,
+    },
+    Pause {
+        target: Target,
+    },
+    DiskErrors {
+        node: u32,
+        percent: u32,
+    },
+    /// Every ~`interval_ms` (jittered) a random node is killed and restarted after a random
+    /// downtime shorter than `interval_ms`.
+    CrashStorm {
+        interval_ms: u64,
+    },
+}
+
+impl Fault {
+    /// Resolves a partition-like fault into directed cut links `(from, to)` for a cluster of
+    /// `nodes`, given the current leader. Non-partition faults cut nothing.
+    pub fn cut_links(&self, nodes: u32, leader: Option<u32>) -> BTreeSet<(u32, u32)> {
+        let mut cut = BTreeSet::new();
+        let mut cut_between = |a: &[u32], b: &[u32]| {
+            for &x in a {
+                for &y in b {
+                    if x != y {
+                        cut.insert((x, y));
+                        cut.insert((y, x));
+                    }
+                }
+            }
+        };
+        let all: Vec<u32> = (0..nodes).collect();
+        match self {
+            Fault::Partition { groups } => {
+                for (i, a) in groups.iter().enumerate() {
+                    for b in groups.iter().skip(i + 1) {
+                        cut_between(a, b);
+                    }
+                }
+            }
+            Fault::IsolateLeader => {
+                if let Some(leader) = leader {
+                    cut_between(&[leader], &all);
+                }
+            }
+            Fault::LeaderMinority {
+                minority_size,
+                companions,
+            } => {
+                if let Some(leader) = leader {
+                    let mut minority = vec![leader];
+                    minority.extend(
+                        companions
+                            .iter()
+                            .copied()
+                            .filter(|&c| c != leader && c < nodes)
+                            .take((*minority_size as usize).saturating_sub(1)),
+                    );
+                    let majority: Vec<u32> = all
+                        .iter()
+                        .copied()
+                        .filter(|n| !minority.contains(n))
+                        .collect();
+                    cut_between(&minority, &majority);
+                }
+            }
+            Fault::Bridge { left, right, .. } => cut_between(left, right),
+            Fault::OneWay { from, to } => {
+                for &x in from {
+                    for &y in to {
+                        if x != y {
+                            cut.insert((x, y));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        cut
+    }
+
+    pub fn is_partition(&self) -> bool {
+        matches!(
+            self,
+            Fault::Partition { .. }
+                | Fault::IsolateLeader
+                | Fault::LeaderMinority { .. }
+                | Fault::Bridge { .. }
+                | Fault::OneWay { .. }
+        )
+    }
+}
+
+/// A fault active from `start_ms` to `end_ms` (simulated milliseconds since the run started).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledFault {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    #[serde(flatten)]
+    pub fault: Fault,
+}
+
+/// How the nemesis plans a run's faults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NemesisSpec {
+    pub kinds: Vec<FaultKind>,
+    /// Mean length of a fault period; each is drawn from [mean/2, 3*mean/2].
+    pub fault_ms: u64,
+    /// Mean length of a heal period.
+    pub heal_ms: u64,
+    /// At most this many faults at once (at most one partition among them).
+    pub max_concurrent: u32,
+    /// The fault-free tail of the run in which every client must make progress again.
+    pub final_heal_ms: u64,
+}
+
+impl NemesisSpec {
+    pub fn with_kinds(kinds: &[FaultKind]) -> NemesisSpec {
+        NemesisSpec {
+            kinds: kinds.to_vec(),
+            fault_ms: 3_000,
+            heal_ms: 2_000,
+            max_concurrent: 2,
+            final_heal_ms: 5_000,
+        }
+    }
+
+    /// Plans the faults of a run of `duration_ms` on `nodes` nodes from `seed`.
+    pub fn plan(&self, seed: u64, nodes: u32, duration_ms: u64) -> Vec<ScheduledFault> {
+        assert!(nodes >= 1, "a cluster has at least one node");
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
+        let mut schedule = Vec::new();
+        if self.kinds.is_empty() || self.max_concurrent == 0 {
+            return schedule;
+        }
+        let last_fault_end_ms = duration_ms.saturating_sub(self.final_heal_ms);
+        let mut now_ms = jitter(&mut rng, self.heal_ms);
+        while now_ms < last_fault_end_ms {
+            let end_ms = (now_ms + jitter(&mut rng, self.fault_ms).max(1)).min(last_fault_end_ms);
+            let count = rng.random_range(1..=self.max_concurrent);
+            let mut kinds = self.kinds.clone();
+            kinds.sort();
+            kinds.dedup();
+            kinds.shuffle(&mut rng);
+            let mut have_partition = false;
+            let mut crashed_or_paused = BTreeSet::new();
+            for kind in kinds.into_iter().take(count as usize) {
+                if kind.is_partition() {
+                    if have_partition {
+                        continue;
+                    }
+                    have_partition = true;
+                }
+                let fault = resolve(kind, nodes, &mut rng);
+                if let Fault::Crash {
+                    target: Target::Node(n),
+                }
+                | Fault::Pause {
+                    target: Target::Node(n),
+                } = fault
+                {
+                    if !crashed_or_paused.insert(n) {
+                        continue;
+                    }
+                }
+                schedule.push(ScheduledFault {
+                    start_ms: now_ms,
+                    end_ms,
+                    fault,
+                });
+            }
+            now_ms = end_ms + jitter(&mut rng, self.heal_ms).max(1);
+        }
+        schedule
+    }
+}
+
+fn jitter(rng: &mut StdRng, mean_ms: u64) -> u64 {
+    if mean_ms == 0 {
+        return 0;
+    }
+    rng.random_range(mean_ms / 2..=mean_ms + mean_ms / 2)
+}
+
+fn shuffled_nodes(rng: &mut StdRng, nodes: u32) -> Vec<u32> {
+    let mut all: Vec<u32> = (0..nodes).collect();
+    all.shuffle(rng);
+    all
+}
+
+fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
+    let minority = (nodes.saturating_sub(1) / 2).max(1);
+    match kind {
+        FaultKind::PartitionHalves => {
+            let all = shuffled_nodes(rng, nodes);
+            let (a, b) = all.split_at((nodes / 2) as usize);
+            let mut groups = vec![a.to_vec(), b.to_vec()];
+            groups.iter_mut().for_each(|g| g.sort());
+            Fault::Partition { groups }
+        }
+        FaultKind::IsolateLeader => Fault::IsolateLeader,
+        FaultKind::LeaderMinority => Fault::LeaderMinority {
+            minority_size: minority,
+            companions: shuffled_nodes(rng, nodes),
+        },
+        FaultKind::Bridge => {
+            let all = shuffled_nodes(rng, nodes);
+            let (bridge, rest) = match all.split_first() {
+                Some((b, rest)) => (*b, rest.to_vec()),
+                None => (0, Vec::new()),
+            };
+            let (left, right) = rest.split_at(rest.len() / 2);
+            let (mut left, mut right) = (left.to_vec(), right.to_vec());
+            left.sort();
+            right.sort();
+            Fault::Bridge {
+                left,
+                bridge,
+                right,
+            }
+        }
+        FaultKind::OneWay => {
+            let all = shuffled_nodes(rng, nodes);
+            let (from, to) = all.split_at((minority as usize).min(all.len()));
+            let (mut from, mut to) = (from.to_vec(), to.to_vec());
+            from.sort();
+            to.sort();
+            Fault::OneWay { from, to }
+        }
+        FaultKind::MessageLoss => Fault::MessageLoss {
+            percent: rng.random_range(5..=40),
+        },
+        FaultKind::MessageDelay => Fault::MessageDelay {
+            max_ms: rng.random_range(10..=2000),
+        },
+        FaultKind::MessageDuplicate => Fault::MessageDuplicate {
+            percent: rng.random_range(5..=30),
+        },
+        FaultKind::MessageReorder => Fault::MessageReorder {
+            percent: rng.random_range(5..=30),
+        },
+        FaultKind::Crash => Fault::Crash {
+            target: Target::Node(rng.random_range(0..nodes)),
+        },
+        FaultKind::CrashLeader => Fault::Crash {
+            target: Target::Leader,
+        },
+        FaultKind::Pause => Fault::Pause {
+            target: Target::Node(rng.random_range(0..nodes)),
+        },
+        FaultKind::DiskErrors => Fault::DiskErrors {
+            node: rng.random_range(0..nodes),
+            percent: rng.random_range(1..=20),
+        },
+        FaultKind::CrashStorm => Fault::CrashStorm {
+            interval_ms: rng.random_range(50..=400),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_is_a_function_of_the_seed() {
+        let spec = NemesisSpec::with_kinds(&FaultKind::ALL);
+        assert_eq!(spec.plan(3, 5, 60_000), spec.plan(3, 5, 60_000));
+        assert_ne!(spec.plan(3, 5, 60_000), spec.plan(4, 5, 60_000));
+    }
+
+    #[test]
+    fn plan_respects_bounds_and_final_heal() {
+        let spec = NemesisSpec::with_kinds(&FaultKind::ALL);
+        for seed in 0..200 {
+            let plan = spec.plan(seed, 5, 60_000);
+            assert!(!plan.is_empty());
+            for f in &plan {
+                assert!(f.start_ms < f.end_ms, "{f:?}");
+                assert!(f.end_ms <= 60_000 - spec.final_heal_ms, "{f:?}");
+            }
+            // At most one partition at any time, at most max_concurrent faults per period.
+            for f in plan.iter().filter(|f| f.fault.is_partition()) {
+                let overlapping = plan
+                    .iter()
+                    .filter(|g| {
+                        g.fault.is_partition() && g.start_ms < f.end_ms && f.start_ms < g.end_ms
+                    })
+                    .count();
+                assert_eq!(overlapping, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn every_kind_gets_planned() {
+        let spec = NemesisSpec::with_kinds(&FaultKind::ALL);
+        let mut seen = BTreeSet::new();
+        for seed in 0..50 {
+            for f in spec.plan(seed, 5, 60_000) {
+                let name = format!("{:?}", f.fault);
+                let variant = name
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                seen.insert(variant);
+            }
+        }
+        // Crash and CrashLeader share the Crash variant.
+        assert_eq!(seen.len(), FaultKind::ALL.len() - 1);
+    }
+
+    #[test]
+    fn partitions_cut_the_right_links() {
+        let halves = Fault::Partition {
+            groups: vec![vec![0, 1], vec![2, 3, 4]],
+        };
+        let cut = halves.cut_links(5, None);
+        assert_eq!(cut.len(), 2 * 2 * 3);
+        assert!(cut.contains(&(0, 2)) && cut.contains(&(2, 0)) && !cut.contains(&(0, 1)));
+
+        let isolate = Fault::IsolateLeader.cut_links(5, Some(3));
+        assert_eq!(isolate.len(), 8);
+        assert!(isolate.iter().all(|&(a, b)| a == 3 || b == 3));
+        assert!(Fault::IsolateLeader.cut_links(5, None).is_empty());
+
+        let minority = Fault::LeaderMinority {
+            minority_size: 2,
+            companions: vec![4, 1, 2],
+        };
+        let cut = minority.cut_links(5, Some(4));
+        // Minority {4, 1} against majority {0, 2, 3}.
+        assert_eq!(cut.len(), 2 * 2 * 3);
+        assert!(cut.contains(&(1, 0)) && !cut.contains(&(1, 4)));
+
+        let bridge = Fault::Bridge {
+            left: vec![0, 1],
+            bridge: 2,
+            right: vec![3, 4],
+        };
+        let cut = bridge.cut_links(5, None);
+        assert!(!cut.iter().any(|&(a, b)| a == 2 || b == 2));
+        assert_eq!(cut.len(), 8);
+
+        let one_way = Fault::OneWay {
+            from: vec![0],
+            to: vec![1, 2],
+        };
+        assert_eq!(one_way.cut_links(3, None), BTreeSet::from([(0, 1), (0, 2)]));
+    }
+
+    #[test]
+    fn faults_round_trip_through_toml_and_json() {
+        let plan = NemesisSpec::with_kinds(&FaultKind::ALL).plan(9, 5, 60_000);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Wrapper {
+            faults: Vec<ScheduledFault>,
+        }
+        let wrapper = Wrapper { faults: plan };
+        let toml_text = toml::to_string(&wrapper).expect("serialize toml");
+        assert_eq!(
+            toml::from_str::<Wrapper>(&toml_text).expect("parse toml"),
+            wrapper
+        );
+        let json = serde_json::to_string(&wrapper).expect("serialize json");
+        assert_eq!(
+            serde_json::from_str::<Wrapper>(&json).expect("parse json"),
+            wrapper
+        );
+    }
+}

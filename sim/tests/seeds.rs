@@ -1,0 +1,64 @@
+//! Seeded runs across scenarios (CI): each run prints its seed first and its verdict last; the
+//! checker must find every history linearizable (and the set check clean), and every client must
+//! make progress after the final heal. Split into several tests so the harness spreads them over
+//! the cores.
+#![cfg(madsim)]
+
+mod common;
+
+/// Seeds per scenario test; 8 tests x SEEDS_PER_TEST >= 200 seeds in CI.
+const SEEDS_PER_TEST: u64 = 26;
+
+#[test]
+fn partitions_5_nodes() {
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("partitions", s, 5, 10)
+    });
+}
+
+#[test]
+fn messages_3_nodes() {
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("messages", s, 3, 10)
+    });
+}
+
+#[test]
+fn crashes_5_nodes() {
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("crashes", s, 5, 10)
+    });
+}
+
+#[test]
+fn mixed_5_nodes() {
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("mixed", s, 5, 10)
+    });
+}
+
+#[test]
+fn mixed_7_nodes() {
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("mixed", s, 7, 10)
+    });
+}
+
+#[test]
+fn set_5_nodes() {
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| common::ci_scenario("set", s, 5, 10));
+}
+
+#[test]
+fn ycsb_3_nodes() {
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("ycsb", s, 3, 10)
+    });
+}
+
+#[test]
+fn no_faults_3_nodes() {
+    common::run_seeds(1..=SEEDS_PER_TEST, |s| {
+        common::ci_scenario("none", s, 3, 10)
+    });
+}

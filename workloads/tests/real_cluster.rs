@@ -1,0 +1,262 @@
+//! The real-cluster campaign, short: three `quorumkv server` processes on loopback, register
+//! and set workloads through the client library, kill -9 / restart and SIGSTOP / SIGCONT of
+//! random nodes and leaders; the histories must be linearizable, the set check clean, and every
+//! client must complete an operation soon after the final heal.
+//!
+//! Needs the `quorumkv` binary of the same profile: the test runs
+//! `cargo build -p node --bin quorumkv` (a no-op when it is fresh) and prints what it does.
+//! `QUORUMKV_JEPSEN_SEED=N` overrides the seed. A second test wipes every node's data in the
+//! middle of a run and asserts the campaign fails: the harness must not be blind to lost data.
+//! The two tests take turns (one cluster at a time on small machines).
+#![cfg(not(madsim))]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use checker::Verdict;
+use workloads::process_cluster::{NodeState, ProcessCluster, SpawnSpec};
+use workloads::process_nemesis::ProcessFault;
+use workloads::real_campaign::{run_campaign, write_artifacts, CampaignOptions};
+
+const DEFAULT_SEED: u64 = 20_261_129;
+
+/// One cluster at a time.
+static CLUSTER_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// target/<profile>/ of this test executable (target/<profile>/deps/real_cluster-<hash>).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let deps = exe.parent().expect("test executable has a directory");
+    deps.parent().expect("deps/ has a parent").to_path_buf()
+}
+
+/// The `quorumkv` binary next to the test's profile directory, built first if cargo is known.
+fn quorumkv_binary() -> PathBuf {
+    let dir = profile_dir();
+    let exe = dir.join("quorumkv");
+    let cargo = std::env::var_os("CARGO");
+    let target_dir = dir.parent().map(Path::to_path_buf);
+    match (cargo, target_dir) {
+        (Some(cargo), Some(target_dir)) => {
+            let mut command = Command::new(cargo);
+            command
+                .args(["build", "-p", "node", "--bin", "quorumkv"])
+                .env("CARGO_TARGET_DIR", &target_dir);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                command.arg("--release");
+            }
+            eprintln!(
+                "building the server: {command:?} (target dir {})",
+                target_dir.display()
+            );
+            let status = command.status().expect("running cargo build");
+            assert!(status.success(), "cargo build of quorumkv failed: {status}");
+        }
+        _ => eprintln!("CARGO not set: using {} as it is", exe.display()),
+    }
+    assert!(
+        exe.is_file(),
+        "{} missing: run `cargo build -p node --bin quorumkv`",
+        exe.display()
+    );
+    exe
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_against_real_processes_is_linearizable_and_live() {
+    let seed = std::env::var("QUORUMKV_JEPSEN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED);
+    let _slot = CLUSTER_SLOT.lock().await;
+    eprintln!("real-cluster campaign seed {seed} (QUORUMKV_JEPSEN_SEED={seed} to rerun)");
+    let exe = quorumkv_binary();
+    let dir = std::env::temp_dir().join(format!(
+        "quorumkv-real-cluster-{}-seed{seed}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cluster = ProcessCluster::spawn(SpawnSpec {
+        nodes: 3,
+        quorumkv_exe: exe,
+        dir: dir.join("cluster"),
+        snapshot_interval_entries: 200,
+        seed,
+    })
+    .expect("spawn a 3-node cluster");
+    let options = CampaignOptions {
+        seed,
+        duration_s: 20,
+        fault_ms: 2_000,
+        heal_ms: 1_500,
+        faults: ProcessFault::ALL.to_vec(),
+        max_faulty: None,
+        register_clients: 3,
+        set_clients: 2,
+        think_time_ms: 5,
+        // Generous: two busy cores, processes restarting, elections.
+        liveness_bound_s: 20,
+        client_request_timeout_ms: 1_000,
+        client_operation_timeout_ms: 4_000,
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_campaign(&options, &mut cluster),
+    )
+    .await
+    .expect("the campaign is bounded")
+    .expect("the campaign ran");
+    eprintln!("{}", report.figures());
+    if !report.verdict.passed() {
+        let files = write_artifacts(&report, &dir).expect("write artifacts");
+        panic!(
+            "seed {seed}: {}\nartifacts: {files:?}\nnode logs: {}",
+            report.verdict.summary(),
+            dir.join("cluster").display()
+        );
+    }
+    assert_eq!(report.register_verdict, Verdict::Linearizable);
+    assert!(report.set_report.is_valid(), "{:?}", report.set_report);
+    assert!(report.set_report.reads_checked >= 1, "the set's final read");
+    assert!(
+        report.set_report.acknowledged_adds > 0,
+        "{:?}",
+        report.set_report
+    );
+    assert!(
+        report.kills + report.pauses >= 4,
+        "too few faults: {} kills, {} pauses",
+        report.kills,
+        report.pauses
+    );
+    assert!(
+        report.register_stats.ok > 100 && report.set_stats.ok > 50,
+        "the workload made little progress: {}",
+        report.figures()
+    );
+    let recovery_ms = report.recovery_ms_max.expect("every client recovered");
+    assert!(recovery_ms < options.liveness_bound_s * 1000);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiping_every_node_mid_run_is_caught() {
+    let _slot = CLUSTER_SLOT.lock().await;
+    let seed = 7;
+    let exe = quorumkv_binary();
+    let dir = std::env::temp_dir().join(format!(
+        "quorumkv-real-cluster-amnesia-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cluster = ProcessCluster::spawn(SpawnSpec {
+        nodes: 3,
+        quorumkv_exe: exe,
+        dir: dir.join("cluster"),
+        snapshot_interval_entries: 200,
+        seed,
+    })
+    .expect("spawn a 3-node cluster");
+    // One wipe at 2.5 s, back (empty) at 4 s, then 4 s of reads of the lost values.
+    let options = CampaignOptions {
+        seed,
+        duration_s: 8,
+        fault_ms: 1_500,
+        heal_ms: 2_500,
+        faults: vec![ProcessFault::AmnesiaAll],
+        max_faulty: None,
+        register_clients: 3,
+        set_clients: 2,
+        think_time_ms: 5,
+        liveness_bound_s: 20,
+        client_request_timeout_ms: 1_000,
+        client_operation_timeout_ms: 4_000,
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(90),
+        run_campaign(&options, &mut cluster),
+    )
+    .await
+    .expect("the campaign is bounded")
+    .expect("the campaign ran");
+    eprintln!("{}: {}", report.verdict.summary(), report.figures());
+    assert!(report.kills >= 3, "the wipe happened: {}", report.figures());
+    assert!(
+        !report.register_verdict.is_linearizable(),
+        "lost registers went unnoticed: {:?}",
+        report.register_verdict
+    );
+    assert!(
+        report
+            .set_report
+            .anomalies
+            .iter()
+            .any(|a| matches!(a, checker::SetAnomaly::Lost { .. })),
+        "lost set elements went unnoticed: {:?}",
+        report.set_report
+    );
+    assert!(!report.verdict.passed());
+    // The failure artifacts are written and explain the violation.
+    let files = write_artifacts(&report, &dir).expect("write artifacts");
+    let explanation = std::fs::read_to_string(dir.join("explanation.txt")).expect("explanation");
+    assert!(explanation.contains("cannot be placed"), "{explanation}");
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(html.contains("NOT linearizable"), "{files:?}");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Running (not a zombie, not gone), per /proc.
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_change_node_states_and_drop_leaves_no_process() {
+    let _slot = CLUSTER_SLOT.lock().await;
+    let exe = quorumkv_binary();
+    let dir =
+        std::env::temp_dir().join(format!("quorumkv-real-cluster-drop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cluster = ProcessCluster::spawn(SpawnSpec {
+        nodes: 3,
+        quorumkv_exe: exe,
+        dir: dir.clone(),
+        snapshot_interval_entries: 200,
+        seed: 1,
+    })
+    .expect("spawn a 3-node cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let old_pid = cluster.pid(3).unwrap().expect("node 3 runs");
+    cluster.pause(1).unwrap();
+    cluster.kill(2).unwrap();
+    cluster.kill(3).unwrap();
+    assert_eq!(cluster.state(1).unwrap(), NodeState::Paused);
+    assert_eq!(cluster.state(2).unwrap(), NodeState::Down);
+    assert!(!process_alive(old_pid), "kill -9 reaped node 3");
+    cluster.restart(3).unwrap();
+    let new_pid = cluster.pid(3).unwrap().expect("node 3 runs again");
+    assert_ne!(new_pid, old_pid);
+    let pids: Vec<u32> = [1, 3]
+        .into_iter()
+        .filter_map(|id| cluster.pid(id).unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|&pid| process_alive(pid)));
+    drop(cluster);
+    for pid in pids {
+        assert!(!process_alive(pid), "pid {pid} survived the drop");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
