@@ -149,7 +149,7 @@ impl NodeStorage {
         if cleared {
             // Make the file agree with what we return before anything is appended after it
             // (else later entries would follow conflicting or too short ones).
-            storage.append_and_sync(&[LogRecord::ClearLog], 0)?;
+            storage.append(&[LogRecord::ClearLog], 0, true)?;
         }
         tracing::info!(storage = ?storage, "storage recovered");
         Ok((
@@ -194,6 +194,9 @@ impl NodeStorage {
 
     /// Makes durable, in this order, `snapshot` (if newer than the current one), `entries`
     /// (replacing any suffix from `entries[0].index` on) and `hard_state`, with one log sync.
+    /// Exception: a call that only advances the commit index (same term and vote, no entries,
+    /// no snapshot) is written but not synced; it becomes durable with the next sync, and a
+    /// crash before that recovers the previous commit index, which Raft tolerates.
     pub fn persist(
         &mut self,
         hard_state: Option<&HardState>,
@@ -239,7 +242,17 @@ impl NodeStorage {
         }
         if !records.is_empty() {
             let max_index = entries.last().map_or(0, |e| e.index);
-            self.append_and_sync(&records, max_index)?;
+            // Raft needs term, vote, entries and snapshots durable before it acts on them, but
+            // not the commit index (a restarted node relearns it from the leader). A record
+            // that only advances the commit index is written without a sync of its own; the
+            // next sync makes it durable. This keeps a second fsync off every write's path:
+            // appending the entry costs one, committing it costs none.
+            let commit_only = snapshot.is_none()
+                && entries.is_empty()
+                && new_hard_state.is_some_and(|hs| {
+                    hs.term == self.hard_state.term && hs.vote == self.hard_state.vote
+                });
+            self.append(&records, max_index, !commit_only)?;
         }
         if let Some(hs) = new_hard_state {
             // Only now: a segment rolled above must start with the previous hard state, or a
@@ -298,10 +311,11 @@ impl NodeStorage {
         Ok(())
     }
 
-    fn append_and_sync(
+    fn append(
         &mut self,
         records: &[LogRecord],
         max_index: LogIndex,
+        sync: bool,
     ) -> Result<(), StorageError> {
         let max_record_bytes = self.log.max_record_bytes();
         let mut framed = Vec::new();
@@ -318,7 +332,10 @@ impl NodeStorage {
                 s.log.write(&head, 0)?;
             }
             s.log.write(&framed, max_index)?;
-            s.log.sync()
+            if sync {
+                s.log.sync()?;
+            }
+            Ok(())
         })
     }
 
