@@ -437,6 +437,7 @@ enum Undo {
     Resume(u32),
     DiskErrors(u32),
     Storm(madsim::task::JoinHandle<()>),
+    RestartAll,
     Nothing,
 }
 
@@ -552,6 +553,12 @@ async fn run_nemesis(
                     }
                     trace.log(format!("heal {fault:?}"));
                 }
+                Undo::RestartAll => {
+                    for &id in &ids {
+                        restart_node(&handle, id);
+                    }
+                    trace.log("power back: restart all servers".to_string());
+                }
                 Undo::Nothing => {}
             }
             continue;
@@ -648,6 +655,13 @@ async fn run_nemesis(
                     seed,
                     trace.clone(),
                 )))
+            }
+            Fault::PowerLoss => {
+                for &id in &ids {
+                    handle.kill(id);
+                }
+                trace.log("power loss: kill all servers".to_string());
+                Undo::RestartAll
             }
             _ => Undo::Nothing,
         };
