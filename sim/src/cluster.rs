@@ -230,7 +230,7 @@ fn start_servers(scenario: &Scenario, trace: &Trace) -> anyhow::Result<Servers> 
                 let start = starts.fetch_add(1, Ordering::SeqCst);
                 async move {
                     if start > 0 {
-                        let mode = if start % 2 == 0 {
+                        let mode = if start.is_multiple_of(2) {
                             CrashMode::Torn
                         } else {
                             CrashMode::Drop
