@@ -99,7 +99,11 @@ pub struct EdnError {
 
 /// Reads every top-level value of `text`, each with the line it starts on.
 pub fn parse_all(text: &str) -> Result<Vec<(usize, Edn)>, EdnError> {
-    let mut reader = Reader { chars: text.chars().collect(), pos: 0, line: 1 };
+    let mut reader = Reader {
+        chars: text.chars().collect(),
+        pos: 0,
+        line: 1,
+    };
     let mut values = Vec::new();
     loop {
         reader.skip_ignored(0)?;
@@ -114,7 +118,11 @@ pub fn parse_all(text: &str) -> Result<Vec<(usize, Edn)>, EdnError> {
 /// Reads a Jepsen-style file of ops: either one top-level vector/list (its items are returned,
 /// each with the line it starts on) or a sequence of top-level values (one map per line).
 pub fn parse_items(text: &str) -> Result<Vec<(usize, Edn)>, EdnError> {
-    let mut reader = Reader { chars: text.chars().collect(), pos: 0, line: 1 };
+    let mut reader = Reader {
+        chars: text.chars().collect(),
+        pos: 0,
+        line: 1,
+    };
     reader.skip_ignored(0)?;
     let close = match reader.peek() {
         Some('[') => ']',
@@ -173,7 +181,10 @@ impl Reader {
     }
 
     fn error<T>(&self, message: impl Into<String>) -> Result<T, EdnError> {
-        Err(EdnError { line: self.line, message: message.into() })
+        Err(EdnError {
+            line: self.line,
+            message: message.into(),
+        })
     }
 
     /// Skips whitespace, commas, comments and `#_` discarded forms.
@@ -202,7 +213,9 @@ impl Reader {
 
     fn value(&mut self, depth: usize) -> Result<Edn, EdnError> {
         if depth > MAX_NESTING_DEPTH {
-            return self.error(format!("expected at most {MAX_NESTING_DEPTH} nested collections"));
+            return self.error(format!(
+                "expected at most {MAX_NESTING_DEPTH} nested collections"
+            ));
         }
         self.skip_ignored(depth)?;
         let Some(c) = self.peek() else {
@@ -368,7 +381,9 @@ impl Reader {
                 return Ok(Edn::Float(x));
             }
         }
-        self.error(format!("expected a number that fits in 64 bits, found {token:?}"))
+        self.error(format!(
+            "expected a number that fits in 64 bits, found {token:?}"
+        ))
     }
 }
 
@@ -386,10 +401,19 @@ mod tests {
         let items = values[0].1.as_seq().unwrap();
         assert_eq!(items.len(), 3);
         assert_eq!(items[0].get("process"), Some(&Edn::Int(4)));
-        assert_eq!(items[0].get("value"), Some(&Edn::Vector(vec![Edn::Int(0), Edn::Int(2)])));
-        assert_eq!(items[1].get("process"), Some(&Edn::Keyword("nemesis".into())));
+        assert_eq!(
+            items[0].get("value"),
+            Some(&Edn::Vector(vec![Edn::Int(0), Edn::Int(2)]))
+        );
+        assert_eq!(
+            items[1].get("process"),
+            Some(&Edn::Keyword("nemesis".into()))
+        );
         assert!(matches!(items[1].get("value"), Some(Edn::Tagged(t, _)) if t == "inst"));
-        assert_eq!(items[2].get("s"), Some(&Edn::Set(vec![Edn::Int(1), Edn::Int(2)])));
+        assert_eq!(
+            items[2].get("s"),
+            Some(&Edn::Set(vec![Edn::Int(1), Edn::Int(2)]))
+        );
         assert_eq!(items[2].get("neg"), Some(&Edn::Int(-3)));
         assert_eq!(items[2].get("big"), Some(&Edn::Int(3)));
         assert_eq!(items[2].get("str"), Some(&Edn::Str("a\"b".into())));

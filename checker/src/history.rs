@@ -144,7 +144,11 @@ pub enum HistoryError {
     #[error("operation {0} is already completed")]
     AlreadyCompleted(OpId),
     #[error("operation {id} ({op}): outcome {outcome} does not fit the function")]
-    OutcomeMismatch { id: OpId, op: String, outcome: String },
+    OutcomeMismatch {
+        id: OpId,
+        op: String,
+        outcome: String,
+    },
     #[error("too many operations (limit {limit})")]
     TooManyOps { limit: usize },
     #[error("line {line}: {message}")]
@@ -186,9 +190,17 @@ impl History {
         self.ops.is_empty()
     }
 
+    /// The time of the latest event (0 for an empty history).
+    pub fn last_time_ns(&self) -> u64 {
+        self.last_ns
+    }
+
     fn stamp(&mut self, time_ns: u64) -> Result<u64, HistoryError> {
         if time_ns < self.last_ns {
-            return Err(HistoryError::TimeWentBackwards { time_ns, last_ns: self.last_ns });
+            return Err(HistoryError::TimeWentBackwards {
+                time_ns,
+                last_ns: self.last_ns,
+            });
         }
         self.last_ns = time_ns;
         let seq = self.next_seq;
@@ -228,7 +240,10 @@ impl History {
         id: OpId,
         outcome: Outcome,
     ) -> Result<(), HistoryError> {
-        let record = self.ops.get(id.0 as usize).ok_or(HistoryError::UnknownOp(id))?;
+        let record = self
+            .ops
+            .get(id.0 as usize)
+            .ok_or(HistoryError::UnknownOp(id))?;
         if record.completion.is_some() {
             return Err(HistoryError::AlreadyCompleted(id));
         }
@@ -241,7 +256,11 @@ impl History {
         }
         let seq = self.stamp(time_ns)?;
         let record = &mut self.ops[id.0 as usize];
-        record.completion = Some(Completion { time_ns, seq, outcome });
+        record.completion = Some(Completion {
+            time_ns,
+            seq,
+            outcome,
+        });
         Ok(())
     }
 
@@ -272,7 +291,9 @@ impl History {
         for (id, done) in self.events() {
             let record = &self.ops[id.0 as usize];
             let line = if done {
-                let Some(c) = &record.completion else { continue };
+                let Some(c) = &record.completion else {
+                    continue;
+                };
                 completion_line(record, c)
             } else {
                 invocation_line(record)
@@ -330,7 +351,11 @@ impl History {
     /// Keeps only the operations for which `keep` is true (ids are renumbered; event order and
     /// times are preserved). Used by explanations to build sub-histories.
     pub fn filtered(&self, mut keep: impl FnMut(&OpRecord) -> bool) -> History {
-        let mut out = History { ops: Vec::new(), next_seq: self.next_seq, last_ns: self.last_ns };
+        let mut out = History {
+            ops: Vec::new(),
+            next_seq: self.next_seq,
+            last_ns: self.last_ns,
+        };
         for record in &self.ops {
             if keep(record) {
                 let mut copy = record.clone();
@@ -356,14 +381,19 @@ impl TryFrom<HistoryRepr> for History {
     fn try_from(repr: HistoryRepr) -> Result<History, HistoryError> {
         let mut seqs = Vec::with_capacity(repr.ops.len() * 2);
         for (index, record) in repr.ops.iter().enumerate() {
-            let bad = |message: String| HistoryError::Malformed { line: index + 1, message };
+            let bad = |message: String| HistoryError::Malformed {
+                line: index + 1,
+                message,
+            };
             if record.id.0 as usize != index {
                 return Err(bad(format!("expected op id {index}, found {}", record.id)));
             }
             seqs.push((record.invoke_seq, record.invoke_ns));
             if let Some(c) = &record.completion {
                 if c.seq <= record.invoke_seq || !outcome_fits(&record.op, &c.outcome) {
-                    return Err(bad("expected a completion after the invocation, fitting the op".into()));
+                    return Err(bad(
+                        "expected a completion after the invocation, fitting the op".into(),
+                    ));
                 }
                 seqs.push((c.seq, c.time_ns));
             }
@@ -373,15 +403,23 @@ impl TryFrom<HistoryRepr> for History {
             if pair[0].0 == pair[1].0 || pair[0].1 > pair[1].1 {
                 return Err(HistoryError::Malformed {
                     line: 0,
-                    message: "expected unique event sequence numbers with non-decreasing times".into(),
+                    message: "expected unique event sequence numbers with non-decreasing times"
+                        .into(),
                 });
             }
         }
         let (max_seq, max_ns) = seqs.last().copied().unwrap_or((0, 0));
         if !seqs.is_empty() && (repr.next_seq <= max_seq || repr.last_ns < max_ns) {
-            return Err(HistoryError::Malformed { line: 0, message: "expected next_seq/last_ns past every event".into() });
+            return Err(HistoryError::Malformed {
+                line: 0,
+                message: "expected next_seq/last_ns past every event".into(),
+            });
         }
-        Ok(History { ops: repr.ops, next_seq: repr.next_seq, last_ns: repr.last_ns })
+        Ok(History {
+            ops: repr.ops,
+            next_seq: repr.next_seq,
+            last_ns: repr.last_ns,
+        })
     }
 }
 
@@ -420,25 +458,35 @@ struct JsonEvent {
 }
 
 fn json_i64(value: &serde_json::Value, what: &str) -> Result<i64, String> {
-    value.as_i64().ok_or_else(|| format!("expected {what} (an integer), found {value}"))
+    value
+        .as_i64()
+        .ok_or_else(|| format!("expected {what} (an integer), found {value}"))
 }
 
 fn json_op(event: &JsonEvent) -> Result<Op, String> {
-    let f = event.f.as_deref().ok_or("expected \"f\" on an invoke event")?;
+    let f = event
+        .f
+        .as_deref()
+        .ok_or("expected \"f\" on an invoke event")?;
     let v = &event.value;
     Ok(match f {
         "read" => Op::Read,
-        "write" => Op::Write { value: json_i64(v, "the written value")? },
+        "write" => Op::Write {
+            value: json_i64(v, "the written value")?,
+        },
         "cas" => {
             let pair = v.as_array().filter(|a| a.len() == 2);
-            let pair = pair.ok_or_else(|| format!("expected [expected, new] for cas, found {v}"))?;
+            let pair =
+                pair.ok_or_else(|| format!("expected [expected, new] for cas, found {v}"))?;
             Op::Cas {
                 expected: json_i64(&pair[0], "cas expected value")?,
                 new: json_i64(&pair[1], "cas new value")?,
             }
         }
         "delete" => Op::Delete,
-        "add" => Op::Add { element: json_i64(v, "the added element")? },
+        "add" => Op::Add {
+            element: json_i64(v, "the added element")?,
+        },
         "read_set" => Op::ReadSet,
         other => {
             return Err(format!(
@@ -458,14 +506,18 @@ fn json_outcome(event: &JsonEvent, op: &Op) -> Result<Outcome, String> {
             Op::Read => OkValue::Read(Some(json_i64(v, "the value read")?)),
             Op::Cas { .. } if v == &serde_json::Value::Bool(false) => OkValue::CasMismatch,
             Op::ReadSet => {
-                let items = v.as_array().ok_or_else(|| format!("expected an array, found {v}"))?;
+                let items = v
+                    .as_array()
+                    .ok_or_else(|| format!("expected an array, found {v}"))?;
                 let elements: Result<Vec<i64>, String> =
                     items.iter().map(|x| json_i64(x, "a set element")).collect();
                 OkValue::Elements(elements?)
             }
             _ => OkValue::Done,
         })),
-        other => Err(format!("expected type invoke|ok|fail|info, found {other:?}")),
+        other => Err(format!(
+            "expected type invoke|ok|fail|info, found {other:?}"
+        )),
     }
 }
 
@@ -520,17 +572,41 @@ mod tests {
         let mut h = History::new();
         let a = h.invoke(1, 1, "x", Op::Write { value: 5 }).unwrap();
         let b = h.invoke(2, 2, "x", Op::Read).unwrap();
-        let c = h.invoke(3, 3, "x", Op::Cas { expected: 5, new: 6 }).unwrap();
+        let c = h
+            .invoke(
+                3,
+                3,
+                "x",
+                Op::Cas {
+                    expected: 5,
+                    new: 6,
+                },
+            )
+            .unwrap();
         let s = h.invoke(3, 3, "s", Op::ReadSet).unwrap();
         h.complete(4, a, Outcome::Ok(OkValue::Done)).unwrap();
         h.complete(5, b, Outcome::Ok(OkValue::Read(None))).unwrap();
         h.complete(6, c, Outcome::Ok(OkValue::CasMismatch)).unwrap();
-        h.complete(7, s, Outcome::Ok(OkValue::Elements(vec![1, 2]))).unwrap();
+        h.complete(7, s, Outcome::Ok(OkValue::Elements(vec![1, 2])))
+            .unwrap();
         h.invoke(8, 4, "y", Op::Delete).unwrap();
         let text = h.to_jsonl();
         assert_eq!(text.lines().count(), 9);
         let back = History::from_jsonl(&text).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn serde_round_trip_validates_invariants() {
+        let mut h = History::new();
+        let a = h.invoke(1, 1, "x", Op::Write { value: 5 }).unwrap();
+        h.complete(2, a, Outcome::Ok(OkValue::Done)).unwrap();
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<History>(&json).unwrap(), h);
+        let bad = json.replace("\"id\":0", "\"id\":3");
+        assert!(serde_json::from_str::<History>(&bad).is_err());
+        let backwards = json.replace("\"time_ns\":2", "\"time_ns\":0");
+        assert!(serde_json::from_str::<History>(&backwards).is_err());
     }
 
     #[test]
@@ -546,8 +622,14 @@ mod tests {
             Err(HistoryError::OutcomeMismatch { .. })
         ));
         h.complete(11, a, Outcome::Ok(OkValue::Done)).unwrap();
-        assert_eq!(h.complete(12, a, Outcome::Fail), Err(HistoryError::AlreadyCompleted(a)));
-        assert_eq!(h.complete(12, OpId(7), Outcome::Fail), Err(HistoryError::UnknownOp(OpId(7))));
+        assert_eq!(
+            h.complete(12, a, Outcome::Fail),
+            Err(HistoryError::AlreadyCompleted(a))
+        );
+        assert_eq!(
+            h.complete(12, OpId(7), Outcome::Fail),
+            Err(HistoryError::UnknownOp(OpId(7)))
+        );
     }
 
     #[test]
@@ -555,10 +637,22 @@ mod tests {
         let text = "{\"type\":\"invoke\",\"id\":1,\"time_ns\":1,\"key\":\"x\",\"f\":\"write\",\"value\":1}\n\
                     {\"type\":\"ok\",\"id\":2,\"time_ns\":2}\n";
         let err = History::from_jsonl(text).unwrap_err();
-        assert!(matches!(&err, HistoryError::Malformed { line: 2, message } if message.contains("expected an earlier invoke")), "{err}");
-        let err = History::from_jsonl("{\"type\":\"invoke\",\"id\":1,\"time_ns\":1,\"key\":\"x\",\"f\":\"cas\",\"value\":3}").unwrap_err();
-        assert!(matches!(&err, HistoryError::Malformed { line: 1, message } if message.contains("[expected, new]")), "{err}");
+        assert!(
+            matches!(&err, HistoryError::Malformed { line: 2, message } if message.contains("expected an earlier invoke")),
+            "{err}"
+        );
+        let err = History::from_jsonl(
+            "{\"type\":\"invoke\",\"id\":1,\"time_ns\":1,\"key\":\"x\",\"f\":\"cas\",\"value\":3}",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, HistoryError::Malformed { line: 1, message } if message.contains("[expected, new]")),
+            "{err}"
+        );
         let err = History::from_jsonl("not json").unwrap_err();
-        assert!(matches!(&err, HistoryError::Malformed { line: 1, .. }), "{err}");
+        assert!(
+            matches!(&err, HistoryError::Malformed { line: 1, .. }),
+            "{err}"
+        );
     }
 }

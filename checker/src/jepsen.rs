@@ -28,7 +28,10 @@ pub enum ImportModel {
 }
 
 fn malformed(line: usize, message: impl Into<String>) -> HistoryError {
-    HistoryError::Malformed { line, message: message.into() }
+    HistoryError::Malformed {
+        line,
+        message: message.into(),
+    }
 }
 
 struct RawOp<'a> {
@@ -47,7 +50,10 @@ pub fn parse_edn(text: &str, model: ImportModel) -> Result<History, HistoryError
     for (line, item) in &items {
         let line = *line;
         if !matches!(item, Edn::Map(_)) {
-            return Err(malformed(line, format!("expected an op map {{:process .. :type ..}}, found {item}")));
+            return Err(malformed(
+                line,
+                format!("expected an op map {{:process .. :type ..}}, found {item}"),
+            ));
         }
         let process = match item.get("process") {
             Some(Edn::Int(p)) => *p,
@@ -59,16 +65,30 @@ pub fn parse_edn(text: &str, model: ImportModel) -> Result<History, HistoryError
             other => {
                 return Err(malformed(
                     line,
-                    format!("expected :type :invoke|:ok|:fail|:info, found {}", show(other)),
+                    format!(
+                        "expected :type :invoke|:ok|:fail|:info, found {}",
+                        show(other)
+                    ),
                 ))
             }
         };
         let f = match item.get("f") {
             Some(Edn::Keyword(f)) => f.as_str(),
-            other => return Err(malformed(line, format!("expected :f as a keyword, found {}", show(other)))),
+            other => {
+                return Err(malformed(
+                    line,
+                    format!("expected :f as a keyword, found {}", show(other)),
+                ))
+            }
         };
         let value = item.get("value").unwrap_or(&NIL);
-        raw.push(RawOp { line, process, kind, f, value });
+        raw.push(RawOp {
+            line,
+            process,
+            kind,
+            f,
+            value,
+        });
     }
     let independent = model != ImportModel::Register && detect_independent(&raw);
     build(&raw, model, independent)
@@ -92,7 +112,10 @@ fn detect_independent(raw: &[RawOp<'_>]) -> bool {
     }
     invokes.all(|r| match is_pair(r.value) {
         Some((key, inner)) => {
-            let scalar_key = matches!(key, Edn::Int(_) | Edn::Str(_) | Edn::Keyword(_) | Edn::Symbol(_));
+            let scalar_key = matches!(
+                key,
+                Edn::Int(_) | Edn::Str(_) | Edn::Keyword(_) | Edn::Symbol(_)
+            );
             scalar_key && (r.f != "cas" || is_pair(inner).is_some())
         }
         None => false,
@@ -109,27 +132,47 @@ fn key_name(key: &Edn) -> String {
 fn int(value: &Edn, line: usize, what: &str) -> Result<i64, HistoryError> {
     match value {
         Edn::Int(i) => Ok(*i),
-        other => Err(malformed(line, format!("expected {what} (an integer), found {other}"))),
+        other => Err(malformed(
+            line,
+            format!("expected {what} (an integer), found {other}"),
+        )),
     }
 }
 
 fn op_of(f: &str, value: &Edn, model: ImportModel, line: usize) -> Result<Op, HistoryError> {
     Ok(match (model, f) {
-        (ImportModel::Set, "add") => Op::Add { element: int(value, line, "the added element")? },
+        (ImportModel::Set, "add") => Op::Add {
+            element: int(value, line, "the added element")?,
+        },
         (ImportModel::Set, "read") => Op::ReadSet,
         (ImportModel::Set, other) => {
-            return Err(malformed(line, format!("expected :f :add or :read for a set, found :{other}")))
+            return Err(malformed(
+                line,
+                format!("expected :f :add or :read for a set, found :{other}"),
+            ))
         }
         (_, "read") => Op::Read,
-        (_, "write") => Op::Write { value: int(value, line, "the written value")? },
+        (_, "write") => Op::Write {
+            value: int(value, line, "the written value")?,
+        },
         (_, "cas") => {
-            let (expected, new) = is_pair(value)
-                .ok_or_else(|| malformed(line, format!("expected [expected new] for :cas, found {value}")))?;
-            Op::Cas { expected: int(expected, line, "cas expected")?, new: int(new, line, "cas new")? }
+            let (expected, new) = is_pair(value).ok_or_else(|| {
+                malformed(
+                    line,
+                    format!("expected [expected new] for :cas, found {value}"),
+                )
+            })?;
+            Op::Cas {
+                expected: int(expected, line, "cas expected")?,
+                new: int(new, line, "cas new")?,
+            }
         }
         (_, "delete") => Op::Delete,
         (_, other) => {
-            return Err(malformed(line, format!("expected :f :read, :write, :cas or :delete, found :{other}")))
+            return Err(malformed(
+                line,
+                format!("expected :f :read, :write, :cas or :delete, found :{other}"),
+            ))
         }
     })
 }
@@ -141,24 +184,40 @@ fn ok_value(op: &Op, value: &Edn, line: usize) -> Result<OkValue, HistoryError> 
             other => OkValue::Read(Some(int(other, line, "the value read")?)),
         },
         Op::ReadSet => {
-            let items = value
-                .as_seq()
-                .ok_or_else(|| malformed(line, format!("expected a collection of elements, found {value}")))?;
-            let elements: Result<Vec<i64>, _> = items.iter().map(|e| int(e, line, "a set element")).collect();
+            let items = value.as_seq().ok_or_else(|| {
+                malformed(
+                    line,
+                    format!("expected a collection of elements, found {value}"),
+                )
+            })?;
+            let elements: Result<Vec<i64>, _> = items
+                .iter()
+                .map(|e| int(e, line, "a set element"))
+                .collect();
             OkValue::Elements(elements?)
         }
         _ => OkValue::Done,
     })
 }
 
-fn build(raw: &[RawOp<'_>], model: ImportModel, independent: bool) -> Result<History, HistoryError> {
+fn build(
+    raw: &[RawOp<'_>],
+    model: ImportModel,
+    independent: bool,
+) -> Result<History, HistoryError> {
     let mut history = History::new();
     let mut pending: HashMap<i64, OpId> = HashMap::new();
     for (index, r) in raw.iter().enumerate() {
         let time_ns = index as u64;
         let (key, value) = if independent {
             let (key, value) = is_pair(r.value).ok_or_else(|| {
-                malformed(r.line, format!("expected an independent [key value] tuple, found {}", r.value))
+                malformed(
+                    r.line,
+                    format!(
+                        "expected an independent [key value] tuple, found {}",
+                        r.value
+                    ),
+                )
             })?;
             (key_name(key), value)
         } else {
@@ -168,24 +227,37 @@ fn build(raw: &[RawOp<'_>], model: ImportModel, independent: bool) -> Result<His
             if let Some(previous) = pending.get(&r.process) {
                 return Err(malformed(
                     r.line,
-                    format!("expected process {} to complete op {previous} before invoking again", r.process),
+                    format!(
+                        "expected process {} to complete op {previous} before invoking again",
+                        r.process
+                    ),
                 ));
             }
             let op = op_of(r.f, value, model, r.line)?;
-            let id = history.invoke(time_ns, r.process as u64, key, op).map_err(|e| malformed(r.line, e.to_string()))?;
+            let id = history
+                .invoke(time_ns, r.process as u64, key, op)
+                .map_err(|e| malformed(r.line, e.to_string()))?;
             pending.insert(r.process, id);
             continue;
         }
-        let id = pending
-            .remove(&r.process)
-            .ok_or_else(|| malformed(r.line, format!("expected an earlier :invoke by process {}", r.process)))?;
-        let op = history.op(id).map(|o| o.op.clone()).ok_or(HistoryError::UnknownOp(id))?;
+        let id = pending.remove(&r.process).ok_or_else(|| {
+            malformed(
+                r.line,
+                format!("expected an earlier :invoke by process {}", r.process),
+            )
+        })?;
+        let op = history
+            .op(id)
+            .map(|o| o.op.clone())
+            .ok_or(HistoryError::UnknownOp(id))?;
         let outcome = match r.kind {
             "ok" => Outcome::Ok(ok_value(&op, value, r.line)?),
             "fail" => Outcome::Fail,
             _ => Outcome::Info,
         };
-        history.complete(time_ns, id, outcome).map_err(|e| malformed(r.line, e.to_string()))?;
+        history
+            .complete(time_ns, id, outcome)
+            .map_err(|e| malformed(r.line, e.to_string()))?;
     }
     Ok(history)
 }
@@ -206,7 +278,13 @@ mod tests {
         assert_eq!(h.len(), 3);
         assert_eq!(h.ops()[0].op, Op::Write { value: 3 });
         assert_eq!(h.ops()[1].outcome(), &Outcome::Ok(OkValue::Read(Some(3))));
-        assert_eq!(h.ops()[2].op, Op::Cas { expected: 3, new: 4 });
+        assert_eq!(
+            h.ops()[2].op,
+            Op::Cas {
+                expected: 3,
+                new: 4
+            }
+        );
         assert_eq!(h.ops()[2].outcome(), &Outcome::Info);
         assert_eq!(h.keys(), vec![REGISTER_KEY]);
     }
@@ -221,7 +299,10 @@ mod tests {
         assert_eq!(h.keys(), vec!["7", "8"]);
         assert_eq!(h.ops()[1].outcome(), &Outcome::Ok(OkValue::Read(Some(5))));
         let err = parse_edn(text, ImportModel::Register).unwrap_err();
-        assert!(matches!(err, HistoryError::Malformed { line: 1, .. }), "{err}");
+        assert!(
+            matches!(err, HistoryError::Malformed { line: 1, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -229,10 +310,26 @@ mod tests {
         let text = "{:process 0 :type :invoke :f :add :value 1}\n{:process 0 :type :ok :f :add :value 1}\n\
                     {:process 0 :type :invoke :f :read :value nil}\n{:process 0 :type :ok :f :read :value #{1 2}}";
         let h = parse_edn(text, ImportModel::Set).unwrap();
-        assert_eq!(h.ops()[1].outcome(), &Outcome::Ok(OkValue::Elements(vec![1, 2])));
-        let err = parse_edn("{:process 0 :type :ok :f :read :value 1}", ImportModel::Kv).unwrap_err();
-        assert!(err.to_string().contains("line 1: expected an earlier :invoke"), "{err}");
-        let err = parse_edn("{:process 0 :type :invoke :f :write :value \"x\"}", ImportModel::Kv).unwrap_err();
-        assert!(err.to_string().contains("expected the written value (an integer)"), "{err}");
+        assert_eq!(
+            h.ops()[1].outcome(),
+            &Outcome::Ok(OkValue::Elements(vec![1, 2]))
+        );
+        let err =
+            parse_edn("{:process 0 :type :ok :f :read :value 1}", ImportModel::Kv).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("line 1: expected an earlier :invoke"),
+            "{err}"
+        );
+        let err = parse_edn(
+            "{:process 0 :type :invoke :f :write :value \"x\"}",
+            ImportModel::Kv,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected the written value (an integer)"),
+            "{err}"
+        );
     }
 }

@@ -14,11 +14,19 @@
 #![forbid(unsafe_code)]
 
 pub mod edn;
+pub mod explain;
+pub mod final_state;
 pub mod history;
+pub mod html;
 pub mod jepsen;
 pub mod linearizability;
 pub mod search;
+pub mod set;
 
+pub use explain::{explain, Explanation};
+pub use final_state::{check_final_state, FinalStateVerdict, ReplicaState};
 pub use history::{Completion, History, HistoryError, OkValue, Op, OpId, OpRecord, Outcome};
+pub use html::{html_document, html_section, render_html};
 pub use jepsen::{parse_edn, ImportModel};
 pub use linearizability::{check_kv, Budget, CheckOptions, Verdict, Violation};
+pub use set::{check_set, SetAnomaly, SetReport};

@@ -6,7 +6,7 @@
 //! budget yields `Verdict::Unknown`, never a guess; a definite violation on another key still
 //! wins.
 
-use crate::history::{History, OkValue, Op, OpId, Outcome};
+use crate::history::{History, OkValue, Op, OpId, OpRecord, Outcome};
 use crate::search::{self, GaveUp, KeyOp, RegisterState, SearchControl, SearchResult, Step};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -48,7 +48,11 @@ pub struct CheckOptions {
 impl Default for CheckOptions {
     /// Single-threaded (safe everywhere), 60 s, 1 GiB, registers initially absent.
     fn default() -> Self {
-        CheckOptions { budget: Budget::default(), initial_value: None, parallel: false }
+        CheckOptions {
+            budget: Budget::default(),
+            initial_value: None,
+            parallel: false,
+        }
     }
 }
 
@@ -64,7 +68,9 @@ pub enum Verdict {
     Linearizable,
     NotLinearizable(Violation),
     /// The budget ran out before a verdict; `reason` says which limit and on which key.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -76,14 +82,31 @@ impl Verdict {
 /// The register ops of one key in search form: fails and unknown reads are dropped (they
 /// constrain nothing), unknown writes/cas/deletes become optional ops without a return.
 pub fn compile_key(history: &History, key: &str) -> Vec<KeyOp> {
-    history
-        .ops()
-        .iter()
-        .filter(|r| r.key == key && !r.op.is_set_op())
+    compile_ops(history.ops().iter().filter(|r| r.key == key))
+}
+
+/// `compile_key` for records already selected by key.
+fn compile_ops<'a>(records: impl Iterator<Item = &'a OpRecord>) -> Vec<KeyOp> {
+    records
+        .filter(|r| !r.op.is_set_op())
         .filter_map(|r| {
             let completion_seq = r.completion.as_ref().map(|c| c.seq);
-            let required = |step| Some(KeyOp { id: r.id, call: r.invoke_seq, ret: completion_seq, step });
-            let unknown = |step| Some(KeyOp { id: r.id, call: r.invoke_seq, ret: None, step });
+            let required = |step| {
+                Some(KeyOp {
+                    id: r.id,
+                    call: r.invoke_seq,
+                    ret: completion_seq,
+                    step,
+                })
+            };
+            let unknown = |step| {
+                Some(KeyOp {
+                    id: r.id,
+                    call: r.invoke_seq,
+                    ret: None,
+                    step,
+                })
+            };
             let effect = match r.op {
                 Op::Write { value } => Step::Write(value),
                 Op::Cas { expected, new } => Step::Cas { expected, new },
@@ -95,7 +118,9 @@ pub fn compile_key(history: &History, key: &str) -> Vec<KeyOp> {
                 (Outcome::Info, _) => unknown(effect),
                 (Outcome::Ok(OkValue::Read(v)), Op::Read) => required(Step::Read(*v)),
                 (Outcome::Ok(OkValue::CasMismatch), Op::Cas { expected, .. }) => {
-                    required(Step::CasMismatch { expected: *expected })
+                    required(Step::CasMismatch {
+                        expected: *expected,
+                    })
                 }
                 (Outcome::Ok(_), _) => required(effect),
             }
@@ -105,12 +130,26 @@ pub fn compile_key(history: &History, key: &str) -> Vec<KeyOp> {
 
 /// Register keys of a history (keys with set ops are left to `check_set`).
 pub fn register_keys(history: &History) -> Vec<String> {
-    let mut keys: BTreeMap<&str, bool> = BTreeMap::new();
+    ops_by_register_key(history)
+        .into_keys()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The ops of each register key, in history order (keys with any set op are left out).
+fn ops_by_register_key(history: &History) -> BTreeMap<&str, Vec<&OpRecord>> {
+    let mut keys: BTreeMap<&str, Vec<&OpRecord>> = BTreeMap::new();
+    let mut set_keys: Vec<&str> = Vec::new();
     for r in history.ops() {
-        let register = keys.entry(&r.key).or_insert(true);
-        *register &= !r.op.is_set_op();
+        keys.entry(&r.key).or_default().push(r);
+        if r.op.is_set_op() {
+            set_keys.push(&r.key);
+        }
     }
-    keys.into_iter().filter(|(_, register)| *register).map(|(k, _)| k.to_string()).collect()
+    for key in set_keys {
+        keys.remove(key);
+    }
+    keys
 }
 
 /// Shared limits of one check.
@@ -133,7 +172,12 @@ impl CheckControl {
         }
     }
 
-    pub(crate) fn search(&self, ops: &[KeyOp], initial: RegisterState, focus: Option<OpId>) -> SearchResult {
+    pub(crate) fn search(
+        &self,
+        ops: &[KeyOp],
+        initial: RegisterState,
+        focus: Option<OpId>,
+    ) -> SearchResult {
         let control = SearchControl {
             deadline: self.deadline,
             max_steps: self.max_steps,
@@ -155,23 +199,29 @@ fn gave_up_reason(reason: GaveUp, key: &str, budget: &Budget) -> String {
             "time limit of {:.1} s reached on key {key}",
             budget.time_limit.unwrap_or_default().as_secs_f64()
         ),
-        GaveUp::MemoryLimit => format!("memory limit of {} MiB reached on key {key}", budget.max_memory_bytes >> 20),
-        GaveUp::StepLimit => format!("step limit of {} reached on key {key}", budget.max_steps_per_key.unwrap_or(0)),
+        GaveUp::MemoryLimit => format!(
+            "memory limit of {} MiB reached on key {key}",
+            budget.max_memory_bytes >> 20
+        ),
+        GaveUp::StepLimit => format!(
+            "step limit of {} reached on key {key}",
+            budget.max_steps_per_key.unwrap_or(0)
+        ),
         GaveUp::Cancelled => format!("cancelled on key {key}"),
     }
 }
 
 /// Checks every register key of `history` for linearizability.
 pub fn check_kv(history: &History, options: &CheckOptions) -> Verdict {
-    let keys = register_keys(history);
+    let keys: Vec<(&str, Vec<&OpRecord>)> = ops_by_register_key(history).into_iter().collect();
     let control = CheckControl::new(&options.budget);
-    let check_one = |key: &String| -> (String, SearchResult) {
-        let ops = compile_key(history, key);
+    let check_one = |(key, records): &(&str, Vec<&OpRecord>)| -> (String, SearchResult) {
+        let ops = compile_ops(records.iter().copied());
         let result = control.search(&ops, options.initial_value, None);
         if matches!(result, SearchResult::Violation { .. }) {
             control.cancel.store(true, Ordering::Relaxed);
         }
-        (key.clone(), result)
+        (key.to_string(), result)
     };
     let results: Vec<(String, SearchResult)> = if options.parallel {
         use rayon::prelude::*;

@@ -10,9 +10,14 @@
 //!   invocation, or never;
 //! - info ops that can never matter are dropped before the search (`prune_unknown`);
 //! - identical info ops are linearized in invocation order (symmetry);
-//! - a pure op (ok read, ok cas mismatch) that can be linearized now is linearized now.
+//! - a pure op (ok read, ok cas mismatch) that can be linearized now is linearized now;
+//! - an unknown op that took effect is immediately followed by an op that observes its result
+//!   (otherwise the next op is blind and the unknown op can be dropped).
 //!
-//! Model states are `Option<i64>` (absent or a value): `Copy`, so a step allocates nothing.
+//! Candidates are tried pure ops first, then earliest deadline first (`Searcher::order_key`);
+//! the order only steers the search, every candidate of a configuration is tried before it is
+//! abandoned. Model states are `Option<i64>` (absent or a value): `Copy`, so a step allocates
+//! nothing.
 
 use crate::history::OpId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,9 +33,14 @@ pub enum Step {
     Read(RegisterState),
     Write(i64),
     /// A cas that took effect (ok) or may have (info).
-    Cas { expected: i64, new: i64 },
+    Cas {
+        expected: i64,
+        new: i64,
+    },
     /// An ok cas that definitely did not take effect: the state was not `Some(expected)`.
-    CasMismatch { expected: i64 },
+    CasMismatch {
+        expected: i64,
+    },
     Delete,
 }
 
@@ -48,6 +58,10 @@ impl Step {
     }
 
     /// The state this step leaves behind, if it does not depend on the state.
+    pub fn produces_state(self) -> Option<RegisterState> {
+        self.produces()
+    }
+
     fn produces(self) -> Option<RegisterState> {
         match self {
             Step::Write(v) | Step::Cas { new: v, .. } => Some(Some(v)),
@@ -71,6 +85,11 @@ pub struct KeyOp {
 impl KeyOp {
     fn is_pure(&self) -> bool {
         self.ret.is_some() && matches!(self.step, Step::Read(_) | Step::CasMismatch { .. })
+    }
+
+    /// Writes and deletes: the state after them does not depend on the state before.
+    fn is_blind(&self) -> bool {
+        matches!(self.step, Step::Write(_) | Step::Delete)
     }
 }
 
@@ -99,43 +118,77 @@ pub enum SearchResult {
     Linearizable,
     /// No linearization exists. `focus_states`: distinct states in which the focus op (if any)
     /// was tried and could not be applied (at most `MAX_FOCUS_STATES`).
-    Violation { focus_states: Vec<RegisterState>, focus_tried: bool },
+    /// `deepest_return`: the latest first-pending-return any configuration reached; the events
+    /// before it form the longest linearizable prefix, and it is the completion of the op
+    /// that cannot be placed.
+    Violation {
+        focus_states: Vec<RegisterState>,
+        focus_tried: bool,
+        deepest_return: u64,
+    },
     GaveUp(GaveUp),
 }
 
 /// How many distinct rejected states explanations keep for the focus op.
 pub const MAX_FOCUS_STATES: usize = 8;
-/// Steps between two looks at the clock and the cancel flag.
-const CONTROL_INTERVAL_STEPS: u64 = 4096;
+/// Steps (configurations visited) between two looks at the clock and the cancel flag.
+const CONTROL_INTERVAL_STEPS: u64 = 1024;
 
 /// Drops unknown ops that provably cannot change the verdict, until nothing changes:
 /// - an info cas whose expected value no op (nor the initial state) can produce never succeeds;
-/// - an info write/cas/delete whose resulting state is never observed (no ok read returns it,
-///   no cas expects it, and there is no ok cas-mismatch on the key) can be removed from any
-///   linearization: the next op after it must be blind (write/delete), so it is overwritten
-///   before anyone looks.
+/// - an info write/cas/delete X leaving state `s` is dropped when no op that could be
+///   linearized after X observes `s`: no read returning `s`, no cas expecting `s` and no ok
+///   cas-mismatch expecting something else completes after X's invocation. In any
+///   linearization the op after X is then blind (write/delete), so X's effect is never seen
+///   and the linearization without X is valid too.
 pub fn prune_unknown(ops: &mut Vec<KeyOp>, initial: RegisterState) {
-    use std::collections::HashSet;
-    let has_mismatch = ops.iter().any(|o| matches!(o.step, Step::CasMismatch { .. }));
+    use std::collections::{HashMap, HashSet};
     loop {
         let before = ops.len();
         let mut producible: HashSet<RegisterState> = HashSet::new();
         producible.insert(initial);
-        let mut observed: HashSet<RegisterState> = HashSet::new();
+        // Latest completion among the ops observing each state (unknown ops: u64::MAX).
+        let mut last_observer: HashMap<RegisterState, u64> = HashMap::new();
+        // The latest mismatch (completion, expected), and the latest with another expected.
+        let mut mismatch_latest: Option<(u64, i64)> = None;
+        let mut mismatch_other_ret = 0u64;
         for o in ops.iter() {
             if let Some(p) = o.step.produces() {
                 producible.insert(p);
             }
-            match o.step {
-                Step::Read(v) => {
-                    observed.insert(v);
-                }
-                Step::Cas { expected, .. } => {
-                    observed.insert(Some(expected));
-                }
-                _ => {}
+            let ret = o.ret.unwrap_or(u64::MAX);
+            let observed = match o.step {
+                Step::Read(v) => Some(v),
+                Step::Cas { expected, .. } => Some(Some(expected)),
+                _ => None,
+            };
+            if let Some(v) = observed {
+                let latest = last_observer.entry(v).or_insert(0);
+                *latest = (*latest).max(ret);
+            }
+            if let Step::CasMismatch { expected } = o.step {
+                mismatch_latest = match mismatch_latest {
+                    None => Some((ret, expected)),
+                    Some((r, e)) if ret > r => {
+                        if e != expected {
+                            mismatch_other_ret = mismatch_other_ret.max(r);
+                        }
+                        Some((ret, expected))
+                    }
+                    Some((r, e)) => {
+                        if e != expected {
+                            mismatch_other_ret = mismatch_other_ret.max(ret);
+                        }
+                        Some((r, e))
+                    }
+                };
             }
         }
+        let mismatch_after = |state: RegisterState| match mismatch_latest {
+            None => 0,
+            Some((ret, expected)) if state != Some(expected) => ret,
+            Some(_) => mismatch_other_ret,
+        };
         ops.retain(|o| {
             if o.ret.is_some() {
                 return true;
@@ -146,7 +199,10 @@ pub fn prune_unknown(ops: &mut Vec<KeyOp>, initial: RegisterState) {
                 }
             }
             match o.step.produces() {
-                Some(p) => has_mismatch || observed.contains(&p),
+                Some(p) => {
+                    let observer = last_observer.get(&p).copied().unwrap_or(0);
+                    observer > o.call || mismatch_after(p) > o.call
+                }
                 None => true,
             }
         });
@@ -165,6 +221,8 @@ struct EventList {
     /// For each node: the op index, and whether it is a call entry.
     node_op: Vec<u32>,
     node_is_call: Vec<bool>,
+    /// Event sequence number of each node.
+    node_seq: Vec<u64>,
     call_node: Vec<u32>,
     ret_node: Vec<u32>,
     tail: u32,
@@ -187,13 +245,15 @@ impl EventList {
             prev: (0..nodes as u32).map(|i| i.wrapping_sub(1)).collect(),
             node_op: vec![NONE; nodes],
             node_is_call: vec![false; nodes],
+            node_seq: vec![u64::MAX; nodes],
             call_node: vec![NONE; ops.len()],
             ret_node: vec![NONE; ops.len()],
             tail,
         };
         list.next[tail as usize] = NONE;
-        for (index, &(_, op, is_call)) in events.iter().enumerate() {
+        for (index, &(seq, op, is_call)) in events.iter().enumerate() {
             let node = index + 1;
+            list.node_seq[node] = seq;
             list.node_op[node] = op;
             list.node_is_call[node] = is_call;
             if is_call {
@@ -239,10 +299,22 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn state_hash(state: RegisterState) -> u64 {
-    match state {
+/// The model state plus whether the next op must observe it (see `Searcher::run`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Config {
+    state: RegisterState,
+    must_observe: bool,
+}
+
+fn config_hash(config: Config) -> u64 {
+    let state = match config.state {
         None => mix(0x5EED_0000_0000_0001),
         Some(v) => mix(v as u64 ^ 0xA5A5_5A5A_0F0F_F0F0),
+    };
+    if config.must_observe {
+        mix(state)
+    } else {
+        state
     }
 }
 
@@ -251,7 +323,7 @@ fn state_hash(state: RegisterState) -> u64 {
 struct Memo {
     words: usize,
     bits: Vec<u64>,
-    states: Vec<RegisterState>,
+    states: Vec<Config>,
     /// (hash, entry + 1); 0 marks an empty slot.
     slots: Vec<(u64, u32)>,
     len: usize,
@@ -259,15 +331,23 @@ struct Memo {
 
 impl Memo {
     fn new(words: usize) -> Memo {
-        Memo { words, bits: Vec::new(), states: Vec::new(), slots: vec![(0, 0); 1024], len: 0 }
+        Memo {
+            words,
+            bits: Vec::new(),
+            states: Vec::new(),
+            slots: vec![(0, 0); 1024],
+            len: 0,
+        }
     }
 
     fn bytes_per_entry(&self) -> usize {
-        self.words * 8 + std::mem::size_of::<RegisterState>() + 2 * std::mem::size_of::<(u64, u32)>()
+        self.words * 8
+            + std::mem::size_of::<RegisterState>()
+            + 2 * std::mem::size_of::<(u64, u32)>()
     }
 
     /// Inserts; false when already present.
-    fn insert(&mut self, hash: u64, bits: &[u64], state: RegisterState) -> bool {
+    fn insert(&mut self, hash: u64, bits: &[u64], state: Config) -> bool {
         let mask = self.slots.len() - 1;
         let mut slot = (hash as usize) & mask;
         loop {
@@ -277,7 +357,9 @@ impl Memo {
             }
             if h == hash {
                 let e = (entry - 1) as usize;
-                if self.states[e] == state && &self.bits[e * self.words..(e + 1) * self.words] == bits {
+                if self.states[e] == state
+                    && &self.bits[e * self.words..(e + 1) * self.words] == bits
+                {
                     return false;
                 }
             }
@@ -320,7 +402,9 @@ pub fn search(
     ops.sort_by_key(|o| o.call);
     let mut searcher = Searcher::new(&ops, initial, focus);
     let result = searcher.run(control);
-    control.memory_used_bytes.fetch_sub(searcher.memory_charged_bytes, Ordering::Relaxed);
+    control
+        .memory_used_bytes
+        .fetch_sub(searcher.memory_charged_bytes, Ordering::Relaxed);
     result
 }
 
@@ -329,6 +413,9 @@ struct Searcher<'o> {
     list: EventList,
     /// For each info op: the previous info op with the identical step (symmetry), or NONE.
     same_before: Vec<u32>,
+    /// For each info op: completions (sorted) of the required ops that observe the state it
+    /// produces (reads of it, cas expecting it); see `order_key`.
+    observer_rets: Vec<Vec<u64>>,
     zobrist: Vec<u64>,
     bits: Vec<u64>,
     memo: Memo,
@@ -336,6 +423,7 @@ struct Searcher<'o> {
     focus: Option<usize>,
     focus_states: Vec<RegisterState>,
     focus_tried: bool,
+    deepest_return: u64,
     memory_charged_bytes: usize,
 }
 
@@ -350,18 +438,44 @@ impl<'o> Searcher<'o> {
                 }
             }
         }
+        let mut observed_by: std::collections::HashMap<RegisterState, Vec<u64>> =
+            std::collections::HashMap::new();
+        for o in ops.iter() {
+            let observed = match o.step {
+                Step::Read(v) => Some(v),
+                Step::Cas { expected, .. } => Some(Some(expected)),
+                _ => None,
+            };
+            if let (Some(v), Some(ret)) = (observed, o.ret) {
+                observed_by.entry(v).or_default().push(ret);
+            }
+        }
+        for list in observed_by.values_mut() {
+            list.sort_unstable();
+        }
+        let observer_rets = ops
+            .iter()
+            .map(|o| match (o.ret, o.step.produces()) {
+                (None, Some(p)) => observed_by.get(&p).cloned().unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect();
         let words = ops.len().div_ceil(64).max(1);
         Searcher {
             ops,
             list: EventList::new(ops),
             same_before,
-            zobrist: (0..ops.len() as u64).map(|i| mix(i.wrapping_mul(0x2545_F491_4F6C_DD1D))).collect(),
+            observer_rets,
+            zobrist: (0..ops.len() as u64)
+                .map(|i| mix(i.wrapping_mul(0x2545_F491_4F6C_DD1D)))
+                .collect(),
             bits: vec![0; words],
             memo: Memo::new(words),
             state: initial,
             focus: focus.and_then(|id| ops.iter().position(|o| o.id == id)),
             focus_states: Vec::new(),
             focus_tried: false,
+            deepest_return: 0,
             memory_charged_bytes: 0,
         }
     }
@@ -387,17 +501,75 @@ impl<'o> Searcher<'o> {
         let bytes = self.memo.len * self.memo.bytes_per_entry() + self.memo.slots.len() * 12;
         let delta = bytes.saturating_sub(self.memory_charged_bytes);
         self.memory_charged_bytes = bytes.max(self.memory_charged_bytes);
-        let total = control.memory_used_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
+        let total = control
+            .memory_used_bytes
+            .fetch_add(delta, Ordering::Relaxed)
+            + delta;
         (total > control.max_memory_bytes).then_some(GaveUp::MemoryLimit)
     }
 
     fn note_focus(&mut self, op: usize) {
         if Some(op) == self.focus {
             self.focus_tried = true;
-            if self.focus_states.len() < MAX_FOCUS_STATES && !self.focus_states.contains(&self.state) {
+            if self.focus_states.len() < MAX_FOCUS_STATES
+                && !self.focus_states.contains(&self.state)
+            {
                 self.focus_states.push(self.state);
             }
         }
+    }
+
+    /// The order in which a configuration's candidates are tried: pure ops first (if one
+    /// fits, it is forced), then earliest deadline first: a required op's completion, an
+    /// unknown op's first observer completing at or after `frontier` (the first pending
+    /// return; unobserved unknown ops last). The order only steers the search; every
+    /// candidate is still tried.
+    fn order_key(&self, op: usize, frontier: u64) -> OrderKey {
+        let o = &self.ops[op];
+        let deadline = match o.ret {
+            Some(ret) => ret,
+            None => {
+                let rets = &self.observer_rets[op];
+                rets.get(rets.partition_point(|&r| r < frontier))
+                    .copied()
+                    .unwrap_or(u64::MAX)
+            }
+        };
+        (!o.is_pure(), deadline, o.call, op)
+    }
+
+    /// The minimal calls (before the first pending return) that can take effect now, with
+    /// the state each leaves, in trying order.
+    fn candidates(&mut self, must_observe: bool, out: &mut Vec<Candidate>) {
+        out.clear();
+        let mut entry = self.list.next[0];
+        while entry != self.list.tail && self.list.node_is_call[entry as usize] {
+            entry = self.list.next[entry as usize];
+        }
+        let frontier = if entry == self.list.tail {
+            u64::MAX
+        } else {
+            self.list.node_seq[entry as usize]
+        };
+        self.deepest_return = self.deepest_return.max(frontier);
+        let mut entry = self.list.next[0];
+        while entry != self.list.tail && self.list.node_is_call[entry as usize] {
+            let op = self.list.node_op[entry as usize] as usize;
+            entry = self.list.next[entry as usize];
+            let o = self.ops[op];
+            let same = self.same_before[op];
+            if same != NONE && !self.is_set(same as usize) {
+                continue; // symmetry: the identical earlier unknown op goes first
+            }
+            if must_observe && o.is_blind() {
+                continue;
+            }
+            match o.step.apply(self.state) {
+                Some(next_state) => out.push((self.order_key(op, frontier), op, next_state)),
+                None => self.note_focus(op),
+            }
+        }
+        out.sort_unstable_by_key(|c| c.0);
     }
 
     fn run(&mut self, control: &SearchControl<'_>) -> SearchResult {
@@ -405,69 +577,85 @@ impl<'o> Searcher<'o> {
         if required_left == 0 {
             return SearchResult::Linearizable;
         }
-        // (op, state before it, memo hash before it)
-        let mut stack: Vec<(usize, RegisterState, u64)> = Vec::new();
+        // (op, its order key, configuration before it, memo hash before it)
+        let mut stack: Vec<(usize, OrderKey, Config, u64)> = Vec::new();
+        // After an unknown op takes effect, the next op must observe the state it left: were
+        // the next one blind (write, delete), the unknown op's effect would be invisible and
+        // the same linearization without it (the op "never happened") is equally valid.
+        let mut must_observe = false;
         let mut hash = 0u64;
-        let mut entry = self.list.next[0];
         let mut steps = 0u64;
+        let mut candidates: Vec<Candidate> = Vec::new();
+        // Candidates up to this key were already tried in the current configuration.
+        let mut resume_after: Option<OrderKey> = None;
         loop {
             steps += 1;
-            if steps % CONTROL_INTERVAL_STEPS == 0 {
+            if steps.is_multiple_of(CONTROL_INTERVAL_STEPS) {
                 if let Some(reason) = self.control(control, steps) {
                     return SearchResult::GaveUp(reason);
                 }
             }
-            let mut dead_end = entry == self.list.tail || !self.list.node_is_call[entry as usize];
-            if !dead_end {
-                let op = self.list.node_op[entry as usize] as usize;
+            self.candidates(must_observe, &mut candidates);
+            let mut descended = false;
+            for &(key, op, next_state) in &candidates {
+                if resume_after.is_some_and(|r| key <= r) {
+                    continue;
+                }
                 let o = self.ops[op];
-                let blocked = self.same_before[op] != NONE && !self.is_set(self.same_before[op] as usize);
-                match o.step.apply(self.state).filter(|_| !blocked) {
-                    None => {
-                        if !blocked {
-                            self.note_focus(op);
-                        }
-                        entry = self.list.next[entry as usize];
-                        continue;
-                    }
-                    Some(next_state) => {
-                        self.flip(op);
-                        let next_hash = hash ^ self.zobrist[op];
-                        if self.memo.insert(next_hash ^ state_hash(next_state), &self.bits, next_state) {
-                            stack.push((op, self.state, hash));
-                            hash = next_hash;
-                            self.state = next_state;
-                            self.list.lift(op);
-                            if o.ret.is_some() {
-                                required_left -= 1;
-                                if required_left == 0 {
-                                    return SearchResult::Linearizable;
-                                }
-                            }
-                            entry = self.list.next[0];
-                            continue;
-                        }
-                        self.flip(op);
-                        // A pure op applicable here leads to an explored, failed configuration:
-                        // this configuration fails too (see the module comment).
-                        dead_end = o.is_pure();
-                        if !dead_end {
-                            entry = self.list.next[entry as usize];
-                            continue;
+                self.flip(op);
+                let next_hash = hash ^ self.zobrist[op];
+                let next = Config {
+                    state: next_state,
+                    must_observe: o.ret.is_none(),
+                };
+                if self
+                    .memo
+                    .insert(next_hash ^ config_hash(next), &self.bits, next)
+                {
+                    stack.push((
+                        op,
+                        key,
+                        Config {
+                            state: self.state,
+                            must_observe,
+                        },
+                        hash,
+                    ));
+                    hash = next_hash;
+                    self.state = next_state;
+                    must_observe = next.must_observe;
+                    self.list.lift(op);
+                    if o.ret.is_some() {
+                        required_left -= 1;
+                        if required_left == 0 {
+                            return SearchResult::Linearizable;
                         }
                     }
+                    descended = true;
+                    break;
+                }
+                self.flip(op);
+                if o.is_pure() {
+                    // A pure op that fits leads to an explored, failed configuration: this
+                    // configuration fails too (see the module comment).
+                    break;
                 }
             }
-            debug_assert!(dead_end);
+            if descended {
+                resume_after = None;
+                continue;
+            }
             // Backtrack: undo the last op; if it was pure, its parent configuration failed too.
             loop {
-                let Some((op, state, previous_hash)) = stack.pop() else {
+                let Some((op, key, before, previous_hash)) = stack.pop() else {
                     return SearchResult::Violation {
                         focus_states: std::mem::take(&mut self.focus_states),
                         focus_tried: self.focus_tried,
+                        deepest_return: self.deepest_return,
                     };
                 };
-                self.state = state;
+                self.state = before.state;
+                must_observe = before.must_observe;
                 hash = previous_hash;
                 self.flip(op);
                 self.list.unlift(op);
@@ -475,13 +663,19 @@ impl<'o> Searcher<'o> {
                     required_left += 1;
                 }
                 if !self.ops[op].is_pure() {
-                    entry = self.list.next[self.list.call_node[op] as usize];
+                    resume_after = Some(key);
                     break;
                 }
             }
         }
     }
 }
+
+/// A candidate: its order key, op index, and the state it leaves.
+type Candidate = (OrderKey, usize, RegisterState);
+
+/// (not pure, completion sequence or MAX, invocation sequence, op index).
+type OrderKey = (bool, u64, u64, usize);
 
 #[cfg(test)]
 mod tests {
@@ -498,25 +692,43 @@ mod tests {
             cancel: &cancel,
         };
         let result = search(ops, None, &control, None);
-        assert_eq!(memory.load(Ordering::Relaxed), 0, "memory accounting must return to zero");
+        assert_eq!(
+            memory.load(Ordering::Relaxed),
+            0,
+            "memory accounting must return to zero"
+        );
         result
     }
 
     fn op(id: u32, call: u64, ret: Option<u64>, step: Step) -> KeyOp {
-        KeyOp { id: OpId(id), call, ret, step }
+        KeyOp {
+            id: OpId(id),
+            call,
+            ret,
+            step,
+        }
     }
 
     #[test]
     fn concurrent_write_and_read_either_order() {
-        let ops = [op(0, 0, Some(3), Step::Write(1)), op(1, 1, Some(2), Step::Read(Some(1)))];
+        let ops = [
+            op(0, 0, Some(3), Step::Write(1)),
+            op(1, 1, Some(2), Step::Read(Some(1))),
+        ];
         assert_eq!(run(&ops), SearchResult::Linearizable);
-        let ops = [op(0, 0, Some(3), Step::Write(1)), op(1, 1, Some(2), Step::Read(None))];
+        let ops = [
+            op(0, 0, Some(3), Step::Write(1)),
+            op(1, 1, Some(2), Step::Read(None)),
+        ];
         assert_eq!(run(&ops), SearchResult::Linearizable);
     }
 
     #[test]
     fn read_before_write_invocation_is_rejected() {
-        let ops = [op(0, 2, Some(3), Step::Write(1)), op(1, 0, Some(1), Step::Read(Some(1)))];
+        let ops = [
+            op(0, 2, Some(3), Step::Write(1)),
+            op(1, 0, Some(1), Step::Read(Some(1))),
+        ];
         assert!(matches!(run(&ops), SearchResult::Violation { .. }));
     }
 
@@ -537,12 +749,63 @@ mod tests {
         assert!(matches!(run(&ops), SearchResult::Violation { .. }));
     }
 
+    /// Distinct unknown writes, each observed by a long read, and a read of a value nobody
+    /// wrote: the search space is exponential, so a small budget must give up, not guess.
+    #[test]
+    fn exhausted_budget_gives_up() {
+        let mut ops = Vec::new();
+        for i in 0..14u32 {
+            ops.push(op(2 * i, u64::from(i), None, Step::Write(i64::from(i))));
+            ops.push(op(
+                2 * i + 1,
+                u64::from(i),
+                Some(1_000 + u64::from(i)),
+                Step::Read(Some(i64::from(i))),
+            ));
+        }
+        ops.push(op(100, 500, Some(2_000), Step::Read(Some(999))));
+        let memory = AtomicUsize::new(0);
+        let cancel = AtomicBool::new(false);
+        let mut control = SearchControl {
+            deadline: None,
+            max_steps: None,
+            max_memory_bytes: 4 << 20,
+            memory_used_bytes: &memory,
+            cancel: &cancel,
+        };
+        assert_eq!(
+            search(&ops, None, &control, None),
+            SearchResult::GaveUp(GaveUp::MemoryLimit)
+        );
+        assert_eq!(memory.load(Ordering::Relaxed), 0);
+        control.max_memory_bytes = usize::MAX;
+        control.max_steps = Some(100_000);
+        assert_eq!(
+            search(&ops, None, &control, None),
+            SearchResult::GaveUp(GaveUp::StepLimit)
+        );
+        cancel.store(true, Ordering::Relaxed);
+        control.max_steps = None;
+        assert_eq!(
+            search(&ops, None, &control, None),
+            SearchResult::GaveUp(GaveUp::Cancelled)
+        );
+    }
+
     #[test]
     fn pruning_keeps_observed_and_drops_unobservable_unknowns() {
         let mut ops = vec![
             op(0, 0, None, Step::Write(1)),
             op(1, 1, None, Step::Write(2)),
-            op(2, 2, None, Step::Cas { expected: 9, new: 3 }),
+            op(
+                2,
+                2,
+                None,
+                Step::Cas {
+                    expected: 9,
+                    new: 3,
+                },
+            ),
             op(3, 3, Some(4), Step::Read(Some(2))),
         ];
         prune_unknown(&mut ops, None);

@@ -23,14 +23,24 @@ fn all_knossos_dev_verdicts_match() {
         let text = std::fs::read_to_string(dir.join(file)).expect(file);
         let history = parse_edn(&text, ImportModel::Kv).unwrap_or_else(|e| panic!("{file}: {e}"));
         let options = CheckOptions {
-            budget: Budget { max_steps_per_key: Some(50_000_000), ..Budget::default() },
-            initial_value: if initial == "nil" { None } else { Some(initial.parse().expect("initial")) },
+            budget: Budget {
+                max_steps_per_key: Some(50_000_000),
+                ..Budget::default()
+            },
+            initial_value: if initial == "nil" {
+                None
+            } else {
+                Some(initial.parse().expect("initial"))
+            },
             parallel: false,
         };
         let verdict = check_kv(&history, &options);
         match expected {
             "linearizable" => assert_eq!(verdict, Verdict::Linearizable, "{file}"),
-            "not" => assert!(matches!(verdict, Verdict::NotLinearizable(_)), "{file}: {verdict:?}"),
+            "not" => assert!(
+                matches!(verdict, Verdict::NotLinearizable(_)),
+                "{file}: {verdict:?}"
+            ),
             other => panic!("unknown expected verdict {other}"),
         }
         checked += 1;
