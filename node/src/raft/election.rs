@@ -10,9 +10,9 @@
 //! - a vote is granted at most once per term, only to a candidate whose log is at least as up
 //!   to date, and the vote is persisted (Ready.hard_state) before the response is sent.
 
-use super::membership::bootstrap_changes;
+use super::membership::{apply_change, bootstrap_changes};
 use super::progress::ProgressState;
-use super::types::{EntryPayload, Message, MessageBody, NodeId, Role, Term};
+use super::types::{EntryPayload, Membership, Message, MessageBody, NodeId, Role, Term};
 use super::{NotLeader, ProposeError, Raft};
 
 /// Terms and indexes above this are treated as corrupt input (a real log or term counter
@@ -119,6 +119,11 @@ impl Raft {
                 ),
                 MessageBody::PreVote { .. } => {
                     self.send(m.from, MessageBody::PreVoteResponse { granted: false })
+                }
+                // A candidate behind in term learns ours and can catch up (otherwise two
+                // nodes that each need the other's vote can leapfrog terms forever).
+                MessageBody::Vote { .. } => {
+                    self.send(m.from, MessageBody::VoteResponse { granted: false })
                 }
                 _ => {}
             }
@@ -291,18 +296,18 @@ impl Raft {
     }
 
     pub(super) fn tick_election(&mut self) {
-        self.election_elapsed += 1;
-        if self.election_elapsed >= self.randomized_election_timeout {
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
+        // A node that may not campaign keeps counting, so that its lease (which makes it
+        // ignore vote requests) expires once the leader falls silent.
+        if self.election_elapsed >= self.randomized_election_timeout && self.can_campaign() {
             self.election_elapsed = 0;
-            if self.can_campaign() {
-                self.campaign();
-            }
+            self.campaign();
         }
     }
 
     pub(super) fn tick_leader(&mut self) {
-        self.election_elapsed += 1;
-        self.heartbeat_elapsed += 1;
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
+        self.heartbeat_elapsed = self.heartbeat_elapsed.saturating_add(1);
         if self.election_elapsed >= self.config.election_timeout_ticks_min {
             self.election_elapsed = 0;
             if self.config.check_quorum && !self.quorum_recently_active() {
@@ -319,7 +324,7 @@ impl Raft {
             }
         }
         if self.lead_transferee.is_some() {
-            self.transfer_elapsed += 1;
+            self.transfer_elapsed = self.transfer_elapsed.saturating_add(1);
             if self.transfer_elapsed >= self.config.election_timeout_ticks_min {
                 tracing::info!(id = self.id(), to = ?self.lead_transferee, "leadership transfer aborted");
                 self.lead_transferee = None;
@@ -447,13 +452,30 @@ impl Raft {
         self.leader = Some(self.config.id);
         self.reset_role_state();
         self.election_elapsed = 0;
-        self.recompute_membership(); // creates progress for every member
-        if self.log.last_index() == 0 {
+        self.sync_progress_with_membership();
+        if self.log_lacks_bootstrap() {
             for change in bootstrap_changes(&self.membership.clone()) {
                 self.append_local(EntryPayload::Membership(change));
             }
         }
         self.append_local(EntryPayload::Noop);
+    }
+
+    /// True when no snapshot covers the log start and the log's membership entries alone do
+    /// not rebuild the membership (a node joining with an empty `initial_membership` would
+    /// see a wrong configuration). The earlier bootstrap may be missing or only partly
+    /// replicated before its leader failed.
+    fn log_lacks_bootstrap(&self) -> bool {
+        if self.log.snapshot_index() > 0 {
+            return false;
+        }
+        let mut from_log = Membership::default();
+        for e in self.log.entries() {
+            if let EntryPayload::Membership(change) = &e.payload {
+                apply_change(&mut from_log, change);
+            }
+        }
+        from_log != self.membership
     }
 
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ProposeError> {

@@ -118,7 +118,7 @@ impl Raft {
     }
 
     /// Leader: one Progress per member other than itself.
-    fn sync_progress_with_membership(&mut self) {
+    pub(super) fn sync_progress_with_membership(&mut self) {
         if self.role != Role::Leader {
             return;
         }

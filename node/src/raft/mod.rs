@@ -18,9 +18,10 @@
 //! - committed entries are emitted once, in order, and only when locally durable;
 //! - membership takes effect when its entry is appended; at most one change is uncommitted,
 //!   and a leader proposes one only after committing an entry of its own term;
-//! - a log that starts empty gets the bootstrap membership written into it by the first
-//!   leader (as `AddLearner`/`Promote` entries, no-ops for nodes that already know it), so a
-//!   node that joins with an empty `initial_membership` can rebuild membership from the log.
+//! - a leader whose log has no snapshot and whose membership entries alone do not rebuild
+//!   the membership writes the bootstrap membership into the log (as `AddLearner`/`Promote`
+//!   entries, no-ops for nodes that already know it), so a node that joins with an empty
+//!   `initial_membership` rebuilds the right membership from the log.
 
 mod config;
 mod election;

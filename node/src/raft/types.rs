@@ -129,7 +129,8 @@ pub enum Role {
 /// Everything the core wants done, in the order it must be done:
 /// 1. persist `snapshot` (if any), then `entries` (the store truncates its log from
 ///    `entries[0].index` first when that index is not past its last entry), then `hard_state`,
-///    and sync;
+///    and sync; a `snapshot` here (installed from the leader) replaces the whole log: the
+///    store discards every entry it holds, at any index, before appending `entries`;
 /// 2. only then send `messages`;
 /// 3. apply `committed` in order (after restoring the state machine from `snapshot`, if any);
 /// 4. serve `reads` once applied index >= their index;

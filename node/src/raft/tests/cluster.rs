@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::raft::{
-    Config, Entry, EntryPayload, HardState, LogIndex, Membership, Message, NodeId, Raft, ReadState,
-    Restored, Role, Snapshot, Term,
+    Config, Entry, EntryPayload, HardState, LogIndex, Membership, Message, MessageBody, NodeId,
+    Raft, ReadState, Restored, Role, Snapshot, Term,
 };
 
 /// What a node's disk holds.
@@ -79,6 +79,8 @@ pub(crate) struct Cluster {
     cut: BTreeSet<(NodeId, NodeId)>,
     make_config: Box<dyn Fn(NodeId, u64) -> Config>,
     pub(crate) checker: Checker,
+    /// Print every Ready handled (debugging a failing case).
+    pub(crate) trace: bool,
 }
 
 impl Cluster {
@@ -115,6 +117,7 @@ impl Cluster {
             cut: BTreeSet::new(),
             make_config: Box::new(make_config),
             checker: Checker::default(),
+            trace: std::env::var("RAFT_TRACE").is_ok(),
         };
         let ids: Vec<_> = c.nodes.keys().copied().collect();
         for id in ids {
@@ -224,8 +227,10 @@ impl Cluster {
         if self.cut.contains(&(m.from, m.to)) {
             return;
         }
+        let kind = message_kind(&m.body);
         if let Some(r) = self.raft_mut(m.to) {
             r.step(m);
+            *self.checker.delivered.entry(kind).or_insert(0) += 1;
         }
     }
 
@@ -255,6 +260,19 @@ impl Cluster {
             return Ok(());
         }
         let rd = raft.ready();
+        if self.trace {
+            eprintln!(
+                "  ready {id} (term {} role {:?} commit {}): snap {:?} entries {:?} hs {:?} committed {:?} msgs {:?}",
+                raft.term(),
+                raft.role(),
+                raft.commit_index(),
+                rd.snapshot.as_ref().map(|s| &s.meta),
+                rd.entries.iter().map(|e| (e.index, e.term, &e.payload)).collect::<Vec<_>>(),
+                rd.hard_state,
+                rd.committed.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+                rd.messages.iter().map(|m| (m.to, m.term, message_kind(&m.body))).collect::<Vec<_>>(),
+            );
+        }
         if let Some(s) = &rd.snapshot {
             node.durable.snapshot = Some(s.clone());
             node.durable.entries.clear();
@@ -337,14 +355,17 @@ impl Cluster {
             .filter_map(|(id, n)| n.raft.as_ref().map(|r| (*id, r)))
             .collect();
         let step = self.checker.step;
-        // At most one leader per term.
+        // At most one leader per term. A leader counts once its term is durable: one that
+        // won while its disk stalled and crashed before persisting anything never acted.
         for (id, r) in &live {
-            if r.role() == Role::Leader {
+            let durable_term = self.nodes.get(id).map_or(0, |n| n.durable.hard_state.term);
+            if r.role() == Role::Leader && durable_term == r.term() {
                 let (first, _) = *self.checker.leaders.entry(r.term()).or_insert((*id, step));
                 if first != *id {
                     return Err(format!(
-                        "two leaders in term {}: {first} and {id}",
-                        r.term()
+                        "two leaders in term {}: {first} and {id}\n{}",
+                        r.term(),
+                        self.describe()
                     ));
                 }
             }
@@ -460,6 +481,24 @@ impl Cluster {
     }
 }
 
+fn message_kind(body: &MessageBody) -> &'static str {
+    match body {
+        MessageBody::PreVote { .. } => "PreVote",
+        MessageBody::PreVoteResponse { .. } => "PreVoteResponse",
+        MessageBody::Vote { transfer: true, .. } => "Vote(transfer)",
+        MessageBody::Vote { .. } => "Vote",
+        MessageBody::VoteResponse { .. } => "VoteResponse",
+        MessageBody::Append { .. } => "Append",
+        MessageBody::AppendResponse { success: false, .. } => "AppendResponse(reject)",
+        MessageBody::AppendResponse { .. } => "AppendResponse",
+        MessageBody::Heartbeat { .. } => "Heartbeat",
+        MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+        MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+        MessageBody::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
+        MessageBody::TimeoutNow => "TimeoutNow",
+    }
+}
+
 fn check_log_matching(a: &Raft, b: &Raft) -> Result<(), String> {
     let (ea, eb) = (a.log_entries(), b.log_entries());
     let (Some(fa), Some(fb)) = (ea.first(), eb.first()) else {
@@ -503,6 +542,8 @@ pub(crate) struct Checker {
     /// ctx -> highest index known committed when the read was requested.
     pub(crate) read_floor: BTreeMap<u64, LogIndex>,
     pub(crate) reads_served: u64,
+    /// Messages delivered to a live node, by kind (coverage of the schedules).
+    pub(crate) delivered: BTreeMap<&'static str, u64>,
     pub(crate) entries_applied: u64,
 }
 

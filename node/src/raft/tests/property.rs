@@ -23,6 +23,8 @@ enum Action {
     Tick(u8),
     TickAll,
     Deliver(u16),
+    /// Delivers everything in flight, oldest first (a calm network for a moment).
+    DeliverAll,
     Drop(u16),
     Duplicate(u16),
     /// The node stops handling Readys (its disk and sends stall) until `Resume` or a restart.
@@ -55,8 +57,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<u8>().prop_map(Action::Partition),
         3 => Just(Action::Heal),
         2 => any::<u8>().prop_map(Action::Snapshot),
-        2 => (any::<u8>(), any::<u8>()).prop_map(|(k, n)| Action::Membership(k, n)),
-        1 => any::<u8>().prop_map(Action::Transfer),
+        5 => (any::<u8>(), any::<u8>()).prop_map(|(k, n)| Action::Membership(k, n)),
+        2 => any::<u8>().prop_map(Action::Transfer),
     ]
 }
 
@@ -92,6 +94,52 @@ fn turbulent_scenario(voters: u64) -> impl Strategy<Value = Scenario> {
             move |(pre_vote, check_quorum, mae, mia, actions)| Scenario {
                 voters,
                 spares: 0,
+                pre_vote,
+                check_quorum,
+                max_append_entries: mae,
+                max_inflight_appends: mia,
+                actions,
+            },
+        )
+}
+
+/// Mostly a healthy cluster, so that the leader-driven features (membership changes,
+/// transfers, snapshots, reads) get far; faults stay possible.
+fn steady_action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        6 => any::<u8>().prop_map(Action::Tick),
+        6 => Just(Action::TickAll),
+        40 => any::<u16>().prop_map(Action::Deliver),
+        6 => Just(Action::DeliverAll),
+        1 => any::<u16>().prop_map(Action::Drop),
+        1 => any::<u16>().prop_map(Action::Duplicate),
+        1 => any::<u8>().prop_map(Action::Stall),
+        3 => any::<u8>().prop_map(Action::Resume),
+        8 => Just(Action::Propose),
+        4 => Just(Action::Read),
+        1 => any::<u8>().prop_map(Action::Crash),
+        3 => any::<u8>().prop_map(Action::Restart),
+        1 => any::<u8>().prop_map(Action::Partition),
+        3 => Just(Action::Heal),
+        3 => any::<u8>().prop_map(Action::Snapshot),
+        6 => (any::<u8>(), any::<u8>()).prop_map(|(k, n)| Action::Membership(k, n)),
+        2 => any::<u8>().prop_map(Action::Transfer),
+    ]
+}
+
+fn steady_scenario(voters: u64) -> impl Strategy<Value = Scenario> {
+    (
+        0..=2u64,
+        any::<bool>(),
+        any::<bool>(),
+        1..=4usize,
+        1..=4usize,
+        proptest::collection::vec(steady_action(), 200..500),
+    )
+        .prop_map(
+            move |(spares, pre_vote, check_quorum, mae, mia, actions)| Scenario {
+                voters,
+                spares,
                 pre_vote,
                 check_quorum,
                 max_append_entries: mae,
@@ -139,6 +187,8 @@ fn scenario(voters: u64) -> impl Strategy<Value = Scenario> {
 struct Stats {
     committed: usize,
     reads: u64,
+    membership_changes: usize,
+    delivered: std::collections::BTreeMap<&'static str, u64>,
 }
 
 fn run(s: &Scenario, bugs: PlantedBugs) -> Result<Stats, String> {
@@ -164,10 +214,18 @@ fn run(s: &Scenario, bugs: PlantedBugs) -> Result<Stats, String> {
     let mut next_read = 0u64;
     let mut stalled = std::collections::BTreeSet::new();
     for (step, a) in s.actions.iter().enumerate() {
+        if c.trace {
+            eprintln!("step {step}: {a:?}");
+        }
         match a {
             Action::Tick(n) => c.tick(pick(*n)),
             Action::TickAll => c.tick_all(),
             Action::Deliver(slot) => c.deliver(*slot as usize),
+            Action::DeliverAll => {
+                for _ in 0..c.network.len() {
+                    c.deliver(0);
+                }
+            }
             Action::Drop(slot) => c.drop_message(*slot as usize),
             Action::Duplicate(slot) => c.duplicate(*slot as usize),
             Action::Stall(n) => {
@@ -211,14 +269,24 @@ fn run(s: &Scenario, bugs: PlantedBugs) -> Result<Stats, String> {
             Action::Heal => c.heal(),
             Action::Snapshot(n) => c.snapshot(pick(*n)),
             Action::Membership(kind, n) => {
-                let target = pick(*n);
-                let change = match kind % 3 {
-                    0 => MembershipChange::AddLearner(target),
-                    1 => MembershipChange::Promote(target),
-                    _ => MembershipChange::Remove(target),
-                };
                 if let Some(l) = c.leader() {
-                    let _ = c.raft_mut(l).map(|r| r.propose_membership(change));
+                    let target = pick(*n);
+                    let _ = c.raft_mut(l).map(|r| {
+                        let m = r.membership();
+                        // Mostly the change that makes sense for the target; sometimes any.
+                        let change = match (
+                            kind % 4,
+                            m.voters.contains(&target),
+                            m.learners.contains(&target),
+                        ) {
+                            (0, _, _) => MembershipChange::Promote(target),
+                            (_, false, false) => MembershipChange::AddLearner(target),
+                            (_, false, true) if kind % 2 == 0 => MembershipChange::Remove(target),
+                            (_, false, true) => MembershipChange::Promote(target),
+                            _ => MembershipChange::Remove(target),
+                        };
+                        r.propose_membership(change)
+                    });
                 }
             }
             Action::Transfer(n) => {
@@ -237,9 +305,18 @@ fn run(s: &Scenario, bugs: PlantedBugs) -> Result<Stats, String> {
             .map_err(|e| format!("after step {step} ({a:?}): {e}"))?;
     }
     c.converge(400).map_err(|e| format!("final phase: {e}"))?;
+    let bootstrap_entries = 2 * s.voters as usize;
+    let membership_entries = c
+        .checker
+        .committed
+        .values()
+        .filter(|(e, _)| matches!(e.payload, crate::raft::EntryPayload::Membership(_)))
+        .count();
     Ok(Stats {
         committed: c.checker.committed.len(),
         reads: c.checker.reads_served,
+        membership_changes: membership_entries.saturating_sub(bootstrap_entries),
+        delivered: std::mem::take(&mut c.checker.delivered),
     })
 }
 
@@ -260,6 +337,16 @@ proptest! {
 
     #[test]
     fn five_voter_cluster_is_safe(s in scenario(5)) {
+        run(&s, PlantedBugs::default()).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn steady_three_voter_cluster_is_safe(s in steady_scenario(3)) {
+        run(&s, PlantedBugs::default()).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn steady_five_voter_cluster_is_safe(s in steady_scenario(5)) {
         run(&s, PlantedBugs::default()).map_err(TestCaseError::fail)?;
     }
 
@@ -297,9 +384,10 @@ fn cases_until_violation(
 /// Runs the campaigns in turn until one finds a violation; panics if none does.
 fn assert_bug_found(name: &str, bugs: PlantedBugs, max_cases: u32) {
     let started = Instant::now();
-    let campaigns: [(&str, BoxedStrategy<Scenario>); 4] = [
+    let campaigns: [(&str, BoxedStrategy<Scenario>); 5] = [
         ("turbulent 3-voter", turbulent_scenario(3).boxed()),
         ("balanced 3-voter", scenario(3).boxed()),
+        ("steady 3-voter", steady_scenario(3).boxed()),
         ("balanced 5-voter", scenario(5).boxed()),
         ("turbulent 5-voter", turbulent_scenario(5).boxed()),
     ];
@@ -336,27 +424,51 @@ fn max_cases_for_bug() -> u32 {
 
 #[test]
 fn clean_runs_commit_and_serve_reads() {
-    // Guards against a harness that goes blind by never making progress.
+    // Guards against a harness that goes blind: the schedules must commit, serve reads,
+    // change membership, install snapshots and transfer leadership.
     let mut runner = TestRunner::new_with_rng(
         PtConfig::default(),
         TestRng::deterministic_rng(RngAlgorithm::ChaCha),
     );
     let mut committed = 0;
     let mut reads = 0;
-    for _ in 0..10 {
-        let s = scenario(3)
+    let mut membership_changes = 0;
+    let mut delivered = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let s = steady_scenario(3)
             .new_tree(&mut runner)
             .expect("scenario")
             .current();
         let stats = run(&s, PlantedBugs::default()).expect("clean run is safe");
         committed += stats.committed;
         reads += stats.reads;
+        membership_changes += stats.membership_changes;
+        for (kind, n) in stats.delivered {
+            *delivered.entry(kind).or_insert(0u64) += n;
+        }
     }
+    eprintln!("20 runs: {committed} committed, {reads} reads, {membership_changes} membership changes, delivered {delivered:?}");
     assert!(
-        committed > 50,
-        "only {committed} entries committed in 10 runs"
+        committed > 100,
+        "only {committed} entries committed in 20 runs"
     );
-    assert!(reads > 5, "only {reads} reads served in 10 runs");
+    assert!(reads > 10, "only {reads} reads served in 20 runs");
+    assert!(
+        membership_changes > 0,
+        "no membership change committed in 20 runs"
+    );
+    for kind in [
+        "InstallSnapshot",
+        "TimeoutNow",
+        "Vote(transfer)",
+        "AppendResponse(reject)",
+        "PreVote",
+    ] {
+        assert!(
+            delivered.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} delivered in 20 runs"
+        );
+    }
 }
 
 #[test]
@@ -375,4 +487,42 @@ fn planted_vote_not_persisted_is_caught() {
         ..PlantedBugs::default()
     };
     assert_bug_found("vote-not-persisted", bugs, max_cases_for_bug());
+}
+
+/// Debugging aid: finds a failing steady 3-voter case, shrinks it and replays it with a trace.
+#[test]
+#[ignore]
+fn replay_minimal_failure() {
+    let seed: u8 = std::env::var("RAFT_HUNT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let voters: u64 = std::env::var("RAFT_HUNT_VOTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut runner = TestRunner::new_with_rng(
+        PtConfig {
+            cases: 20_000,
+            failure_persistence: None,
+            ..PtConfig::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]),
+    );
+    let result = runner.run(&steady_scenario(voters), |s| {
+        run(&s, PlantedBugs::default())
+            .map(|_| ())
+            .map_err(TestCaseError::fail)
+    });
+    if let Err(proptest::test_runner::TestError::Fail(reason, s)) = result {
+        eprintln!("minimal failure: {reason}");
+        std::env::set_var("RAFT_TRACE", "1");
+        let again = run(&s, PlantedBugs::default());
+        eprintln!("replay: {:?}", again.err());
+        std::env::remove_var("RAFT_TRACE");
+        eprintln!(
+            "replay without trace: {:?}",
+            run(&s, PlantedBugs::default()).err()
+        );
+    }
 }

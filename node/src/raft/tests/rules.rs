@@ -865,3 +865,44 @@ fn garbage_messages_never_panic() {
     }
     assert!(r.commit_index() <= r.last_index());
 }
+
+#[test]
+fn a_node_that_cannot_campaign_still_lets_its_lease_expire() {
+    // Node 3 is not a voter in its own configuration: it never campaigns, but once the leader
+    // has been silent for an election timeout it must hear (pre)vote requests again.
+    let mut r = core(
+        3,
+        &[1, 2],
+        HardState {
+            term: 1,
+            vote: None,
+            commit: 0,
+        },
+        vec![],
+    );
+    r.step(msg(
+        1,
+        3,
+        1,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_seq: 0,
+        },
+    ));
+    drain(&mut r);
+    for _ in 0..100 {
+        r.tick();
+    }
+    assert_eq!(r.role(), Role::Follower, "never campaigns");
+    r.step(msg(
+        2,
+        3,
+        2,
+        MessageBody::Vote {
+            last_index: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    ));
+    assert_eq!(r.term(), 2, "lease expired: the request is heard");
+}
