@@ -34,3 +34,6 @@ pub enum KvError {
     #[error("invalid kv config: {0}")]
     Config(&'static str),
 }
+
+#[cfg(test)]
+mod tests;

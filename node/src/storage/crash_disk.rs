@@ -22,8 +22,9 @@ pub enum CrashMode {
     /// Every unsynced write, creation, rename and removal is lost.
     Drop,
     /// Per file, a random prefix of the unsynced writes survives and the last surviving write
-    /// is torn (a random prefix of its bytes, the rest of its range sometimes zero-filled).
-    /// Directory changes not made durable by `sync_dir` are lost.
+    /// is torn (a random prefix of its bytes, the rest of its range sometimes zero-filled);
+    /// a random prefix of the directory changes since the last `sync_dir` survives too (a
+    /// real file system may persist them early; the contract only promises them after it).
     Torn,
 }
 
@@ -31,6 +32,31 @@ pub enum CrashMode {
 enum PendingOp {
     Write { offset: u64, data: Vec<u8> },
     SetLen(u64),
+}
+
+#[derive(Clone, Debug)]
+enum DirOp {
+    Link { name: String, inode: u64 },
+    Unlink { name: String },
+    Rename { from: String, to: String },
+}
+
+impl DirOp {
+    fn apply(&self, names: &mut BTreeMap<String, u64>) {
+        match self {
+            DirOp::Link { name, inode } => {
+                names.insert(name.clone(), *inode);
+            }
+            DirOp::Unlink { name } => {
+                names.remove(name);
+            }
+            DirOp::Rename { from, to } => {
+                if let Some(inode) = names.remove(from) {
+                    names.insert(to.clone(), inode);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -48,6 +74,8 @@ struct State {
     inodes: BTreeMap<u64, Inode>,
     names: BTreeMap<String, u64>,
     durable_names: BTreeMap<String, u64>,
+    /// Directory changes since the last `sync_dir`, in order.
+    pending_dir: Vec<DirOp>,
     syncs: u64,
     dir_syncs: u64,
     /// Mutating calls still allowed before every mutating call fails (None: no limit).
@@ -95,6 +123,7 @@ impl CrashDisk {
                 inodes: BTreeMap::new(),
                 names: BTreeMap::new(),
                 durable_names: BTreeMap::new(),
+                pending_dir: Vec::new(),
                 syncs: 0,
                 dir_syncs: 0,
                 ops_until_failure: None,
@@ -109,7 +138,16 @@ impl CrashDisk {
         let st = &mut *guard;
         st.generation += 1;
         st.ops_until_failure = None;
-        st.names = st.durable_names.clone();
+        let mut names = st.durable_names.clone();
+        if mode == CrashMode::Torn {
+            let kept = st.rng.random_range(0..=st.pending_dir.len());
+            for op in &st.pending_dir[..kept] {
+                op.apply(&mut names);
+            }
+        }
+        st.pending_dir.clear();
+        st.durable_names = names.clone();
+        st.names = names;
         let live: Vec<u64> = st.names.values().copied().collect();
         st.inodes.retain(|id, _| live.contains(id));
         for inode in st.inodes.values_mut() {
@@ -202,6 +240,10 @@ impl Disk for CrashDisk {
                 st.next_inode += 1;
                 st.inodes.insert(id, Inode::default());
                 st.names.insert(name.to_string(), id);
+                st.pending_dir.push(DirOp::Link {
+                    name: name.to_string(),
+                    inode: id,
+                });
                 id
             }
         };
@@ -225,6 +267,9 @@ impl Disk for CrashDisk {
         let mut st = lock(&self.state);
         st.admit(name)?;
         st.names.remove(name).ok_or_else(|| not_found(name))?;
+        st.pending_dir.push(DirOp::Unlink {
+            name: name.to_string(),
+        });
         Ok(())
     }
 
@@ -233,6 +278,10 @@ impl Disk for CrashDisk {
         st.admit(from)?;
         let id = st.names.remove(from).ok_or_else(|| not_found(from))?;
         st.names.insert(to.to_string(), id);
+        st.pending_dir.push(DirOp::Rename {
+            from: from.to_string(),
+            to: to.to_string(),
+        });
         Ok(())
     }
 
@@ -240,6 +289,7 @@ impl Disk for CrashDisk {
         let mut st = lock(&self.state);
         st.admit("sync_dir")?;
         st.durable_names = st.names.clone();
+        st.pending_dir.clear();
         st.dir_syncs += 1;
         // Files no name refers to any more (removed, durably) cannot come back: free them.
         let State { inodes, names, .. } = &mut *st;
@@ -315,5 +365,93 @@ impl DiskFile for CrashFile {
         })?;
         lock(&self.state).syncs += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(disk: &CrashDisk, name: &str) -> Vec<u8> {
+        disk.contents(name).unwrap_or_default()
+    }
+
+    #[test]
+    fn drop_keeps_exactly_what_was_synced() {
+        let disk = CrashDisk::new(1);
+        let mut f = disk.open("a").unwrap();
+        f.write_at(0, b"hello").unwrap();
+        f.sync().unwrap();
+        disk.sync_dir().unwrap();
+        f.write_at(5, b" world").unwrap();
+        assert_eq!(read(&disk, "a"), b"hello world");
+        disk.crash(CrashMode::Drop);
+        assert_eq!(read(&disk, "a"), b"hello");
+        assert!(
+            f.write_at(0, b"x").is_err(),
+            "a handle from before the crash must fail"
+        );
+    }
+
+    #[test]
+    fn directory_changes_need_sync_dir() {
+        let disk = CrashDisk::new(1);
+        let mut f = disk.open("new").unwrap();
+        f.write_at(0, b"data").unwrap();
+        f.sync().unwrap();
+        disk.crash(CrashMode::Drop);
+        assert!(!disk.exists("new").unwrap(), "created but never sync_dir'd");
+
+        let mut f = disk.open("old").unwrap();
+        f.write_at(0, b"v1").unwrap();
+        f.sync().unwrap();
+        disk.sync_dir().unwrap();
+        let mut t = disk.open("tmp").unwrap();
+        t.write_at(0, b"v2").unwrap();
+        t.sync().unwrap();
+        disk.rename("tmp", "old").unwrap();
+        disk.crash(CrashMode::Drop);
+        assert_eq!(read(&disk, "old"), b"v1");
+        assert!(!disk.exists("tmp").unwrap());
+    }
+
+    #[test]
+    fn torn_crash_keeps_a_prefix_and_is_deterministic_per_seed() {
+        let run = |seed| {
+            let disk = CrashDisk::new(seed);
+            let mut f = disk.open("log").unwrap();
+            f.write_at(0, b"synced|").unwrap();
+            f.sync().unwrap();
+            disk.sync_dir().unwrap();
+            f.write_at(7, b"first|").unwrap();
+            f.write_at(13, b"second").unwrap();
+            disk.crash(CrashMode::Torn);
+            read(&disk, "log")
+        };
+        let full = b"synced|first|second";
+        for seed in 0..50 {
+            let got = run(seed);
+            assert_eq!(got, run(seed), "seed {seed} not deterministic");
+            assert!(got.starts_with(b"synced|"), "seed {seed} lost synced bytes");
+            let written = got.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+            assert!(
+                full.starts_with(&got[..written]),
+                "seed {seed}: {got:?} is no prefix"
+            );
+        }
+    }
+
+    #[test]
+    fn fail_after_stops_mutations_until_the_crash() {
+        let disk = CrashDisk::new(1);
+        let mut f = disk.open("a").unwrap();
+        disk.fail_after(1);
+        f.write_at(0, b"x").unwrap();
+        assert!(f.sync().is_err());
+        assert!(f.read_at(0, &mut [0u8; 1]).is_ok(), "reads still work");
+        disk.crash(CrashMode::Drop);
+        let mut f = disk.open("b").unwrap();
+        f.write_at(0, b"y").unwrap();
+        f.sync().unwrap();
     }
 }

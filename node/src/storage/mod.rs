@@ -44,6 +44,8 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    #[error("invalid storage options: {0}")]
+    InvalidOptions(&'static str),
     #[error("invalid append: {0}")]
     InvalidAppend(String),
     #[error("record of {len_bytes} bytes exceeds max_record_bytes {max_bytes}")]

@@ -27,6 +27,22 @@ pub struct StorageOptions {
     pub max_record_bytes: usize,
 }
 
+impl StorageOptions {
+    pub fn validate(&self) -> Result<(), StorageError> {
+        if self.segment_max_bytes == 0 {
+            return Err(StorageError::InvalidOptions(
+                "segment_max_bytes must be positive",
+            ));
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > u32::MAX as usize {
+            return Err(StorageError::InvalidOptions(
+                "max_record_bytes must be in 1..=u32::MAX",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
@@ -79,6 +95,7 @@ impl NodeStorage {
         disk: Arc<dyn Disk>,
         options: StorageOptions,
     ) -> Result<(NodeStorage, Recovered), StorageError> {
+        options.validate()?;
         let tmp = SNAPSHOT_TMP_FILE;
         if disk
             .exists(tmp)
@@ -216,13 +233,18 @@ impl NodeStorage {
             self.terms.extend(entries.iter().map(|e| e.term));
             records.extend(entries.iter().cloned().map(LogRecord::Entry));
         }
-        if let Some(hs) = hard_state.filter(|hs| **hs != self.hard_state) {
-            self.hard_state = hs.clone();
+        let new_hard_state = hard_state.filter(|hs| **hs != self.hard_state);
+        if let Some(hs) = new_hard_state {
             records.push(LogRecord::HardState(hs.clone()));
         }
         if !records.is_empty() {
             let max_index = entries.last().map_or(0, |e| e.index);
             self.append_and_sync(&records, max_index)?;
+        }
+        if let Some(hs) = new_hard_state {
+            // Only now: a segment rolled above must start with the previous hard state, or a
+            // crash could keep the new one without the entries written before it.
+            self.hard_state = hs.clone();
         }
         if let Some(snap) = snapshot {
             let removed = self.poison_on_error(|s| s.log.compact(snap.meta.index))?;
@@ -291,11 +313,8 @@ impl NodeStorage {
                 s.log.sync()?;
                 s.log.roll()?;
                 let mut head = Vec::new();
-                encode_record(
-                    &LogRecord::HardState(s.hard_state.clone()),
-                    usize::MAX,
-                    &mut head,
-                )?;
+                let current = LogRecord::HardState(s.hard_state.clone());
+                encode_record(&current, max_record_bytes, &mut head)?;
                 s.log.write(&head, 0)?;
             }
             s.log.write(&framed, max_index)?;
