@@ -5,10 +5,21 @@
 //! - `storage`: the `Disk` trait (the only door to persistence) and the stores built on it.
 //! - `transport`, `server`, `client`: the I/O shell, written against tokio APIs taken from
 //!   `madsim-tokio`, so the same code runs on real tokio/TCP/files or inside the simulator.
+//! - `config`: what a node is told (TOML or flags), with every limit named and validated.
+//!
+//! The runtime boundary (what makes `RUSTFLAGS="--cfg madsim"` builds simulate this crate):
+//! node code reaches the outside world only through (1) `tokio` APIs, which Cargo.toml takes
+//! from `madsim-tokio` (real tokio normally, simulated net/time/tasks under `cfg(madsim)`);
+//! (2) rand 0.9 or RNGs seeded from the config (node id + seed); (3) the `storage::Disk` trait
+//! (`FileDisk` in production, the simulator's own disk in simulation). It reads no wall clock
+//! (only `tokio::time`), starts no OS threads, keeps no node state in statics (simulated nodes
+//! share one process), and lets no `HashMap` order decide behaviour. Fault hooks and planted
+//! bugs compile only under `cfg(any(test, madsim))`.
 #![forbid(unsafe_code)]
 
 #[cfg(any(test, madsim))]
 pub mod bugs;
+pub mod placement;
 pub mod raft;
 pub mod kv;
 pub mod storage;

@@ -343,3 +343,55 @@ async fn bad_frames_close_only_their_connection() {
         }
     }
 }
+
+/// Waits until node `id` has applied at least `index`; returns its status.
+async fn wait_applied(cluster: &Cluster, id: u64, index: u64) -> NodeStatus {
+    let mut probe = client(cluster.endpoints());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(status) = probe.node_status(cluster.addr(id)).await {
+            if status.applied_index >= index {
+                return status;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not apply up to {index}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn restarted_leader_sends_its_snapshot_from_disk_to_a_lagging_node() {
+    let mut cluster = Cluster::start("restart-all", 3, 20);
+    wait_for_leader(&cluster, &[1, 2, 3]).await;
+    let mut c = client(cluster.endpoints());
+    c.put(b"first", b"1").await.unwrap();
+    cluster.kill(1);
+    let mut c = client(vec![cluster.addr(2), cluster.addr(3)]);
+    for i in 0..60 {
+        c.put(format!("k{i:03}").as_bytes(), b"v")
+            .await
+            .expect("put while node 1 is down");
+    }
+    // Nodes 2 and 3 restart from disk: their log now starts after a snapshot.
+    cluster.kill(2);
+    cluster.kill(3);
+    cluster.restart(2);
+    cluster.restart(3);
+    let leader = wait_for_leader(&cluster, &[2, 3]).await;
+    c.put(b"last", b"1").await.expect("put after full restart");
+    cluster.restart(1);
+    let target = wait_for_leader(&cluster, &[2, 3]).await.commit_index;
+    let caught_up = wait_applied(&cluster, 1, target).await;
+    assert_eq!(
+        caught_up.keys, 62,
+        "node 1's state after catching up from node {}",
+        leader.node_id
+    );
+    assert!(
+        caught_up.snapshot_index > 0,
+        "node 1 should have installed a snapshot"
+    );
+}

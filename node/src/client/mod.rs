@@ -385,9 +385,12 @@ impl Client {
                 reason: last_problem,
             }
         } else {
-            ClientError::Unreachable {
-                reason: last_problem,
-            }
+            let tried: Vec<String> = self.endpoints.iter().map(ToString::to_string).collect();
+            let reason = format!(
+                "no node answered at {} (last: {last_problem})",
+                tried.join(",")
+            );
+            ClientError::Unreachable { reason }
         })
     }
 

@@ -4,7 +4,12 @@
 //! else already queued, starts at most one ReadIndex round for all reads gathered in the turn,
 //! then handles every `Ready` in the order its contract demands: persist (one sync for the
 //! whole batch: group commit) -> send -> apply -> answer clients -> advance. Invariants:
-//! - no message leaves before the state it depends on is durable (the storage syncs first);
+//! - no message leaves before the state it depends on is durable (the storage syncs first),
+//!   with one deliberate exception (Raft dissertation §10.2.1): a leader sends `Append`s of
+//!   its new entries *before* syncing them itself, so its own fsync overlaps the followers'.
+//!   This is safe because the term and vote those messages carry were made durable when the
+//!   election started (checked: `durable_hard_state`), and the core counts the leader's own copy
+//!   towards commit only once `advance` says it is durable;
 //! - a write is answered only with the result of applying the entry at the (index, term) it was
 //!   proposed at; if another entry lands at that index, or leadership is lost, the answer is
 //!   `Unknown` and the client retries with the same (client id, seq);
@@ -23,7 +28,9 @@ use super::ServerError;
 use crate::client::protocol::{ClientRequest, ClientResponse, NodeStatus, RefusedReason};
 use crate::config::ServerConfig;
 use crate::kv::{decode_command, encode_command, Command, KvConfig, OpResult, StateMachine};
-use crate::raft::{Entry, EntryPayload, LogIndex, Message, Raft, Ready, Role, Snapshot, Term};
+use crate::raft::{
+    Entry, EntryPayload, LogIndex, Message, MessageBody, Raft, Ready, Role, Snapshot, Term,
+};
 use crate::storage::NodeStorage;
 use crate::transport::PeerTransport;
 
@@ -49,6 +56,8 @@ pub(super) struct EventLoop {
     pub(super) transport: PeerTransport,
     pub(super) last_snapshot_index: LogIndex,
     pub(super) pid: u32,
+    /// The hard state last made durable (term and vote gate the leader's early sends).
+    durable_hard_state: crate::raft::HardState,
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
     reads_to_confirm: Vec<PendingRead>,
     reads_by_ctx: BTreeMap<u64, Vec<PendingRead>>,
@@ -67,6 +76,7 @@ impl EventLoop {
         transport: PeerTransport,
     ) -> EventLoop {
         let last_snapshot_index = machine.applied_index();
+        let durable_hard_state = raft.hard_state();
         EventLoop {
             config,
             raft,
@@ -76,6 +86,7 @@ impl EventLoop {
             transport,
             last_snapshot_index,
             pid: std::process::id(),
+            durable_hard_state,
             pending_writes: BTreeMap::new(),
             reads_to_confirm: Vec::new(),
             reads_by_ctx: BTreeMap::new(),
@@ -263,6 +274,7 @@ impl EventLoop {
                     self.fail_all_in_flight();
                 }
             }
+            self.send_leader_appends_early(&mut ready);
             self.storage
                 .persist(
                     ready.hard_state.as_ref(),
@@ -270,6 +282,9 @@ impl EventLoop {
                     ready.snapshot.as_ref(),
                 )
                 .map_err(|e| ServerError::Storage(e.to_string()))?;
+            if let Some(hard_state) = &ready.hard_state {
+                self.durable_hard_state = hard_state.clone();
+            }
             if let Some(snapshot) = &ready.snapshot {
                 self.install_snapshot(snapshot)?;
             }
@@ -290,6 +305,25 @@ impl EventLoop {
             self.maybe_snapshot()?;
         }
         Ok(())
+    }
+
+    /// Leader only: sends this Ready's `Append` messages before its entries are synced, when
+    /// the Ready changes neither term nor vote (see the module invariants).
+    fn send_leader_appends_early(&mut self, ready: &mut Ready) {
+        if self.raft.role() != Role::Leader || ready.snapshot.is_some() {
+            return;
+        }
+        let unchanged = ready.hard_state.as_ref().is_none_or(|hs| {
+            hs.term == self.durable_hard_state.term && hs.vote == self.durable_hard_state.vote
+        });
+        if !unchanged {
+            return;
+        }
+        let (appends, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut ready.messages)
+            .into_iter()
+            .partition(|m| matches!(m.body, MessageBody::Append { .. }));
+        ready.messages = rest;
+        self.transport.send(appends);
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ServerError> {

@@ -92,8 +92,12 @@ impl Server {
             entries: recovered.entries.clone(),
             initial_membership,
         };
-        let raft = Raft::new(raft_config(&config)?, restored)
+        let mut raft = Raft::new(raft_config(&config)?, restored)
             .map_err(|e| ServerError::Raft(format!("{e:?}")))?;
+        // The core needs the snapshot's data to send it to followers behind its log start.
+        if let Some(snapshot) = recovered.snapshot.clone() {
+            raft.snapshot_saved(snapshot);
+        }
 
         let peer_listen = config
             .peer_listen_addr()

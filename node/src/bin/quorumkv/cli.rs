@@ -544,7 +544,7 @@ async fn run_server(args: ServerArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let span = tracing::info_span!("node", id = config.node_id);
+    let span = tracing::info_span!("node", node_id = config.node_id);
     let data_dir = config.data_dir.clone();
     let server = match tracing::Instrument::instrument(Server::open(config), span.clone()).await {
         Ok(server) => server,
