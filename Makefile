@@ -8,3 +8,14 @@ test-normal:
 # Simulation tests: the unchanged node code inside madsim (seeded, deterministic).
 test-sim:
 	RUSTFLAGS="--cfg madsim" cargo test -p sim
+	RUSTFLAGS="--cfg madsim" cargo test -p node --test sim_smoke
+
+# A longer simulation campaign (not part of `make test`), e.g.
+#   make campaign SCENARIO=partitions SEEDS=1..1000 NODES=5 DURATION_S=60
+SCENARIO ?= mixed
+SEEDS ?= 1..200
+NODES ?= 5
+DURATION_S ?= 60
+.PHONY: campaign
+campaign:
+	cargo run -p sim --release -- --seeds $(SEEDS) --scenario $(SCENARIO) --nodes $(NODES) --duration-s $(DURATION_S)

@@ -43,6 +43,9 @@ pub const PEER_PORT: u16 = 7380;
 /// Per-attempt and per-operation client timeouts inside the simulation.
 pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 1_000;
 pub const CLIENT_OPERATION_TIMEOUT_MS: u64 = 4_000;
+/// A server that fails to start is retried this many times, this far apart.
+pub const SERVER_START_ATTEMPTS: u32 = 50;
+pub const SERVER_START_RETRY_MS: u64 = 200;
 /// Extra simulated time allowed beyond the scenario before madsim aborts the run as hung.
 pub const TIME_LIMIT_SLACK_S: u64 = 600;
 
@@ -227,7 +230,7 @@ fn start_servers(scenario: &Scenario, trace: &Trace) -> anyhow::Result<Servers> 
                 let start = starts.fetch_add(1, Ordering::SeqCst);
                 async move {
                     if start > 0 {
-                        let mode = if start % 2 == 0 {
+                        let mode = if start.is_multiple_of(2) {
                             CrashMode::Torn
                         } else {
                             CrashMode::Drop
@@ -235,13 +238,22 @@ fn start_servers(scenario: &Scenario, trace: &Trace) -> anyhow::Result<Servers> 
                         disk.crash(mode);
                     }
                     let disk: Arc<dyn Disk> = Arc::new(disk);
-                    match Server::new(config, disk).await {
-                        Ok(server) => {
-                            if let Err(e) = server.run(std::future::pending::<()>()).await {
-                                tracing::error!("server stopped: {e}");
+                    // Like a process supervisor: a node that cannot start (e.g. its port is
+                    // still held by the killed incarnation) is retried.
+                    for attempt in 1..=SERVER_START_ATTEMPTS {
+                        match Server::new(config.clone(), disk.clone()).await {
+                            Ok(server) => {
+                                if let Err(e) = server.run(std::future::pending::<()>()).await {
+                                    tracing::error!("server stopped: {e}");
+                                }
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::error!("server failed to start (attempt {attempt}): {e}");
+                                tokio::time::sleep(Duration::from_millis(SERVER_START_RETRY_MS))
+                                    .await;
                             }
                         }
-                        Err(e) => tracing::error!("server failed to start: {e}"),
                     }
                 }
             })
@@ -425,7 +437,16 @@ enum Undo {
     Resume(u32),
     DiskErrors(u32),
     Storm(madsim::task::JoinHandle<()>),
+    RestartAll,
     Nothing,
+}
+
+/// Restarts a server node (running or killed). madsim's `restart` alone does not release the
+/// old incarnation's sockets (its drop guards skip a killed node), so the new incarnation could
+/// never bind its ports again; `kill` first clears the node's sockets.
+fn restart_node(handle: &Handle, id: SimNodeId) {
+    handle.kill(id);
+    handle.restart(id);
 }
 
 /// Kills and restarts random servers until `end` (the `CrashStorm` fault).
@@ -444,7 +465,7 @@ async fn crash_storm(ids: Vec<SimNodeId>, interval_ms: u64, end: Instant, seed: 
         let down_ms = rng.random_range(1..interval_ms);
         trace.log(format!("storm: crash n{} for {down_ms} ms", n + 1));
         tokio::time::sleep(Duration::from_millis(down_ms)).await;
-        handle.restart(ids[n]);
+        restart_node(&handle, ids[n]);
     }
 }
 
@@ -508,7 +529,7 @@ async fn run_nemesis(
                     trace.log(format!("heal {f:?}"));
                 }
                 Undo::Restart(n) => {
-                    handle.restart(node_of(n));
+                    restart_node(&handle, node_of(n));
                     trace.log(format!("restart n{}", n + 1));
                 }
                 Undo::Resume(n) => {
@@ -519,7 +540,7 @@ async fn run_nemesis(
                     disk_faults[n as usize].set_error_percent(0);
                     let injected = disk_faults[n as usize].injected();
                     // A node that stopped on an I/O error is brought back, as an operator would.
-                    handle.restart(node_of(n));
+                    restart_node(&handle, node_of(n));
                     trace.log(format!(
                         "disk errors off on n{} ({injected} injected so far); restart n{}",
                         n + 1,
@@ -531,6 +552,12 @@ async fn run_nemesis(
                         panic!("crash storm task failed: {e}");
                     }
                     trace.log(format!("heal {fault:?}"));
+                }
+                Undo::RestartAll => {
+                    for &id in &ids {
+                        restart_node(&handle, id);
+                    }
+                    trace.log("power back: restart all servers".to_string());
                 }
                 Undo::Nothing => {}
             }
@@ -628,6 +655,13 @@ async fn run_nemesis(
                     seed,
                     trace.clone(),
                 )))
+            }
+            Fault::PowerLoss => {
+                for &id in &ids {
+                    handle.kill(id);
+                }
+                trace.log("power loss: kill all servers".to_string());
+                Undo::RestartAll
             }
             _ => Undo::Nothing,
         };

@@ -50,10 +50,12 @@ pub enum FaultKind {
     /// Rapid kill/restart of random nodes throughout the period (crashes mid-election,
     /// mid-replication, mid-snapshot).
     CrashStorm,
+    /// Every server loses power at once (datacenter outage); all restart at heal.
+    PowerLoss,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::PartitionHalves,
         FaultKind::IsolateLeader,
         FaultKind::LeaderMinority,
@@ -68,6 +70,7 @@ impl FaultKind {
         FaultKind::Pause,
         FaultKind::DiskErrors,
         FaultKind::CrashStorm,
+        FaultKind::PowerLoss,
     ];
 
     pub const PARTITIONS: [FaultKind; 5] = [
@@ -155,6 +158,9 @@ pub enum Fault {
     CrashStorm {
         interval_ms: u64,
     },
+    /// Every server is killed at once (power loss: unsynced writes dropped everywhere); all
+    /// restart at heal.
+    PowerLoss,
 }
 
 impl Fault {
@@ -395,6 +401,7 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
             node: rng.random_range(0..nodes),
             percent: rng.random_range(1..=20),
         },
+        FaultKind::PowerLoss => Fault::PowerLoss,
         FaultKind::CrashStorm => Fault::CrashStorm {
             interval_ms: rng.random_range(50..=400),
         },

@@ -4,11 +4,10 @@
 //! Invariant: a run passes only when every check that applies to its workload passed; a checker
 //! that ran out of budget is a failure to report ("unknown"), never a pass.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use checker::{check_kv, CheckOptions, History, OkValue, Op, Outcome, Verdict};
+use checker::{check_kv, explain, render_html, CheckOptions, History, Verdict};
 use serde::{Deserialize, Serialize};
 use workloads::ClientStats;
 
@@ -21,10 +20,10 @@ pub enum RunVerdict {
     NotLinearizable {
         key: String,
     },
-    /// The set's final read missed acknowledged adds or contained elements never added.
+    /// A set read missed acknowledged adds or contained elements never (successfully) added;
+    /// one line per anomaly, from `checker::check_set`.
     SetAnomaly {
-        lost: Vec<i64>,
-        unexpected: Vec<i64>,
+        anomalies: Vec<String>,
     },
     /// After the final heal some client could not complete an operation within the bound.
     NoProgress {
@@ -49,10 +48,10 @@ impl RunVerdict {
         match self {
             RunVerdict::Pass => "PASS".to_string(),
             RunVerdict::NotLinearizable { key } => format!("FAIL not linearizable (key {key})"),
-            RunVerdict::SetAnomaly { lost, unexpected } => format!(
-                "FAIL set anomaly ({} acknowledged adds lost, {} unexpected elements)",
-                lost.len(),
-                unexpected.len()
+            RunVerdict::SetAnomaly { anomalies } => format!(
+                "FAIL set anomaly ({} found; first: {})",
+                anomalies.len(),
+                anomalies.first().map(String::as_str).unwrap_or("-")
             ),
             RunVerdict::NoProgress { detail } => format!("FAIL no progress after heal: {detail}"),
             RunVerdict::CheckerUnknown { reason } => format!("FAIL checker unknown: {reason}"),
@@ -96,46 +95,14 @@ pub fn judge(history: &History, liveness: Option<String>) -> RunVerdict {
     }
 }
 
-/// The set check: the last ok read of each set must contain every add acknowledged before the
-/// read was invoked, and only elements some add attempted.
+/// The set check (`checker::check_set`) over the set keys.
 fn check_sets(history: &History) -> Option<RunVerdict> {
-    let mut keys: Vec<&str> = history
-        .ops()
-        .iter()
-        .filter(|o| o.op.is_set_op())
-        .map(|o| o.key.as_str())
-        .collect();
-    keys.sort();
-    keys.dedup();
-    for key in keys {
-        let ops: Vec<_> = history.ops().iter().filter(|o| o.key == key).collect();
-        let Some((read, elements)) = ops.iter().rev().find_map(|o| match (&o.op, o.outcome()) {
-            (Op::ReadSet, Outcome::Ok(OkValue::Elements(e))) => Some((*o, e)),
-            _ => None,
-        }) else {
-            continue;
-        };
-        let read_set: BTreeSet<i64> = elements.iter().copied().collect();
-        let mut attempted = BTreeSet::new();
-        let mut lost = Vec::new();
-        for o in &ops {
-            if let Op::Add { element } = o.op {
-                attempted.insert(element);
-                let acked_before_read = matches!(o.outcome(), Outcome::Ok(_))
-                    && o.completion
-                        .as_ref()
-                        .is_some_and(|c| c.seq < read.invoke_seq);
-                if acked_before_read && !read_set.contains(&element) {
-                    lost.push(element);
-                }
-            }
-        }
-        let unexpected: Vec<i64> = read_set.difference(&attempted).copied().collect();
-        if !lost.is_empty() || !unexpected.is_empty() {
-            return Some(RunVerdict::SetAnomaly { lost, unexpected });
-        }
+    let report = checker::check_set(history);
+    if report.anomalies.is_empty() {
+        return None;
     }
-    None
+    let anomalies = report.anomalies.iter().map(ToString::to_string).collect();
+    Some(RunVerdict::SetAnomaly { anomalies })
 }
 
 /// Writes a failing run's artifacts (scenario, history, explanation, trace) into
@@ -159,13 +126,44 @@ pub fn write_failure(report: &RunReport, dir: &Path) -> anyhow::Result<PathBuf> 
         report.scenario.replay_command(),
         out.join("scenario.toml").display()
     );
+    let registers = report.history.filtered(|o| !o.op.is_set_op());
+    let options = CheckOptions::default();
+    let verdict = check_kv(&registers, &options);
+    let why = match &verdict {
+        Verdict::NotLinearizable(violation) => explain(&registers, violation, &options),
+        _ => None,
+    };
+    let mut explanation = explanation;
+    if let Some(why) = &why {
+        explanation.push_str(&format!(
+            "key {}: operation {} cannot be placed: {}\nstates it was tried in: {:?}\n\
+             longest linearizable prefix: {} events; minimal failing sub-history: {:?}\n",
+            why.key,
+            why.failing_op,
+            why.reason,
+            why.rejected_states,
+            why.prefix_events,
+            why.minimal_ops
+        ));
+    }
     write("explanation.txt", &explanation)?;
+    let title = format!(
+        "{} seed {}: {}",
+        report.scenario.name,
+        report.scenario.seed,
+        report.verdict.summary()
+    );
+    write(
+        "timeline.html",
+        &render_html(&title, &registers, &verdict, why.as_ref()),
+    )?;
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use checker::{OkValue, Op, Outcome};
 
     fn history(events: &[(u64, &str, Op, Outcome)]) -> History {
         let mut h = History::new();
@@ -205,13 +203,20 @@ mod tests {
                 Outcome::Ok(OkValue::Elements(vec![1, 9])),
             ),
         ]);
-        assert_eq!(
-            judge(&h, None),
-            RunVerdict::SetAnomaly {
-                lost: vec![2],
-                unexpected: vec![9]
+        match judge(&h, None) {
+            RunVerdict::SetAnomaly { anomalies } => {
+                assert_eq!(anomalies.len(), 2, "{anomalies:?}");
+                assert!(
+                    anomalies.iter().any(|a| a.contains("element 2 lost")),
+                    "{anomalies:?}"
+                );
+                assert!(
+                    anomalies.iter().any(|a| a.contains("returned 9")),
+                    "{anomalies:?}"
+                );
             }
-        );
+            other => panic!("expected a set anomaly, got {other:?}"),
+        }
     }
 
     #[test]
@@ -224,5 +229,41 @@ mod tests {
         ]);
         assert_eq!(judge(&h, None), RunVerdict::Pass);
         assert!(!judge(&h, Some("client 2".into())).passed());
+    }
+
+    #[test]
+    fn failure_artifacts_explain_and_draw_the_violation() {
+        let h = history(&[
+            (0, "k", Op::Write { value: 1 }, Outcome::Ok(OkValue::Done)),
+            (0, "k", Op::Write { value: 2 }, Outcome::Ok(OkValue::Done)),
+            (1, "k", Op::Read, Outcome::Ok(OkValue::Read(Some(1)))),
+        ]);
+        let scenario = crate::Scenario::preset("partitions")
+            .expect("preset")
+            .concretize();
+        let report = RunReport {
+            scenario,
+            verdict: judge(&h, None),
+            stats: ClientStats::default(),
+            history: h,
+            trace: "0.000s start\n".to_string(),
+            simulated_s: 1.0,
+            wall_s: 1.0,
+        };
+        let dir = std::env::temp_dir().join(format!("sim-report-test-{}", std::process::id()));
+        let out = write_failure(&report, &dir).expect("write artifacts");
+        let read = |name: &str| std::fs::read_to_string(out.join(name)).expect(name);
+        assert!(read("explanation.txt").contains("cannot be placed"));
+        assert!(read("explanation.txt").contains("--scenario-file"));
+        assert!(read("timeline.html").contains("<html"));
+        assert_eq!(
+            History::from_jsonl(&read("history.jsonl"))
+                .expect("jsonl")
+                .len(),
+            3
+        );
+        let replayed = crate::Scenario::from_file(&out.join("scenario.toml")).expect("scenario");
+        assert_eq!(replayed, report.scenario);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

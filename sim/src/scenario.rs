@@ -65,6 +65,7 @@ impl Scenario {
                 let mut kinds = FaultKind::PROCESSES.to_vec();
                 kinds.push(FaultKind::DiskErrors);
                 kinds.push(FaultKind::CrashStorm);
+                kinds.push(FaultKind::PowerLoss);
                 (WorkloadSpec::register(), kinds)
             }
             // Frequent leader changes: short fault periods of leader isolation and crashes.
