@@ -126,6 +126,10 @@ pub struct ServerConfig {
     #[cfg(any(test, madsim))]
     #[serde(skip)]
     pub planted_bugs: crate::bugs::PlantedBugs,
+    /// Simulation/test only: told of votes, leaderships and applied entries (safety checks).
+    #[cfg(any(test, madsim))]
+    #[serde(skip)]
+    pub observer: Option<std::sync::Arc<dyn crate::server::ProtocolObserver>>,
 }
 
 impl Default for ServerConfig {
@@ -152,6 +156,8 @@ impl Default for ServerConfig {
             faults: None,
             #[cfg(any(test, madsim))]
             planted_bugs: crate::bugs::PlantedBugs::default(),
+            #[cfg(any(test, madsim))]
+            observer: None,
         }
     }
 }

@@ -80,6 +80,16 @@ impl Scenario {
                     FaultKind::MessageDelay,
                 ],
             ),
+            // Elections with the vote-strike fault: voters crash the instant they grant a vote.
+            "votes" => (
+                WorkloadSpec::register(),
+                vec![
+                    FaultKind::VoteStrike,
+                    FaultKind::IsolateLeader,
+                    FaultKind::CrashLeader,
+                    FaultKind::MessageDelay,
+                ],
+            ),
             "mixed" => (WorkloadSpec::register(), FaultKind::ALL.to_vec()),
             "set" => (WorkloadSpec::set(), FaultKind::ALL.to_vec()),
             "ycsb" => (WorkloadSpec::ycsb_a(), FaultKind::ALL.to_vec()),
@@ -89,7 +99,7 @@ impl Scenario {
             ),
         };
         let mut nemesis = NemesisSpec::with_kinds(&kinds);
-        if name == "elections" {
+        if name == "elections" || name == "votes" {
             nemesis.fault_ms = 800;
             nemesis.heal_ms = 400;
             nemesis.max_concurrent = 3;

@@ -54,22 +54,16 @@ fn finds_snapshot_drops_sessions() {
     });
 }
 
-/// Blind spot: not found in 200 seeds of the elections scenario (3 nodes, crash storms, split
-/// votes, delays up to 2 s); the raft crate's property tests catch it. Run with `--ignored`.
 #[test]
-#[ignore = "blind spot of the end-to-end simulator: not found in 200 seeds (docs/SIMULATION.md)"]
 fn finds_vote_not_persisted() {
-    hunt("vote-not-persisted", 200, |s| {
-        common::ci_scenario("elections", s, 3, 10)
+    hunt("vote-not-persisted", MAX_SEEDS, |s| {
+        common::ci_scenario("votes", s, 3, 10)
     });
 }
 
-/// Blind spot: not found in 200 seeds of the elections scenario on 5 nodes (Figure 8 needs a
-/// precise crash sequence); the raft crate's property tests catch it. Run with `--ignored`.
 #[test]
-#[ignore = "blind spot of the end-to-end simulator: not found in 200 seeds (docs/SIMULATION.md)"]
 fn finds_commit_counts_old_terms() {
-    hunt("commit-counts-old-terms", 200, |s| {
+    hunt("commit-counts-old-terms", MAX_SEEDS, |s| {
         common::ci_scenario("elections", s, 5, 10)
     });
 }

@@ -288,6 +288,8 @@ impl EventLoop {
             if let Some(snapshot) = &ready.snapshot {
                 self.install_snapshot(snapshot)?;
             }
+            #[cfg(any(test, madsim))]
+            self.observe_ready(&ready);
             self.transport.send(std::mem::take(&mut ready.messages));
             for entry in &ready.committed {
                 self.apply(entry);
@@ -305,6 +307,45 @@ impl EventLoop {
             self.maybe_snapshot()?;
         }
         Ok(())
+    }
+
+    /// Simulation/test only: reports this Ready's leadership, granted votes and committed
+    /// entries (persisted by now; applied right after) to the harness's observer.
+    #[cfg(any(test, madsim))]
+    fn observe_ready(&self, ready: &Ready) {
+        use super::probe::ProtocolEvent;
+        let Some(observer) = &self.config.observer else {
+            return;
+        };
+        let me = self.config.node_id;
+        if ready
+            .soft_state
+            .as_ref()
+            .is_some_and(|s| s.role == Role::Leader)
+        {
+            observer.observe(
+                me,
+                ProtocolEvent::BecameLeader {
+                    term: self.raft.term(),
+                },
+            );
+        }
+        for m in &ready.messages {
+            if let MessageBody::VoteResponse { granted: true } = m.body {
+                let event = ProtocolEvent::VoteGranted {
+                    term: m.term,
+                    candidate: m.to,
+                };
+                observer.observe(me, event);
+            }
+        }
+        for entry in &ready.committed {
+            let event = ProtocolEvent::Applied {
+                index: entry.index,
+                term: entry.term,
+            };
+            observer.observe(me, event);
+        }
     }
 
     /// Leader only: sends this Ready's `Append` messages before its entries are synced, when
