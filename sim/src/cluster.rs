@@ -177,13 +177,19 @@ fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
     if rng.random_bool(0.5) {
         config.election_timeout_ticks_max = config.election_timeout_ticks_min + 2;
     }
+    // Drawn last, so the knobs above stay what they were for a seed before this one existed.
+    // Followers that catch up one or two entries at a time leave the leader with entries of an
+    // older term on a quorum while its own term's entries are not (Raft Figure 8).
+    let append_entries = [Some(1), Some(2), None];
+    config.max_append_entries = append_entries[rng.random_range(0..append_entries.len())];
     trace.log(format!(
-        "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={} election_timeout_ticks={}..{}",
+        "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={} election_timeout_ticks={}..{} max_append_entries={:?}",
         config.snapshot_interval_entries,
         config.transport.max_batch_messages,
         config.transport.peer_queue_messages,
         config.election_timeout_ticks_min,
-        config.election_timeout_ticks_max
+        config.election_timeout_ticks_max,
+        config.max_append_entries
     ));
 }
 
@@ -511,7 +517,7 @@ async fn vote_strikes(
         ids.get(slot).copied()
     };
     let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
-    monitor.arm_cues(Some(cues_tx));
+    monitor.add_cues(cues_tx);
     // (term, candidate) -> voters that granted it.
     let mut grants: BTreeMap<(u64, u64), BTreeSet<u64>> = BTreeMap::new();
     loop {
@@ -555,7 +561,91 @@ async fn vote_strikes(
         while cues.try_recv().is_ok() {}
         grants.clear();
     }
-    monitor.arm_cues(None);
+}
+
+/// The `Figure8` fault until `end` (see `Fault::Figure8`): leaders' fresh entries are kept off
+/// the others by cutting the leader off, and a leader that commits up to an entry of an older
+/// term (what Raft forbids, Figure 8) is cut off at once, before its own term's entries reach
+/// a quorum, so that the others may elect a leader that overwrites the entry it committed.
+async fn figure8_strikes(
+    monitor: Arc<SafetyMonitor>,
+    ids: Vec<SimNodeId>,
+    (isolate_ms, strike_percent): (u64, u32),
+    leader: Option<u32>,
+    end: Instant,
+    seed: u64,
+    trace: Trace,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
+    monitor.add_cues(cues_tx);
+    let mut led: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut struck: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let mut isolations = Vec::new();
+    let mut isolate = |node: u64, why: String| {
+        let slot = usize::try_from(node.saturating_sub(1)).unwrap_or(usize::MAX);
+        let Some(&id) = ids.get(slot) else { return };
+        let until = (Instant::now() + Duration::from_millis(isolate_ms)).min(end);
+        NetSim::current().clog_node(id);
+        trace.log(format!("figure8: cut off n{node} ({why})"));
+        let trace = trace.clone();
+        isolations.push(tokio::spawn(async move {
+            tokio::time::sleep_until(until).await;
+            NetSim::current().unclog_node(id);
+            trace.log(format!("figure8: n{node} reconnected"));
+        }));
+    };
+    // Start with a leader change: the current leader is the first one cut off.
+    if let Some(n) = leader {
+        isolate(
+            u64::from(n) + 1,
+            "leader when the fault started".to_string(),
+        );
+    }
+    loop {
+        let first = tokio::select! {
+            cue = cues.recv() => cue,
+            _ = tokio::time::sleep_until(end) => None,
+        };
+        let Some(first) = first else { break };
+        // A Ready's events arrive together: judge a node's commit by the last entry it applied.
+        let mut batch = vec![first];
+        while let Ok(cue) = cues.try_recv() {
+            batch.push(cue);
+        }
+        let mut last_applied: BTreeMap<u64, u64> = BTreeMap::new();
+        for cue in &batch {
+            match cue.event {
+                ProtocolEvent::BecameLeader { term } => {
+                    led.insert(cue.node, term);
+                    if rng.random_range(0..100) < strike_percent {
+                        isolate(cue.node, format!("new leader of term {term}"));
+                    }
+                }
+                ProtocolEvent::Applied { term, .. } => {
+                    last_applied.insert(cue.node, term);
+                }
+                ProtocolEvent::VoteGranted { .. } => {}
+            }
+        }
+        for (node, term) in last_applied {
+            let Some(&leader_term) = led.get(&node) else {
+                continue;
+            };
+            if term < leader_term && struck.insert((node, leader_term)) {
+                isolate(
+                    node,
+                    format!("leader of term {leader_term} applied up to an entry of term {term}"),
+                );
+            }
+        }
+    }
+    drop(cues);
+    for task in isolations {
+        if let Err(e) = task.await {
+            panic!("figure8 isolation task failed: {e}");
+        }
+    }
 }
 
 async fn run_nemesis(
@@ -663,6 +753,7 @@ async fn run_nemesis(
                 | Fault::Pause {
                     target: Target::Leader
                 }
+                | Fault::Figure8 { .. }
         );
         let leader = if needs_leader {
             find_leader(&mut status, &client_addrs).await
@@ -762,6 +853,23 @@ async fn run_nemesis(
                     trace.clone(),
                 )))
             }
+            Fault::Figure8 {
+                isolate_ms,
+                strike_percent,
+            } => {
+                let end = start + Duration::from_millis(schedule[index].end_ms);
+                let seed = rng.random::<u64>();
+                trace.log(format!("start {fault:?} (leader {leader:?})"));
+                Undo::Storm(tokio::spawn(figure8_strikes(
+                    monitor.clone(),
+                    ids.clone(),
+                    (*isolate_ms, *strike_percent),
+                    leader,
+                    end,
+                    seed,
+                    trace.clone(),
+                )))
+            }
             Fault::PowerLoss => {
                 for &id in &ids {
                     handle.kill(id);
@@ -775,6 +883,9 @@ async fn run_nemesis(
     }
     // Everything is healed by the schedule; make sure of it.
     transport.clear();
+    for &id in &ids {
+        net.unclog_node(id);
+    }
     for &a in &ids {
         for &b in &ids {
             if a != b {

@@ -6,7 +6,7 @@
 //! Checked: Election Safety (at most one leader per term) and State Machine Safety (no two nodes
 //! apply different entries, by term, at one index). A violation is recorded with the simulated
 //! time and fails the run. The monitor also forwards chosen events to the nemesis when a
-//! targeted fault (`Fault::VoteStrike`) is armed; it never changes what a node does itself.
+//! targeted fault (`Fault::VoteStrike`, `Fault::Figure8`) is active; it never changes what a node does itself.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -30,7 +30,7 @@ struct MonitorState {
     leaders: BTreeMap<Term, NodeId>,
     applied: BTreeMap<LogIndex, (Term, NodeId)>,
     violations: Vec<String>,
-    cues: Option<UnboundedSender<StrikeCue>>,
+    cues: Vec<UnboundedSender<StrikeCue>>,
 }
 
 /// Shared by all servers of one run (through `ServerConfig::observer`).
@@ -44,10 +44,10 @@ impl SafetyMonitor {
         SafetyMonitor::default()
     }
 
-    /// While armed, every granted vote and every new leader is forwarded to `cues` (the
-    /// vote-strike fault); `None` disarms.
-    pub fn arm_cues(&self, cues: Option<UnboundedSender<StrikeCue>>) {
-        self.lock().cues = cues;
+    /// Until its receiver is dropped, every event is also forwarded to `cues` (targeted
+    /// faults act on them).
+    pub fn add_cues(&self, cues: UnboundedSender<StrikeCue>) {
+        self.lock().cues.push(cues);
     }
 
     /// Every violation found so far, first first.
@@ -73,14 +73,10 @@ impl MonitorState {
 impl ProtocolObserver for SafetyMonitor {
     fn observe(&self, node: NodeId, event: ProtocolEvent) {
         let mut state = self.lock();
-        if let (
-            Some(cues),
-            ProtocolEvent::VoteGranted { .. } | ProtocolEvent::BecameLeader { .. },
-        ) = (&state.cues, event)
-        {
-            // The nemesis may be gone at the end of a run: nothing to strike then.
-            let _ = cues.send(StrikeCue { node, event });
-        }
+        // A targeted fault that ended dropped its receiver: forget it.
+        state
+            .cues
+            .retain(|cues| cues.send(StrikeCue { node, event }).is_ok());
         match event {
             ProtocolEvent::BecameLeader { term } => match state.leaders.get(&term).copied() {
                 Some(other) if other != node => state.violation(format!(

@@ -90,6 +90,9 @@ impl Scenario {
                     FaultKind::MessageDelay,
                 ],
             ),
+            // Raft Figure 8: leaders cut off with entries of their term alone, and cut off the
+            // moment they commit up to an entry of an older term.
+            "figure8" => (WorkloadSpec::register(), vec![FaultKind::Figure8]),
             "mixed" => (WorkloadSpec::register(), FaultKind::ALL.to_vec()),
             "set" => (WorkloadSpec::set(), FaultKind::ALL.to_vec()),
             "ycsb" => (WorkloadSpec::ycsb_a(), FaultKind::ALL.to_vec()),
@@ -99,7 +102,13 @@ impl Scenario {
             ),
         };
         let mut nemesis = NemesisSpec::with_kinds(&kinds);
-        if name == "elections" || name == "votes" {
+        if name == "figure8" {
+            // Long periods: a chain of leaders cut off one after the other.
+            nemesis.fault_ms = 2_000;
+            nemesis.heal_ms = 500;
+            nemesis.max_concurrent = 1;
+        }
+        if matches!(name, "elections" | "votes") {
             nemesis.fault_ms = 800;
             nemesis.heal_ms = 400;
             nemesis.max_concurrent = 3;

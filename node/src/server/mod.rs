@@ -316,6 +316,9 @@ fn raft_config(config: &ServerConfig) -> Result<raft::Config, ServerError> {
     #[cfg(any(test, madsim))]
     {
         raft_config.bugs = config.planted_bugs;
+        if let Some(entries) = config.max_append_entries {
+            raft_config.max_append_entries = entries;
+        }
     }
     raft_config
         .validate()
