@@ -648,6 +648,7 @@ async fn figure8_strikes(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_nemesis(
     schedule: Vec<ScheduledFault>,
     nodes: u32,
