@@ -535,7 +535,7 @@ async fn vote_strikes(
                 continue;
             }
             ProtocolEvent::BecameLeader { term } => term,
-            ProtocolEvent::Applied { .. } => continue,
+            ProtocolEvent::Applied { .. } | ProtocolEvent::LeaderCommitted { .. } => continue,
         };
         let voters = grants.remove(&(term, cue.node)).unwrap_or_default();
         grants.retain(|&(t, _), _| t > term);
@@ -625,7 +625,7 @@ async fn figure8_strikes(
                 ProtocolEvent::Applied { term, .. } => {
                     last_applied.insert(cue.node, term);
                 }
-                ProtocolEvent::VoteGranted { .. } => {}
+                ProtocolEvent::VoteGranted { .. } | ProtocolEvent::LeaderCommitted { .. } => {}
             }
         }
         for (node, term) in last_applied {

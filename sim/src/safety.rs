@@ -4,7 +4,8 @@
 //! workload happens to read the divergent value; the invariants themselves are cheap to check
 //! the moment the nodes report them (FoundationDB and TigerBeetle's simulators do the same).
 //! Checked: Election Safety (at most one leader per term) and State Machine Safety (no two nodes
-//! apply different entries, by term, at one index). A violation is recorded with the simulated
+//! apply different entries, by term, at one index), and the commit rule (a leader advances its
+//! commit index only to an entry of its own term, Raft §5.4.2; Figure 8 shows why). A violation is recorded with the simulated
 //! time and fails the run. The monitor also forwards chosen events to the nemesis when a
 //! targeted fault (`Fault::VoteStrike`, `Fault::Figure8`) is active; it never changes what a node does itself.
 
@@ -97,6 +98,18 @@ impl ProtocolObserver for SafetyMonitor {
                     state.applied.insert(index, (term, node));
                 }
             },
+            ProtocolEvent::LeaderCommitted {
+                term,
+                index,
+                entry_term,
+            } => {
+                if entry_term != term {
+                    state.violation(format!(
+                        "commit rule (Raft 5.4.2): n{node}, leader of term {term}, committed \
+                         index {index} of term {entry_term} by counting replicas"
+                    ));
+                }
+            }
             ProtocolEvent::VoteGranted { .. } => {}
         }
     }

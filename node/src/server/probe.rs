@@ -21,6 +21,13 @@ pub enum ProtocolEvent {
     VoteGranted { term: Term, candidate: NodeId },
     /// The node applied the entry at `index` of `term` to its state machine.
     Applied { index: LogIndex, term: Term },
+    /// As leader of `term`, the node advanced its commit index to `index`, an entry of
+    /// `entry_term` (Raft §5.4.2 allows this only for `entry_term == term`).
+    LeaderCommitted {
+        term: Term,
+        index: LogIndex,
+        entry_term: Term,
+    },
 }
 
 /// Receives the protocol events of every node it is handed to (one may serve all nodes).
