@@ -45,11 +45,13 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    pub const PRESETS: [&'static str; 7] = [
+    pub const PRESETS: [&'static str; 9] = [
         "none",
         "partitions",
         "messages",
         "crashes",
+        "votes",
+        "figure8",
         "mixed",
         "set",
         "ycsb",
