@@ -126,6 +126,15 @@ pub struct ServerConfig {
     #[cfg(any(test, madsim))]
     #[serde(skip)]
     pub planted_bugs: crate::bugs::PlantedBugs,
+    /// Simulation/test only: told of votes, leaderships and applied entries (safety checks).
+    #[cfg(any(test, madsim))]
+    #[serde(skip)]
+    pub observer: Option<std::sync::Arc<dyn crate::server::ProtocolObserver>>,
+    /// Simulation/test only (BUGGIFY): log entries per Append message instead of the Raft
+    /// core's default, so that a follower catches up one or two entries at a time.
+    #[cfg(any(test, madsim))]
+    #[serde(skip)]
+    pub max_append_entries: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -152,6 +161,10 @@ impl Default for ServerConfig {
             faults: None,
             #[cfg(any(test, madsim))]
             planted_bugs: crate::bugs::PlantedBugs::default(),
+            #[cfg(any(test, madsim))]
+            observer: None,
+            #[cfg(any(test, madsim))]
+            max_append_entries: None,
         }
     }
 }

@@ -24,7 +24,7 @@ use node::bugs::PlantedBugs;
 use node::client::{Client, ClientOptions};
 use node::config::{MemberConfig, ServerConfig};
 use node::raft::Role;
-use node::server::Server;
+use node::server::{ProtocolEvent, Server};
 use node::storage::{CrashMode, Disk};
 use node::transport::{FaultPlan, TransportFaults};
 use rand::rngs::StdRng;
@@ -36,6 +36,7 @@ use workloads::{ClientStats, Recorder, WorkloadClient};
 use crate::disk::{DiskFaults, SimDisk};
 use crate::nemesis::{Fault, ScheduledFault, Target};
 use crate::report::{judge, RunReport, RunVerdict};
+use crate::safety::SafetyMonitor;
 use crate::scenario::Scenario;
 
 pub const CLIENT_PORT: u16 = 7379;
@@ -69,6 +70,7 @@ pub fn run(scenario: &Scenario, _options: RunOptions) -> RunReport {
     let scenario = scenario.concretize();
     let wall = std::time::Instant::now();
     let shared = Arc::new(Mutex::new(Shared::default()));
+    let monitor = Arc::new(SafetyMonitor::new());
     let outcome = {
         let mut rt = Runtime::with_seed_and_config(scenario.seed, madsim::Config::default());
         rt.set_time_limit(Duration::from_secs(
@@ -76,8 +78,9 @@ pub fn run(scenario: &Scenario, _options: RunOptions) -> RunReport {
         ));
         let shared = shared.clone();
         let scenario = scenario.clone();
+        let monitor = monitor.clone();
         std::panic::catch_unwind(AssertUnwindSafe(move || {
-            rt.block_on(simulate(scenario, shared))
+            rt.block_on(simulate(scenario, shared, monitor))
         }))
     };
     let wall_s = wall.elapsed().as_secs_f64();
@@ -108,6 +111,13 @@ pub fn run(scenario: &Scenario, _options: RunOptions) -> RunReport {
                 shared.last_time_s,
             )
         }
+    };
+    // A broken Raft safety property is the root cause of whatever else the run shows.
+    let violations = monitor.violations();
+    let verdict = if violations.is_empty() {
+        verdict
+    } else {
+        RunVerdict::SafetyViolation { violations }
     };
     let mut trace = shared.trace.join("\n");
     trace.push('\n');
@@ -167,13 +177,19 @@ fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
     if rng.random_bool(0.5) {
         config.election_timeout_ticks_max = config.election_timeout_ticks_min + 2;
     }
+    // Drawn last, so the knobs above stay what they were for a seed before this one existed.
+    // Followers that catch up one or two entries at a time leave the leader with entries of an
+    // older term on a quorum while its own term's entries are not (Raft Figure 8).
+    let append_entries = [Some(1), Some(2), None];
+    config.max_append_entries = append_entries[rng.random_range(0..append_entries.len())];
     trace.log(format!(
-        "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={} election_timeout_ticks={}..{}",
+        "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={} election_timeout_ticks={}..{} max_append_entries={:?}",
         config.snapshot_interval_entries,
         config.transport.max_batch_messages,
         config.transport.peer_queue_messages,
         config.election_timeout_ticks_min,
-        config.election_timeout_ticks_max
+        config.election_timeout_ticks_max,
+        config.max_append_entries
     ));
 }
 
@@ -185,7 +201,11 @@ struct Servers {
     client_addrs: Vec<SocketAddr>,
 }
 
-fn start_servers(scenario: &Scenario, trace: &Trace) -> anyhow::Result<Servers> {
+fn start_servers(
+    scenario: &Scenario,
+    trace: &Trace,
+    monitor: &Arc<SafetyMonitor>,
+) -> anyhow::Result<Servers> {
     let handle = Handle::current();
     let planted: PlantedBugs = scenario.planted_bugs.parse()?;
     let members: Vec<MemberConfig> = (0..scenario.nodes)
@@ -218,6 +238,7 @@ fn start_servers(scenario: &Scenario, trace: &Trace) -> anyhow::Result<Servers> 
         config.node_id = u64::from(i) + 1;
         config.faults = Some(transport.clone());
         config.planted_bugs = planted;
+        config.observer = Some(monitor.clone());
         let starts = Arc::new(AtomicU64::new(0));
         let init_disk = disk.clone();
         let node = handle
@@ -265,7 +286,11 @@ fn start_servers(scenario: &Scenario, trace: &Trace) -> anyhow::Result<Servers> 
     Ok(servers)
 }
 
-async fn simulate(scenario: Scenario, shared: Arc<Mutex<Shared>>) -> SimEnd {
+async fn simulate(
+    scenario: Scenario,
+    shared: Arc<Mutex<Shared>>,
+    monitor: Arc<SafetyMonitor>,
+) -> SimEnd {
     let start = Instant::now();
     let trace = Trace {
         shared: shared.clone(),
@@ -275,7 +300,7 @@ async fn simulate(scenario: Scenario, shared: Arc<Mutex<Shared>>) -> SimEnd {
         "seed {} scenario {} nodes {} clients {}",
         scenario.seed, scenario.name, scenario.nodes, scenario.clients
     ));
-    let servers = match start_servers(&scenario, &trace) {
+    let servers = match start_servers(&scenario, &trace, &monitor) {
         Ok(servers) => servers,
         Err(e) => panic!("cluster setup failed: {e:#}"),
     };
@@ -296,6 +321,7 @@ async fn simulate(scenario: Scenario, shared: Arc<Mutex<Shared>>) -> SimEnd {
         servers.client_addrs.clone(),
         servers.transport.clone(),
         servers.disk_faults.clone(),
+        monitor.clone(),
         trace.clone(),
     ));
 
@@ -469,6 +495,160 @@ async fn crash_storm(ids: Vec<SimNodeId>, interval_ms: u64, end: Instant, seed: 
     }
 }
 
+/// The `VoteStrike` fault until `end`. The nemesis remembers who granted whom a vote in which
+/// term; when a candidate reports that it became leader, its voters are killed at once (their
+/// restart is a power loss of their disks) and restarted `1..=restart_ms_max` ms later, and the
+/// new leader is cut off from everyone for `isolate_ms`. A node that never heard of the new
+/// term may then campaign in that same term, asking the restarted voters again: only a durable
+/// vote makes them refuse. One strike at a time; cues arriving meanwhile are dropped.
+async fn vote_strikes(
+    monitor: Arc<SafetyMonitor>,
+    ids: Vec<SimNodeId>,
+    (restart_ms_max, isolate_ms): (u64, u64),
+    end: Instant,
+    seed: u64,
+    trace: Trace,
+) {
+    let handle = Handle::current();
+    let net = NetSim::current();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let sim_id = |node: u64| -> Option<SimNodeId> {
+        let slot = usize::try_from(node.saturating_sub(1)).ok()?;
+        ids.get(slot).copied()
+    };
+    let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
+    monitor.add_cues(cues_tx);
+    // (term, candidate) -> voters that granted it.
+    let mut grants: BTreeMap<(u64, u64), BTreeSet<u64>> = BTreeMap::new();
+    loop {
+        let cue = tokio::select! {
+            cue = cues.recv() => cue,
+            _ = tokio::time::sleep_until(end) => None,
+        };
+        let Some(cue) = cue else { break };
+        let term = match cue.event {
+            ProtocolEvent::VoteGranted { term, candidate } => {
+                grants
+                    .entry((term, candidate))
+                    .or_default()
+                    .insert(cue.node);
+                continue;
+            }
+            ProtocolEvent::BecameLeader { term } => term,
+            ProtocolEvent::Applied { .. } | ProtocolEvent::LeaderCommitted { .. } => continue,
+        };
+        let voters = grants.remove(&(term, cue.node)).unwrap_or_default();
+        grants.retain(|&(t, _), _| t > term);
+        let (Some(leader), false) = (sim_id(cue.node), voters.is_empty()) else {
+            continue;
+        };
+        let voter_ids: Vec<SimNodeId> = voters.iter().filter_map(|&v| sim_id(v)).collect();
+        for &id in &voter_ids {
+            handle.kill(id);
+        }
+        net.clog_node(leader);
+        let down_ms = rng.random_range(1..=restart_ms_max.max(1));
+        trace.log(format!(
+            "vote strike: n{} leads term {term}: power loss of its voters {voters:?} for {down_ms} ms, n{} cut off for {isolate_ms} ms",
+            cue.node, cue.node
+        ));
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
+        for &id in &voter_ids {
+            restart_node(&handle, id);
+        }
+        tokio::time::sleep(Duration::from_millis(isolate_ms.saturating_sub(down_ms))).await;
+        net.unclog_node(leader);
+        while cues.try_recv().is_ok() {}
+        grants.clear();
+    }
+}
+
+/// The `Figure8` fault until `end` (see `Fault::Figure8`): leaders' fresh entries are kept off
+/// the others by cutting the leader off, and a leader that commits up to an entry of an older
+/// term (what Raft forbids, Figure 8) is cut off at once, before its own term's entries reach
+/// a quorum, so that the others may elect a leader that overwrites the entry it committed.
+async fn figure8_strikes(
+    monitor: Arc<SafetyMonitor>,
+    ids: Vec<SimNodeId>,
+    (isolate_ms, strike_percent): (u64, u32),
+    leader: Option<u32>,
+    end: Instant,
+    seed: u64,
+    trace: Trace,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
+    monitor.add_cues(cues_tx);
+    let mut led: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut struck: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let mut isolations = Vec::new();
+    let mut isolate = |node: u64, why: String| {
+        let slot = usize::try_from(node.saturating_sub(1)).unwrap_or(usize::MAX);
+        let Some(&id) = ids.get(slot) else { return };
+        let until = (Instant::now() + Duration::from_millis(isolate_ms)).min(end);
+        NetSim::current().clog_node(id);
+        trace.log(format!("figure8: cut off n{node} ({why})"));
+        let trace = trace.clone();
+        isolations.push(tokio::spawn(async move {
+            tokio::time::sleep_until(until).await;
+            NetSim::current().unclog_node(id);
+            trace.log(format!("figure8: n{node} reconnected"));
+        }));
+    };
+    // Start with a leader change: the current leader is the first one cut off.
+    if let Some(n) = leader {
+        isolate(
+            u64::from(n) + 1,
+            "leader when the fault started".to_string(),
+        );
+    }
+    loop {
+        let first = tokio::select! {
+            cue = cues.recv() => cue,
+            _ = tokio::time::sleep_until(end) => None,
+        };
+        let Some(first) = first else { break };
+        // A Ready's events arrive together: judge a node's commit by the last entry it applied.
+        let mut batch = vec![first];
+        while let Ok(cue) = cues.try_recv() {
+            batch.push(cue);
+        }
+        let mut last_applied: BTreeMap<u64, u64> = BTreeMap::new();
+        for cue in &batch {
+            match cue.event {
+                ProtocolEvent::BecameLeader { term } => {
+                    led.insert(cue.node, term);
+                    if rng.random_range(0..100) < strike_percent {
+                        isolate(cue.node, format!("new leader of term {term}"));
+                    }
+                }
+                ProtocolEvent::Applied { term, .. } => {
+                    last_applied.insert(cue.node, term);
+                }
+                ProtocolEvent::VoteGranted { .. } | ProtocolEvent::LeaderCommitted { .. } => {}
+            }
+        }
+        for (node, term) in last_applied {
+            let Some(&leader_term) = led.get(&node) else {
+                continue;
+            };
+            if term < leader_term && struck.insert((node, leader_term)) {
+                isolate(
+                    node,
+                    format!("leader of term {leader_term} applied up to an entry of term {term}"),
+                );
+            }
+        }
+    }
+    drop(cues);
+    for task in isolations {
+        if let Err(e) = task.await {
+            panic!("figure8 isolation task failed: {e}");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_nemesis(
     schedule: Vec<ScheduledFault>,
     nodes: u32,
@@ -476,6 +656,7 @@ async fn run_nemesis(
     client_addrs: Vec<SocketAddr>,
     transport: TransportFaults,
     disk_faults: Vec<DiskFaults>,
+    monitor: Arc<SafetyMonitor>,
     trace: Trace,
 ) {
     let handle = Handle::current();
@@ -573,6 +754,7 @@ async fn run_nemesis(
                 | Fault::Pause {
                     target: Target::Leader
                 }
+                | Fault::Figure8 { .. }
         );
         let leader = if needs_leader {
             find_leader(&mut status, &client_addrs).await
@@ -656,6 +838,39 @@ async fn run_nemesis(
                     trace.clone(),
                 )))
             }
+            Fault::VoteStrike {
+                restart_ms_max,
+                isolate_ms,
+            } => {
+                let end = start + Duration::from_millis(schedule[index].end_ms);
+                let seed = rng.random::<u64>();
+                trace.log(format!("start {fault:?}"));
+                Undo::Storm(tokio::spawn(vote_strikes(
+                    monitor.clone(),
+                    ids.clone(),
+                    (*restart_ms_max, *isolate_ms),
+                    end,
+                    seed,
+                    trace.clone(),
+                )))
+            }
+            Fault::Figure8 {
+                isolate_ms,
+                strike_percent,
+            } => {
+                let end = start + Duration::from_millis(schedule[index].end_ms);
+                let seed = rng.random::<u64>();
+                trace.log(format!("start {fault:?} (leader {leader:?})"));
+                Undo::Storm(tokio::spawn(figure8_strikes(
+                    monitor.clone(),
+                    ids.clone(),
+                    (*isolate_ms, *strike_percent),
+                    leader,
+                    end,
+                    seed,
+                    trace.clone(),
+                )))
+            }
             Fault::PowerLoss => {
                 for &id in &ids {
                     handle.kill(id);
@@ -669,6 +884,9 @@ async fn run_nemesis(
     }
     // Everything is healed by the schedule; make sure of it.
     transport.clear();
+    for &id in &ids {
+        net.unclog_node(id);
+    }
     for &a in &ids {
         for &b in &ids {
             if a != b {

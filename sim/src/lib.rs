@@ -8,6 +8,8 @@
 //! - `shrink`: reduce a failing scenario to a smaller one that still fails.
 //! - `campaign`: seeds over worker processes, progress, summary.
 //! - `cluster`, `disk` (simulation builds only): the madsim harness and the simulated disk.
+//! - `safety` (simulation builds only): Raft safety checks on the nodes' protocol probes, and
+//!   the cues of targeted faults.
 #![forbid(unsafe_code)]
 
 pub mod campaign;
@@ -17,6 +19,8 @@ pub mod cluster;
 pub mod disk;
 pub mod nemesis;
 pub mod report;
+#[cfg(madsim)]
+pub mod safety;
 pub mod scenario;
 pub mod shrink;
 

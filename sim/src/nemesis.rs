@@ -52,6 +52,14 @@ pub enum FaultKind {
     CrashStorm,
     /// Every server loses power at once (datacenter outage); all restart at heal.
     PowerLoss,
+    /// Targeted: the instant a candidate wins an election, the nodes that voted for it lose
+    /// power (unsynced writes dropped) and restart at once, while the new leader is cut off:
+    /// the others elect again, in the same term if they never heard of it.
+    VoteStrike,
+    /// Targeted (Raft Figure 8): new leaders are sometimes cut off at once, so entries of
+    /// their term stay on them alone; a leader whose commit ends on an entry of an older term
+    /// is cut off at once.
+    Figure8,
 }
 
 impl FaultKind {
@@ -87,6 +95,10 @@ impl FaultKind {
         FaultKind::MessageDuplicate,
         FaultKind::MessageReorder,
     ];
+
+    /// Faults aimed at the protocol's dangerous moments, driven by the nodes' protocol probes.
+    /// Not in `ALL` (which fixes the plans of the CI presets); see the `votes` preset.
+    pub const TARGETED: [FaultKind; 2] = [FaultKind::VoteStrike, FaultKind::Figure8];
 
     pub const PROCESSES: [FaultKind; 3] =
         [FaultKind::Crash, FaultKind::CrashLeader, FaultKind::Pause];
@@ -161,6 +173,20 @@ pub enum Fault {
     /// Every server is killed at once (power loss: unsynced writes dropped everywhere); all
     /// restart at heal.
     PowerLoss,
+    /// While active, when a node becomes leader, the nodes that granted it their vote in that
+    /// term are killed (power loss) and restarted after `1..=restart_ms_max` ms, and the new
+    /// leader is cut off from everyone (both directions) for `isolate_ms`.
+    VoteStrike {
+        restart_ms_max: u64,
+        isolate_ms: u64,
+    },
+    /// While active: a node that becomes leader is cut off from everyone (both directions,
+    /// clients too) for `isolate_ms` with probability `strike_percent`%; a leader that applies
+    /// a batch of committed entries ending on an entry of an older term is cut off at once.
+    Figure8 {
+        isolate_ms: u64,
+        strike_percent: u32,
+    },
 }
 
 impl Fault {
@@ -404,6 +430,14 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
         FaultKind::PowerLoss => Fault::PowerLoss,
         FaultKind::CrashStorm => Fault::CrashStorm {
             interval_ms: rng.random_range(50..=400),
+        },
+        FaultKind::VoteStrike => Fault::VoteStrike {
+            restart_ms_max: rng.random_range(1..=50),
+            isolate_ms: rng.random_range(500..=1_500),
+        },
+        FaultKind::Figure8 => Fault::Figure8 {
+            isolate_ms: rng.random_range(300..=1_000),
+            strike_percent: rng.random_range(30..=70),
         },
     }
 }

@@ -33,6 +33,10 @@ pub enum RunVerdict {
     CheckerUnknown {
         reason: String,
     },
+    /// A Raft safety property failed (sim/src/safety.rs): one line per violation, first first.
+    SafetyViolation {
+        violations: Vec<String>,
+    },
     /// Node or harness code panicked, or the simulation deadlocked.
     Panic {
         message: String,
@@ -55,6 +59,11 @@ impl RunVerdict {
             ),
             RunVerdict::NoProgress { detail } => format!("FAIL no progress after heal: {detail}"),
             RunVerdict::CheckerUnknown { reason } => format!("FAIL checker unknown: {reason}"),
+            RunVerdict::SafetyViolation { violations } => format!(
+                "FAIL raft safety ({} found; first: {})",
+                violations.len(),
+                violations.first().map(String::as_str).unwrap_or("-")
+            ),
             RunVerdict::Panic { message } => format!("FAIL panic: {message}"),
         }
     }

@@ -45,11 +45,13 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    pub const PRESETS: [&'static str; 7] = [
+    pub const PRESETS: [&'static str; 9] = [
         "none",
         "partitions",
         "messages",
         "crashes",
+        "votes",
+        "figure8",
         "mixed",
         "set",
         "ycsb",
@@ -80,6 +82,19 @@ impl Scenario {
                     FaultKind::MessageDelay,
                 ],
             ),
+            // Elections with the vote-strike fault: voters crash the instant they grant a vote.
+            "votes" => (
+                WorkloadSpec::register(),
+                vec![
+                    FaultKind::VoteStrike,
+                    FaultKind::IsolateLeader,
+                    FaultKind::CrashLeader,
+                    FaultKind::MessageDelay,
+                ],
+            ),
+            // Raft Figure 8: leaders cut off with entries of their term alone, and cut off the
+            // moment they commit up to an entry of an older term.
+            "figure8" => (WorkloadSpec::register(), vec![FaultKind::Figure8]),
             "mixed" => (WorkloadSpec::register(), FaultKind::ALL.to_vec()),
             "set" => (WorkloadSpec::set(), FaultKind::ALL.to_vec()),
             "ycsb" => (WorkloadSpec::ycsb_a(), FaultKind::ALL.to_vec()),
@@ -89,7 +104,13 @@ impl Scenario {
             ),
         };
         let mut nemesis = NemesisSpec::with_kinds(&kinds);
-        if name == "elections" {
+        if name == "figure8" {
+            // Long periods: a chain of leaders cut off one after the other.
+            nemesis.fault_ms = 2_000;
+            nemesis.heal_ms = 500;
+            nemesis.max_concurrent = 1;
+        }
+        if matches!(name, "elections" | "votes") {
             nemesis.fault_ms = 800;
             nemesis.heal_ms = 400;
             nemesis.max_concurrent = 3;

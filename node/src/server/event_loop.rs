@@ -268,6 +268,8 @@ impl EventLoop {
     fn handle_ready(&mut self) -> Result<(), ServerError> {
         while self.raft.has_ready() {
             let mut ready: Ready = self.raft.ready();
+            #[cfg(any(test, madsim))]
+            let commit_before = self.durable_hard_state.commit;
             if let Some(soft) = &ready.soft_state {
                 debug!(role = ?soft.role, leader = ?soft.leader, term = self.raft.term(), "role changed");
                 if soft.role != Role::Leader {
@@ -288,6 +290,8 @@ impl EventLoop {
             if let Some(snapshot) = &ready.snapshot {
                 self.install_snapshot(snapshot)?;
             }
+            #[cfg(any(test, madsim))]
+            self.observe_ready(&ready, commit_before);
             self.transport.send(std::mem::take(&mut ready.messages));
             for entry in &ready.committed {
                 self.apply(entry);
@@ -305,6 +309,57 @@ impl EventLoop {
             self.maybe_snapshot()?;
         }
         Ok(())
+    }
+
+    /// Simulation/test only: reports this Ready's leadership, granted votes and committed
+    /// entries (persisted by now; applied right after) to the harness's observer.
+    #[cfg(any(test, madsim))]
+    fn observe_ready(&self, ready: &Ready, commit_before: LogIndex) {
+        use super::probe::ProtocolEvent;
+        let Some(observer) = &self.config.observer else {
+            return;
+        };
+        let me = self.config.node_id;
+        if ready
+            .soft_state
+            .as_ref()
+            .is_some_and(|s| s.role == Role::Leader)
+        {
+            observer.observe(
+                me,
+                ProtocolEvent::BecameLeader {
+                    term: self.raft.term(),
+                },
+            );
+        }
+        for m in &ready.messages {
+            if let MessageBody::VoteResponse { granted: true } = m.body {
+                let event = ProtocolEvent::VoteGranted {
+                    term: m.term,
+                    candidate: m.to,
+                };
+                observer.observe(me, event);
+            }
+        }
+        let commit = ready.hard_state.as_ref().map_or(0, |hs| hs.commit);
+        if self.raft.role() == Role::Leader && commit > commit_before {
+            let entry = self.raft.log_entries().iter().find(|e| e.index == commit);
+            if let Some(entry) = entry {
+                let event = ProtocolEvent::LeaderCommitted {
+                    term: self.raft.term(),
+                    index: commit,
+                    entry_term: entry.term,
+                };
+                observer.observe(me, event);
+            }
+        }
+        for entry in &ready.committed {
+            let event = ProtocolEvent::Applied {
+                index: entry.index,
+                term: entry.term,
+            };
+            observer.observe(me, event);
+        }
     }
 
     /// Leader only: sends this Ready's `Append` messages before its entries are synced, when

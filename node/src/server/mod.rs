@@ -10,6 +10,8 @@
 //! connection) and one outbound task per peer. Only bounded channels connect them.
 mod client_port;
 mod event_loop;
+#[cfg(any(test, madsim))]
+pub mod probe;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ use tracing::{info, Instrument};
 pub use self::client_port::ClientCall;
 use self::client_port::{accept_clients, ClientPortConfig};
 use self::event_loop::{restore_machine, EventLoop};
+#[cfg(any(test, madsim))]
+pub use self::probe::{ProtocolEvent, ProtocolObserver};
 use crate::config::{ConfigError, ServerConfig};
 use crate::kv::{KvConfig, StateMachine};
 use crate::raft::{self, Membership, Raft, Restored};
@@ -312,6 +316,9 @@ fn raft_config(config: &ServerConfig) -> Result<raft::Config, ServerError> {
     #[cfg(any(test, madsim))]
     {
         raft_config.bugs = config.planted_bugs;
+        if let Some(entries) = config.max_append_entries {
+            raft_config.max_append_entries = entries;
+        }
     }
     raft_config
         .validate()

@@ -1,0 +1,138 @@
+//! Raft safety checks and strike triggers fed by every node's protocol probe.
+//!
+//! Why: a broken election or commit rule shows up as a linearizability violation only when the
+//! workload happens to read the divergent value; the invariants themselves are cheap to check
+//! the moment the nodes report them (FoundationDB and TigerBeetle's simulators do the same).
+//! Checked: Election Safety (at most one leader per term) and State Machine Safety (no two nodes
+//! apply different entries, by term, at one index), and the commit rule (a leader advances its
+//! commit index only to an entry of its own term, Raft §5.4.2; Figure 8 shows why). A violation is recorded with the simulated
+//! time and fails the run. The monitor also forwards chosen events to the nemesis when a
+//! targeted fault (`Fault::VoteStrike`, `Fault::Figure8`) is active; it never changes what a node does itself.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use node::raft::{LogIndex, NodeId, Term};
+use node::server::{ProtocolEvent, ProtocolObserver};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// At most this many violations are kept (the first one matters; the rest are echoes).
+const MAX_VIOLATIONS_KEPT: usize = 16;
+
+/// A protocol moment the nemesis asked to be told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StrikeCue {
+    pub node: NodeId,
+    pub event: ProtocolEvent,
+}
+
+#[derive(Debug, Default)]
+struct MonitorState {
+    leaders: BTreeMap<Term, NodeId>,
+    applied: BTreeMap<LogIndex, (Term, NodeId)>,
+    violations: Vec<String>,
+    cues: Vec<UnboundedSender<StrikeCue>>,
+}
+
+/// Shared by all servers of one run (through `ServerConfig::observer`).
+#[derive(Debug, Default)]
+pub struct SafetyMonitor {
+    state: Mutex<MonitorState>,
+}
+
+impl SafetyMonitor {
+    pub fn new() -> SafetyMonitor {
+        SafetyMonitor::default()
+    }
+
+    /// Until its receiver is dropped, every event is also forwarded to `cues` (targeted
+    /// faults act on them).
+    pub fn add_cues(&self, cues: UnboundedSender<StrikeCue>) {
+        self.lock().cues.push(cues);
+    }
+
+    /// Every violation found so far, first first.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MonitorState> {
+        // Plain data: a panic while holding the lock cannot leave it half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl MonitorState {
+    fn violation(&mut self, text: String) {
+        tracing::error!(target: "safety", "{text}");
+        if self.violations.len() < MAX_VIOLATIONS_KEPT {
+            self.violations.push(text);
+        }
+    }
+}
+
+impl ProtocolObserver for SafetyMonitor {
+    fn observe(&self, node: NodeId, event: ProtocolEvent) {
+        let mut state = self.lock();
+        // A targeted fault that ended dropped its receiver: forget it.
+        state
+            .cues
+            .retain(|cues| cues.send(StrikeCue { node, event }).is_ok());
+        match event {
+            ProtocolEvent::BecameLeader { term } => match state.leaders.get(&term).copied() {
+                Some(other) if other != node => state.violation(format!(
+                    "election safety: n{node} and n{other} both became leader of term {term}"
+                )),
+                Some(_) => {}
+                None => {
+                    state.leaders.insert(term, node);
+                }
+            },
+            ProtocolEvent::Applied { index, term } => match state.applied.get(&index).copied() {
+                Some((other_term, other)) if other_term != term => state.violation(format!(
+                    "state machine safety: n{node} applied index {index} of term {term}, \
+                             n{other} applied index {index} of term {other_term}"
+                )),
+                Some(_) => {}
+                None => {
+                    state.applied.insert(index, (term, node));
+                }
+            },
+            ProtocolEvent::LeaderCommitted {
+                term,
+                index,
+                entry_term,
+            } => {
+                if entry_term != term {
+                    state.violation(format!(
+                        "commit rule (Raft 5.4.2): n{node}, leader of term {term}, committed \
+                         index {index} of term {entry_term} by counting replicas"
+                    ));
+                }
+            }
+            ProtocolEvent::VoteGranted { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_leaders_in_one_term_and_divergent_entries_are_violations() {
+        let m = SafetyMonitor::new();
+        m.observe(1, ProtocolEvent::BecameLeader { term: 3 });
+        m.observe(1, ProtocolEvent::BecameLeader { term: 3 });
+        m.observe(2, ProtocolEvent::BecameLeader { term: 4 });
+        m.observe(1, ProtocolEvent::Applied { index: 5, term: 3 });
+        m.observe(2, ProtocolEvent::Applied { index: 5, term: 3 });
+        assert!(m.violations().is_empty(), "{:?}", m.violations());
+        m.observe(3, ProtocolEvent::BecameLeader { term: 4 });
+        m.observe(3, ProtocolEvent::Applied { index: 5, term: 4 });
+        let v = m.violations();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v[0].contains("election safety"), "{v:?}");
+        assert!(v[1].contains("state machine safety"), "{v:?}");
+    }
+}
