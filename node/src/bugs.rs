@@ -44,7 +44,12 @@ pub struct UnknownBug(pub String);
 
 impl fmt::Display for UnknownBug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown planted bug {:?}; known: {}", self.0, PlantedBugs::NAMES.join(", "))
+        write!(
+            f,
+            "unknown planted bug {:?}; known: {}",
+            self.0,
+            PlantedBugs::NAMES.join(", ")
+        )
     }
 }
 

@@ -28,6 +28,9 @@ pub struct MemberConfig {
     pub peer_addr: SocketAddr,
     /// Where clients reach this member (also returned in redirects).
     pub client_addr: SocketAddr,
+    /// Failure domain (rack, availability zone); replicas of a shard avoid sharing one.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,12 +101,61 @@ impl Default for TransportConfig {
     }
 }
 
+/// How the cluster spreads and moves shards. `shards`, `replication_factor`, `vnodes_per_node`
+/// and `load_factor` are fixed when the cluster bootstraps (a joining node takes the cluster's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub shards: u32,
+    pub replication_factor: usize,
+    pub vnodes_per_node: u32,
+    /// No node gets more than `load_factor` x the mean number of replicas.
+    pub load_factor: f64,
+    /// A member silent for this long is marked dead and its replicas are re-created elsewhere
+    /// (only when enough other members are active to hold them).
+    pub dead_node_timeout_ms: u64,
+    /// How often group leaders compare their replica set with the target and take a step.
+    pub reconcile_interval_ms: u64,
+    /// A learner within this many entries of the leader's commit index is promoted to voter.
+    pub catch_up_lag_entries: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            shards: 16,
+            replication_factor: 3,
+            vnodes_per_node: 256,
+            load_factor: 1.25,
+            dead_node_timeout_ms: 60_000,
+            reconcile_interval_ms: 200,
+            catch_up_lag_entries: 64,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn placement(&self) -> crate::placement::PlacementConfig {
+        crate::placement::PlacementConfig {
+            shards: self.shards,
+            replication_factor: self.replication_factor,
+            vnodes_per_node: self.vnodes_per_node,
+            load_factor: self.load_factor,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub node_id: NodeId,
-    /// All voting members at bootstrap, this node included.
+    /// All members at bootstrap, this node included. A node that joins a running cluster
+    /// (`join` not empty) lists only itself here.
     pub members: Vec<MemberConfig>,
+    /// Client addresses of running nodes to ask for admission. Empty: this node is one of the
+    /// bootstrap `members`. Ignored once the node has joined (its data directory says so).
+    pub join: Vec<SocketAddr>,
+    pub cluster: ClusterConfig,
     /// Addresses to bind; default: this node's addresses in `members`.
     pub listen_peer_addr: Option<SocketAddr>,
     pub listen_client_addr: Option<SocketAddr>,
@@ -145,7 +197,10 @@ impl Default for ServerConfig {
                 id: 1,
                 peer_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PEER_PORT)),
                 client_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_CLIENT_PORT)),
+                zone: None,
             }],
+            join: Vec::new(),
+            cluster: ClusterConfig::default(),
             listen_peer_addr: None,
             listen_client_addr: None,
             data_dir: PathBuf::from("quorumkv-data"),
@@ -259,8 +314,31 @@ impl ServerConfig {
         if self.snapshot_interval_entries == 0 {
             return Err(bad("snapshot_interval_entries", "must be >= 1"));
         }
+        if !self.join.is_empty() && self.members.len() != 1 {
+            return Err(bad(
+                "members",
+                "a joining node (join = [...]) lists only itself in members",
+            ));
+        }
+        self.validate_cluster()?;
         self.validate_limits()?;
         self.validate_transport()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        c.placement()
+            .validate()
+            .map_err(|e| bad("cluster", e.to_string()))?;
+        for (field, value) in [
+            ("cluster.dead_node_timeout_ms", c.dead_node_timeout_ms),
+            ("cluster.reconcile_interval_ms", c.reconcile_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(bad(field, "must be >= 1"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {

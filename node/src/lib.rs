@@ -1,6 +1,8 @@
 //! quorumkv node: everything one quorumkv process is made of.
 //!
 //! - `raft`: the sans-IO consensus core (no sockets, clock, threads or globals).
+//! - `meta`: cluster metadata (members, shard targets) and the replica-move planner.
+//! - `placement`: key -> shard -> replica set by consistent hashing (pure).
 //! - `kv`: the replicated key-value state machine with exactly-once client sessions.
 //! - `storage`: the `Disk` trait (the only door to persistence) and the stores built on it.
 //! - `transport`, `server`, `client`: the I/O shell, written against tokio APIs taken from
@@ -19,11 +21,12 @@
 
 #[cfg(any(test, madsim))]
 pub mod bugs;
-pub mod placement;
-pub mod raft;
-pub mod kv;
-pub mod storage;
-pub mod transport;
-pub mod server;
 pub mod client;
 pub mod config;
+pub mod kv;
+pub mod meta;
+pub mod placement;
+pub mod raft;
+pub mod server;
+pub mod storage;
+pub mod transport;

@@ -38,6 +38,7 @@ impl Cluster {
                 id,
                 peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
                 client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                zone: None,
             })
             .collect();
         let mut cluster = Cluster {

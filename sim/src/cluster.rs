@@ -213,6 +213,7 @@ fn start_servers(
             id: u64::from(i) + 1,
             peer_addr: SocketAddr::new(server_ip(i), PEER_PORT),
             client_addr: SocketAddr::new(server_ip(i), CLIENT_PORT),
+            zone: None,
         })
         .collect();
     let transport = TransportFaults::new();

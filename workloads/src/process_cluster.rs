@@ -144,6 +144,7 @@ impl ProcessCluster {
                 id,
                 peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
                 client_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                zone: None,
             });
         }
         let mut cluster = ProcessCluster {

@@ -356,7 +356,14 @@ impl Client {
         while Instant::now() < deadline {
             let target = self.pick_target();
             let outcome = self
-                .attempt(target, ClientRequest::Execute(command.clone()), deadline)
+                .attempt(
+                    target,
+                    ClientRequest::Execute {
+                        shard: 0,
+                        command: command.clone(),
+                    },
+                    deadline,
+                )
                 .await;
             let wait = match outcome {
                 Ok(ClientResponse::Done(result)) => match result {
@@ -403,8 +410,13 @@ impl Client {
                     self.forget_target();
                     true
                 }
-                Ok(ClientResponse::Status(_)) => {
-                    last_problem = format!("{target} answered a status to an operation");
+                Ok(
+                    ClientResponse::Status(_)
+                    | ClientResponse::WrongNode { .. }
+                    | ClientResponse::Cluster(_)
+                    | ClientResponse::Admin(_),
+                ) => {
+                    last_problem = format!("{target} answered something else to an operation");
                     self.forget_target();
                     true
                 }

@@ -12,28 +12,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::MemberConfig;
 use crate::kv::{Command, OpResult};
+use crate::meta::{ClusterView, GroupStatus, MetaCommand, MetaResult};
+use crate::placement::ShardId;
 use crate::raft::{LogIndex, NodeId, Role, Term};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClientFrame {
     pub id: u64,
     pub request: ClientRequest,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// Reads (`Get`, `Scan`) ignore `client_id`/`seq`; writes are exactly-once per pair.
-    Execute(Command),
+    /// One operation on one shard. A keyed operation must name its key's shard
+    /// (`placement::shard_for_key`); a scan covers only the named shard's keys. Reads (`Get`,
+    /// `Scan`) ignore `client_id`/`seq`; writes are exactly-once per (client id, shard, seq).
+    Execute { shard: ShardId, command: Command },
+    /// This node's own status (its metadata-group role and its hosted groups).
     Status,
+    /// The cluster as this node knows it: members, shard targets, map epoch, hosted groups.
+    ClusterInfo,
+    /// A metadata command (join, leave, ...), applied by the metadata group's leader.
+    Admin(MetaCommand),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerFrame {
     pub id: u64,
     pub response: ClientResponse,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
     /// Applied (writes) or read at a linearizable point (reads).
     Done(OpResult),
@@ -49,6 +58,15 @@ pub enum ClientResponse {
         reason: String,
     },
     Status(NodeStatus),
+    /// This node holds no replica of `shard`; as of map `epoch` these nodes (client addresses)
+    /// should. Not proposed: safe to retry there.
+    WrongNode {
+        shard: ShardId,
+        epoch: u64,
+        replicas: Vec<SocketAddr>,
+    },
+    Cluster(ClusterView),
+    Admin(MetaResult),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,13 +74,22 @@ pub enum RefusedReason {
     /// Too many requests in flight on this node (`limits.max_pending_requests`).
     Busy,
     ShuttingDown,
+    /// The shard named does not exist, or is not the key's shard (the client's shard count is
+    /// wrong: it should fetch `ClusterInfo`).
+    BadShard {
+        shard: ShardId,
+        shards: u32,
+    },
+    /// This node is joining and has not learned the cluster map yet.
+    NotReady,
     /// The answer would exceed the client port's max frame size (e.g. a scan: lower its limit).
     ResponseTooLarge {
         len_bytes: u64,
     },
 }
 
-/// What `quorumkv status` shows for one node.
+/// What `quorumkv status` shows for one node. `role`, `term`, `leader_*`, the indexes, `voters`
+/// and `learners` are those of the metadata group; `groups` has every hosted group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node_id: NodeId,
@@ -82,4 +109,6 @@ pub struct NodeStatus {
     /// The members this node was configured with (addresses).
     pub members: Vec<MemberConfig>,
     pub keys: u64,
+    /// Every Raft group this node hosts (metadata group first).
+    pub groups: Vec<GroupStatus>,
 }

@@ -83,21 +83,50 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageBody {
     /// Sent with `term` = the candidate's term + 1, without the sender changing its own term.
-    PreVote { last_index: LogIndex, last_term: Term },
-    PreVoteResponse { granted: bool },
+    PreVote {
+        last_index: LogIndex,
+        last_term: Term,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// `transfer` is set when the election was started by a leadership transfer (TimeoutNow), so
     /// receivers must not refuse it because they recently heard from a leader.
-    Vote { last_index: LogIndex, last_term: Term, transfer: bool },
-    VoteResponse { granted: bool },
-    Append { prev_index: LogIndex, prev_term: Term, entries: Vec<Entry>, commit: LogIndex },
+    Vote {
+        last_index: LogIndex,
+        last_term: Term,
+        transfer: bool,
+    },
+    VoteResponse {
+        granted: bool,
+    },
+    Append {
+        prev_index: LogIndex,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: LogIndex,
+    },
     /// On success `index` is the last index known to match the leader. On rejection the hint
     /// lets the leader skip back a whole term at a time (fast conflict back-off).
-    AppendResponse { success: bool, index: LogIndex, reject_hint: Option<RejectHint> },
+    AppendResponse {
+        success: bool,
+        index: LogIndex,
+        reject_hint: Option<RejectHint>,
+    },
     /// `read_seq` identifies the ReadIndex round the heartbeat confirms (0: none).
-    Heartbeat { commit: LogIndex, read_seq: u64 },
-    HeartbeatResponse { read_seq: u64 },
-    InstallSnapshot { snapshot: Snapshot },
-    InstallSnapshotResponse { index: LogIndex },
+    Heartbeat {
+        commit: LogIndex,
+        read_seq: u64,
+    },
+    HeartbeatResponse {
+        read_seq: u64,
+    },
+    InstallSnapshot {
+        snapshot: Snapshot,
+    },
+    InstallSnapshotResponse {
+        index: LogIndex,
+    },
     /// Leadership transfer: the receiver starts an election at once.
     TimeoutNow,
 }

@@ -171,7 +171,11 @@ impl EventLoop {
                 let _ = reply.send(ClientResponse::Status(self.status()));
                 return;
             }
-            ClientRequest::Execute(command) => command,
+            ClientRequest::Execute { command, .. } => command,
+            ClientRequest::ClusterInfo | ClientRequest::Admin(_) => {
+                let _ = reply.send(ClientResponse::Refused(RefusedReason::NotReady));
+                return;
+            }
         };
         if let Err(invalid) = self.machine.check_limits(&command.op) {
             let _ = reply.send(ClientResponse::Done(OpResult::Invalid(invalid)));
@@ -532,6 +536,7 @@ impl EventLoop {
             learners: membership.learners.iter().copied().collect(),
             members: self.config.members.clone(),
             keys: self.machine.len() as u64,
+            groups: Vec::new(),
         }
     }
 }

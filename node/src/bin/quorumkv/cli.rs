@@ -485,6 +485,7 @@ fn parse_member(spec: &str) -> Result<MemberConfig, String> {
             .trim()
             .parse()
             .map_err(|e| format!("client address {client:?}: {e}"))?,
+        zone: None,
     })
 }
 

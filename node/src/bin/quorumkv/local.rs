@@ -54,6 +54,7 @@ pub async fn run(args: LocalArgs) -> u8 {
             id: u64::from(i),
             peer_addr: SocketAddr::from(([127, 0, 0, 1], peer_base + i)),
             client_addr: SocketAddr::from(([127, 0, 0, 1], args.base_port + i)),
+            zone: None,
         })
         .collect();
     if let Err(e) = fs::create_dir_all(&args.dir) {
