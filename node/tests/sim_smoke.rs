@@ -20,7 +20,7 @@ fn member(id: u64) -> MemberConfig {
         id,
         peer_addr: SocketAddr::from(([10, 0, 0, id as u8], 7000)),
         client_addr: SocketAddr::from(([10, 0, 0, id as u8], 7001)),
-    zone: None,
+        zone: None,
     }
 }
 

@@ -72,7 +72,7 @@ impl MonitorState {
 }
 
 impl ProtocolObserver for SafetyMonitor {
-    fn observe(&self, node: NodeId, event: ProtocolEvent) {
+    fn observe(&self, node: NodeId, _group: node::meta::GroupId, event: ProtocolEvent) {
         let mut state = self.lock();
         // A targeted fault that ended dropped its receiver: forget it.
         state
@@ -122,14 +122,14 @@ mod tests {
     #[test]
     fn two_leaders_in_one_term_and_divergent_entries_are_violations() {
         let m = SafetyMonitor::new();
-        m.observe(1, ProtocolEvent::BecameLeader { term: 3 });
-        m.observe(1, ProtocolEvent::BecameLeader { term: 3 });
-        m.observe(2, ProtocolEvent::BecameLeader { term: 4 });
-        m.observe(1, ProtocolEvent::Applied { index: 5, term: 3 });
-        m.observe(2, ProtocolEvent::Applied { index: 5, term: 3 });
+        m.observe(1, 1, ProtocolEvent::BecameLeader { term: 3 });
+        m.observe(1, 1, ProtocolEvent::BecameLeader { term: 3 });
+        m.observe(2, 1, ProtocolEvent::BecameLeader { term: 4 });
+        m.observe(1, 1, ProtocolEvent::Applied { index: 5, term: 3 });
+        m.observe(2, 1, ProtocolEvent::Applied { index: 5, term: 3 });
         assert!(m.violations().is_empty(), "{:?}", m.violations());
-        m.observe(3, ProtocolEvent::BecameLeader { term: 4 });
-        m.observe(3, ProtocolEvent::Applied { index: 5, term: 4 });
+        m.observe(3, 1, ProtocolEvent::BecameLeader { term: 4 });
+        m.observe(3, 1, ProtocolEvent::Applied { index: 5, term: 4 });
         let v = m.violations();
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v[0].contains("election safety"), "{v:?}");

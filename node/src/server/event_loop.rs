@@ -342,7 +342,7 @@ impl EventLoop {
                     term: m.term,
                     candidate: m.to,
                 };
-                observer.observe(me, event);
+                observer.observe(me, crate::meta::META_GROUP, event);
             }
         }
         let commit = ready.hard_state.as_ref().map_or(0, |hs| hs.commit);
@@ -354,7 +354,7 @@ impl EventLoop {
                     index: commit,
                     entry_term: entry.term,
                 };
-                observer.observe(me, event);
+                observer.observe(me, crate::meta::META_GROUP, event);
             }
         }
         for entry in &ready.committed {
@@ -362,7 +362,7 @@ impl EventLoop {
                 index: entry.index,
                 term: entry.term,
             };
-            observer.observe(me, event);
+            observer.observe(me, crate::meta::META_GROUP, event);
         }
     }
 

@@ -10,9 +10,10 @@
 
 use std::fmt;
 
+use crate::meta::GroupId;
 use crate::raft::{LogIndex, NodeId, Term};
 
-/// One protocol moment, as seen by the node that lived it.
+/// One protocol moment of one Raft group, as seen by the node that lived it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProtocolEvent {
     /// The node became leader of `term`.
@@ -31,6 +32,7 @@ pub enum ProtocolEvent {
 }
 
 /// Receives the protocol events of every node it is handed to (one may serve all nodes).
+/// Terms, indexes and leaders are per group: safety is checked group by group.
 pub trait ProtocolObserver: Send + Sync + fmt::Debug {
-    fn observe(&self, node: NodeId, event: ProtocolEvent);
+    fn observe(&self, node: NodeId, group: GroupId, event: ProtocolEvent);
 }
