@@ -331,6 +331,7 @@ impl EventLoop {
         {
             observer.observe(
                 me,
+                crate::meta::META_GROUP,
                 ProtocolEvent::BecameLeader {
                     term: self.raft.term(),
                 },
