@@ -456,7 +456,7 @@ impl Client {
                 Ok(view) => {
                     uninitialized.get_or_insert(view);
                 }
-                Err(e) => problems.push(format!("{addr}: {e}")),
+                Err(e) => problems.push(problem_at(addr, &e)),
             }
         }
         uninitialized.ok_or_else(|| ClientError::Unreachable {
@@ -854,11 +854,11 @@ impl Client {
     }
 
     /// The map, fetched first if this client has none.
-    async fn ensure_map(&mut self, deadline: Instant) -> Result<RouteMap, ClientError> {
+    async fn ensure_map(&mut self, deadline: Instant) -> Result<&RouteMap, ClientError> {
         if self.map.is_none() {
             self.refresh_map(None, 0, deadline).await?;
         }
-        self.map.clone().ok_or_else(|| ClientError::NoQuorum {
+        self.map.as_ref().ok_or_else(|| ClientError::NoQuorum {
             reason: "no node knows the cluster map yet".into(),
         })
     }
@@ -899,7 +899,7 @@ impl Client {
                 }
                 Err(e) => {
                     heard |= !matches!(e, ClientError::Unreachable { .. });
-                    problems.push(format!("{addr}: {e}"));
+                    problems.push(problem_at(addr, &e));
                 }
             }
         }
@@ -1055,6 +1055,14 @@ fn reroute(attempts: Attempts) -> Result<ShardOutcome, ClientError> {
         })
     } else {
         Ok(ShardOutcome::Reroute)
+    }
+}
+
+/// One node's problem for a list of them (a connection error already names the address).
+fn problem_at(addr: SocketAddr, error: &ClientError) -> String {
+    match error {
+        ClientError::Unreachable { reason } => reason.clone(),
+        other => format!("{addr}: {other}"),
     }
 }
 

@@ -460,3 +460,19 @@ async fn admin_follows_the_redirect_to_the_metadata_leader() {
     assert_eq!(f.cluster_infos(), 1);
     assert_eq!((f.requests_to(1), f.requests_to(3)), (2, 2));
 }
+
+#[tokio::test]
+async fn cluster_status_asks_every_member_once() {
+    let fake = fake_cluster(3, 2).await;
+    let mut c = client(&fake, 2);
+    let status = c.cluster_status().await.unwrap();
+    let reachable: Vec<Option<bool>> = status.members.iter().map(|m| m.reachable).collect();
+    assert_eq!(reachable, [Some(true); 3]);
+    assert_eq!(status.groups.len(), 3, "the metadata group and two shards");
+    let f = fake.lock().unwrap();
+    assert_eq!(f.cluster_infos(), 3);
+    assert_eq!(
+        (f.requests_to(1), f.requests_to(2), f.requests_to(3)),
+        (1, 1, 1)
+    );
+}
