@@ -230,12 +230,10 @@ async fn a_node_joins_and_leaves_under_load_without_losing_writes() {
     .await;
 }
 
-/// As above with two nodes: 4 joins, 5 joins, 5 leaves, 4 leaves. Ignored: it fails on a server
-/// bug (see the reason); run it with `--ignored`.
+/// As above with two nodes, the README's grow-and-shrink: 3 -> 5 -> 3 (4 joins, 5 joins, 5
+/// leaves, 4 leaves) with the real CLI while the workloads run. (It found the bug of a re-added
+/// replica deleting itself while replaying its earlier removal.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a node re-added to a shard it was removed from deletes its new replica \
-            while replaying the old removal, and the shard then never removes the leaving node \
-            (leave of node 4 stalls with voters [1,2,3,4], target [1,2,3])"]
 async fn two_nodes_join_and_leave_under_load_without_losing_writes() {
     membership_campaign(
         "grow2",
