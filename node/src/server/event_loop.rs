@@ -320,7 +320,9 @@ impl EventLoop {
             addrs,
             ..
         } = self;
-        let mut send = |messages: Vec<PeerMessage>| transport.send(messages);
+        // Messages are gathered over all groups and handed to the transport together, so each
+        // peer's share of a turn leaves in as few frames as possible.
+        let mut outgoing: Vec<PeerMessage> = Vec::new();
         let mut outcomes: BTreeMap<GroupId, ReadyOutcome> = BTreeMap::new();
         for group in groups.values_mut() {
             group.start_read_round(addrs);
@@ -329,13 +331,15 @@ impl EventLoop {
             let mut staged = Vec::new();
             for (&id, group) in groups.iter_mut() {
                 let outcome = outcomes.entry(id).or_default();
-                if let Some(ready) = group.stage_ready(addrs, &mut send, outcome)? {
+                if let Some(ready) = group.stage_ready(addrs, &mut outgoing, outcome)? {
                     staged.push((id, ready));
                 }
             }
             if staged.is_empty() {
                 break;
             }
+            // Leaders' early Appends leave before the sync (see group.rs).
+            transport.send(std::mem::take(&mut outgoing));
             let mut stores: Vec<&mut NodeStorage> = groups
                 .values_mut()
                 .map(|g| &mut g.storage)
@@ -348,8 +352,9 @@ impl EventLoop {
                 else {
                     continue;
                 };
-                group.finish_ready(ready, config, kv_config, &mut send, outcome)?;
+                group.finish_ready(ready, config, kv_config, &mut outgoing, outcome)?;
             }
+            transport.send(std::mem::take(&mut outgoing));
         }
         let mut meta_applied = false;
         let mut meta_role_changed = false;

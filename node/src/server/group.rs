@@ -277,7 +277,7 @@ impl Group {
     pub(super) fn stage_ready(
         &mut self,
         addrs: &ClientAddrs,
-        send: &mut dyn FnMut(Vec<PeerMessage>),
+        outbox: &mut Vec<PeerMessage>,
         outcome: &mut ReadyOutcome,
     ) -> Result<Option<StagedReady>, ServerError> {
         if !self.raft.has_ready() {
@@ -292,7 +292,7 @@ impl Group {
                 self.fail_all_in_flight(addrs);
             }
         }
-        self.send_leader_appends_early(&mut ready, send);
+        self.send_leader_appends_early(&mut ready, outbox);
         self.storage
             .persist_deferred(
                 ready.hard_state.as_ref(),
@@ -312,14 +312,17 @@ impl Group {
         staged: StagedReady,
         config: &ServerConfig,
         kv_config: &KvConfig,
-        send: &mut dyn FnMut(Vec<PeerMessage>),
+        outbox: &mut Vec<PeerMessage>,
         outcome: &mut ReadyOutcome,
     ) -> Result<(), ServerError> {
         let StagedReady {
             mut ready,
             commit_before,
         } = staged;
-        debug_assert!(!self.storage.needs_sync(), "finishing a Ready before its sync");
+        debug_assert!(
+            !self.storage.needs_sync(),
+            "finishing a Ready before its sync"
+        );
         if let Some(hard_state) = &ready.hard_state {
             self.durable_hard_state = hard_state.clone();
         }
@@ -330,7 +333,7 @@ impl Group {
         #[cfg(any(test, madsim))]
         self.observe_ready(config, &ready, commit_before);
         let _ = commit_before;
-        send(self.wrap(std::mem::take(&mut ready.messages)));
+        outbox.extend(self.wrap(std::mem::take(&mut ready.messages)));
         for entry in &ready.committed {
             self.apply(entry, config.node_id, outcome);
         }
@@ -406,11 +409,7 @@ impl Group {
 
     /// Leader only: sends this Ready's `Append` messages before its entries are synced, when
     /// the Ready changes neither term nor vote (see the module invariants).
-    fn send_leader_appends_early(
-        &mut self,
-        ready: &mut Ready,
-        send: &mut dyn FnMut(Vec<PeerMessage>),
-    ) {
+    fn send_leader_appends_early(&mut self, ready: &mut Ready, outbox: &mut Vec<PeerMessage>) {
         if self.raft.role() != Role::Leader || ready.snapshot.is_some() {
             return;
         }
@@ -424,7 +423,7 @@ impl Group {
             .into_iter()
             .partition(|m| matches!(m.body, MessageBody::Append { .. }));
         ready.messages = rest;
-        send(self.wrap(appends));
+        outbox.extend(self.wrap(appends));
     }
 
     fn install_snapshot(
