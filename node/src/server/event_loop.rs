@@ -75,6 +75,8 @@ pub(super) struct EventLoop {
     inputs: u64,
     /// Tick at which each node was last heard from (any message of any group).
     last_heard: BTreeMap<NodeId, u64>,
+    /// Member states as `watch_liveness` last saw them (to notice members becoming Active).
+    member_states: BTreeMap<NodeId, MemberState>,
     /// Tick at which this node last became metadata leader (dead-node detection waits a full
     /// timeout after it, so a new leader does not mark everyone dead).
     meta_leader_since: Option<u64>,
@@ -110,6 +112,7 @@ impl EventLoop {
             ticks: 0,
             inputs: 0,
             last_heard: BTreeMap::new(),
+            member_states: BTreeMap::new(),
             meta_leader_since: None,
             internal_tx,
             internal_rx: Some(internal_rx),
@@ -521,6 +524,11 @@ impl EventLoop {
             2 * self.config.cluster.reconcile_interval_ms / self.config.tick_interval_ms;
         let mut command = None;
         for m in meta.members().values().filter(|m| m.id != me) {
+            let was = self.member_states.insert(m.id, m.state);
+            if m.state == MemberState::Active && was != Some(MemberState::Active) {
+                // A member that just joined or came back gets a full timeout from now.
+                self.last_heard.insert(m.id, self.ticks);
+            }
             let heard = self.last_heard.get(&m.id).copied().unwrap_or(0).max(since);
             let silent_ticks = self.ticks.saturating_sub(heard);
             match m.state {

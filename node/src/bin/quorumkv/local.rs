@@ -29,6 +29,9 @@ pub struct LocalArgs {
     /// Replicas per shard.
     #[arg(long)]
     replication_factor: Option<usize>,
+    /// A node silent this long is marked dead and its replicas are re-created elsewhere.
+    #[arg(long)]
+    dead_node_timeout_ms: Option<u64>,
 }
 
 struct Children(Vec<(u64, Child)>);
@@ -153,6 +156,9 @@ fn spawn_node(
     }
     if let Some(rf) = args.replication_factor {
         config.cluster.replication_factor = rf;
+    }
+    if let Some(ms) = args.dead_node_timeout_ms {
+        config.cluster.dead_node_timeout_ms = ms;
     }
     let text = toml::to_string(&config).map_err(std::io::Error::other)?;
     let config_path = dir.join(format!("node-{}.toml", me.id));
