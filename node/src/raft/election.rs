@@ -234,7 +234,8 @@ impl Raft {
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre && msg_term > self.term);
-        let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+        let granted =
+            can_vote && self.past_vote_floor() && self.log.is_up_to_date(last_index, last_term);
         tracing::debug!(id = self.id(), from, msg_term, pre, granted, "vote request");
         if pre {
             let term = if granted { msg_term } else { self.term };
@@ -285,6 +286,9 @@ impl Raft {
     /// may hold the only copy of that entry, and the nodes that still count it as a voter
     /// would otherwise wait for it forever).
     fn can_campaign(&self) -> bool {
+        if !self.past_vote_floor() {
+            return false;
+        }
         if self.is_voter() {
             return true;
         }

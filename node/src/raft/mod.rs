@@ -102,6 +102,8 @@ pub struct Raft {
     membership: Membership,
     /// Index of the last membership entry in the log (0: none after the snapshot).
     last_membership_index: LogIndex,
+    /// See `set_vote_floor`.
+    vote_floor: LogIndex,
 
     election_elapsed: u32,
     heartbeat_elapsed: u32,
@@ -167,6 +169,7 @@ impl Raft {
             base_membership: base.clone(),
             membership: base,
             last_membership_index: 0,
+            vote_floor: 0,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: config.election_timeout_ticks_min,
@@ -414,6 +417,20 @@ impl Raft {
     /// the membership was set at or before it and did not change between. So the value never
     /// decreases while the membership stays, is the same after a restart, and a membership
     /// with a higher index is a later one.
+    /// Marks this replica as a re-creation on a node whose earlier replica of the group was
+    /// deleted after the membership at `index` removed it. Until this replica knows a newer
+    /// membership, it grants no vote or pre-vote and does not campaign: a node cut off while it
+    /// was removed may still hold a membership that counts this node as a voter, and this empty
+    /// (or still catching up) replica must not help it win an election its old replica would
+    /// have refused. 0 (the default): no floor.
+    pub fn set_vote_floor(&mut self, index: LogIndex) {
+        self.vote_floor = index;
+    }
+
+    fn past_vote_floor(&self) -> bool {
+        self.vote_floor == 0 || self.membership_index() > self.vote_floor
+    }
+
     pub fn membership_index(&self) -> LogIndex {
         self.last_membership_index.max(self.log.snapshot_index())
     }

@@ -33,8 +33,10 @@ use crate::meta::{
     MemberState, MetaCommand, MetaResult, MetaState, Step, META_GROUP,
 };
 use crate::placement::{shard_for_key, ShardId};
-use crate::raft::{Membership, MembershipChange, NodeId, Raft, Restored, Role};
-use crate::storage::{destroy_group, sync_stores, Disk, GroupDisk, NodeStorage};
+use crate::raft::{LogIndex, Membership, MembershipChange, NodeId, Raft, Restored, Role};
+use crate::storage::{
+    destroy_group, sync_stores, write_node_marker, Disk, GroupDisk, NodeMarker, NodeStorage,
+};
 use crate::transport::{PeerMessage, PeerTransport};
 
 /// Inputs drained per channel per turn, so one busy source cannot starve the others.
@@ -63,6 +65,8 @@ pub(super) struct EventLoop {
     config: ServerConfig,
     kv_config: KvConfig,
     disk: Arc<dyn Disk>,
+    /// The node marker as on disk (its tombstones are rewritten before a replica is deleted).
+    marker: NodeMarker,
     groups: BTreeMap<GroupId, Group>,
     transport: PeerTransport,
     /// The map to use until the metadata group has applied `Bootstrap`: derived from the
@@ -91,6 +95,7 @@ impl EventLoop {
         config: ServerConfig,
         kv_config: KvConfig,
         disk: Arc<dyn Disk>,
+        marker: NodeMarker,
         groups: BTreeMap<GroupId, Group>,
         transport: PeerTransport,
         provisional_meta: MetaState,
@@ -101,6 +106,7 @@ impl EventLoop {
             config,
             kv_config,
             disk,
+            marker,
             groups,
             transport,
             provisional_meta,
@@ -251,6 +257,7 @@ impl EventLoop {
                         group,
                         from: self.config.node_id,
                         to: from,
+                        term: g.raft.term(),
                         membership_index: g.raft.membership_index(),
                     };
                     self.transport.send(vec![notice]);
@@ -260,20 +267,26 @@ impl EventLoop {
             }
             PeerMessage::Removed {
                 group,
+                term,
                 membership_index,
                 ..
             } => {
+                // Only a notice from a leader at least as recent as anything this replica has
+                // heard counts: a deposed leader's committed membership may predate this
+                // replica's re-adding.
                 let targeted = self.targeted(group);
-                let stale = self
-                    .groups
-                    .get(&group)
-                    .is_some_and(|g| g.raft.membership_index() < membership_index);
+                let stale = self.groups.get(&group).is_some_and(|g| {
+                    g.raft.membership_index() < membership_index && g.raft.term() <= term
+                });
                 if group != META_GROUP && stale && !targeted {
                     info!(
                         group,
-                        from, "the group's leader removed this replica: deleting it"
+                        from,
+                        term,
+                        membership_index,
+                        "the group's leader removed this replica: deleting it"
                     );
-                    self.destroy(group)?;
+                    self.destroy(group, membership_index)?;
                 }
             }
         }
@@ -291,15 +304,32 @@ impl EventLoop {
     }
 
     fn create_group(&mut self, group: GroupId, membership: Membership) -> Result<(), ServerError> {
-        let opened = open_group(group, &self.disk, &self.config, &self.kv_config, membership)?;
+        let floor = self.marker.tombstones.get(&group).copied().unwrap_or(0);
+        let opened = open_group(
+            group,
+            &self.disk,
+            &self.config,
+            &self.kv_config,
+            membership,
+            floor,
+        )?;
         info!(group, "hosting a new replica");
         self.groups.insert(group, opened);
         Ok(())
     }
 
-    /// Deletes this node's replica of `group` (its requests are answered first).
-    fn destroy(&mut self, group: GroupId) -> Result<(), ServerError> {
+    /// Deletes this node's replica of `group`, removed by the membership at `removed_at` (its
+    /// requests are answered first). The tombstone is made durable before any file goes, so a
+    /// later replica of the group on this node starts with the right vote floor.
+    fn destroy(&mut self, group: GroupId, removed_at: LogIndex) -> Result<(), ServerError> {
         debug_assert_ne!(group, META_GROUP);
+        if self.groups.contains_key(&group) {
+            let floor = self.marker.tombstones.entry(group).or_insert(0);
+            *floor = (*floor).max(removed_at);
+            write_node_marker(&*self.disk, &self.marker).map_err(|e| {
+                ServerError::Storage(format!("recording group {group}'s tombstone: {e}"))
+            })?;
+        }
         if let Some(mut g) = self.groups.remove(&group) {
             g.fail_all_in_flight(&self.addrs);
             drop(g);
@@ -405,8 +435,12 @@ impl EventLoop {
         if group == META_GROUP || g.has_member(me) || !removal_committed || self.targeted(group) {
             return Ok(());
         }
-        info!(group, "a committed membership change removed this replica");
-        self.destroy(group)
+        let removed_at = g.raft.membership_index();
+        info!(
+            group,
+            removed_at, "a committed membership change removed this replica"
+        );
+        self.destroy(group, removed_at)
     }
 
     /// The map changed: learn addresses, and stop if this node was removed.
@@ -443,6 +477,7 @@ impl EventLoop {
         }
         let me = self.config.node_id;
         let lag = self.config.cluster.catch_up_lag_entries;
+        let recent_ticks = u64::from(self.config.election_timeout_ticks_max);
         for (&id, group) in self.groups.iter_mut() {
             if !group.is_leader() || group.raft.membership_change_pending() {
                 continue;
@@ -459,6 +494,19 @@ impl EventLoop {
             let Some(step) = next_step(&view, &target) else {
                 continue;
             };
+            if let Step::Promote(n) = step {
+                // Only a learner heard from lately, that holds the entry adding it, becomes a
+                // voter: a stale match index (a dead node, or a replica that was re-created)
+                // must not turn into a voter that cannot vote.
+                let heard = self.last_heard.get(&n).copied().unwrap_or(0);
+                let recent = self.ticks.saturating_sub(heard) <= recent_ticks;
+                let matched = match_index.get(&n).copied().unwrap_or(0);
+                let has_add = matched >= group.raft.membership_index();
+                if !recent || !has_add {
+                    debug!(group = id, node = n, recent, has_add, "promotion deferred");
+                    continue;
+                }
+            }
             info!(group = id, ?step, "membership step towards the target");
             let result = match step {
                 Step::AddLearner(n) => group
@@ -698,6 +746,12 @@ impl EventLoop {
             let _ = reply.send(group.redirect(&self.addrs));
             return;
         }
+        if !group.meta().is_some_and(MetaState::is_initialized) {
+            // The leader has not applied the cluster's Bootstrap yet; the command would be
+            // rejected for good. Retry soon.
+            let _ = reply.send(ClientResponse::Refused(RefusedReason::NotReady));
+            return;
+        }
         let payload = crate::meta::encode_command(&command);
         if let Err(Some(reply)) = group.propose(payload, Some(reply)) {
             let _ = reply.send(group.redirect(&self.addrs));
@@ -904,6 +958,7 @@ pub(super) fn open_group(
     config: &ServerConfig,
     kv_config: &KvConfig,
     initial_membership: Membership,
+    vote_floor: LogIndex,
 ) -> Result<Group, ServerError> {
     let group_disk: Arc<dyn Disk> = Arc::new(GroupDisk::new(disk.clone(), group));
     let (storage, recovered) = NodeStorage::open(group_disk)
@@ -917,6 +972,7 @@ pub(super) fn open_group(
     };
     let mut raft = Raft::new(raft_config(config, group)?, restored)
         .map_err(|e| ServerError::Raft(format!("group {group}: {e:?}")))?;
+    raft.set_vote_floor(vote_floor);
     // The core needs the snapshot's data to send it to followers behind its log start.
     if let Some(snapshot) = recovered.snapshot {
         raft.snapshot_saved(snapshot);

@@ -115,6 +115,11 @@ impl Server {
         if first_start && bootstrap {
             group_ids.extend(bootstrap_groups(&provisional, config.node_id));
         }
+        let mut marker = marker.unwrap_or(NodeMarker {
+            node_id: config.node_id,
+            initialized: false,
+            tombstones: BTreeMap::new(),
+        });
         let mut groups = BTreeMap::new();
         for group in group_ids {
             let initial = if bootstrap {
@@ -122,14 +127,12 @@ impl Server {
             } else {
                 Membership::default()
             };
-            let opened = open_group(group, &disk, &config, &kv_config, initial)?;
+            let floor = marker.tombstones.get(&group).copied().unwrap_or(0);
+            let opened = open_group(group, &disk, &config, &kv_config, initial, floor)?;
             groups.insert(group, opened);
         }
         if first_start {
-            let marker = NodeMarker {
-                node_id: config.node_id,
-                initialized: true,
-            };
+            marker.initialized = true;
             write_node_marker(&*disk, &marker).map_err(|e| storage_error(&e))?;
         }
 
@@ -183,6 +186,7 @@ impl Server {
             config.clone(),
             kv_config,
             disk,
+            marker,
             groups,
             transport,
             provisional,

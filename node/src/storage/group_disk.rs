@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::GroupId;
-use crate::raft::NodeId;
+use crate::raft::{LogIndex, NodeId};
 
 use super::disk::{Disk, DiskFile};
 use super::record;
@@ -194,6 +194,10 @@ pub struct NodeMarker {
     pub node_id: NodeId,
     /// true once this node was created (bootstrap or join): it never bootstraps groups again
     pub initialized: bool,
+    /// For each group whose replica this node deleted: the index of the membership that removed
+    /// it. A later replica of the group must not vote before it knows a newer membership
+    /// (`Raft::set_vote_floor`).
+    pub tombstones: std::collections::BTreeMap<GroupId, LogIndex>,
 }
 
 fn marker_codec() -> impl bincode::config::Config {

@@ -796,6 +796,7 @@ fn node_marker_round_trip_survives_crashes() {
     let fresh = NodeMarker {
         node_id: 7,
         initialized: false,
+        tombstones: std::collections::BTreeMap::from([(3, 42)]),
     };
     write_node_marker(&disk, &fresh).unwrap();
     disk.crash(CrashMode::Drop);
@@ -831,6 +832,7 @@ fn damaged_node_marker_is_an_error_naming_the_file() {
     let marker = NodeMarker {
         node_id: 3,
         initialized: true,
+        tombstones: std::collections::BTreeMap::new(),
     };
     write_node_marker(&disk, &marker).unwrap();
     let good = disk.contents(NODE_MARKER_FILE).unwrap();

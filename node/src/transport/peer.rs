@@ -40,12 +40,13 @@ use crate::raft::{LogIndex, Message, NodeId};
 pub enum PeerMessage {
     /// A Raft message of one group.
     Raft { group: GroupId, message: Message },
-    /// From the leader of `group`: its committed membership (set at `membership_index`) no
-    /// longer includes the receiver, which may delete its replica.
+    /// From the leader of `group` in `term`: its committed membership (set at
+    /// `membership_index`) no longer includes the receiver, which may delete its replica.
     Removed {
         group: GroupId,
         from: NodeId,
         to: NodeId,
+        term: crate::raft::Term,
         membership_index: LogIndex,
     },
 }
@@ -791,6 +792,7 @@ mod tests {
             group: 4,
             from: 9,
             to: 2,
+            term: 3,
             membership_index: 17,
         };
         let _open = raw_peer(
@@ -823,6 +825,7 @@ mod tests {
             group: 3,
             from: 4,
             to: 5,
+            term: 3,
             membership_index: 9,
         };
         assert_eq!((removed.from(), removed.to(), removed.group()), (4, 5, 3));

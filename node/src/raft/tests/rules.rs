@@ -270,6 +270,60 @@ fn vote_granted_once_per_term_and_only_to_up_to_date_logs() {
     assert_eq!(r.hard_state().vote, Some(2));
 }
 
+/// A re-created replica (vote floor set) grants no vote and does not campaign until it knows a
+/// membership newer than the one that removed its earlier incarnation.
+#[test]
+fn replica_below_its_vote_floor_neither_votes_nor_campaigns() {
+    let vote = |term| {
+        msg(
+            1,
+            3,
+            term,
+            MessageBody::Vote {
+                last_index: 10,
+                last_term: 2,
+                transfer: false,
+            },
+        )
+    };
+    let grants = |rd: &Ready| {
+        rd.messages
+            .iter()
+            .filter(|m| m.body == MessageBody::VoteResponse { granted: true })
+            .count()
+    };
+    // An empty replica that counts itself a voter (bootstrap membership replayed).
+    let mut r = core(3, &[1, 2, 3], HardState::default(), Vec::new());
+    r.set_vote_floor(7);
+    r.step(vote(3));
+    assert_eq!(grants(&drain(&mut r)), 0, "below the floor: no vote");
+    for _ in 0..200 {
+        r.tick();
+    }
+    let rd = drain(&mut r);
+    assert_eq!(r.role(), Role::Follower, "below the floor: no campaign");
+    assert!(rd.messages.is_empty(), "{:?}", rd.messages);
+    // Without the floor the same replica grants the vote.
+    let mut r = core(3, &[1, 2, 3], HardState::default(), Vec::new());
+    r.step(vote(3));
+    assert_eq!(grants(&drain(&mut r)), 1);
+    // Past the floor (a membership entry at index 8 > 7): votes again.
+    let mut entries: Vec<Entry> = (1..=7).map(|i| entry(i, 1)).collect();
+    entries.push(Entry {
+        index: 8,
+        term: 1,
+        payload: EntryPayload::Membership(MembershipChange::AddLearner(4)),
+    });
+    let mut r = core(3, &[1, 2, 3], HardState::default(), entries);
+    r.set_vote_floor(7);
+    r.step(vote(3));
+    assert_eq!(
+        grants(&drain(&mut r)),
+        1,
+        "a newer membership lifts the floor"
+    );
+}
+
 #[test]
 fn prevote_does_not_change_terms() {
     let mut r = core(
