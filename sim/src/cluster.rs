@@ -23,6 +23,7 @@ use madsim::task::NodeId as SimNodeId;
 use node::bugs::PlantedBugs;
 use node::client::{Client, ClientOptions};
 use node::config::{MemberConfig, ServerConfig};
+use node::meta::GroupId;
 use node::raft::Role;
 use node::server::{ProtocolEvent, Server};
 use node::storage::{CrashMode, Disk};
@@ -95,7 +96,7 @@ pub fn run(scenario: &Scenario, _options: RunOptions) -> RunReport {
         .unwrap_or_default();
     let (verdict, stats, simulated_s) = match outcome {
         Ok(end) => (
-            judge(&history, end.liveness_failure),
+            judge(&history, end.liveness_failure, end.convergence_failure),
             end.stats,
             end.simulated_s,
         ),
@@ -143,6 +144,7 @@ struct Shared {
 struct SimEnd {
     stats: ClientStats,
     liveness_failure: Option<String>,
+    convergence_failure: Option<String>,
     simulated_s: f64,
 }
 
@@ -433,6 +435,7 @@ async fn simulate(
     SimEnd {
         stats,
         liveness_failure,
+        convergence_failure: None,
         simulated_s: start.elapsed().as_secs_f64(),
     }
 }
@@ -519,18 +522,19 @@ async fn vote_strikes(
     };
     let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
     monitor.add_cues(cues_tx);
-    // (term, candidate) -> voters that granted it.
-    let mut grants: BTreeMap<(u64, u64), BTreeSet<u64>> = BTreeMap::new();
+    // (group, term, candidate) -> voters that granted it: terms are per Raft group.
+    let mut grants: BTreeMap<(GroupId, u64, u64), BTreeSet<u64>> = BTreeMap::new();
     loop {
         let cue = tokio::select! {
             cue = cues.recv() => cue,
             _ = tokio::time::sleep_until(end) => None,
         };
         let Some(cue) = cue else { break };
+        let group = cue.group;
         let term = match cue.event {
             ProtocolEvent::VoteGranted { term, candidate } => {
                 grants
-                    .entry((term, candidate))
+                    .entry((group, term, candidate))
                     .or_default()
                     .insert(cue.node);
                 continue;
@@ -538,8 +542,8 @@ async fn vote_strikes(
             ProtocolEvent::BecameLeader { term } => term,
             ProtocolEvent::Applied { .. } | ProtocolEvent::LeaderCommitted { .. } => continue,
         };
-        let voters = grants.remove(&(term, cue.node)).unwrap_or_default();
-        grants.retain(|&(t, _), _| t > term);
+        let voters = grants.remove(&(group, term, cue.node)).unwrap_or_default();
+        grants.retain(|&(g, t, _), _| g != group || t > term);
         let (Some(leader), false) = (sim_id(cue.node), voters.is_empty()) else {
             continue;
         };
@@ -550,7 +554,7 @@ async fn vote_strikes(
         net.clog_node(leader);
         let down_ms = rng.random_range(1..=restart_ms_max.max(1));
         trace.log(format!(
-            "vote strike: n{} leads term {term}: power loss of its voters {voters:?} for {down_ms} ms, n{} cut off for {isolate_ms} ms",
+            "vote strike: n{} leads term {term} of group {group}: power loss of its voters {voters:?} for {down_ms} ms, n{} cut off for {isolate_ms} ms",
             cue.node, cue.node
         ));
         tokio::time::sleep(Duration::from_millis(down_ms)).await;
@@ -580,8 +584,9 @@ async fn figure8_strikes(
     let mut rng = StdRng::seed_from_u64(seed);
     let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
     monitor.add_cues(cues_tx);
-    let mut led: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut struck: BTreeSet<(u64, u64)> = BTreeSet::new();
+    // (node, group) -> the term it last became leader of; terms are per Raft group.
+    let mut led: BTreeMap<(u64, GroupId), u64> = BTreeMap::new();
+    let mut struck: BTreeSet<(u64, GroupId, u64)> = BTreeSet::new();
     let mut isolations = Vec::new();
     let mut isolate = |node: u64, why: String| {
         let slot = usize::try_from(node.saturating_sub(1)).unwrap_or(usize::MAX);
@@ -614,29 +619,34 @@ async fn figure8_strikes(
         while let Ok(cue) = cues.try_recv() {
             batch.push(cue);
         }
-        let mut last_applied: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut last_applied: BTreeMap<(u64, GroupId), u64> = BTreeMap::new();
         for cue in &batch {
             match cue.event {
                 ProtocolEvent::BecameLeader { term } => {
-                    led.insert(cue.node, term);
+                    led.insert((cue.node, cue.group), term);
                     if rng.random_range(0..100) < strike_percent {
-                        isolate(cue.node, format!("new leader of term {term}"));
+                        isolate(
+                            cue.node,
+                            format!("new leader of term {term} of group {}", cue.group),
+                        );
                     }
                 }
                 ProtocolEvent::Applied { term, .. } => {
-                    last_applied.insert(cue.node, term);
+                    last_applied.insert((cue.node, cue.group), term);
                 }
                 ProtocolEvent::VoteGranted { .. } | ProtocolEvent::LeaderCommitted { .. } => {}
             }
         }
-        for (node, term) in last_applied {
-            let Some(&leader_term) = led.get(&node) else {
+        for ((node, group), term) in last_applied {
+            let Some(&leader_term) = led.get(&(node, group)) else {
                 continue;
             };
-            if term < leader_term && struck.insert((node, leader_term)) {
+            if term < leader_term && struck.insert((node, group, leader_term)) {
                 isolate(
                     node,
-                    format!("leader of term {leader_term} applied up to an entry of term {term}"),
+                    format!(
+                        "leader of term {leader_term} of group {group} applied up to an entry of term {term}"
+                    ),
                 );
             }
         }

@@ -7,6 +7,7 @@
 //! - `report`: verdicts (checker + liveness) and failure artifacts.
 //! - `shrink`: reduce a failing scenario to a smaller one that still fails.
 //! - `campaign`: seeds over worker processes, progress, summary.
+//! - `convergence`: the end-of-run check that replication was restored after the final heal.
 //! - `cluster`, `disk` (simulation builds only): the madsim harness and the simulated disk.
 //! - `safety` (simulation builds only): Raft safety checks on the nodes' protocol probes, and
 //!   the cues of targeted faults.
@@ -15,6 +16,7 @@
 pub mod campaign;
 #[cfg(madsim)]
 pub mod cluster;
+pub mod convergence;
 #[cfg(madsim)]
 pub mod disk;
 pub mod nemesis;
