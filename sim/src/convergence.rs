@@ -118,6 +118,17 @@ pub fn replication_problems(views: &[ClusterView], fleet: &Fleet) -> Vec<String>
     problems
 }
 
+/// (node, group) for every node of `ids` that some view reports as a voter of some group.
+pub fn voters_among(views: &[ClusterView], ids: &BTreeSet<NodeId>) -> Vec<(NodeId, GroupId)> {
+    let found: BTreeSet<(NodeId, GroupId)> = views
+        .iter()
+        .flat_map(|v| v.groups.iter())
+        .flat_map(|g| g.voters.iter().map(move |&id| (id, g.group)))
+        .filter(|(id, _)| ids.contains(id))
+        .collect();
+    found.into_iter().collect()
+}
+
 /// The voters a group should have: a shard's replicas in the map; for the metadata group the
 /// `min(replication_factor, #active)` Active members with the lowest ids (`MetaState::target`).
 pub fn target_voters(map: &ClusterView, group: GroupId) -> BTreeSet<NodeId> {
@@ -244,6 +255,14 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("!= target {1, 2, 3}"), "{problems:?}");
         assert!(problems[1].contains("[4] are still voters"), "{problems:?}");
+    }
+
+    #[test]
+    fn voters_among_finds_every_group_a_node_still_votes_in() {
+        let v = views(&[1, 2, 4]);
+        assert_eq!(voters_among(&v, &BTreeSet::from([4])), vec![(4, 1)]);
+        assert_eq!(voters_among(&v, &BTreeSet::from([3])), vec![(3, 0)]);
+        assert!(voters_among(&v, &BTreeSet::from([5])).is_empty());
     }
 
     #[test]
