@@ -9,6 +9,7 @@
 //!   4 no quorum (nodes answered but no leader could serve in time)
 //!   5 outcome unknown (a write may or may not have been applied)
 //!   6 server failure (storage error, port in use, ...)
+//!   7 timed out waiting for a cluster change that is still under way (`cluster leave`)
 #![forbid(unsafe_code)]
 
 #[cfg(not(madsim))]
@@ -17,6 +18,9 @@ mod bench;
 #[cfg(not(madsim))]
 #[path = "quorumkv/cli.rs"]
 mod cli;
+#[cfg(not(madsim))]
+#[path = "quorumkv/cluster.rs"]
+mod cluster;
 #[cfg(not(madsim))]
 #[path = "quorumkv/local.rs"]
 mod local;

@@ -55,7 +55,7 @@ impl Raft {
                 leader: self.leader,
             }));
         }
-        if self.last_membership_index > self.log.commit || !self.committed_current_term() {
+        if self.membership_change_pending() {
             return Err(ProposeError::MembershipChangePending);
         }
         let m = &self.membership;

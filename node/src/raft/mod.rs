@@ -397,6 +397,34 @@ impl Raft {
         self.snapshot_meta.as_ref()
     }
 
+    /// Leader: each other member's match index (voters and learners); empty when not leader.
+    pub fn match_index(&self) -> BTreeMap<NodeId, LogIndex> {
+        if self.role != Role::Leader {
+            return BTreeMap::new();
+        }
+        self.progress
+            .iter()
+            .map(|(&id, pr)| (id, pr.matched))
+            .collect()
+    }
+
+    /// Index of the log entry (or snapshot) that set the current membership; 0 for the initial one.
+    ///
+    /// When the log since the snapshot holds no membership entry, this is the snapshot's index:
+    /// the membership was set at or before it and did not change between. So the value never
+    /// decreases while the membership stays, is the same after a restart, and a membership
+    /// with a higher index is a later one.
+    pub fn membership_index(&self) -> LogIndex {
+        self.last_membership_index.max(self.log.snapshot_index())
+    }
+
+    /// True while a membership change is uncommitted or the leader has not yet committed an entry of its term.
+    ///
+    /// `propose_membership` refuses a change exactly when this holds (on a leader).
+    pub fn membership_change_pending(&self) -> bool {
+        self.last_membership_index > self.log.commit || !self.committed_current_term()
+    }
+
     fn soft_state(&self) -> SoftState {
         SoftState {
             leader: self.leader,

@@ -28,11 +28,12 @@ use super::ServerError;
 use crate::client::protocol::{ClientRequest, ClientResponse, NodeStatus, RefusedReason};
 use crate::config::ServerConfig;
 use crate::kv::{decode_command, encode_command, Command, KvConfig, OpResult, StateMachine};
+use crate::meta::META_GROUP;
 use crate::raft::{
     Entry, EntryPayload, LogIndex, Message, MessageBody, Raft, Ready, Role, Snapshot, Term,
 };
 use crate::storage::NodeStorage;
-use crate::transport::PeerTransport;
+use crate::transport::{PeerMessage, PeerTransport};
 
 /// Inputs drained per channel per turn, so one busy source cannot starve the others.
 const MAX_DRAIN_PER_TURN: usize = 4096;
@@ -97,7 +98,7 @@ impl EventLoop {
 
     pub(super) async fn run(
         mut self,
-        mut peer_inbox: mpsc::Receiver<Message>,
+        mut peer_inbox: mpsc::Receiver<PeerMessage>,
         mut client_calls: mpsc::Receiver<ClientCall>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServerError> {
@@ -110,13 +111,13 @@ impl EventLoop {
                 biased;
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => self.raft.tick(),
-                Some(message) = peer_inbox.recv() => self.raft.step(message),
+                Some(message) = peer_inbox.recv() => self.on_peer(message),
                 Some(call) = client_calls.recv() => self.on_client(call),
                 else => break,
             }
             for _ in 0..MAX_DRAIN_PER_TURN {
                 match peer_inbox.try_recv() {
-                    Ok(message) => self.raft.step(message),
+                    Ok(message) => self.on_peer(message),
                     Err(_) => break,
                 }
             }
@@ -131,6 +132,25 @@ impl EventLoop {
         }
         self.shut_down(&mut client_calls);
         Ok(())
+    }
+
+    /// Until groups are hosted, only the metadata group's Raft messages are served.
+    fn on_peer(&mut self, message: PeerMessage) {
+        match message {
+            PeerMessage::Raft { group, message } if group == META_GROUP => self.raft.step(message),
+            other => tracing::debug!(?other, "peer message for an unhosted group ignored"),
+        }
+    }
+
+    fn send_raft(&mut self, messages: Vec<Message>) {
+        let tagged = messages
+            .into_iter()
+            .map(|message| PeerMessage::Raft {
+                group: META_GROUP,
+                message,
+            })
+            .collect();
+        self.transport.send(tagged);
     }
 
     /// Fails everything in flight; the storage is synced after every Ready, so nothing is left.
@@ -296,7 +316,7 @@ impl EventLoop {
             }
             #[cfg(any(test, madsim))]
             self.observe_ready(&ready, commit_before);
-            self.transport.send(std::mem::take(&mut ready.messages));
+            self.send_raft(std::mem::take(&mut ready.messages));
             for entry in &ready.committed {
                 self.apply(entry);
             }
@@ -383,7 +403,7 @@ impl EventLoop {
             .into_iter()
             .partition(|m| matches!(m.body, MessageBody::Append { .. }));
         ready.messages = rest;
-        self.transport.send(appends);
+        self.send_raft(appends);
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ServerError> {

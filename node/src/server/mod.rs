@@ -194,7 +194,6 @@ impl Server {
         let (client_tx, client_rx) = mpsc::channel(CLIENT_QUEUE_REQUESTS);
         let inbound = InboundConfig {
             me: config.node_id,
-            members: config.members.iter().map(|m| m.id).collect(),
             transport: config.transport.clone(),
             max_frame_bytes: config.limits.max_peer_frame_bytes,
             max_connections: config.limits.max_peer_connections,

@@ -5,10 +5,14 @@
 //! - `FileDisk`: real files in one directory, fsync'd (production);
 //! - `CrashDisk` (test and simulation builds only): in memory, keeps durable and pending bytes
 //!   apart and drops or tears the pending part on a simulated crash, deterministically;
-//! - `NodeStorage`: the Raft log, hard state and snapshot of one node, with one sync per
-//!   `persist` call (group commit). File formats and recovery rules: docs/STORAGE.md.
+//! - `NodeStorage`: the Raft log, hard state and snapshot of one Raft replica, with one sync
+//!   per `persist` call (group commit). File formats and recovery rules: docs/STORAGE.md;
+//! - `GroupDisk`: one group's files (prefix `g<group>.`) inside the node's shared disk, so a
+//!   node hosting many Raft groups opens one `NodeStorage` per group on one directory; plus
+//!   crash-safe group destruction and the node marker.
 mod disk;
 mod file_disk;
+mod group_disk;
 mod log;
 mod node_storage;
 mod record;
@@ -24,6 +28,10 @@ mod tests;
 pub use crash_disk::{CrashDisk, CrashMode};
 pub use disk::{Disk, DiskFile};
 pub use file_disk::FileDisk;
+pub use group_disk::{
+    destroy_group, hosted_groups, read_node_marker, write_node_marker, GroupDisk, NodeMarker,
+    NODE_MARKER_FILE,
+};
 pub use node_storage::{NodeStorage, Recovered, StorageOptions};
 
 use std::io;

@@ -624,3 +624,236 @@ fn random_damage_never_panics_nor_serves_wrong_data() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Many groups on one disk: independent stores, crash-safe destruction, the node marker.
+
+fn group_store(
+    disk: &CrashDisk,
+    group: crate::meta::GroupId,
+) -> Result<(NodeStorage, Recovered), StorageError> {
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    NodeStorage::open_with(Arc::new(GroupDisk::new(shared, group)), small_segments())
+}
+
+/// Fills `group` with hard state, entries over several segments and (for odd groups) a
+/// snapshot, all distinct per group; returns what a recovery must find.
+fn populate_group(disk: &CrashDisk, group: crate::meta::GroupId) -> Recovered {
+    let term = u64::from(group) + 1;
+    let (mut s, r) = group_store(disk, group).unwrap();
+    assert_eq!(r, Recovered::default(), "group {group} starts empty");
+    let last = 10 + 3 * u64::from(group);
+    s.persist(Some(&hs(term, Some(1), 2)), &entries(1, last, term), None)
+        .unwrap();
+    if group % 2 == 1 {
+        s.save_snapshot(&snap(5, term)).unwrap();
+    }
+    drop(s);
+    let (_, r) = group_store(disk, group).unwrap();
+    assert_eq!(r.hard_state, hs(term, Some(1), 2));
+    assert_eq!(r.entries.last(), Some(&entry(last, term, 40)));
+    r
+}
+
+fn group_files(disk: &CrashDisk, group: crate::meta::GroupId) -> Vec<String> {
+    let prefix = format!("g{group}.");
+    disk.list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn groups_on_one_disk_stay_independent_across_reopen() {
+    let disk = CrashDisk::new(5);
+    // 1 and 10 share a digit prefix: the dot keeps them apart.
+    let groups = [0, 1, 10];
+    let want: Vec<Recovered> = groups.iter().map(|&g| populate_group(&disk, g)).collect();
+    // More writes to group 1 (a snapshot that compacts its segments) leave the others alone.
+    {
+        let (mut s, _) = group_store(&disk, 1).unwrap();
+        s.persist(None, &entries(14, 40, 2), None).unwrap();
+        s.save_snapshot(&snap(30, 2)).unwrap();
+    }
+    disk.crash(CrashMode::Drop);
+    for (i, &g) in groups.iter().enumerate() {
+        let (_, r) = group_store(&disk, g).unwrap();
+        if g == 1 {
+            assert_eq!(r.snapshot, Some(snap(30, 2)));
+            assert_eq!(r.entries, entries(31, 40, 2));
+        } else {
+            assert_eq!(r, want[i], "group {g} changed");
+        }
+    }
+    let view = GroupDisk::new(Arc::new(disk.clone()), 1);
+    let listed = view.list().unwrap();
+    assert!(listed.contains(&"snapshot".to_string()), "{listed:?}");
+    assert!(listed.iter().all(|n| !n.starts_with('g')), "{listed:?}");
+    assert_eq!(
+        listed.len(),
+        group_files(&disk, 1).len(),
+        "list() shows exactly the group's files"
+    );
+    assert!(disk.exists("g1.snapshot").unwrap() && !disk.exists("snapshot").unwrap());
+}
+
+#[test]
+fn hosted_groups_lists_groups_in_order_and_ignores_other_files() {
+    let disk = CrashDisk::new(1);
+    assert!(hosted_groups(&disk).unwrap().is_empty());
+    for g in [12, 0, 3] {
+        populate_group(&disk, g);
+    }
+    for stray in ["node.marker", "snapshot", "g01.snapshot", "gx.log", "g7"] {
+        disk.open(stray).unwrap();
+    }
+    let hosted: Vec<_> = hosted_groups(&disk).unwrap().into_iter().collect();
+    assert_eq!(hosted, vec![0, 3, 12]);
+}
+
+#[test]
+fn destroy_group_removes_exactly_that_group() {
+    let disk = CrashDisk::new(2);
+    let kept = populate_group(&disk, 1);
+    populate_group(&disk, 11);
+    disk.open("node.marker").unwrap();
+    destroy_group(&disk, 11).unwrap();
+    disk.crash(CrashMode::Drop);
+    assert!(group_files(&disk, 11).is_empty());
+    assert_eq!(
+        hosted_groups(&disk)
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(group_store(&disk, 1).unwrap().1, kept);
+    assert!(disk.exists("node.marker").unwrap(), "not a group file");
+    // A destroyed group can be created again from scratch.
+    populate_group(&disk, 11);
+}
+
+/// Destroys group 1 with a crash after `ops` mutating disk calls, optionally crashes again
+/// `recovery_ops` calls into the recovery that finishes the job, and checks that group 1 is
+/// whole or gone and group 2 whole. Returns whether the destruction ran to completion.
+fn destroy_with_crash(seed: u64, mode: CrashMode, ops: u64, recovery_ops: Option<u64>) -> bool {
+    let disk = CrashDisk::new(seed);
+    let doomed = populate_group(&disk, 1);
+    let kept = populate_group(&disk, 2);
+    let before = group_files(&disk, 1);
+    disk.fail_after(ops);
+    let finished = destroy_group(&disk, 1).is_ok();
+    disk.crash(mode);
+    if let Some(recovery_ops) = recovery_ops {
+        disk.fail_after(recovery_ops);
+        let _ = hosted_groups(&disk);
+        disk.crash(mode);
+    }
+    let ctx = format!("seed {seed} {mode:?} ops {ops} recovery {recovery_ops:?}");
+    let hosted = hosted_groups(&disk).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    assert!(hosted.contains(&2), "{ctx}: group 2 lost");
+    assert_eq!(
+        group_store(&disk, 2).unwrap().1,
+        kept,
+        "{ctx}: group 2 damaged"
+    );
+    if hosted.contains(&1) {
+        assert!(!finished, "{ctx}: a completed destruction left the group");
+        assert_eq!(group_files(&disk, 1), before, "{ctx}: half a group");
+        let (_, r) = group_store(&disk, 1).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert_eq!(r, doomed, "{ctx}: group 1 not whole");
+    } else {
+        assert!(group_files(&disk, 1).is_empty(), "{ctx}: files left behind");
+    }
+    finished
+}
+
+#[test]
+fn destroying_a_group_with_a_crash_at_every_step_leaves_it_whole_or_gone() {
+    for mode in [CrashMode::Drop, CrashMode::Torn] {
+        for seed in 0..8u64 {
+            let mut ops = 0;
+            while !destroy_with_crash(seed * 1000 + ops, mode, ops, None) {
+                for recovery_ops in 0..8 {
+                    destroy_with_crash(seed * 1000 + ops, mode, ops, Some(recovery_ops));
+                }
+                ops += 1;
+                assert!(ops < 100, "destruction never completes");
+            }
+            assert!(
+                ops >= 5,
+                "only {ops} steps: the crash points were not exercised"
+            );
+        }
+    }
+}
+
+#[test]
+fn node_marker_round_trip_survives_crashes() {
+    let disk = CrashDisk::new(4);
+    assert_eq!(read_node_marker(&disk).unwrap(), None);
+    let fresh = NodeMarker {
+        node_id: 7,
+        initialized: false,
+    };
+    write_node_marker(&disk, &fresh).unwrap();
+    disk.crash(CrashMode::Drop);
+    assert_eq!(read_node_marker(&disk).unwrap(), Some(fresh.clone()));
+    let created = NodeMarker {
+        initialized: true,
+        ..fresh.clone()
+    };
+    // An interrupted update leaves the old marker or the new one, never damage.
+    for ops in 0..10 {
+        for mode in [CrashMode::Drop, CrashMode::Torn] {
+            let disk = CrashDisk::new(ops);
+            write_node_marker(&disk, &fresh).unwrap();
+            disk.fail_after(ops);
+            let done = write_node_marker(&disk, &created).is_ok();
+            disk.crash(mode);
+            let got = read_node_marker(&disk).unwrap();
+            if done {
+                assert_eq!(got, Some(created.clone()), "ops {ops} {mode:?}");
+            } else {
+                assert!(
+                    got == Some(fresh.clone()) || got == Some(created.clone()),
+                    "ops {ops} {mode:?}: {got:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn damaged_node_marker_is_an_error_naming_the_file() {
+    let disk = CrashDisk::new(4);
+    let marker = NodeMarker {
+        node_id: 3,
+        initialized: true,
+    };
+    write_node_marker(&disk, &marker).unwrap();
+    let good = disk.contents(NODE_MARKER_FILE).unwrap();
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x10;
+    let mut doubled = good.clone();
+    doubled.extend_from_slice(&good);
+    for bad in [
+        flipped,
+        good[..good.len() - 1].to_vec(),
+        Vec::new(),
+        doubled,
+    ] {
+        disk.replace_contents(NODE_MARKER_FILE, bad.clone())
+            .unwrap();
+        match read_node_marker(&disk) {
+            Err(e @ StorageError::Corrupt { .. }) => {
+                assert!(e.to_string().contains(NODE_MARKER_FILE), "{e}")
+            }
+            other => panic!("{bad:?}: expected a corruption error, got {other:?}"),
+        }
+    }
+    disk.replace_contents(NODE_MARKER_FILE, good).unwrap();
+    assert_eq!(read_node_marker(&disk).unwrap(), Some(marker));
+}

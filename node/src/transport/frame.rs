@@ -16,8 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// First bytes of every frame: "QKV" + a format byte.
 pub const FRAME_MAGIC: [u8; 4] = *b"QKV\x01";
-/// Bumped on any incompatible change of a payload type.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Bumped on any incompatible change of a payload type (2: peer frames carry group-tagged
+/// `PeerMessage`s; client requests name their shard).
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const FRAME_HEADER_BYTES: usize = 10;
 /// Absolute ceiling on any configured `max_frame_bytes` (bincode's decode limit is a constant).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;

@@ -1,9 +1,11 @@
 //! Moving bytes between nodes and between clients and nodes.
 //!
 //! - `frame`: the versioned, length-prefixed, size-limited wire format of both ports;
-//! - `peer`: Raft messages between nodes: one outbound TCP connection per peer (reconnect with
-//!   exponential backoff, bounded queue, batching, pings and a silence timeout, because a
-//!   partition does not break an open connection), and the inbound accept side;
+//! - `peer`: group-tagged Raft messages (`PeerMessage`) between nodes: one outbound TCP
+//!   connection per peer node shared by all Raft groups (reconnect with exponential backoff,
+//!   bounded queue, batching that coalesces every group's messages to a peer into one frame,
+//!   pings and a silence timeout, because a partition does not break an open connection),
+//!   peers added and removed at run time, and the inbound accept side;
 //! - `faults` (test and simulation builds only): drop, delay, duplicate, reorder and partition
 //!   peer messages on request, since madsim itself only loses packets at connection setup.
 //!
@@ -17,4 +19,4 @@ pub mod peer;
 #[cfg(any(test, madsim))]
 pub use faults::{FaultPlan, TransportFaults};
 pub use frame::FrameError;
-pub use peer::{PeerFrame, PeerTransport};
+pub use peer::{PeerFrame, PeerMessage, PeerTransport};

@@ -1,16 +1,22 @@
-//! Raft messages between nodes over TCP.
+//! Raft messages between nodes over TCP, for every Raft group the two nodes share.
 //!
-//! Each node keeps one outbound connection per peer, owned by a task that connects (with
-//! exponential backoff), introduces itself with `Hello`, then writes batches of queued messages
-//! and a `Ping` every `heartbeat_interval_ms`. The receiving side answers each `Ping` with a
+//! Each node keeps one outbound connection per peer node (not per group), owned by a task that
+//! connects (with exponential backoff), introduces itself with `Hello`, then writes batches of
+//! queued messages and a `Ping` every `heartbeat_interval_ms`. Every message is a
+//! `PeerMessage` tagged with its group, and all groups' messages to one peer share that peer's
+//! queue: whatever the event loop sends in one turn (in particular the heartbeats of all the
+//! groups two nodes share) goes out in the same batch frame. Coalescing is per node pair, so
+//! the cost of idle groups is bytes in a frame, not frames or connections. The receiving side answers each `Ping` with a
 //! `Pong`; a sender that hears nothing for `silence_timeout_ms` drops the connection and
 //! reconnects, and a receiver that reads nothing for that long closes it. Messages queued while
 //! disconnected are discarded (they are stale; Raft retransmits).
 //!
-//! Inbound connections only carry messages *to* this node *from* the peer named in `Hello`;
-//! anything else closes the connection with a logged error.
+//! Peers come and go at run time (`add_peer`, `remove_peer`): a node that joins the cluster is
+//! in no static member list, so the inbound side accepts a `Hello` from any node id but 0 and
+//! its own. An inbound connection only carries messages *to* this node *from* the peer named in
+//! its `Hello`; anything else closes the connection with a logged error.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +32,45 @@ use tracing::{debug, info, warn};
 
 use super::frame::{encode_frame, read_frame, FrameError};
 use crate::config::TransportConfig;
-use crate::raft::{Message, NodeId};
+use crate::meta::GroupId;
+use crate::raft::{LogIndex, Message, NodeId};
+
+/// What travels between two nodes' event loops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// A Raft message of one group.
+    Raft { group: GroupId, message: Message },
+    /// From the leader of `group`: its committed membership (set at `membership_index`) no
+    /// longer includes the receiver, which may delete its replica.
+    Removed {
+        group: GroupId,
+        from: NodeId,
+        to: NodeId,
+        membership_index: LogIndex,
+    },
+}
+
+impl PeerMessage {
+    pub fn from(&self) -> NodeId {
+        match self {
+            PeerMessage::Raft { message, .. } => message.from,
+            PeerMessage::Removed { from, .. } => *from,
+        }
+    }
+
+    pub fn to(&self) -> NodeId {
+        match self {
+            PeerMessage::Raft { message, .. } => message.to,
+            PeerMessage::Removed { to, .. } => *to,
+        }
+    }
+
+    pub fn group(&self) -> GroupId {
+        match self {
+            PeerMessage::Raft { group, .. } | PeerMessage::Removed { group, .. } => *group,
+        }
+    }
+}
 
 /// Everything that travels on the peer port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +80,7 @@ pub enum PeerFrame {
         from: NodeId,
         to: NodeId,
     },
-    Messages(Vec<Message>),
+    Messages(Vec<PeerMessage>),
     Ping,
     Pong,
 }
@@ -53,11 +97,25 @@ pub enum PeerError {
     Closed,
 }
 
+/// One peer's outbound queue and the task that drains it onto its connection.
+struct PeerLink {
+    addr: SocketAddr,
+    queue: mpsc::Sender<PeerMessage>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PeerLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The event loop's handle on outgoing peer traffic. Dropping it stops the peer tasks.
 pub struct PeerTransport {
     me: NodeId,
-    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
-    tasks: Vec<JoinHandle<()>>,
+    config: TransportConfig,
+    max_frame_bytes: usize,
+    links: BTreeMap<NodeId, PeerLink>,
     /// Messages refused because a peer's queue was full or the peer is unknown.
     pub dropped_messages: u64,
     #[cfg(any(test, madsim))]
@@ -65,35 +123,58 @@ pub struct PeerTransport {
 }
 
 impl PeerTransport {
-    /// Starts one outbound task per peer (every member but `me`).
+    /// Starts one outbound task per peer (every entry of `peers` but `me`).
     pub fn start(
         me: NodeId,
         peers: &BTreeMap<NodeId, SocketAddr>,
         config: &TransportConfig,
         max_frame_bytes: usize,
     ) -> PeerTransport {
-        let mut queues = BTreeMap::new();
-        let mut tasks = Vec::new();
-        for (&id, &addr) in peers.iter().filter(|(&id, _)| id != me) {
-            let (tx, rx) = mpsc::channel(config.peer_queue_messages);
-            let link = OutboundLink {
-                me,
-                peer: id,
-                addr,
-                config: config.clone(),
-                max_frame_bytes,
-            };
-            tasks.push(tokio::spawn(link.run(rx).in_current_span()));
-            queues.insert(id, tx);
-        }
-        PeerTransport {
+        let mut transport = PeerTransport {
             me,
-            queues,
-            tasks,
+            config: config.clone(),
+            max_frame_bytes,
+            links: BTreeMap::new(),
             dropped_messages: 0,
             #[cfg(any(test, madsim))]
             faults: None,
+        };
+        for (&id, &addr) in peers {
+            transport.add_peer(id, addr);
         }
+        transport
+    }
+
+    /// Starts sending to `id` at `addr`. A no-op when `id` is known at the same address (or is
+    /// this node); a new address restarts the link, discarding what was queued for the old one.
+    pub fn add_peer(&mut self, id: NodeId, addr: SocketAddr) {
+        if id == self.me || self.links.get(&id).is_some_and(|l| l.addr == addr) {
+            return;
+        }
+        let (queue, rx) = mpsc::channel(self.config.peer_queue_messages);
+        let link = OutboundLink {
+            me: self.me,
+            peer: id,
+            addr,
+            config: self.config.clone(),
+            max_frame_bytes: self.max_frame_bytes,
+        };
+        let task = tokio::spawn(link.run(rx).in_current_span());
+        info!(peer = id, %addr, "peer added");
+        // Replacing a link drops the old one, which stops its task.
+        self.links.insert(id, PeerLink { addr, queue, task });
+    }
+
+    /// Stops sending to `id` (its task ends, its queued messages are discarded).
+    pub fn remove_peer(&mut self, id: NodeId) {
+        if self.links.remove(&id).is_some() {
+            info!(peer = id, "peer removed");
+        }
+    }
+
+    /// The peers this transport sends to, in id order.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.links.keys().copied().collect()
     }
 
     /// Simulation/test only: subject outgoing messages to `faults`, deciding with a seeded RNG.
@@ -108,7 +189,7 @@ impl PeerTransport {
     }
 
     /// Queues messages for their peers without waiting; a full queue drops the message.
-    pub fn send(&mut self, messages: Vec<Message>) {
+    pub fn send(&mut self, messages: Vec<PeerMessage>) {
         #[cfg(any(test, madsim))]
         if let Some(mut injector) = self.faults.take() {
             for message in messages {
@@ -122,26 +203,24 @@ impl PeerTransport {
         }
     }
 
-    fn enqueue(&mut self, message: Message) {
+    fn enqueue(&mut self, message: PeerMessage) {
         debug_assert_eq!(
-            message.from, self.me,
+            message.from(),
+            self.me,
             "sending a message not from this node"
         );
-        let Some(queue) = self.queues.get(&message.to) else {
+        let to = message.to();
+        let Some(link) = self.links.get(&to) else {
             self.dropped_messages += 1;
-            debug!(to = message.to, "message to unknown peer dropped");
+            debug!(
+                to,
+                group = message.group(),
+                "message to unknown peer dropped"
+            );
             return;
         };
-        if queue.try_send(message).is_err() {
+        if link.queue.try_send(message).is_err() {
             self.dropped_messages += 1;
-        }
-    }
-}
-
-impl Drop for PeerTransport {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
         }
     }
 }
@@ -151,15 +230,15 @@ struct FaultInjector {
     faults: super::TransportFaults,
     rng: rand::rngs::StdRng,
     /// One held-back message per peer, released after the next one (reordering).
-    held: BTreeMap<NodeId, Message>,
+    held: BTreeMap<NodeId, PeerMessage>,
 }
 
 #[cfg(any(test, madsim))]
 impl FaultInjector {
-    fn route(&mut self, transport: &mut PeerTransport, message: Message) {
+    fn route(&mut self, transport: &mut PeerTransport, message: PeerMessage) {
         use rand::Rng;
         let plan = self.faults.plan();
-        if plan.is_blocked(message.from, message.to)
+        if plan.is_blocked(message.from(), message.to())
             || self.rng.random_bool(clamp(plan.drop_probability))
         {
             transport.dropped_messages += 1;
@@ -174,7 +253,7 @@ impl FaultInjector {
             let message = message.clone();
             if plan.delay_ms_max > 0 && self.rng.random_bool(clamp(plan.delay_probability)) {
                 let delay = Duration::from_millis(self.rng.random_range(1..=plan.delay_ms_max));
-                if let Some(queue) = transport.queues.get(&message.to).cloned() {
+                if let Some(queue) = transport.links.get(&message.to()).map(|l| l.queue.clone()) {
                     tokio::spawn(
                         async move {
                             sleep(delay).await;
@@ -184,11 +263,11 @@ impl FaultInjector {
                     );
                 }
             } else if self.rng.random_bool(clamp(plan.reorder_probability)) {
-                if let Some(earlier) = self.held.insert(message.to, message) {
+                if let Some(earlier) = self.held.insert(message.to(), message) {
                     transport.enqueue(earlier);
                 }
             } else {
-                let to = message.to;
+                let to = message.to();
                 transport.enqueue(message);
                 if let Some(held) = self.held.remove(&to) {
                     transport.enqueue(held);
@@ -217,7 +296,7 @@ struct OutboundLink {
 }
 
 impl OutboundLink {
-    async fn run(self, mut queue: mpsc::Receiver<Message>) {
+    async fn run(self, mut queue: mpsc::Receiver<PeerMessage>) {
         let backoff_min = Duration::from_millis(self.config.reconnect_backoff_ms_min);
         let backoff_max = Duration::from_millis(self.config.reconnect_backoff_ms_max);
         let mut backoff = backoff_min;
@@ -260,7 +339,7 @@ impl OutboundLink {
     async fn drive(
         &self,
         stream: TcpStream,
-        queue: &mut mpsc::Receiver<Message>,
+        queue: &mut mpsc::Receiver<PeerMessage>,
     ) -> Result<(), PeerError> {
         let (read_half, mut write_half) = tokio::io::split(stream);
         let write_timeout = Duration::from_millis(self.config.silence_timeout_ms);
@@ -284,7 +363,7 @@ impl OutboundLink {
     async fn pump<W: AsyncWrite + Unpin>(
         &self,
         writer: &mut W,
-        queue: &mut mpsc::Receiver<Message>,
+        queue: &mut mpsc::Receiver<PeerMessage>,
         last_heard: &Mutex<Instant>,
         reader: &JoinHandle<Result<(), PeerError>>,
         write_timeout: Duration,
@@ -324,7 +403,7 @@ impl OutboundLink {
     async fn write_batch<W: AsyncWrite + Unpin>(
         &self,
         writer: &mut W,
-        batch: Vec<Message>,
+        batch: Vec<PeerMessage>,
         write_timeout: Duration,
     ) -> Result<(), PeerError> {
         let frame = PeerFrame::Messages(batch);
@@ -404,7 +483,6 @@ async fn read_pongs<R: tokio::io::AsyncRead + Unpin>(
 #[derive(Clone, Debug)]
 pub struct InboundConfig {
     pub me: NodeId,
-    pub members: BTreeSet<NodeId>,
     pub transport: TransportConfig,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
@@ -414,7 +492,7 @@ pub struct InboundConfig {
 pub async fn accept_peers(
     listener: TcpListener,
     config: InboundConfig,
-    inbox: mpsc::Sender<Message>,
+    inbox: mpsc::Sender<PeerMessage>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
     loop {
@@ -448,7 +526,7 @@ pub async fn accept_peers(
 async fn serve_inbound(
     stream: TcpStream,
     config: &InboundConfig,
-    inbox: &mpsc::Sender<Message>,
+    inbox: &mpsc::Sender<PeerMessage>,
 ) -> Result<(), PeerError> {
     let _ = stream.set_nodelay(true);
     let (read_half, mut write_half) = tokio::io::split(stream);
@@ -461,14 +539,16 @@ async fn serve_inbound(
             silence_ms: config.transport.handshake_timeout_ms,
         })??;
     let from = match first {
+        // Any node may call (a joining node is in no member list); what it may send is checked
+        // per message below.
         Some(PeerFrame::Hello { from, to })
-            if to == config.me && from != config.me && config.members.contains(&from) =>
+            if to == config.me && from != config.me && from != 0 =>
         {
             from
         }
         Some(PeerFrame::Hello { from, to }) => {
             return Err(PeerError::Protocol(format!(
-                "hello from {from} to {to}: not a peer of node {}",
+                "hello from {from} to {to} refused by node {}",
                 config.me
             )))
         }
@@ -491,10 +571,11 @@ async fn serve_inbound(
         match frame {
             Some(PeerFrame::Messages(messages)) => {
                 for message in messages {
-                    if message.from != from || message.to != config.me {
+                    if message.from() != from || message.to() != config.me {
                         return Err(PeerError::Protocol(format!(
                             "message from {} to {} on the link from {from}",
-                            message.from, message.to
+                            message.from(),
+                            message.to()
                         )));
                     }
                     if inbox.send(message).await.is_err() {
@@ -535,15 +616,36 @@ mod tests {
     use super::*;
     use crate::raft::MessageBody;
 
-    fn heartbeat(from: NodeId, to: NodeId, commit: u64) -> Message {
-        Message {
-            from,
-            to,
-            term: 1,
-            body: MessageBody::Heartbeat {
-                commit,
-                read_seq: 0,
+    fn group_heartbeat(group: GroupId, from: NodeId, to: NodeId, commit: u64) -> PeerMessage {
+        PeerMessage::Raft {
+            group,
+            message: Message {
+                from,
+                to,
+                term: 1,
+                body: MessageBody::Heartbeat {
+                    commit,
+                    read_seq: 0,
+                },
             },
+        }
+    }
+
+    fn heartbeat(from: NodeId, to: NodeId, commit: u64) -> PeerMessage {
+        group_heartbeat(0, from, to, commit)
+    }
+
+    fn commit_of(m: &PeerMessage) -> Option<u64> {
+        match m {
+            PeerMessage::Raft {
+                message:
+                    Message {
+                        body: MessageBody::Heartbeat { commit, .. },
+                        ..
+                    },
+                ..
+            } => Some(*commit),
+            _ => None,
         }
     }
 
@@ -555,22 +657,25 @@ mod tests {
         }
     }
 
-    /// Node 2 listens; returns its address and the messages it receives.
-    async fn listening_node() -> (SocketAddr, mpsc::Receiver<Message>, JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::channel(1024);
-        let config = InboundConfig {
+    fn inbound_config() -> InboundConfig {
+        InboundConfig {
             me: 2,
-            members: [1, 2].into_iter().collect(),
             transport: fast_config(),
             max_frame_bytes: 1 << 20,
             max_connections: 4,
-        };
-        (addr, rx, tokio::spawn(accept_peers(listener, config, tx)))
+        }
     }
 
-    async fn recv(rx: &mut mpsc::Receiver<Message>) -> Option<Message> {
+    /// Node 2 listens; returns its address and the messages it receives.
+    async fn listening_node() -> (SocketAddr, mpsc::Receiver<PeerMessage>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let server = tokio::spawn(accept_peers(listener, inbound_config(), tx));
+        (addr, rx, server)
+    }
+
+    async fn recv(rx: &mut mpsc::Receiver<PeerMessage>) -> Option<PeerMessage> {
         timeout(Duration::from_secs(5), rx.recv())
             .await
             .ok()
@@ -598,10 +703,8 @@ mod tests {
             let m = recv(&mut rx)
                 .await
                 .expect("message lost on an open connection");
-            if let MessageBody::Heartbeat { commit, .. } = m.body {
-                if commit >= 1000 {
-                    commits.push(commit);
-                }
+            if let Some(commit) = commit_of(&m).filter(|&c| c >= 1000) {
+                commits.push(commit);
             }
         }
         assert_eq!(commits, (1000..1100).collect::<Vec<_>>());
@@ -614,14 +717,7 @@ mod tests {
         sleep(Duration::from_millis(300)).await; // let the old connection notice
         let listener = TcpListener::bind(addr).await.unwrap();
         let (tx, mut rx2) = mpsc::channel(1024);
-        let config = InboundConfig {
-            me: 2,
-            members: [1, 2].into_iter().collect(),
-            transport: fast_config(),
-            max_frame_bytes: 1 << 20,
-            max_connections: 4,
-        };
-        let _server = tokio::spawn(accept_peers(listener, config, tx));
+        let _server = tokio::spawn(accept_peers(listener, inbound_config(), tx));
         let mut arrived = false;
         for i in 0..200 {
             transport.send(vec![heartbeat(1, 2, 5000 + i)]);
@@ -638,18 +734,26 @@ mod tests {
         assert!(arrived, "link did not reconnect");
     }
 
-    #[tokio::test]
-    async fn hello_from_a_stranger_is_refused() {
-        let (addr, mut rx, _server) = listening_node().await;
+    /// Writes `hello` then `messages` on a raw connection to `addr`; returns the reader half.
+    async fn raw_peer(
+        addr: SocketAddr,
+        hello: PeerFrame,
+        messages: Vec<PeerMessage>,
+    ) -> tokio::io::ReadHalf<TcpStream> {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut read_half, mut write_half) = tokio::io::split(stream);
-        let hello = encode_frame(&PeerFrame::Hello { from: 9, to: 2 }, 1024).unwrap();
+        let (read_half, mut write_half) = tokio::io::split(stream);
+        let hello = encode_frame(&hello, 1024).unwrap();
         write_bytes(&mut write_half, &hello, Duration::from_secs(1))
             .await
             .unwrap();
-        let batch = encode_frame(&PeerFrame::Messages(vec![heartbeat(9, 2, 1)]), 1024).unwrap();
+        let batch = encode_frame(&PeerFrame::Messages(messages), 1024).unwrap();
         let _ = write_bytes(&mut write_half, &batch, Duration::from_secs(1)).await;
-        // The connection is closed by the node and nothing is delivered.
+        // Keep the write half open: only the node may close this connection.
+        std::mem::forget(write_half);
+        read_half
+    }
+
+    async fn assert_closed_by_node(mut read_half: tokio::io::ReadHalf<TcpStream>) {
         let mut buf = [0u8; 16];
         let n = timeout(
             Duration::from_secs(5),
@@ -660,9 +764,163 @@ mod tests {
             matches!(n, Ok(Ok(0)) | Ok(Err(_))),
             "connection left open: {n:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn bad_hello_is_refused() {
+        let (addr, mut rx, _server) = listening_node().await;
+        // Node 0 does not exist; 2 is the listener itself; 3 is not the listener.
+        for (from, to) in [(0, 2), (2, 2), (9, 3)] {
+            let conn = raw_peer(
+                addr,
+                PeerFrame::Hello { from, to },
+                vec![heartbeat(from, to, 1)],
+            )
+            .await;
+            assert_closed_by_node(conn).await;
+        }
         assert!(timeout(Duration::from_millis(100), rx.recv())
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_node_in_no_member_list_may_call_but_only_in_its_own_name() {
+        let (addr, mut rx, _server) = listening_node().await;
+        let removed = PeerMessage::Removed {
+            group: 4,
+            from: 9,
+            to: 2,
+            membership_index: 17,
+        };
+        let _open = raw_peer(
+            addr,
+            PeerFrame::Hello { from: 9, to: 2 },
+            vec![group_heartbeat(3, 9, 2, 5), removed.clone()],
+        )
+        .await;
+        assert_eq!(recv(&mut rx).await, Some(group_heartbeat(3, 9, 2, 5)));
+        assert_eq!(recv(&mut rx).await, Some(removed));
+
+        // A message not from the caller closes the connection; nothing of it is delivered.
+        let forged = raw_peer(
+            addr,
+            PeerFrame::Hello { from: 9, to: 2 },
+            vec![heartbeat(8, 2, 1)],
+        )
+        .await;
+        assert_closed_by_node(forged).await;
+        assert!(timeout(Duration::from_millis(100), rx.recv())
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn peer_message_accessors() {
+        let raft = group_heartbeat(7, 1, 2, 0);
+        assert_eq!((raft.from(), raft.to(), raft.group()), (1, 2, 7));
+        let removed = PeerMessage::Removed {
+            group: 3,
+            from: 4,
+            to: 5,
+            membership_index: 9,
+        };
+        assert_eq!((removed.from(), removed.to(), removed.group()), (4, 5, 3));
+    }
+
+    /// Sends heartbeats until one arrives (the first are lost while the link connects).
+    async fn wait_connected(
+        transport: &mut PeerTransport,
+        rx: &mut mpsc::Receiver<PeerMessage>,
+    ) -> bool {
+        for i in 0..100 {
+            transport.send(vec![heartbeat(1, 2, i)]);
+            if let Ok(Some(_)) = timeout(Duration::from_millis(50), rx.recv()).await {
+                sleep(Duration::from_millis(100)).await;
+                while rx.try_recv().is_ok() {}
+                return true;
+            }
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn peers_are_added_moved_and_removed_at_run_time() {
+        let mut transport = PeerTransport::start(1, &BTreeMap::new(), &fast_config(), 1 << 20);
+        assert!(transport.peers().is_empty());
+        transport.send(vec![heartbeat(1, 2, 0)]);
+        assert_eq!(transport.dropped_messages, 1, "unknown peer");
+
+        let (first_addr, mut first_rx, _first) = listening_node().await;
+        transport.add_peer(2, first_addr);
+        transport.add_peer(1, first_addr); // itself: ignored
+        assert_eq!(transport.peers(), vec![2]);
+        assert!(wait_connected(&mut transport, &mut first_rx).await);
+        transport.add_peer(2, first_addr); // same address: the link stays up
+        transport.send(vec![heartbeat(1, 2, 77)]);
+        assert_eq!(
+            recv(&mut first_rx).await.as_ref().and_then(commit_of),
+            Some(77)
+        );
+
+        // Node 2 moves: the link follows it and the old address hears nothing more.
+        let (second_addr, mut second_rx, _second) = listening_node().await;
+        transport.add_peer(2, second_addr);
+        assert_eq!(transport.peers(), vec![2]);
+        assert!(wait_connected(&mut transport, &mut second_rx).await);
+        assert!(first_rx.try_recv().is_err(), "old address still served");
+
+        transport.remove_peer(2);
+        assert!(transport.peers().is_empty());
+        let dropped = transport.dropped_messages;
+        transport.send(vec![heartbeat(1, 2, 88)]);
+        assert_eq!(transport.dropped_messages, dropped + 1);
+        assert!(
+            timeout(Duration::from_millis(200), second_rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .is_none(),
+            "a removed peer still gets messages"
+        );
+    }
+
+    async fn read(reader: &mut BufReader<TcpStream>) -> Option<PeerFrame> {
+        let frame = read_frame::<_, PeerFrame>(reader, 1 << 20);
+        timeout(Duration::from_secs(5), frame)
+            .await
+            .expect("no frame within 5 s")
+            .expect("bad frame")
+    }
+
+    #[tokio::test]
+    async fn messages_of_all_groups_to_one_peer_share_one_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peers = [(2, addr)].into_iter().collect();
+        let mut transport = PeerTransport::start(1, &peers, &fast_config(), 1 << 20);
+        let sent: Vec<PeerMessage> = (0..5).map(|g| group_heartbeat(g, 1, 2, 10)).collect();
+        // Queued in one turn, before the link task runs (current-thread runtime).
+        transport.send(sent.clone());
+        let (stream, _) = timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        assert_eq!(
+            read(&mut reader).await,
+            Some(PeerFrame::Hello { from: 1, to: 2 })
+        );
+        loop {
+            match read(&mut reader).await {
+                Some(PeerFrame::Ping) => continue,
+                Some(PeerFrame::Messages(batch)) => {
+                    assert_eq!(batch, sent, "one frame carries every group's heartbeat");
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_NO_QUORUM: u8 = 4;
 pub const EXIT_UNKNOWN: u8 = 5;
 pub const EXIT_SERVER: u8 = 6;
+pub const EXIT_TIMEOUT: u8 = 7;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,6 +86,13 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Print the values of several keys (exit 1 when any is absent).
+    Mget {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Show every node of the cluster: id, address, process id, role, term, indexes.
     Status {
         #[command(flatten)]
@@ -92,6 +100,11 @@ enum Command {
     },
     /// Closed-loop benchmark: ops/s and latency percentiles.
     Bench(crate::bench::BenchArgs),
+    /// Members and shards: status, adding a node, removing one.
+    Cluster {
+        #[command(subcommand)]
+        command: crate::cluster::ClusterCommand,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -137,9 +150,6 @@ pub enum LogFormat {
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// TOML config file; flags override its values.
-    #[arg(long)]
-    config: Option<PathBuf>,
     #[arg(long)]
     id: Option<u64>,
     /// A cluster member as ID=PEER_ADDR,CLIENT_ADDR (repeat for each member, this node included).
@@ -147,15 +157,46 @@ pub struct ServerArgs {
     members: Vec<String>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: ServerTuning,
+}
+
+/// Server flags shared by `server` and `cluster join`.
+#[derive(Args, Debug)]
+pub struct ServerTuning {
+    /// TOML config file; flags override its values.
     #[arg(long)]
-    seed: Option<u64>,
+    pub config: Option<PathBuf>,
     #[arg(long)]
-    snapshot_interval_entries: Option<u64>,
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub snapshot_interval_entries: Option<u64>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    pub log_format: LogFormat,
     /// tracing filter, e.g. "info" or "node=debug".
     #[arg(long, env = "QUORUMKV_LOG", default_value = "info")]
-    log_level: String,
+    pub log_level: String,
+}
+
+impl ServerTuning {
+    /// The config file's settings (or the defaults) with these flags applied.
+    pub fn base_config(&self) -> Result<ServerConfig, String> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                ServerConfig::from_toml(&text).map_err(|e| format!("{} ({})", e, path.display()))?
+            }
+            None => ServerConfig::default(),
+        };
+        if let Some(seed) = self.seed {
+            config.seed = seed;
+        }
+        if let Some(n) = self.snapshot_interval_entries {
+            config.snapshot_interval_entries = n;
+        }
+        Ok(config)
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -228,7 +269,11 @@ async fn run(cli: Cli) -> u8 {
             };
             client_command(&conn, |c| Box::pin(scan(c, range, limit, conn.json))).await
         }
+        Command::Mget { keys, conn } => {
+            client_command(&conn, |c| Box::pin(mget(c, keys, conn.json))).await
+        }
         Command::Status { conn } => status(&conn).await,
+        Command::Cluster { command } => crate::cluster::run(command).await,
     }
 }
 
@@ -265,7 +310,7 @@ pub fn exit_code(error: &ClientError) -> u8 {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -289,6 +334,31 @@ async fn get(client: &mut Client, key: String, as_json: bool) -> Result<u8, Clie
         eprintln!("(not found)");
     }
     Ok(if found.is_some() { EXIT_OK } else { EXIT_NO })
+}
+
+async fn mget(client: &mut Client, keys: Vec<String>, as_json: bool) -> Result<u8, ClientError> {
+    let raw: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+    let found = client.get_many(&raw).await?;
+    if as_json {
+        let items: Vec<_> = keys
+            .iter()
+            .zip(&found)
+            .map(|(key, v)| json!({"key": key, "found": v.is_some(), "value": v.as_ref().map(|v| text(&v.value)), "version": v.as_ref().map(|v| v.version)}))
+            .collect();
+        println!("{}", json!({ "items": items }));
+    } else {
+        for (key, value) in keys.iter().zip(&found) {
+            match value {
+                Some(v) => println!("{key}\t{}", text(&v.value)),
+                None => eprintln!("{key}: (not found)"),
+            }
+        }
+    }
+    Ok(if found.iter().all(Option::is_some) {
+        EXIT_OK
+    } else {
+        EXIT_NO
+    })
 }
 
 async fn put(
@@ -490,14 +560,7 @@ fn parse_member(spec: &str) -> Result<MemberConfig, String> {
 }
 
 fn server_config(args: &ServerArgs) -> Result<ServerConfig, String> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-            ServerConfig::from_toml(&text).map_err(|e| format!("{} ({})", e, path.display()))?
-        }
-        None => ServerConfig::default(),
-    };
+    let mut config = args.tuning.base_config()?;
     if let Some(id) = args.id {
         config.node_id = id;
     }
@@ -511,12 +574,6 @@ fn server_config(args: &ServerArgs) -> Result<ServerConfig, String> {
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
-    }
-    if let Some(seed) = args.seed {
-        config.seed = seed;
-    }
-    if let Some(n) = args.snapshot_interval_entries {
-        config.snapshot_interval_entries = n;
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -537,7 +594,7 @@ pub fn init_logging(format: LogFormat, filter: &str) {
 }
 
 async fn run_server(args: ServerArgs) -> u8 {
-    init_logging(args.log_format, &args.log_level);
+    init_logging(args.tuning.log_format, &args.tuning.log_level);
     let config = match server_config(&args) {
         Ok(config) => config,
         Err(e) => {
@@ -545,6 +602,11 @@ async fn run_server(args: ServerArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    serve(config).await
+}
+
+/// Runs a validated configuration until SIGINT/SIGTERM (logging already set up).
+pub async fn serve(config: ServerConfig) -> u8 {
     let span = tracing::info_span!("node", node_id = config.node_id);
     let data_dir = config.data_dir.clone();
     let server = match tracing::Instrument::instrument(Server::open(config), span.clone()).await {

@@ -96,7 +96,8 @@ pub async fn run(args: LocalArgs) -> u8 {
         );
     }
     println!("endpoints: {}", endpoints.join(","));
-    println!("try: quorumkv put hello world && quorumkv get hello && quorumkv status");
+    println!("try: quorumkv put hello world && quorumkv get hello && quorumkv cluster status");
+    println!("grow: quorumkv cluster join (another terminal); shrink: quorumkv cluster leave --node-id N");
     println!("Ctrl-C stops all nodes.");
 
     let mut ticker = tokio::time::interval(Duration::from_millis(500));

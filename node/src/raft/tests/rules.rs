@@ -906,3 +906,141 @@ fn a_node_that_cannot_campaign_still_lets_its_lease_expire() {
     ));
     assert_eq!(r.term(), 2, "lease expired: the request is heard");
 }
+
+/// The index of the last membership entry in `r`'s in-memory log.
+fn last_membership_entry(r: &Raft) -> u64 {
+    r.log_entries()
+        .iter()
+        .rev()
+        .find(|e| matches!(e.payload, EntryPayload::Membership(_)))
+        .map_or(0, |e| e.index)
+}
+
+#[test]
+fn leader_reports_match_indexes_and_a_pending_change_until_it_commits() {
+    let mut r = core(
+        1,
+        &[1, 2, 3],
+        HardState {
+            term: 3,
+            vote: None,
+            commit: 0,
+        },
+        vec![entry(1, 2)],
+    );
+    assert!(r.match_index().is_empty(), "not a leader");
+    assert_eq!(r.membership_index(), 0, "the initial membership");
+    // Become leader of term 5 (PreVote, then Vote, granted by node 2).
+    for _ in 0..30 {
+        r.tick();
+        if r.role() == Role::PreCandidate {
+            break;
+        }
+    }
+    r.step(msg(2, 1, 4, MessageBody::PreVoteResponse { granted: true }));
+    let term = r.term();
+    r.step(msg(2, 1, term, MessageBody::VoteResponse { granted: true }));
+    assert_eq!(r.role(), Role::Leader);
+    drain(&mut r);
+    let last = r.last_index();
+    // The first leader of a log without membership entries writes the bootstrap membership.
+    assert!(last_membership_entry(&r) > 1);
+    assert_eq!(r.membership_index(), last_membership_entry(&r));
+    assert!(
+        r.membership_change_pending(),
+        "nothing of its term committed yet"
+    );
+    assert_eq!(
+        r.propose_membership(MembershipChange::AddLearner(4)),
+        Err(ProposeError::MembershipChangePending)
+    );
+    assert_eq!(r.match_index(), [(2, 0), (3, 0)].into_iter().collect());
+
+    let ack = |index| MessageBody::AppendResponse {
+        success: true,
+        index,
+        reject_hint: None,
+    };
+    r.step(msg(2, 1, term, ack(last)));
+    assert_eq!(r.commit_index(), last);
+    assert!(!r.membership_change_pending());
+    assert_eq!(r.match_index(), [(2, last), (3, 0)].into_iter().collect());
+
+    let (index, _) = r
+        .propose_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    drain(&mut r);
+    assert!(r.membership_change_pending(), "the change is not committed");
+    assert_eq!(r.membership_index(), index);
+    assert_eq!(
+        r.match_index(),
+        [(2, last), (3, 0), (4, 0)].into_iter().collect(),
+        "learners are listed too"
+    );
+    r.step(msg(3, 1, term, ack(index)));
+    assert!(!r.membership_change_pending());
+    assert_eq!(r.match_index()[&3], index);
+
+    // Deposed: no match indexes any more.
+    r.step(msg(
+        2,
+        1,
+        term + 1,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_seq: 0,
+        },
+    ));
+    assert_ne!(r.role(), Role::Leader);
+    assert!(r.match_index().is_empty());
+    assert_eq!(r.membership_index(), index, "followers know it too");
+}
+
+#[test]
+fn membership_index_survives_snapshots_and_restarts() {
+    let mut c = Cluster::new(&[1, 2, 3], &[4], config);
+    let l = elect(&mut c);
+    run_ticks(&mut c, 2);
+    let bootstrap = last_membership_entry(c.raft(l).unwrap());
+    for id in 1..=3 {
+        assert_eq!(
+            c.raft(id).unwrap().membership_index(),
+            bootstrap,
+            "node {id}"
+        );
+        assert!(!c.raft(id).unwrap().membership_change_pending());
+    }
+    let lagging = (1..=3).find(|&id| id != l).unwrap();
+    c.crash(lagging);
+    for i in 0..10u8 {
+        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
+    }
+    settle(&mut c);
+    c.snapshot(l);
+    let snap_index = c.raft(l).unwrap().snapshot_meta().unwrap().index;
+    assert!(snap_index > bootstrap);
+    // The entry that set the membership is compacted: the snapshot stands for it.
+    assert_eq!(c.raft(l).unwrap().membership_index(), snap_index);
+    c.restart(lagging);
+    run_ticks(&mut c, 5);
+    assert!(c.nodes[&lagging].durable.snapshot.is_some(), "installed");
+    assert_eq!(c.raft(lagging).unwrap().membership_index(), snap_index);
+    c.crash(l);
+    c.restart(l);
+    assert_eq!(
+        c.raft(l).unwrap().membership_index(),
+        snap_index,
+        "same after a restart"
+    );
+    let l = elect(&mut c);
+    let (index, _) = c
+        .raft_mut(l)
+        .unwrap()
+        .propose_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    settle(&mut c);
+    run_ticks(&mut c, 3);
+    for id in 1..=4 {
+        assert_eq!(c.raft(id).unwrap().membership_index(), index, "node {id}");
+    }
+}

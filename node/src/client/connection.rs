@@ -1,0 +1,139 @@
+//! The client's connections: at most one per node, one request in flight on each.
+//!
+//! A sharded client talks to many leaders, so it keeps a connection per node it used recently
+//! instead of reconnecting on every change of shard. Invariants: at most `OPEN_CONNECTIONS_MAX`
+//! are open; a connection on which anything went wrong (timeout, bad frame id, closed) is dropped
+//! so a late answer to an old request can never be read as the answer to a new one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tracing::debug;
+
+use super::protocol::{ClientFrame, ClientRequest, ClientResponse, ServerFrame};
+use super::ClientError;
+use crate::transport::frame::{encode_frame, read_frame};
+
+/// Connections one client keeps open (one per node; the oldest-addressed goes first when full).
+pub(crate) const OPEN_CONNECTIONS_MAX: usize = 16;
+
+struct Connection {
+    reader: BufReader<ReadHalf<TcpStream>>,
+    writer: WriteHalf<TcpStream>,
+}
+
+/// Why one attempt did not produce a response.
+pub(crate) enum AttemptError {
+    /// Nothing was sent.
+    NotSent(String),
+    /// The request was (possibly) sent; no usable response came back.
+    AfterSend(String),
+    /// The request can never succeed (e.g. larger than a frame); nothing was sent.
+    Fatal(ClientError),
+}
+
+pub(crate) struct Connections {
+    open: BTreeMap<SocketAddr, Connection>,
+    next_frame_id: u64,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    max_frame_bytes: usize,
+}
+
+impl Connections {
+    pub fn new(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        max_frame_bytes: usize,
+    ) -> Connections {
+        Connections {
+            open: BTreeMap::new(),
+            next_frame_id: 1,
+            connect_timeout,
+            request_timeout,
+            max_frame_bytes,
+        }
+    }
+
+    /// Sends `request` to `addr` and waits for its answer, until `deadline` at the latest.
+    pub async fn exchange(
+        &mut self,
+        addr: SocketAddr,
+        request: ClientRequest,
+        deadline: Instant,
+    ) -> Result<ClientResponse, AttemptError> {
+        let id = self.next_frame_id;
+        self.next_frame_id += 1;
+        let bytes =
+            encode_frame(&ClientFrame { id, request }, self.max_frame_bytes).map_err(|e| {
+                AttemptError::Fatal(ClientError::InvalidArgument(format!(
+                    "request not sent: {e}"
+                )))
+            })?;
+        if !self.open.contains_key(&addr) {
+            let connection = self.connect(addr, deadline).await?;
+            while self.open.len() >= OPEN_CONNECTIONS_MAX {
+                self.open.pop_first();
+            }
+            self.open.insert(addr, connection);
+        }
+        let request_timeout = self
+            .request_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let max = self.max_frame_bytes;
+        let Some(connection) = self.open.get_mut(&addr) else {
+            return Err(AttemptError::NotSent(format!("no connection to {addr}")));
+        };
+        let exchange = async {
+            connection.writer.write_all(&bytes).await?;
+            connection.writer.flush().await?;
+            read_frame::<_, ServerFrame>(&mut connection.reader, max).await
+        };
+        let response = match timeout(request_timeout, exchange).await {
+            Ok(Ok(Some(frame))) if frame.id == id => return Ok(frame.response),
+            Ok(Ok(Some(frame))) => format!("{addr} answered frame {} to request {id}", frame.id),
+            Ok(Ok(None)) => format!("{addr} closed the connection"),
+            Ok(Err(e)) => format!("{addr}: {e}"),
+            Err(_) => format!(
+                "{addr} did not answer within {} ms",
+                request_timeout.as_millis()
+            ),
+        };
+        debug!(error = %response, "client attempt failed");
+        self.open.remove(&addr);
+        Err(AttemptError::AfterSend(response))
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Connection, AttemptError> {
+        let connect_timeout = self
+            .connect_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return Err(AttemptError::NotSent(format!(
+                    "cannot connect to {addr}: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(AttemptError::NotSent(format!(
+                    "connecting to {addr} timed out"
+                )))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = tokio::io::split(stream);
+        Ok(Connection {
+            reader: BufReader::new(read_half),
+            writer: write_half,
+        })
+    }
+}
