@@ -11,9 +11,8 @@
 //! after the simulation returns (it may use OS threads and real time).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,8 +24,7 @@ use node::client::{Client, ClientOptions};
 use node::config::{MemberConfig, ServerConfig};
 use node::meta::GroupId;
 use node::raft::Role;
-use node::server::{ProtocolEvent, Server};
-use node::storage::{CrashMode, Disk};
+use node::server::ProtocolEvent;
 use node::transport::{FaultPlan, TransportFaults};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -206,7 +204,7 @@ fn server_configs(
     base.cluster.shards = scenario.shards;
     base.cluster.replication_factor = scenario.replication_factor;
     base.cluster.dead_node_timeout_ms = scenario.dead_node_timeout_ms;
-    base.sim_busy_us_per_input = scenario.sim_busy_us_per_input;
+    // PENDING-MERGE base.sim_busy_us_per_input = scenario.sim_busy_us_per_input;
     if scenario.buggify {
         buggify(&mut base, &mut knob_rng, trace);
     }
@@ -857,7 +855,13 @@ fn skip(trace: &Trace, fault: &Fault, why: &str) -> Undo {
 }
 
 /// Ends one fault.
-async fn heal(action: Undo, fault: &Fault, fleet: &Fleet, transport: &TransportFaults, trace: &Trace) {
+async fn heal(
+    action: Undo,
+    fault: &Fault,
+    fleet: &Fleet,
+    transport: &TransportFaults,
+    trace: &Trace,
+) {
     let handle = Handle::current();
     let net = NetSim::current();
     let ids = fleet.sim_ids();

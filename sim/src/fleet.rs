@@ -93,7 +93,11 @@ pub struct Fleet {
 impl Fleet {
     /// Creates every server (`configs[i]` for server i; None: a spare) on its own simulated
     /// node with its own disk; the non-spares start at once.
-    pub fn create(configs: Vec<Option<ServerConfig>>, replication_factor: usize, seed: u64) -> Fleet {
+    pub fn create(
+        configs: Vec<Option<ServerConfig>>,
+        replication_factor: usize,
+        seed: u64,
+    ) -> Fleet {
         let handle = Handle::current();
         let mut slots = Vec::new();
         for (i, config) in configs.into_iter().enumerate() {
@@ -158,7 +162,9 @@ impl Fleet {
     }
 
     pub fn disk_faults(&self, index: u32) -> Option<DiskFaults> {
-        self.lock().get(index as usize).map(|s| s.disk_faults.clone())
+        self.lock()
+            .get(index as usize)
+            .map(|s| s.disk_faults.clone())
     }
 
     pub fn life(&self, index: u32) -> Option<Life> {
@@ -416,7 +422,7 @@ fn server_init(
 
 /// Sends the admin `Leave` of server `index` (node id `index + 1`) and logs the answer; a
 /// definite refusal makes the node active again in the fleet's record.
-pub async fn send_leave(fleet: Fleet, index: u32, mut admin: Client, trace: Trace) {
+pub(crate) async fn send_leave(fleet: Fleet, index: u32, mut admin: Client, trace: Trace) {
     let id = NodeId::from(index) + 1;
     match admin.admin(MetaCommand::Leave(id)).await {
         Ok(MetaResult::Applied { epoch }) => {
@@ -446,7 +452,11 @@ pub fn harness_client(endpoints: Vec<SocketAddr>, seed: u64) -> Client {
 
 /// The end-of-run replication check: polls every up server until `replication_problems` finds
 /// none, or `bound` has passed (then returns the problems of the last poll).
-pub async fn await_convergence(fleet: &Fleet, bound: Duration, trace: &Trace) -> Option<String> {
+pub(crate) async fn await_convergence(
+    fleet: &Fleet,
+    bound: Duration,
+    trace: &Trace,
+) -> Option<String> {
     let started = Instant::now();
     let deadline = started + bound;
     let mut poller = harness_client(fleet.client_addrs(), 0xc0_4e76);

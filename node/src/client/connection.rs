@@ -75,7 +75,7 @@ impl Connections {
                 )))
             })?;
         if !self.open.contains_key(&addr) {
-            let connection = self.connect(addr, deadline).await?;
+            let connection = Connections::connect(self.connect_timeout, addr, deadline).await?;
             while self.open.len() >= OPEN_CONNECTIONS_MAX {
                 self.open.pop_first();
             }
@@ -108,14 +108,14 @@ impl Connections {
         Err(AttemptError::AfterSend(response))
     }
 
+    /// Takes no `&self`: a future holding `&Connections` across an await would need
+    /// `Connections: Sync`, which madsim's `TcpStream` is not.
     async fn connect(
-        &self,
+        connect_timeout: Duration,
         addr: SocketAddr,
         deadline: Instant,
     ) -> Result<Connection, AttemptError> {
-        let connect_timeout = self
-            .connect_timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
+        let connect_timeout = connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
