@@ -4,6 +4,7 @@
 //!     cargo run -p sim --release -- --seed 42 --scenario partitions        # replay with logs
 //!     cargo run -p sim --release -- --scenario-file shrunk.toml             # replay a file
 //!     cargo run -p sim --release -- --seed 42 --scenario mixed --bugs ack-before-fsync --shrink
+//!     cargo run -p sim --release -- --bench                                 # throughput, 3/5/7 nodes
 //!
 //! The simulation needs a `--cfg madsim` build. A normal build of this binary builds that
 //! variant itself (into `<target>/madsim`) and runs it with the same arguments.
@@ -25,7 +26,8 @@ struct Args {
     /// Replay one seed with full logs.
     #[arg(long)]
     seed: Option<u64>,
-    /// Preset scenario: none, partitions, messages, crashes, elections, mixed, set, ycsb.
+    /// Preset scenario: none, partitions, messages, crashes, elections, votes, figure8, mixed,
+    /// set, ycsb, membership.
     #[arg(long, default_value = "mixed")]
     scenario: String,
     /// Replay this scenario file (TOML, or JSON by extension) exactly.
@@ -33,6 +35,21 @@ struct Args {
     scenario_file: Option<PathBuf>,
     #[arg(long)]
     nodes: Option<u32>,
+    /// Servers outside the cluster at first, started by `Join` faults.
+    #[arg(long)]
+    spare_nodes: Option<u32>,
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Simulated CPU time per input a node handles, in microseconds (0: free).
+    #[arg(long)]
+    sim_busy_us: Option<u64>,
+    /// Throughput benchmark instead of a fault campaign: a saturating workload without faults
+    /// on each cluster size of `--bench-nodes`; prints ops per simulated and per wall second.
+    #[arg(long, conflicts_with_all = ["seeds", "scenario_file"])]
+    bench: bool,
+    /// Cluster sizes the benchmark runs, comma-separated.
+    #[arg(long, default_value = "3,5,7")]
+    bench_nodes: String,
     #[arg(long)]
     clients: Option<u32>,
     /// Operations per client (upper bound).
@@ -131,6 +148,15 @@ mod simulation {
         if let Some(n) = args.nodes {
             scenario.nodes = n;
         }
+        if let Some(n) = args.spare_nodes {
+            scenario.spare_nodes = n;
+        }
+        if let Some(n) = args.shards {
+            scenario.shards = n;
+        }
+        if let Some(us) = args.sim_busy_us {
+            scenario.sim_busy_us_per_input = us;
+        }
         if let Some(c) = args.clients {
             scenario.clients = c;
         }
@@ -151,6 +177,9 @@ mod simulation {
     }
 
     pub fn run(args: Args) -> anyhow::Result<i32> {
+        if args.bench {
+            return bench(&args);
+        }
         let base = base_scenario(&args)?;
         if args.worker {
             return worker(&args, base);
@@ -223,6 +252,100 @@ mod simulation {
         }
         println!("verdict: {}", report.verdict.summary());
         Ok(1)
+    }
+
+    /// Operations that completed before this much of a benchmark run are not counted (leader
+    /// elections of every group, sessions opening).
+    const BENCH_WARMUP_S: u64 = 2;
+
+    /// The throughput benchmark: for each cluster size, one run of a saturating workload (many
+    /// clients, no think time, no faults, uniform keys over every shard) with a per-input CPU
+    /// cost on the nodes, so that a node's capacity is finite and the cluster's grows with the
+    /// nodes that share the shards' leaders and replicas.
+    fn bench(args: &Args) -> anyhow::Result<i32> {
+        let sizes: Vec<u32> = args
+            .bench_nodes
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse::<u32>()
+                    .context("--bench-nodes: not a number")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut rows = Vec::new();
+        let mut failed = false;
+        for nodes in sizes {
+            let mut scenario = Scenario::preset("none")?;
+            scenario.name = "bench".to_string();
+            scenario.seed = args.seed.unwrap_or(1);
+            scenario.nodes = nodes;
+            scenario.clients = args.clients.unwrap_or(64);
+            scenario.ops_per_client = args.ops.unwrap_or(u64::MAX / 2);
+            scenario.duration_s = args.duration_s.unwrap_or(12);
+            scenario.think_time_ms = 0;
+            scenario.shards = args.shards.unwrap_or(16);
+            scenario.sim_busy_us_per_input = args.sim_busy_us.unwrap_or(50);
+            scenario.workload = workloads::WorkloadSpec::Ycsb {
+                keys: 10_000,
+                read_percent: 50,
+                hot_percent: 0,
+            };
+            scenario.validate()?;
+            if rows.is_empty() {
+                println!(
+                    "bench: {} shards, {} clients (no think time), ycsb {} % reads over 10000 \
+                     uniform keys, sim_busy_us_per_input {}, {} simulated s per run (first {} s \
+                     not counted), seed {}",
+                    scenario.shards,
+                    scenario.clients,
+                    50,
+                    scenario.sim_busy_us_per_input,
+                    scenario.duration_s,
+                    BENCH_WARMUP_S,
+                    scenario.seed
+                );
+                println!(
+                    "{:>5} {:>10} {:>12} {:>12} {:>8}  verdict",
+                    "nodes", "ops", "ops/sim_s", "ops/wall_s", "wall_s"
+                );
+            }
+            let report = cluster::run(&scenario, RunOptions::default());
+            let counted_s = scenario.duration_s.saturating_sub(BENCH_WARMUP_S).max(1);
+            let (from_ns, to_ns) = (
+                BENCH_WARMUP_S * 1_000_000_000,
+                scenario.duration_s * 1_000_000_000,
+            );
+            let ops = report
+                .history
+                .ops()
+                .iter()
+                .filter_map(|o| o.completion.as_ref())
+                .filter(|c| matches!(c.outcome, checker::Outcome::Ok(_)))
+                .filter(|c| (from_ns..to_ns).contains(&c.time_ns))
+                .count() as u64;
+            let per_sim_s = ops as f64 / counted_s as f64;
+            let per_wall_s = report.stats.ok as f64 / report.wall_s.max(1e-9);
+            println!(
+                "{:>5} {:>10} {:>12.0} {:>12.0} {:>8.1}  {}",
+                nodes,
+                ops,
+                per_sim_s,
+                per_wall_s,
+                report.wall_s,
+                report.verdict.summary()
+            );
+            failed |= !report.verdict.passed();
+            rows.push((nodes, per_sim_s));
+        }
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            println!(
+                "capacity {} -> {} nodes: x{:.2}",
+                first.0,
+                last.0,
+                last.1 / first.1.max(1e-9)
+            );
+        }
+        Ok(if failed { 1 } else { 0 })
     }
 
     fn worker(args: &Args, base: Scenario) -> anyhow::Result<i32> {
