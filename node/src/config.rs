@@ -187,6 +187,12 @@ pub struct ServerConfig {
     #[cfg(any(test, madsim))]
     #[serde(skip)]
     pub max_append_entries: Option<usize>,
+    /// Simulation/test only: simulated processing time per input (peer message or client
+    /// request) the event loop handles, in microseconds; 0 = free. Models a node's CPU so that
+    /// a simulated cluster's capacity depends on how work spreads over nodes.
+    #[cfg(any(test, madsim))]
+    #[serde(skip)]
+    pub sim_busy_us_per_input: u64,
 }
 
 impl Default for ServerConfig {
@@ -220,6 +226,8 @@ impl Default for ServerConfig {
             observer: None,
             #[cfg(any(test, madsim))]
             max_append_entries: None,
+            #[cfg(any(test, madsim))]
+            sim_busy_us_per_input: 0,
         }
     }
 }

@@ -71,7 +71,7 @@ fn decode(bytes: &[u8]) -> Value {
 }
 
 fn set_key(set: &str, element: Value) -> Vec<u8> {
-    format!("{set}/{element}").into_bytes()
+    format!("{{{set}}}/{element}").into_bytes()
 }
 
 impl KvStore for ClientStore {
@@ -119,7 +119,9 @@ impl KvStore for ClientStore {
     }
 
     async fn set_read(&self, set: &str) -> Result<BTreeSet<Value>, StoreError> {
-        let prefix = format!("{set}/").into_bytes();
+        // The set's name is a hash tag: all its elements live in one shard, so the prefix
+        // scan reads one shard at one linearizable point (the others hold none of them).
+        let prefix = format!("{{{set}}}/").into_bytes();
         let mut end = prefix.clone();
         // '/' + 1 = '0': the first key after every `set/...` key.
         if let Some(last) = end.last_mut() {

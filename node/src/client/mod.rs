@@ -609,7 +609,7 @@ impl Client {
         'restart: for _ in 0..=REROUTES_PER_OPERATION_MAX {
             let shards = self.ensure_map(deadline).await?.shards;
             let mut parts = Vec::with_capacity(shards as usize);
-            for shard in 0..shards {
+            for shard in scan_shards(&range, shards) {
                 let op = Operation::Scan {
                     range: range.clone(),
                     limit,
@@ -1078,4 +1078,17 @@ fn unexpected(result: OpResult) -> ClientError {
     ClientError::Failed {
         reason: format!("unexpected result {result:?}"),
     }
+}
+
+/// The shards a scan must read: one when every key of the range shares a hash tag (a prefix
+/// holding a complete `{tag}`, see `placement::hash_part`), else all of them.
+fn scan_shards(range: &KeyRange, shards: u32) -> std::ops::Range<ShardId> {
+    if let KeyRange::Prefix(prefix) = range {
+        let tag = crate::placement::hash_part(prefix);
+        if tag.len() < prefix.len() {
+            let shard = crate::placement::shard_for_key(prefix, shards);
+            return shard..shard + 1;
+        }
+    }
+    0..shards
 }

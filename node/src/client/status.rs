@@ -239,6 +239,7 @@ mod tests {
             learners: Vec::new(),
             commit_index: 100,
             applied_index: 100,
+            snapshot_index: 0,
             match_index: BTreeMap::new(),
             keys: 10,
         }

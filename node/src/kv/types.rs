@@ -60,6 +60,18 @@ impl Operation {
     pub fn is_read(&self) -> bool {
         matches!(self, Operation::Get { .. } | Operation::Scan { .. })
     }
+
+    /// The one key the operation touches (None: scans and session opening, which name a shard).
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Operation::Get { key }
+            | Operation::Put { key, .. }
+            | Operation::Delete { key }
+            | Operation::CompareAndSwap { key, .. }
+            | Operation::PutIfAbsent { key, .. } => Some(key),
+            Operation::Scan { .. } | Operation::OpenSession => None,
+        }
+    }
 }
 
 /// The condition of a compare-and-swap.

@@ -108,6 +108,8 @@ pub struct GroupStatus {
     pub learners: Vec<NodeId>,
     pub commit_index: LogIndex,
     pub applied_index: LogIndex,
+    /// Index of the group's latest snapshot on this node (0: none).
+    pub snapshot_index: LogIndex,
     /// Leader only: each other member's match index (replica health).
     pub match_index: BTreeMap<NodeId, LogIndex>,
     /// Keys held (data groups; 0 for the metadata group).

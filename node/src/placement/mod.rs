@@ -153,10 +153,25 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The shard a key belongs to; depends only on the key and the (fixed) shard count.
+/// The shard a key belongs to; depends only on the key's hash part (`hash_part`) and the
+/// (fixed) shard count.
 pub fn shard_for_key(key: &[u8], shards: u32) -> ShardId {
     assert!(shards > 0, "shard count must be positive");
-    (stable_hash(key) % u64::from(shards)) as ShardId
+    (stable_hash(hash_part(key)) % u64::from(shards)) as ShardId
+}
+
+/// The bytes of a key that decide its shard. A key holding a non-empty `{tag}` (the first `{`
+/// and the first `}` after it) is placed by the tag alone, as Redis Cluster's hash tags are, so
+/// keys sharing a tag share a shard: a prefix scan over `{tag}...` then reads one shard, at one
+/// linearizable point. Any other key is placed by all of its bytes.
+pub fn hash_part(key: &[u8]) -> &[u8] {
+    let Some(open) = key.iter().position(|&b| b == b'{') else {
+        return key;
+    };
+    match key[open + 1..].iter().position(|&b| b == b'}') {
+        Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+        _ => key,
+    }
 }
 
 fn vnode_point(node: NodeId, vnode: u32) -> u64 {
@@ -381,5 +396,26 @@ mod tests {
             prop_assert!(after.load().get(&new_node).copied().unwrap_or(0) > 0, "new node got nothing");
             prop_assert!(moved as f64 <= ideal * 2.0, "moved {} ideal {}", moved, ideal);
         }
+    }
+
+    #[test]
+    fn hash_tags_place_keys_together() {
+        assert_eq!(hash_part(b"{user42}/name"), b"user42");
+        assert_eq!(hash_part(b"a{b}c{d}"), b"b");
+        assert_eq!(hash_part(b"{}x"), b"{}x");
+        assert_eq!(hash_part(b"{open"), b"{open");
+        assert_eq!(hash_part(b"plain"), b"plain");
+        for shards in [1, 7, 64] {
+            let s = shard_for_key(b"{set-3}/", shards);
+            for element in 0..100 {
+                let key = format!("{{set-3}}/{element}");
+                assert_eq!(shard_for_key(key.as_bytes(), shards), s);
+            }
+        }
+        // Tags spread over shards like keys do.
+        let distinct: std::collections::BTreeSet<ShardId> = (0..200)
+            .map(|i| shard_for_key(format!("{{t{i}}}x").as_bytes(), 16))
+            .collect();
+        assert!(distinct.len() > 12, "{distinct:?}");
     }
 }

@@ -1,99 +1,123 @@
-//! The one task that owns a node's Raft core, state machine and storage.
+//! The one task that owns everything mutable on a node: every hosted Raft group, the peer
+//! transport, and the control-plane bookkeeping (who was heard from when, joins and leaves).
 //!
-//! Each turn waits for something (a tick, a peer message, a client request), drains everything
-//! else already queued, starts at most one ReadIndex round for all reads gathered in the turn,
-//! then handles every `Ready` in the order its contract demands: persist (one sync for the
-//! whole batch: group commit) -> send -> apply -> answer clients -> advance. Invariants:
-//! - no message leaves before the state it depends on is durable (the storage syncs first),
-//!   with one deliberate exception (Raft dissertation §10.2.1): a leader sends `Append`s of
-//!   its new entries *before* syncing them itself, so its own fsync overlaps the followers'.
-//!   This is safe because the term and vote those messages carry were made durable when the
-//!   election started (checked: `durable_hard_state`), and the core counts the leader's own copy
-//!   towards commit only once `advance` says it is durable;
-//! - a write is answered only with the result of applying the entry at the (index, term) it was
-//!   proposed at; if another entry lands at that index, or leadership is lost, the answer is
-//!   `Unknown` and the client retries with the same (client id, seq);
-//! - a read is answered only after a ReadIndex round confirmed leadership and the state machine
-//!   applied up to the read index.
+//! Each turn waits for something (a tick, a peer message, a client request, an internal
+//! notice), drains everything else already queued, then lets every group start its read round
+//! and handle its Readys (see `group.rs` for the per-group contract). Ticks drive all groups at
+//! once; every `cluster.reconcile_interval_ms` each group this node leads takes at most one
+//! membership step towards its target (`meta::next_step`), and the metadata leader marks
+//! members dead or alive. Invariants:
+//! - a message for a group this node does not host creates the group only if it is the
+//!   metadata group (how a joining node learns the map) or the map targets this node for it;
+//! - a replica is deleted only when a committed membership entry removed this node, or when the
+//!   group's leader said so with a membership newer than this replica's and the map no longer
+//!   targets this node for it;
+//! - the node stops by itself once the map says it was removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::client_port::ClientCall;
-use super::ServerError;
+use super::group::{new_machine, propose_meta, ClientAddrs, Group, PendingRead};
+use super::{raft_config, ServerError};
 use crate::client::protocol::{ClientRequest, ClientResponse, NodeStatus, RefusedReason};
 use crate::config::ServerConfig;
-use crate::kv::{decode_command, encode_command, Command, KvConfig, OpResult, StateMachine};
-use crate::meta::META_GROUP;
-use crate::raft::{
-    Entry, EntryPayload, LogIndex, Message, MessageBody, Raft, Ready, Role, Snapshot, Term,
+use crate::kv::{encode_command, Command, KvConfig, OpResult};
+use crate::meta::{
+    group_of_shard, next_step, shard_of_group, ClusterView, GroupId, LeaderView, Member,
+    MemberState, MetaCommand, MetaResult, MetaState, Step, META_GROUP,
 };
-use crate::storage::NodeStorage;
+use crate::placement::{shard_for_key, ShardId};
+use crate::raft::{Membership, MembershipChange, NodeId, Raft, Restored, Role};
+use crate::storage::{destroy_group, Disk, GroupDisk, NodeStorage};
 use crate::transport::{PeerMessage, PeerTransport};
 
 /// Inputs drained per channel per turn, so one busy source cannot starve the others.
 const MAX_DRAIN_PER_TURN: usize = 4096;
+/// Notices from the node's own background tasks (join, leave) queued for the event loop.
+const INTERNAL_QUEUE: usize = 64;
+/// Wait between attempts of a background admin request (join, final removal).
+const ADMIN_RETRY_MS: u64 = 1_000;
 
-struct PendingWrite {
-    term: Term,
-    reply: oneshot::Sender<ClientResponse>,
-}
-
-struct PendingRead {
-    command: Command,
-    reply: oneshot::Sender<ClientResponse>,
+/// What the node's background tasks tell the event loop.
+#[derive(Debug)]
+pub(super) enum Internal {
+    /// Members learned from another node (a joining node needs their peer addresses before
+    /// it has applied the map itself).
+    Peers(Vec<Member>),
+    /// The cluster refused this node's join.
+    JoinRejected(String),
+    /// The background admin request finished (successfully or not).
+    AdminDone,
+    /// The cluster applied this node's removal (it may never apply it itself: the metadata
+    /// group can drop it as a learner first).
+    Removed,
 }
 
 pub(super) struct EventLoop {
-    pub(super) config: ServerConfig,
-    pub(super) raft: Raft,
-    pub(super) machine: StateMachine,
-    pub(super) kv_config: KvConfig,
-    pub(super) storage: NodeStorage,
-    pub(super) transport: PeerTransport,
-    pub(super) last_snapshot_index: LogIndex,
-    pub(super) pid: u32,
-    /// The hard state last made durable (term and vote gate the leader's early sends).
-    durable_hard_state: crate::raft::HardState,
-    pending_writes: BTreeMap<LogIndex, PendingWrite>,
-    reads_to_confirm: Vec<PendingRead>,
-    reads_by_ctx: BTreeMap<u64, Vec<PendingRead>>,
-    reads_by_index: BTreeMap<LogIndex, Vec<PendingRead>>,
-    next_read_ctx: u64,
+    config: ServerConfig,
+    kv_config: KvConfig,
+    disk: Arc<dyn Disk>,
+    groups: BTreeMap<GroupId, Group>,
+    transport: PeerTransport,
+    /// The map to use until the metadata group has applied `Bootstrap`: derived from the
+    /// config on bootstrap members, uninitialized on a joining node.
+    provisional_meta: MetaState,
+    addrs: ClientAddrs,
+    pid: u32,
+    ticks: u64,
+    /// Peer messages and client requests handled so far.
+    inputs: u64,
+    /// Tick at which each node was last heard from (any message of any group).
+    last_heard: BTreeMap<NodeId, u64>,
+    /// Tick at which this node last became metadata leader (dead-node detection waits a full
+    /// timeout after it, so a new leader does not mark everyone dead).
+    meta_leader_since: Option<u64>,
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: Option<mpsc::Receiver<Internal>>,
+    admin_in_flight: bool,
+    stop_reason: Option<String>,
 }
 
 impl EventLoop {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         config: ServerConfig,
-        raft: Raft,
-        machine: StateMachine,
         kv_config: KvConfig,
-        storage: NodeStorage,
+        disk: Arc<dyn Disk>,
+        groups: BTreeMap<GroupId, Group>,
         transport: PeerTransport,
+        provisional_meta: MetaState,
     ) -> EventLoop {
-        let last_snapshot_index = machine.applied_index();
-        let durable_hard_state = raft.hard_state();
-        EventLoop {
+        let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
+        let me = config.node_id;
+        let mut event_loop = EventLoop {
             config,
-            raft,
-            machine,
             kv_config,
-            storage,
+            disk,
+            groups,
             transport,
-            last_snapshot_index,
+            provisional_meta,
+            addrs: ClientAddrs {
+                me,
+                by_node: BTreeMap::new(),
+            },
             pid: std::process::id(),
-            durable_hard_state,
-            pending_writes: BTreeMap::new(),
-            reads_to_confirm: Vec::new(),
-            reads_by_ctx: BTreeMap::new(),
-            reads_by_index: BTreeMap::new(),
-            next_read_ctx: 1,
-        }
+            ticks: 0,
+            inputs: 0,
+            last_heard: BTreeMap::new(),
+            meta_leader_since: None,
+            internal_tx,
+            internal_rx: Some(internal_rx),
+            admin_in_flight: false,
+            stop_reason: None,
+        };
+        event_loop.on_meta_changed();
+        event_loop
     }
 
     pub(super) async fn run(
@@ -104,20 +128,34 @@ impl EventLoop {
     ) -> Result<(), ServerError> {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_interval_ms));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut internal = self
+            .internal_rx
+            .take()
+            .ok_or_else(|| ServerError::Task("event loop started twice".into()))?;
+        if !self.config.join.is_empty() {
+            self.spawn_join();
+        }
         tokio::pin!(shutdown);
-        info!(node_id = self.config.node_id, "event loop started");
-        loop {
+        info!(
+            node_id = self.config.node_id,
+            groups = self.groups.len(),
+            "event loop started"
+        );
+        while self.stop_reason.is_none() {
+            #[cfg(any(test, madsim))]
+            let inputs_before = self.inputs;
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                _ = ticker.tick() => self.raft.tick(),
-                Some(message) = peer_inbox.recv() => self.on_peer(message),
+                _ = ticker.tick() => self.on_tick(),
+                Some(message) = peer_inbox.recv() => self.on_peer(message)?,
                 Some(call) = client_calls.recv() => self.on_client(call),
+                Some(notice) = internal.recv() => self.on_internal(notice),
                 else => break,
             }
             for _ in 0..MAX_DRAIN_PER_TURN {
                 match peer_inbox.try_recv() {
-                    Ok(message) => self.on_peer(message),
+                    Ok(message) => self.on_peer(message)?,
                     Err(_) => break,
                 }
             }
@@ -127,30 +165,418 @@ impl EventLoop {
                     Err(_) => break,
                 }
             }
-            self.start_read_round();
-            self.handle_ready()?;
+            self.handle_readys()?;
+            #[cfg(any(test, madsim))]
+            simulate_busy(
+                self.config.sim_busy_us_per_input,
+                self.inputs - inputs_before,
+            )
+            .await;
+        }
+        if let Some(reason) = &self.stop_reason {
+            info!(node_id = self.config.node_id, reason = %reason, "node stopping by itself");
         }
         self.shut_down(&mut client_calls);
+        match self.stop_reason {
+            Some(reason) if reason.starts_with("join refused") => Err(ServerError::Task(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Simulation/test only: spends simulated time for the inputs of this turn (see
+    /// `ServerConfig::sim_busy_us_per_input`).
+    /// The map in force: the metadata group's once it has applied `Bootstrap`.
+    fn meta(&self) -> &MetaState {
+        match self.groups.get(&META_GROUP).and_then(Group::meta) {
+            Some(meta) if meta.is_initialized() => meta,
+            _ => &self.provisional_meta,
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        for group in self.groups.values_mut() {
+            group.raft.tick();
+        }
+        let every =
+            (self.config.cluster.reconcile_interval_ms / self.config.tick_interval_ms).max(1);
+        if self.ticks.is_multiple_of(every) {
+            self.reconcile();
+        }
+    }
+
+    fn on_internal(&mut self, notice: Internal) {
+        match notice {
+            Internal::Peers(members) => {
+                for m in members.iter().filter(|m| m.state != MemberState::Removed) {
+                    if m.id != self.config.node_id {
+                        self.transport.add_peer(m.id, m.peer_addr);
+                        self.addrs.by_node.entry(m.id).or_insert(m.client_addr);
+                    }
+                }
+            }
+            Internal::JoinRejected(reason) => {
+                warn!(reason = %reason, "the cluster refused to admit this node");
+                self.stop_reason = Some(format!("join refused: {reason}"));
+            }
+            Internal::AdminDone => self.admin_in_flight = false,
+            Internal::Removed => {
+                self.stop_reason = Some("this node left the cluster".into());
+            }
+        }
+    }
+
+    fn on_peer(&mut self, message: PeerMessage) -> Result<(), ServerError> {
+        self.inputs += 1;
+        let from = message.from();
+        self.last_heard.insert(from, self.ticks);
+        match message {
+            PeerMessage::Raft { group, message } => {
+                if !self.groups.contains_key(&group) {
+                    if !self.may_create(group) {
+                        debug!(group, from, "message for a group not hosted here: dropped");
+                        return Ok(());
+                    }
+                    self.create_group(group, Membership::default())?;
+                }
+                let Some(g) = self.groups.get_mut(&group) else {
+                    return Ok(());
+                };
+                if g.is_leader() && !g.has_member(from) && !g.raft.membership_change_pending() {
+                    // A replica the group removed while it was away: tell it to go.
+                    let notice = PeerMessage::Removed {
+                        group,
+                        from: self.config.node_id,
+                        to: from,
+                        membership_index: g.raft.membership_index(),
+                    };
+                    self.transport.send(vec![notice]);
+                    return Ok(());
+                }
+                g.raft.step(message);
+            }
+            PeerMessage::Removed {
+                group,
+                membership_index,
+                ..
+            } => {
+                let me = self.config.node_id;
+                let target = self.meta().target(group);
+                let targeted = target.voters.contains(&me) || target.learners.contains(&me);
+                let stale = self
+                    .groups
+                    .get(&group)
+                    .is_some_and(|g| g.raft.membership_index() < membership_index);
+                if group != META_GROUP && stale && !targeted {
+                    info!(
+                        group,
+                        from, "the group's leader removed this replica: deleting it"
+                    );
+                    self.destroy(group)?;
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Until groups are hosted, only the metadata group's Raft messages are served.
-    fn on_peer(&mut self, message: PeerMessage) {
-        match message {
-            PeerMessage::Raft { group, message } if group == META_GROUP => self.raft.step(message),
-            other => tracing::debug!(?other, "peer message for an unhosted group ignored"),
+    fn may_create(&self, group: GroupId) -> bool {
+        if group == META_GROUP {
+            return true;
+        }
+        let meta = self.meta();
+        let me = self.config.node_id;
+        let target = meta.target(group);
+        meta.is_initialized() && (target.voters.contains(&me) || target.learners.contains(&me))
+    }
+
+    fn create_group(&mut self, group: GroupId, membership: Membership) -> Result<(), ServerError> {
+        let opened = open_group(group, &self.disk, &self.config, &self.kv_config, membership)?;
+        info!(group, "hosting a new replica");
+        self.groups.insert(group, opened);
+        Ok(())
+    }
+
+    /// Deletes this node's replica of `group` (its requests are answered first).
+    fn destroy(&mut self, group: GroupId) -> Result<(), ServerError> {
+        debug_assert_ne!(group, META_GROUP);
+        if let Some(mut g) = self.groups.remove(&group) {
+            g.fail_all_in_flight(&self.addrs);
+            drop(g);
+            destroy_group(&*self.disk, group)
+                .map_err(|e| ServerError::Storage(format!("deleting group {group}: {e}")))?;
+            info!(group, "replica deleted");
+        }
+        Ok(())
+    }
+
+    fn handle_readys(&mut self) -> Result<(), ServerError> {
+        let mut removed = Vec::new();
+        let mut meta_applied = false;
+        let mut meta_role_changed = false;
+        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        for id in ids {
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            group.start_read_round(&self.addrs);
+            let transport = &mut self.transport;
+            let outcome = group.handle_ready(
+                &self.config,
+                &self.kv_config,
+                &self.addrs,
+                &mut |messages| transport.send(messages),
+            )?;
+            if outcome.removed_me && id != META_GROUP {
+                removed.push(id);
+            }
+            meta_applied |= outcome.meta_applied;
+            meta_role_changed |= outcome.role_changed && id == META_GROUP;
+        }
+        for id in removed {
+            info!(
+                group = id,
+                "a committed membership change removed this replica"
+            );
+            self.destroy(id)?;
+        }
+        if meta_role_changed {
+            let leads = self.groups.get(&META_GROUP).is_some_and(Group::is_leader);
+            self.meta_leader_since = leads.then_some(self.ticks);
+        }
+        if meta_applied {
+            self.on_meta_changed();
+        }
+        Ok(())
+    }
+
+    /// The map changed: learn addresses, and stop if this node was removed.
+    fn on_meta_changed(&mut self) {
+        let me = self.config.node_id;
+        let members: Vec<Member> = self.meta().members().values().cloned().collect();
+        for m in &members {
+            if m.id == me {
+                continue;
+            }
+            if m.state == MemberState::Removed {
+                self.transport.remove_peer(m.id);
+                self.addrs.by_node.remove(&m.id);
+            } else {
+                self.transport.add_peer(m.id, m.peer_addr);
+                self.addrs.by_node.insert(m.id, m.client_addr);
+            }
+        }
+        if let Some(mine) = members.iter().find(|m| m.id == me) {
+            self.addrs.by_node.insert(me, mine.client_addr);
+            if mine.state == MemberState::Removed {
+                self.stop_reason = Some("this node left the cluster".into());
+            }
         }
     }
 
-    fn send_raft(&mut self, messages: Vec<Message>) {
-        let tagged = messages
-            .into_iter()
-            .map(|message| PeerMessage::Raft {
-                group: META_GROUP,
-                message,
-            })
+    /// Every reconcile interval: each led group takes one step towards its target; the
+    /// metadata leader watches liveness; a leaving node that holds nothing asks to be removed.
+    fn reconcile(&mut self) {
+        let meta = self.meta().clone();
+        if !meta.is_initialized() {
+            self.propose_bootstrap();
+            return;
+        }
+        let me = self.config.node_id;
+        let lag = self.config.cluster.catch_up_lag_entries;
+        for (&id, group) in self.groups.iter_mut() {
+            if !group.is_leader() || group.raft.membership_change_pending() {
+                continue;
+            }
+            let target = meta.target(id);
+            let match_index = group.raft.match_index();
+            let view = LeaderView {
+                me,
+                membership: group.raft.membership(),
+                commit_index: group.raft.commit_index(),
+                match_index: &match_index,
+                catch_up_lag_entries: lag,
+            };
+            let Some(step) = next_step(&view, &target) else {
+                continue;
+            };
+            info!(group = id, ?step, "membership step towards the target");
+            let result = match step {
+                Step::AddLearner(n) => group
+                    .raft
+                    .propose_membership(MembershipChange::AddLearner(n))
+                    .map(|_| ()),
+                Step::Promote(n) => group
+                    .raft
+                    .propose_membership(MembershipChange::Promote(n))
+                    .map(|_| ()),
+                Step::Remove(n) => group
+                    .raft
+                    .propose_membership(MembershipChange::Remove(n))
+                    .map(|_| ()),
+                Step::TransferLeadership(n) => group.raft.transfer_leadership(n),
+            };
+            if let Err(e) = result {
+                debug!(group = id, ?step, error = %e, "membership step not taken");
+            }
+        }
+        self.propose_bootstrap();
+        self.watch_liveness(&meta);
+        self.finish_leaving(&meta);
+    }
+
+    /// Metadata leader of a new cluster: writes the config's map into the log, so that nodes
+    /// joining later rebuild the same map from the log.
+    fn propose_bootstrap(&mut self) {
+        if !self.config.join.is_empty() {
+            return;
+        }
+        let placement = self.config.cluster.placement();
+        let members = bootstrap_members(&self.config);
+        let Some(group) = self.groups.get_mut(&META_GROUP) else {
+            return;
+        };
+        let initialized = group.meta().is_some_and(MetaState::is_initialized);
+        let term = group.raft.term();
+        if initialized || !group.is_leader() || group.bootstrap_proposed_term == term {
+            return;
+        }
+        if propose_meta(group, &MetaCommand::Bootstrap { placement, members }) {
+            group.bootstrap_proposed_term = term;
+            info!(term, "proposed the cluster's bootstrap map");
+        }
+    }
+
+    /// Metadata leader: a member silent past `dead_node_timeout_ms` is marked dead (its
+    /// replicas get re-created elsewhere); a dead member heard from again is marked alive.
+    fn watch_liveness(&mut self, meta: &MetaState) {
+        let Some(since) = self.meta_leader_since else {
+            return;
+        };
+        let me = self.config.node_id;
+        let dead_ticks = self.config.cluster.dead_node_timeout_ms / self.config.tick_interval_ms;
+        let recent_ticks =
+            2 * self.config.cluster.reconcile_interval_ms / self.config.tick_interval_ms;
+        let mut command = None;
+        for m in meta.members().values().filter(|m| m.id != me) {
+            let heard = self.last_heard.get(&m.id).copied().unwrap_or(0).max(since);
+            let silent_ticks = self.ticks.saturating_sub(heard);
+            match m.state {
+                MemberState::Active if silent_ticks > dead_ticks => {
+                    command = Some(MetaCommand::MarkDead(m.id));
+                    break;
+                }
+                MemberState::Dead
+                    if self.last_heard.contains_key(&m.id) && silent_ticks <= recent_ticks =>
+                {
+                    command = Some(MetaCommand::MarkAlive(m.id));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(command) = command else {
+            return;
+        };
+        if let Some(group) = self.groups.get_mut(&META_GROUP) {
+            if group.is_leader() && propose_meta(group, &command) {
+                info!(?command, "liveness change proposed");
+            }
+        }
+    }
+
+    /// A leaving node that no longer holds any shard replica asks to be removed for good.
+    fn finish_leaving(&mut self, meta: &MetaState) {
+        let me = self.config.node_id;
+        let leaving = meta
+            .member(me)
+            .is_some_and(|m| m.state == MemberState::Leaving);
+        let holds_shards = self.groups.keys().any(|&g| g != META_GROUP);
+        if !leaving || holds_shards || self.admin_in_flight {
+            return;
+        }
+        let command = MetaCommand::Remove(me);
+        if let Some(group) = self.groups.get_mut(&META_GROUP) {
+            if group.is_leader() {
+                if propose_meta(group, &command) {
+                    info!("all replicas handed off: proposed this node's removal");
+                }
+                return;
+            }
+        }
+        let endpoints: Vec<_> = meta
+            .members()
+            .values()
+            .filter(|m| m.id != me && m.state != MemberState::Removed)
+            .map(|m| m.client_addr)
             .collect();
-        self.transport.send(tagged);
+        info!("all replicas handed off: asking the metadata leader to remove this node");
+        self.spawn_admin(endpoints, command);
+    }
+
+    fn spawn_admin(&mut self, endpoints: Vec<std::net::SocketAddr>, command: MetaCommand) {
+        if endpoints.is_empty() {
+            return;
+        }
+        self.admin_in_flight = true;
+        let options = admin_client_options(&self.config);
+        let notices = self.internal_tx.clone();
+        tokio::spawn(
+            async move {
+                match crate::client::Client::new(endpoints, options) {
+                    Ok(mut client) => match client.admin(command.clone()).await {
+                        Ok(result) => {
+                            info!(?command, ?result, "admin request answered");
+                            if let (MetaCommand::Remove(_), MetaResult::Applied { .. }) =
+                                (&command, &result)
+                            {
+                                let _ = notices.send(Internal::Removed).await;
+                            }
+                        }
+                        Err(e) => warn!(?command, error = %e, "admin request failed"),
+                    },
+                    Err(e) => warn!(error = %e, "cannot create an admin client"),
+                }
+                tokio::time::sleep(Duration::from_millis(ADMIN_RETRY_MS)).await;
+                let _ = notices.send(Internal::AdminDone).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// A node with `join` set asks the cluster to admit it (retrying until it is answered)
+    /// and learns the members' addresses so that it can answer the metadata leader.
+    fn spawn_join(&mut self) {
+        let Some(me) = self.config.me().cloned() else {
+            return;
+        };
+        let member = Member {
+            id: me.id,
+            peer_addr: me.peer_addr,
+            client_addr: me.client_addr,
+            zone: me.zone.clone(),
+            state: MemberState::Active,
+        };
+        let endpoints = self.config.join.clone();
+        let options = admin_client_options(&self.config);
+        let notices = self.internal_tx.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    match join_once(&endpoints, &options, &member, &notices).await {
+                        Ok(()) => return,
+                        Err(JoinError::Rejected(reason)) => {
+                            let _ = notices.send(Internal::JoinRejected(reason)).await;
+                            return;
+                        }
+                        Err(JoinError::Retry(e)) => {
+                            warn!(error = %e, "join attempt failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(ADMIN_RETRY_MS)).await;
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// Fails everything in flight; the storage is synced after every Ready, so nothing is left.
@@ -159,15 +585,8 @@ impl EventLoop {
             node_id = self.config.node_id,
             "shutting down: failing in-flight requests"
         );
-        for (_, write) in std::mem::take(&mut self.pending_writes) {
-            let _ = write.reply.send(ClientResponse::Unknown {
-                reason: "node shutting down".into(),
-            });
-        }
-        for read in self.take_all_reads() {
-            let _ = read
-                .reply
-                .send(ClientResponse::Refused(RefusedReason::ShuttingDown));
+        for group in self.groups.values_mut() {
+            group.shut_down();
         }
         client_calls.close();
         while let Ok(call) = client_calls.try_recv() {
@@ -177,49 +596,108 @@ impl EventLoop {
         }
     }
 
-    fn pending_count(&self) -> usize {
-        self.pending_writes.len()
-            + self.reads_to_confirm.len()
-            + self.reads_by_ctx.values().map(Vec::len).sum::<usize>()
-            + self.reads_by_index.values().map(Vec::len).sum::<usize>()
-    }
-
     fn on_client(&mut self, call: ClientCall) {
+        self.inputs += 1;
         let ClientCall { request, reply } = call;
-        let command = match request {
+        match request {
             ClientRequest::Status => {
                 let _ = reply.send(ClientResponse::Status(self.status()));
-                return;
             }
-            ClientRequest::Execute { command, .. } => command,
-            ClientRequest::ClusterInfo | ClientRequest::Admin(_) => {
-                let _ = reply.send(ClientResponse::Refused(RefusedReason::NotReady));
-                return;
+            ClientRequest::ClusterInfo => {
+                let _ = reply.send(ClientResponse::Cluster(self.cluster_view()));
             }
+            ClientRequest::Admin(command) => self.on_admin(command, reply),
+            ClientRequest::Execute { shard, command } => self.on_execute(shard, command, reply),
+        }
+    }
+
+    fn on_admin(&mut self, command: MetaCommand, reply: oneshot::Sender<ClientResponse>) {
+        if matches!(command, MetaCommand::Bootstrap { .. }) {
+            let refused = MetaResult::Rejected {
+                reason: "Bootstrap is proposed by the cluster itself".into(),
+            };
+            let _ = reply.send(ClientResponse::Admin(refused));
+            return;
+        }
+        let Some(group) = self.groups.get_mut(&META_GROUP) else {
+            let _ = reply.send(ClientResponse::Refused(RefusedReason::NotReady));
+            return;
         };
-        if let Err(invalid) = self.machine.check_limits(&command.op) {
+        if !group.is_leader() {
+            let _ = reply.send(group.redirect(&self.addrs));
+            return;
+        }
+        let payload = crate::meta::encode_command(&command);
+        if let Err(reply) = group.propose(payload, Some(reply)) {
+            if let Some(reply) = reply {
+                let _ = reply.send(group.redirect(&self.addrs));
+            }
+        }
+    }
+
+    fn on_execute(
+        &mut self,
+        shard: ShardId,
+        command: Command,
+        reply: oneshot::Sender<ClientResponse>,
+    ) {
+        let meta = self.meta();
+        if !meta.is_initialized() {
+            let _ = reply.send(ClientResponse::Refused(RefusedReason::NotReady));
+            return;
+        }
+        let shards = meta.placement().shards;
+        let key_shard = command.op.key().map(|key| shard_for_key(key, shards));
+        if shard >= shards || key_shard.is_some_and(|s| s != shard) {
+            let _ = reply.send(ClientResponse::Refused(RefusedReason::BadShard {
+                shard,
+                shards,
+            }));
+            return;
+        }
+        let group_id = group_of_shard(shard);
+        if !self.groups.contains_key(&group_id) {
+            let replicas = meta
+                .shard_replicas(shard)
+                .iter()
+                .filter_map(|id| meta.member(*id).map(|m| m.client_addr))
+                .collect();
+            let epoch = meta.epoch();
+            let _ = reply.send(ClientResponse::WrongNode {
+                shard,
+                epoch,
+                replicas,
+            });
+            return;
+        }
+        let pending: usize = self.groups.values().map(Group::pending_count).sum();
+        let max_pending = self.config.limits.max_pending_requests;
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            return;
+        };
+        if let Some(Err(invalid)) = group.kv().map(|kv| kv.check_limits(&command.op)) {
             let _ = reply.send(ClientResponse::Done(OpResult::Invalid(invalid)));
             return;
         }
-        if self.pending_count() >= self.config.limits.max_pending_requests {
+        if pending >= max_pending {
             let _ = reply.send(ClientResponse::Refused(RefusedReason::Busy));
             return;
         }
         if command.op.is_read() {
             #[cfg(any(test, madsim))]
-            if self.config.planted_bugs.follower_local_reads && self.raft.role() != Role::Leader {
-                let _ = reply.send(self.read_now(&command));
+            if self.config.planted_bugs.follower_local_reads && !group.is_leader() {
+                let _ = reply.send(group.read_now(&command));
                 return;
             }
-            if self.raft.role() != Role::Leader {
-                let _ = reply.send(self.redirect());
+            if !group.is_leader() {
+                let _ = reply.send(group.redirect(&self.addrs));
                 return;
             }
-            self.reads_to_confirm.push(PendingRead { command, reply });
+            group.queue_read(PendingRead { command, reply });
             return;
         }
-        if self.raft.role() != Role::Leader {
-            let _ = reply.send(self.redirect());
+        if !group.is_leader() {
+            let _ = reply.send(group.redirect(&self.addrs));
             return;
         }
         let payload = match encode_command(&command) {
@@ -230,310 +708,36 @@ impl EventLoop {
                 return;
             }
         };
-        match self.raft.propose(payload) {
-            Ok((index, term)) => {
-                if let Some(old) = self
-                    .pending_writes
-                    .insert(index, PendingWrite { term, reply })
-                {
-                    let _ = old.reply.send(ClientResponse::Unknown {
-                        reason: "log entry replaced".into(),
-                    });
-                }
-            }
-            Err(_) => {
-                let _ = reply.send(self.redirect());
-            }
+        if let Err(Some(reply)) = group.propose(payload, Some(reply)) {
+            let _ = reply.send(group.redirect(&self.addrs));
         }
     }
 
-    fn redirect(&self) -> ClientResponse {
-        let leader_id = self.raft.leader().filter(|&id| id != self.config.node_id);
-        let leader_addr = leader_id
-            .and_then(|id| self.config.member(id))
-            .map(|m| m.client_addr);
-        ClientResponse::Redirect {
-            leader_id,
-            leader_addr,
-        }
-    }
-
-    fn read_now(&self, command: &Command) -> ClientResponse {
-        match self.machine.read(&command.op) {
-            Ok(result) => ClientResponse::Done(result),
-            Err(e) => {
-                warn!(error = %e, "read failed");
-                ClientResponse::Refused(RefusedReason::Busy)
-            }
-        }
-    }
-
-    /// One ReadIndex round for every read gathered this turn (batching).
-    fn start_read_round(&mut self) {
-        if self.reads_to_confirm.is_empty() {
-            return;
-        }
-        let reads = std::mem::take(&mut self.reads_to_confirm);
-        let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
-        match self.raft.read_index(ctx) {
-            Ok(()) => {
-                self.reads_by_ctx.insert(ctx, reads);
-            }
-            Err(_) => {
-                let redirect = self.redirect();
-                for read in reads {
-                    let _ = read.reply.send(redirect.clone());
-                }
-            }
-        }
-    }
-
-    fn handle_ready(&mut self) -> Result<(), ServerError> {
-        while self.raft.has_ready() {
-            let mut ready: Ready = self.raft.ready();
-            #[cfg(any(test, madsim))]
-            let commit_before = self.durable_hard_state.commit;
-            if let Some(soft) = &ready.soft_state {
-                debug!(role = ?soft.role, leader = ?soft.leader, term = self.raft.term(), "role changed");
-                if soft.role != Role::Leader {
-                    self.fail_all_in_flight();
-                }
-            }
-            self.send_leader_appends_early(&mut ready);
-            self.storage
-                .persist(
-                    ready.hard_state.as_ref(),
-                    &ready.entries,
-                    ready.snapshot.as_ref(),
-                )
-                .map_err(|e| ServerError::Storage(e.to_string()))?;
-            if let Some(hard_state) = &ready.hard_state {
-                self.durable_hard_state = hard_state.clone();
-            }
-            if let Some(snapshot) = &ready.snapshot {
-                self.install_snapshot(snapshot)?;
-            }
-            #[cfg(any(test, madsim))]
-            self.observe_ready(&ready, commit_before);
-            self.send_raft(std::mem::take(&mut ready.messages));
-            for entry in &ready.committed {
-                self.apply(entry);
-            }
-            for read in &ready.reads {
-                if let Some(reads) = self.reads_by_ctx.remove(&read.ctx) {
-                    self.reads_by_index
-                        .entry(read.index)
-                        .or_default()
-                        .extend(reads);
-                }
-            }
-            self.serve_reads();
-            self.raft.advance(ready);
-            self.maybe_snapshot()?;
-        }
-        Ok(())
-    }
-
-    /// Simulation/test only: reports this Ready's leadership, granted votes and committed
-    /// entries (persisted by now; applied right after) to the harness's observer.
-    #[cfg(any(test, madsim))]
-    fn observe_ready(&self, ready: &Ready, commit_before: LogIndex) {
-        use super::probe::ProtocolEvent;
-        let Some(observer) = &self.config.observer else {
-            return;
-        };
-        let me = self.config.node_id;
-        if ready
-            .soft_state
-            .as_ref()
-            .is_some_and(|s| s.role == Role::Leader)
-        {
-            observer.observe(
-                me,
-                crate::meta::META_GROUP,
-                ProtocolEvent::BecameLeader {
-                    term: self.raft.term(),
-                },
-            );
-        }
-        for m in &ready.messages {
-            if let MessageBody::VoteResponse { granted: true } = m.body {
-                let event = ProtocolEvent::VoteGranted {
-                    term: m.term,
-                    candidate: m.to,
-                };
-                observer.observe(me, crate::meta::META_GROUP, event);
-            }
-        }
-        let commit = ready.hard_state.as_ref().map_or(0, |hs| hs.commit);
-        if self.raft.role() == Role::Leader && commit > commit_before {
-            let entry = self.raft.log_entries().iter().find(|e| e.index == commit);
-            if let Some(entry) = entry {
-                let event = ProtocolEvent::LeaderCommitted {
-                    term: self.raft.term(),
-                    index: commit,
-                    entry_term: entry.term,
-                };
-                observer.observe(me, crate::meta::META_GROUP, event);
-            }
-        }
-        for entry in &ready.committed {
-            let event = ProtocolEvent::Applied {
-                index: entry.index,
-                term: entry.term,
-            };
-            observer.observe(me, crate::meta::META_GROUP, event);
-        }
-    }
-
-    /// Leader only: sends this Ready's `Append` messages before its entries are synced, when
-    /// the Ready changes neither term nor vote (see the module invariants).
-    fn send_leader_appends_early(&mut self, ready: &mut Ready) {
-        if self.raft.role() != Role::Leader || ready.snapshot.is_some() {
-            return;
-        }
-        let unchanged = ready.hard_state.as_ref().is_none_or(|hs| {
-            hs.term == self.durable_hard_state.term && hs.vote == self.durable_hard_state.vote
-        });
-        if !unchanged {
-            return;
-        }
-        let (appends, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut ready.messages)
-            .into_iter()
-            .partition(|m| matches!(m.body, MessageBody::Append { .. }));
-        ready.messages = rest;
-        self.send_raft(appends);
-    }
-
-    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ServerError> {
-        if snapshot.meta.index <= self.machine.applied_index() {
-            return Ok(());
-        }
-        self.machine = restore_machine(&self.kv_config, &self.config, snapshot)?;
-        self.last_snapshot_index = snapshot.meta.index;
-        let covered: Vec<LogIndex> = self
-            .pending_writes
-            .range(..=snapshot.meta.index)
-            .map(|(&i, _)| i)
-            .collect();
-        for index in covered {
-            if let Some(write) = self.pending_writes.remove(&index) {
-                let _ = write.reply.send(ClientResponse::Unknown {
-                    reason: "replaced by a snapshot".into(),
-                });
-            }
-        }
-        info!(
-            index = snapshot.meta.index,
-            term = snapshot.meta.term,
-            "installed snapshot"
-        );
-        Ok(())
-    }
-
-    fn apply(&mut self, entry: &Entry) {
-        if entry.index <= self.machine.applied_index() {
-            return; // already covered by the restored snapshot
-        }
-        let result = match &entry.payload {
-            EntryPayload::Command(bytes) => match decode_command(bytes) {
-                Ok(command) => Some(self.machine.apply(entry.index, &command)),
-                Err(e) => {
-                    error!(index = entry.index, error = %e, "undecodable command in the log: skipped");
-                    self.machine.skip(entry.index);
-                    None
-                }
-            },
-            EntryPayload::Noop | EntryPayload::Membership(_) => {
-                self.machine.skip(entry.index);
-                None
-            }
-        };
-        if let Some(write) = self.pending_writes.remove(&entry.index) {
-            let response = match result {
-                Some(result) if write.term == entry.term => ClientResponse::Done(result),
-                _ => ClientResponse::Unknown {
-                    reason: "log entry replaced by a newer leader".into(),
-                },
-            };
-            let _ = write.reply.send(response);
-        }
-    }
-
-    fn serve_reads(&mut self) {
-        let applied = self.machine.applied_index();
-        let later = self.reads_by_index.split_off(&(applied + 1));
-        let ready = std::mem::replace(&mut self.reads_by_index, later);
-        for read in ready.into_values().flatten() {
-            let response = self.read_now(&read.command);
-            let _ = read.reply.send(response);
-        }
-    }
-
-    fn take_all_reads(&mut self) -> Vec<PendingRead> {
-        let mut reads = std::mem::take(&mut self.reads_to_confirm);
-        reads.extend(
-            std::mem::take(&mut self.reads_by_ctx)
-                .into_values()
-                .flatten(),
-        );
-        reads.extend(
-            std::mem::take(&mut self.reads_by_index)
-                .into_values()
-                .flatten(),
-        );
-        reads
-    }
-
-    /// Leadership lost: proposals may or may not commit; reads were never served.
-    fn fail_all_in_flight(&mut self) {
-        for (_, write) in std::mem::take(&mut self.pending_writes) {
-            let _ = write.reply.send(ClientResponse::Unknown {
-                reason: "leadership lost".into(),
-            });
-        }
-        let redirect = self.redirect();
-        for read in self.take_all_reads() {
-            let _ = read.reply.send(redirect.clone());
-        }
-    }
-
-    fn maybe_snapshot(&mut self) -> Result<(), ServerError> {
-        let applied = self.machine.applied_index();
-        if applied < self.last_snapshot_index + self.config.snapshot_interval_entries {
-            return Ok(());
-        }
-        // The core knows the term and membership in force at `applied` (it has not compacted
-        // past it); it refuses a snapshot whose metadata disagrees with its log.
-        let Some(meta) = self.raft.snapshot_meta_at(applied) else {
-            debug!(
-                index = applied,
-                "no snapshot metadata at the applied index yet"
-            );
-            return Ok(());
-        };
-        let snapshot = Snapshot {
-            meta,
-            data: self.machine.snapshot(),
-        };
-        self.storage
-            .save_snapshot(&snapshot)
-            .map_err(|e| ServerError::Storage(e.to_string()))?;
-        debug!(
-            index = applied,
-            bytes = snapshot.data.len(),
-            "snapshot saved"
-        );
-        self.last_snapshot_index = applied;
-        self.raft.snapshot_saved(snapshot);
-        Ok(())
+    fn cluster_view(&self) -> ClusterView {
+        let meta_leader = self.groups.get(&META_GROUP).and_then(|g| g.raft.leader());
+        let groups = self.groups.values().map(Group::status).collect();
+        self.meta()
+            .to_view(self.config.node_id, meta_leader, groups)
     }
 
     fn status(&self) -> NodeStatus {
         let me = self.config.me();
-        let leader_id = self.raft.leader();
-        let membership = self.raft.membership();
+        let meta_group = self.groups.get(&META_GROUP);
+        let raft = meta_group.map(|g| &g.raft);
+        let leader_id = raft.and_then(Raft::leader);
+        let membership = raft.map(|r| r.membership().clone()).unwrap_or_default();
+        let members = self
+            .meta()
+            .members()
+            .values()
+            .filter(|m| m.state != MemberState::Removed)
+            .map(|m| crate::config::MemberConfig {
+                id: m.id,
+                peer_addr: m.peer_addr,
+                client_addr: m.client_addr,
+                zone: m.zone.clone(),
+            })
+            .collect::<Vec<_>>();
         NodeStatus {
             node_id: self.config.node_id,
             client_addr: me
@@ -543,36 +747,132 @@ impl EventLoop {
                 .map(|m| m.peer_addr)
                 .unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
             pid: self.pid,
-            role: self.raft.role(),
-            term: self.raft.term(),
+            role: raft.map_or(Role::Follower, Raft::role),
+            term: raft.map_or(0, Raft::term),
             leader_id,
-            leader_addr: leader_id
-                .and_then(|id| self.config.member(id))
-                .map(|m| m.client_addr),
-            commit_index: self.raft.commit_index(),
-            applied_index: self.machine.applied_index(),
-            last_index: self.raft.last_index(),
-            snapshot_index: self.last_snapshot_index,
+            leader_addr: leader_id.and_then(|id| self.addrs.by_node.get(&id).copied()),
+            commit_index: raft.map_or(0, Raft::commit_index),
+            applied_index: meta_group.map_or(0, |g| g.raft.applied_index()),
+            last_index: raft.map_or(0, Raft::last_index),
+            snapshot_index: meta_group.map_or(0, |g| g.last_snapshot_index),
             voters: membership.voters.iter().copied().collect(),
             learners: membership.learners.iter().copied().collect(),
-            members: self.config.members.clone(),
-            keys: self.machine.len() as u64,
-            groups: Vec::new(),
+            members: if members.is_empty() {
+                self.config.members.clone()
+            } else {
+                members
+            },
+            keys: self.groups.values().map(|g| g.machine.keys()).sum(),
+            groups: self.groups.values().map(Group::status).collect(),
         }
     }
 }
 
-pub(super) fn restore_machine(
-    kv_config: &KvConfig,
+/// Simulation/test only: spends simulated time for the inputs handled in one turn (see
+/// `ServerConfig::sim_busy_us_per_input`).
+#[cfg(any(test, madsim))]
+async fn simulate_busy(per_input_us: u64, handled: u64) {
+    if per_input_us > 0 && handled > 0 {
+        tokio::time::sleep(Duration::from_micros(per_input_us * handled)).await;
+    }
+}
+
+enum JoinError {
+    Rejected(String),
+    Retry(String),
+}
+
+async fn join_once(
+    endpoints: &[std::net::SocketAddr],
+    options: &crate::client::ClientOptions,
+    member: &Member,
+    notices: &mpsc::Sender<Internal>,
+) -> Result<(), JoinError> {
+    let mut client = crate::client::Client::new(endpoints.to_vec(), options.clone())
+        .map_err(|e| JoinError::Retry(e.to_string()))?;
+    let view = client
+        .cluster_info()
+        .await
+        .map_err(|e| JoinError::Retry(e.to_string()))?;
+    let _ = notices.send(Internal::Peers(view.members)).await;
+    match client.admin(MetaCommand::Join(member.clone())).await {
+        Ok(MetaResult::Applied { epoch }) => {
+            info!(epoch, "admitted to the cluster");
+            Ok(())
+        }
+        Ok(MetaResult::Rejected { reason }) => Err(JoinError::Rejected(reason)),
+        Err(e) => Err(JoinError::Retry(e.to_string())),
+    }
+}
+
+fn admin_client_options(config: &ServerConfig) -> crate::client::ClientOptions {
+    crate::client::ClientOptions {
+        rng_seed: Some(super::node_seed(config) ^ 0xad41_4e00),
+        ..crate::client::ClientOptions::default()
+    }
+}
+
+/// The members a bootstrap node's config lists, as the map records them.
+pub(super) fn bootstrap_members(config: &ServerConfig) -> Vec<Member> {
+    config
+        .members
+        .iter()
+        .map(|m| Member {
+            id: m.id,
+            peer_addr: m.peer_addr,
+            client_addr: m.client_addr,
+            zone: m.zone.clone(),
+            state: MemberState::Active,
+        })
+        .collect()
+}
+
+/// Opens (or creates, empty) this node's replica of `group` inside the node's disk.
+/// `initial_membership` is used only when the group's storage carries no membership yet.
+pub(super) fn open_group(
+    group: GroupId,
+    disk: &Arc<dyn Disk>,
     config: &ServerConfig,
-    snapshot: &Snapshot,
-) -> Result<StateMachine, ServerError> {
-    #[allow(unused_mut)]
-    let mut machine = StateMachine::restore(kv_config.clone(), &snapshot.data).map_err(|e| {
-        ServerError::Storage(format!("snapshot at index {}: {e}", snapshot.meta.index))
-    })?;
-    #[cfg(any(test, madsim))]
-    machine.set_planted_bugs(config.planted_bugs);
-    let _ = config;
-    Ok(machine)
+    kv_config: &KvConfig,
+    initial_membership: Membership,
+) -> Result<Group, ServerError> {
+    let group_disk: Arc<dyn Disk> = Arc::new(GroupDisk::new(disk.clone(), group));
+    let (storage, recovered) = NodeStorage::open(group_disk)
+        .map_err(|e| ServerError::Storage(format!("group {group}: {e}")))?;
+    let machine = new_machine(group, kv_config, config, recovered.snapshot.as_ref())?;
+    let restored = Restored {
+        hard_state: recovered.hard_state.clone(),
+        snapshot: recovered.snapshot.as_ref().map(|s| s.meta.clone()),
+        entries: recovered.entries.clone(),
+        initial_membership,
+    };
+    let mut raft = Raft::new(raft_config(config, group)?, restored)
+        .map_err(|e| ServerError::Raft(format!("group {group}: {e:?}")))?;
+    // The core needs the snapshot's data to send it to followers behind its log start.
+    if let Some(snapshot) = recovered.snapshot {
+        raft.snapshot_saved(snapshot);
+    }
+    debug!(group, shard = ?shard_of_group(group), "group opened");
+    Ok(Group::new(group, raft, machine, storage))
+}
+
+/// The membership a bootstrap node gives a group it creates at first start.
+pub(super) fn target_membership(meta: &MetaState, group: GroupId) -> Membership {
+    let target = meta.target(group);
+    Membership {
+        voters: target.voters,
+        learners: target.learners,
+    }
+}
+
+/// Groups a bootstrap node hosts from its first start: the metadata group and every shard
+/// the config's map places on it.
+pub(super) fn bootstrap_groups(meta: &MetaState, me: NodeId) -> BTreeSet<GroupId> {
+    let mut groups = BTreeSet::from([META_GROUP]);
+    for shard in 0..meta.placement().shards {
+        if meta.shard_replicas(shard).contains(&me) {
+            groups.insert(group_of_shard(shard));
+        }
+    }
+    groups
 }

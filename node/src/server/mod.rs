@@ -1,7 +1,8 @@
-//! A quorumkv node process: storage, the Raft core and the state machine behind two TCP ports.
+//! A quorumkv node process: many Raft groups (multi-Raft) over one disk, one peer transport and
+//! one event loop, behind two TCP ports.
 //!
-//! `Server::new` opens storage, recovers the Raft core and the state machine, and binds the peer
-//! and client ports; `Server::run` serves until the given shutdown future resolves. The same code
+//! `Server::new` opens storage, recovers every hosted Raft group (the metadata group and the
+//! shards placed here) and binds the peer and client ports; `Server::run` serves until the given shutdown future resolves. The same code
 //! runs on real tokio and inside madsim: it reaches the outside world only through tokio APIs
 //! (from madsim-tokio), the `Disk` it is handed and RNGs seeded from the config, and it keeps no
 //! state in statics (all simulated nodes share one process).
@@ -10,10 +11,11 @@
 //! connection) and one outbound task per peer. Only bounded channels connect them.
 mod client_port;
 mod event_loop;
+mod group;
 #[cfg(any(test, madsim))]
 pub mod probe;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,13 +27,16 @@ use tracing::{info, Instrument};
 
 pub use self::client_port::ClientCall;
 use self::client_port::{accept_clients, ClientPortConfig};
-use self::event_loop::{restore_machine, EventLoop};
+use self::event_loop::{
+    bootstrap_groups, bootstrap_members, open_group, target_membership, EventLoop,
+};
 #[cfg(any(test, madsim))]
 pub use self::probe::{ProtocolEvent, ProtocolObserver};
 use crate::config::{ConfigError, ServerConfig};
-use crate::kv::{KvConfig, StateMachine};
-use crate::raft::{self, Membership, Raft, Restored};
-use crate::storage::{Disk, NodeStorage};
+use crate::kv::KvConfig;
+use crate::meta::{GroupId, MetaState};
+use crate::raft::{self, Membership};
+use crate::storage::{hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker};
 use crate::transport::peer::{accept_peers, InboundConfig};
 use crate::transport::PeerTransport;
 
@@ -69,7 +74,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens `disk`, recovers state and binds both ports.
+    /// Opens `disk`, recovers every hosted group (or bootstraps them at first start) and binds
+    /// both ports.
     pub async fn new(config: ServerConfig, disk: Arc<dyn Disk>) -> Result<Server, ServerError> {
         config.validate()?;
         let kv_config = kv_config(&config)?;
@@ -79,28 +85,52 @@ impl Server {
         } else {
             disk
         };
-        let (storage, recovered) =
-            NodeStorage::open(disk).map_err(|e| ServerError::Storage(e.to_string()))?;
-
-        let initial_membership = Membership {
-            voters: config.members.iter().map(|m| m.id).collect::<BTreeSet<_>>(),
-            learners: BTreeSet::new(),
+        let storage_error = |e: &dyn std::fmt::Display| ServerError::Storage(e.to_string());
+        let marker = read_node_marker(&*disk).map_err(|e| storage_error(&e))?;
+        if let Some(marker) = &marker {
+            if marker.node_id != config.node_id {
+                return Err(ServerError::Storage(format!(
+                    "the data directory belongs to node {}, not node {}",
+                    marker.node_id, config.node_id
+                )));
+            }
+        }
+        let bootstrap = config.join.is_empty();
+        let provisional = if bootstrap {
+            MetaState::bootstrapped(config.cluster.placement(), bootstrap_members(&config))
+                .map_err(|e| {
+                    ServerError::Config(ConfigError {
+                        field: "cluster".into(),
+                        problem: e.to_string(),
+                    })
+                })?
+        } else {
+            MetaState::uninitialized()
         };
-        let machine = match &recovered.snapshot {
-            Some(snapshot) => restore_machine(&kv_config, &config, snapshot)?,
-            None => new_machine(&kv_config, &config)?,
-        };
-        let restored = Restored {
-            hard_state: recovered.hard_state.clone(),
-            snapshot: recovered.snapshot.as_ref().map(|s| s.meta.clone()),
-            entries: recovered.entries.clone(),
-            initial_membership,
-        };
-        let mut raft = Raft::new(raft_config(&config)?, restored)
-            .map_err(|e| ServerError::Raft(format!("{e:?}")))?;
-        // The core needs the snapshot's data to send it to followers behind its log start.
-        if let Some(snapshot) = recovered.snapshot.clone() {
-            raft.snapshot_saved(snapshot);
+        // Groups to open: those on disk, plus at a bootstrap member's first start the ones the
+        // config's map gives it. The marker is written after they exist, so a crash in between
+        // just repeats this (opening a group is idempotent).
+        let mut group_ids = hosted_groups(&*disk).map_err(|e| storage_error(&e))?;
+        let first_start = marker.as_ref().is_none_or(|m| !m.initialized);
+        if first_start && bootstrap {
+            group_ids.extend(bootstrap_groups(&provisional, config.node_id));
+        }
+        let mut groups = BTreeMap::new();
+        for group in group_ids {
+            let initial = if bootstrap {
+                target_membership(&provisional, group)
+            } else {
+                Membership::default()
+            };
+            let opened = open_group(group, &disk, &config, &kv_config, initial)?;
+            groups.insert(group, opened);
+        }
+        if first_start {
+            let marker = NodeMarker {
+                node_id: config.node_id,
+                initialized: true,
+            };
+            write_node_marker(&*disk, &marker).map_err(|e| storage_error(&e))?;
         }
 
         let peer_listen = config
@@ -129,6 +159,7 @@ impl Server {
         let client_addr = client_listener.local_addr().unwrap_or(client_listen);
 
         let peers: BTreeMap<_, _> = config.members.iter().map(|m| (m.id, m.peer_addr)).collect();
+        // Members that joined later are added from the map by the event loop.
         #[allow(unused_mut)]
         let mut transport = PeerTransport::start(
             config.node_id,
@@ -144,12 +175,18 @@ impl Server {
             node_id = config.node_id,
             %peer_addr,
             %client_addr,
-            applied = machine.applied_index(),
-            term = recovered.hard_state.term,
+            groups = groups.len(),
+            joining = !bootstrap,
             "node recovered"
         );
-        let event_loop =
-            EventLoop::new(config.clone(), raft, machine, kv_config, storage, transport);
+        let event_loop = EventLoop::new(
+            config.clone(),
+            kv_config,
+            disk,
+            groups,
+            transport,
+            provisional,
+        );
         Ok(Server {
             config,
             event_loop,
@@ -295,18 +332,11 @@ fn kv_config(config: &ServerConfig) -> Result<KvConfig, ServerError> {
     Ok(kv)
 }
 
-fn new_machine(kv_config: &KvConfig, config: &ServerConfig) -> Result<StateMachine, ServerError> {
-    #[allow(unused_mut)]
-    let mut machine =
-        StateMachine::new(kv_config.clone()).map_err(|e| ServerError::Storage(e.to_string()))?;
-    #[cfg(any(test, madsim))]
-    machine.set_planted_bugs(config.planted_bugs);
-    let _ = config;
-    Ok(machine)
-}
-
-fn raft_config(config: &ServerConfig) -> Result<raft::Config, ServerError> {
-    let mut raft_config = raft::Config::new(config.node_id, node_seed(config));
+/// The Raft settings of one group; each group draws its election timeouts from its own seed so
+/// that a node's groups do not time out in lockstep.
+fn raft_config(config: &ServerConfig, group: GroupId) -> Result<raft::Config, ServerError> {
+    let seed = node_seed(config) ^ u64::from(group).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let mut raft_config = raft::Config::new(config.node_id, seed);
     raft_config.election_timeout_ticks_min = config.election_timeout_ticks_min;
     raft_config.election_timeout_ticks_max = config.election_timeout_ticks_max;
     raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;

@@ -595,6 +595,7 @@ mod tests {
             learners: vec![],
             commit_index: 50,
             applied_index: 50,
+            snapshot_index: 0,
             match_index: BTreeMap::from([(2, 45)]),
             keys: 7,
         }];

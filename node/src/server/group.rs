@@ -1,0 +1,610 @@
+//! One Raft group hosted by a node: its Raft core, its state machine (the metadata or one
+//! shard's keys), its own storage inside the node's disk, and the client requests waiting on it.
+//!
+//! `Group::handle_ready` keeps the single-group contract of the Raft core (persist -> send ->
+//! apply -> answer -> advance); the node's event loop calls it for every group each turn and
+//! acts on what it reports (messages to send, metadata applied, the group told it was removed).
+//! Invariants:
+//! - no message leaves before the state it depends on is durable, except a leader's `Append`s
+//!   of new entries when the Ready changes neither term nor vote (Raft dissertation §10.2.1):
+//!   the core counts the leader's own copy only after `advance`;
+//! - a write is answered only with the result of the entry at the (index, term) it was proposed
+//!   at; a replaced entry or lost leadership answers `Unknown` (the client retries with the same
+//!   (client id, seq), applied at most once);
+//! - a read is answered only after a ReadIndex round confirmed leadership and the state machine
+//!   applied up to the read index.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use super::ServerError;
+use crate::client::protocol::{ClientResponse, RefusedReason};
+use crate::config::ServerConfig;
+use crate::kv::{decode_command, Command, KvConfig, StateMachine};
+use crate::meta::{self, GroupId, GroupStatus, MetaCommand, MetaState, META_GROUP};
+use crate::raft::{
+    Entry, EntryPayload, HardState, LogIndex, MembershipChange, Message, MessageBody, NodeId, Raft,
+    Ready, Role, Snapshot, Term,
+};
+use crate::storage::NodeStorage;
+use crate::transport::PeerMessage;
+
+/// Members' client addresses (for redirects), as the node's metadata knows them.
+pub(super) struct ClientAddrs {
+    pub(super) me: NodeId,
+    pub(super) by_node: BTreeMap<NodeId, std::net::SocketAddr>,
+}
+
+/// What a group's state machine is.
+pub(super) enum GroupMachine {
+    Meta(MetaState),
+    Kv(StateMachine),
+}
+
+impl GroupMachine {
+    fn applied_index(&self) -> LogIndex {
+        match self {
+            GroupMachine::Meta(m) => m.applied_index(),
+            GroupMachine::Kv(m) => m.applied_index(),
+        }
+    }
+
+    fn skip(&mut self, index: LogIndex) {
+        match self {
+            GroupMachine::Meta(m) => m.skip(index),
+            GroupMachine::Kv(m) => m.skip(index),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        match self {
+            GroupMachine::Meta(m) => m.snapshot(),
+            GroupMachine::Kv(m) => m.snapshot(),
+        }
+    }
+
+    pub(super) fn keys(&self) -> u64 {
+        match self {
+            GroupMachine::Meta(_) => 0,
+            GroupMachine::Kv(m) => m.len() as u64,
+        }
+    }
+}
+
+/// A state machine for `group`, empty or restored from a snapshot's data.
+pub(super) fn new_machine(
+    group: GroupId,
+    kv_config: &KvConfig,
+    config: &ServerConfig,
+    snapshot: Option<&Snapshot>,
+) -> Result<GroupMachine, ServerError> {
+    let context = |e: &dyn std::fmt::Display| {
+        ServerError::Storage(format!(
+            "group {group}: snapshot at index {}: {e}",
+            snapshot.map_or(0, |s| s.meta.index)
+        ))
+    };
+    if group == META_GROUP {
+        return Ok(GroupMachine::Meta(match snapshot {
+            Some(s) => MetaState::restore(&s.data).map_err(|e| context(&e))?,
+            None => MetaState::uninitialized(),
+        }));
+    }
+    #[allow(unused_mut)]
+    let mut machine = match snapshot {
+        Some(s) => StateMachine::restore(kv_config.clone(), &s.data).map_err(|e| context(&e))?,
+        None => StateMachine::new(kv_config.clone()).map_err(|e| context(&e))?,
+    };
+    #[cfg(any(test, madsim))]
+    machine.set_planted_bugs(config.planted_bugs);
+    let _ = config;
+    Ok(GroupMachine::Kv(machine))
+}
+
+/// Who waits for a proposed entry: a client (KV write or admin command) or nobody (a command
+/// the node proposed itself, e.g. marking a silent member dead).
+pub(super) struct PendingWrite {
+    pub(super) term: Term,
+    pub(super) reply: Option<oneshot::Sender<ClientResponse>>,
+}
+
+pub(super) struct PendingRead {
+    pub(super) command: Command,
+    pub(super) reply: oneshot::Sender<ClientResponse>,
+}
+
+/// What one `handle_ready` pass reports to the node.
+#[derive(Default)]
+pub(super) struct ReadyOutcome {
+    /// Metadata commands applied (metadata group only), in log order.
+    pub(super) meta_applied: bool,
+    /// A committed membership entry removed this node from the group.
+    pub(super) removed_me: bool,
+    /// The group's role changed (leadership gained or lost).
+    pub(super) role_changed: bool,
+}
+
+pub(super) struct Group {
+    pub(super) id: GroupId,
+    pub(super) raft: Raft,
+    pub(super) machine: GroupMachine,
+    pub(super) storage: NodeStorage,
+    pub(super) last_snapshot_index: LogIndex,
+    /// The hard state last made durable (term and vote gate the leader's early sends).
+    durable_hard_state: HardState,
+    pending_writes: BTreeMap<LogIndex, PendingWrite>,
+    reads_to_confirm: Vec<PendingRead>,
+    reads_by_ctx: BTreeMap<u64, Vec<PendingRead>>,
+    reads_by_index: BTreeMap<LogIndex, Vec<PendingRead>>,
+    next_read_ctx: u64,
+    /// Term in which this node, as metadata leader, last proposed `Bootstrap`.
+    pub(super) bootstrap_proposed_term: Term,
+}
+
+impl Group {
+    pub(super) fn new(
+        id: GroupId,
+        raft: Raft,
+        machine: GroupMachine,
+        storage: NodeStorage,
+    ) -> Group {
+        let last_snapshot_index = machine.applied_index();
+        let durable_hard_state = raft.hard_state();
+        Group {
+            id,
+            raft,
+            machine,
+            storage,
+            last_snapshot_index,
+            durable_hard_state,
+            pending_writes: BTreeMap::new(),
+            reads_to_confirm: Vec::new(),
+            reads_by_ctx: BTreeMap::new(),
+            reads_by_index: BTreeMap::new(),
+            next_read_ctx: 1,
+            bootstrap_proposed_term: 0,
+        }
+    }
+
+    pub(super) fn is_leader(&self) -> bool {
+        self.raft.role() == Role::Leader
+    }
+
+    pub(super) fn meta(&self) -> Option<&MetaState> {
+        match &self.machine {
+            GroupMachine::Meta(m) => Some(m),
+            GroupMachine::Kv(_) => None,
+        }
+    }
+
+    pub(super) fn kv(&self) -> Option<&StateMachine> {
+        match &self.machine {
+            GroupMachine::Kv(m) => Some(m),
+            GroupMachine::Meta(_) => None,
+        }
+    }
+
+    pub(super) fn pending_count(&self) -> usize {
+        self.pending_writes.len()
+            + self.reads_to_confirm.len()
+            + self.reads_by_ctx.values().map(Vec::len).sum::<usize>()
+            + self.reads_by_index.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Proposes an encoded command; the reply (if any) is sent once it is applied.
+    /// Returns false (and does not consume a reply) when this node is not the leader.
+    pub(super) fn propose(
+        &mut self,
+        payload: Vec<u8>,
+        reply: Option<oneshot::Sender<ClientResponse>>,
+    ) -> Result<(), Option<oneshot::Sender<ClientResponse>>> {
+        match self.raft.propose(payload) {
+            Ok((index, term)) => {
+                let replaced = self
+                    .pending_writes
+                    .insert(index, PendingWrite { term, reply });
+                if let Some(PendingWrite {
+                    reply: Some(old), ..
+                }) = replaced
+                {
+                    let _ = old.send(ClientResponse::Unknown {
+                        reason: "log entry replaced".into(),
+                    });
+                }
+                Ok(())
+            }
+            Err(_) => Err(reply),
+        }
+    }
+
+    pub(super) fn queue_read(&mut self, read: PendingRead) {
+        self.reads_to_confirm.push(read);
+    }
+
+    /// The answer for requests this node cannot serve: who leads this group, if known.
+    pub(super) fn redirect(&self, addrs: &ClientAddrs) -> ClientResponse {
+        let leader_id = self.raft.leader().filter(|&id| id != addrs.me);
+        ClientResponse::Redirect {
+            leader_id,
+            leader_addr: leader_id.and_then(|id| addrs.by_node.get(&id).copied()),
+        }
+    }
+
+    pub(super) fn read_now(&self, command: &Command) -> ClientResponse {
+        let Some(machine) = self.kv() else {
+            return ClientResponse::Refused(RefusedReason::NotReady);
+        };
+        match machine.read(&command.op) {
+            Ok(result) => ClientResponse::Done(result),
+            Err(e) => {
+                warn!(group = self.id, error = %e, "read failed");
+                ClientResponse::Refused(RefusedReason::Busy)
+            }
+        }
+    }
+
+    /// One ReadIndex round for every read gathered this turn (batching).
+    pub(super) fn start_read_round(&mut self, addrs: &ClientAddrs) {
+        if self.reads_to_confirm.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads_to_confirm);
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        match self.raft.read_index(ctx) {
+            Ok(()) => {
+                self.reads_by_ctx.insert(ctx, reads);
+            }
+            Err(_) => {
+                for read in reads {
+                    let _ = read.reply.send(self.redirect(addrs));
+                }
+            }
+        }
+    }
+
+    /// Handles every pending Ready; `send` receives the messages to put on the wire.
+    pub(super) fn handle_ready(
+        &mut self,
+        config: &ServerConfig,
+        kv_config: &KvConfig,
+        addrs: &ClientAddrs,
+        send: &mut dyn FnMut(Vec<PeerMessage>),
+    ) -> Result<ReadyOutcome, ServerError> {
+        let mut outcome = ReadyOutcome::default();
+        while self.raft.has_ready() {
+            let mut ready: Ready = self.raft.ready();
+            #[cfg(any(test, madsim))]
+            let commit_before = self.durable_hard_state.commit;
+            if let Some(soft) = &ready.soft_state {
+                debug!(group = self.id, role = ?soft.role, leader = ?soft.leader, term = self.raft.term(), "role changed");
+                outcome.role_changed = true;
+                if soft.role != Role::Leader {
+                    self.fail_all_in_flight(addrs);
+                }
+            }
+            self.send_leader_appends_early(&mut ready, send);
+            self.storage
+                .persist(
+                    ready.hard_state.as_ref(),
+                    &ready.entries,
+                    ready.snapshot.as_ref(),
+                )
+                .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
+            if let Some(hard_state) = &ready.hard_state {
+                self.durable_hard_state = hard_state.clone();
+            }
+            if let Some(snapshot) = &ready.snapshot {
+                self.install_snapshot(snapshot, config, kv_config)?;
+                outcome.meta_applied |= self.id == META_GROUP;
+            }
+            #[cfg(any(test, madsim))]
+            self.observe_ready(config, &ready, commit_before);
+            send(self.wrap(std::mem::take(&mut ready.messages)));
+            for entry in &ready.committed {
+                self.apply(entry, config.node_id, &mut outcome);
+            }
+            for read in &ready.reads {
+                if let Some(reads) = self.reads_by_ctx.remove(&read.ctx) {
+                    self.reads_by_index
+                        .entry(read.index)
+                        .or_default()
+                        .extend(reads);
+                }
+            }
+            self.serve_reads();
+            self.raft.advance(ready);
+            self.maybe_snapshot(config)?;
+        }
+        Ok(outcome)
+    }
+
+    fn wrap(&self, messages: Vec<Message>) -> Vec<PeerMessage> {
+        messages
+            .into_iter()
+            .map(|message| PeerMessage::Raft {
+                group: self.id,
+                message,
+            })
+            .collect()
+    }
+
+    /// Simulation/test only: reports this Ready's leadership, granted votes and committed
+    /// entries (persisted by now; applied right after) to the harness's observer.
+    #[cfg(any(test, madsim))]
+    fn observe_ready(&self, config: &ServerConfig, ready: &Ready, commit_before: LogIndex) {
+        use super::probe::ProtocolEvent;
+        let Some(observer) = &config.observer else {
+            return;
+        };
+        let (me, group) = (config.node_id, self.id);
+        if ready
+            .soft_state
+            .as_ref()
+            .is_some_and(|s| s.role == Role::Leader)
+        {
+            let term = self.raft.term();
+            observer.observe(me, group, ProtocolEvent::BecameLeader { term });
+        }
+        for m in &ready.messages {
+            if let MessageBody::VoteResponse { granted: true } = m.body {
+                let event = ProtocolEvent::VoteGranted {
+                    term: m.term,
+                    candidate: m.to,
+                };
+                observer.observe(me, group, event);
+            }
+        }
+        let commit = ready.hard_state.as_ref().map_or(0, |hs| hs.commit);
+        if self.raft.role() == Role::Leader && commit > commit_before {
+            let entry = self.raft.log_entries().iter().find(|e| e.index == commit);
+            if let Some(entry) = entry {
+                let event = ProtocolEvent::LeaderCommitted {
+                    term: self.raft.term(),
+                    index: commit,
+                    entry_term: entry.term,
+                };
+                observer.observe(me, group, event);
+            }
+        }
+        for entry in &ready.committed {
+            let event = ProtocolEvent::Applied {
+                index: entry.index,
+                term: entry.term,
+            };
+            observer.observe(me, group, event);
+        }
+    }
+
+    /// Leader only: sends this Ready's `Append` messages before its entries are synced, when
+    /// the Ready changes neither term nor vote (see the module invariants).
+    fn send_leader_appends_early(
+        &mut self,
+        ready: &mut Ready,
+        send: &mut dyn FnMut(Vec<PeerMessage>),
+    ) {
+        if self.raft.role() != Role::Leader || ready.snapshot.is_some() {
+            return;
+        }
+        let unchanged = ready.hard_state.as_ref().is_none_or(|hs| {
+            hs.term == self.durable_hard_state.term && hs.vote == self.durable_hard_state.vote
+        });
+        if !unchanged {
+            return;
+        }
+        let (appends, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut ready.messages)
+            .into_iter()
+            .partition(|m| matches!(m.body, MessageBody::Append { .. }));
+        ready.messages = rest;
+        send(self.wrap(appends));
+    }
+
+    fn install_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        config: &ServerConfig,
+        kv_config: &KvConfig,
+    ) -> Result<(), ServerError> {
+        if snapshot.meta.index <= self.machine.applied_index() {
+            return Ok(());
+        }
+        self.machine = new_machine(self.id, kv_config, config, Some(snapshot))?;
+        self.last_snapshot_index = snapshot.meta.index;
+        let covered: Vec<LogIndex> = self
+            .pending_writes
+            .range(..=snapshot.meta.index)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in covered {
+            if let Some(PendingWrite {
+                reply: Some(reply), ..
+            }) = self.pending_writes.remove(&index)
+            {
+                let _ = reply.send(ClientResponse::Unknown {
+                    reason: "replaced by a snapshot".into(),
+                });
+            }
+        }
+        info!(
+            group = self.id,
+            index = snapshot.meta.index,
+            term = snapshot.meta.term,
+            "installed snapshot"
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, entry: &Entry, me: NodeId, outcome: &mut ReadyOutcome) {
+        if entry.index <= self.machine.applied_index() {
+            return; // already covered by the restored snapshot
+        }
+        let response = match (&entry.payload, &mut self.machine) {
+            (EntryPayload::Command(bytes), GroupMachine::Kv(machine)) => {
+                match decode_command(bytes) {
+                    Ok(command) => Some(ClientResponse::Done(machine.apply(entry.index, &command))),
+                    Err(e) => {
+                        error!(group = self.id, index = entry.index, error = %e, "undecodable command in the log: skipped");
+                        machine.skip(entry.index);
+                        None
+                    }
+                }
+            }
+            (EntryPayload::Command(bytes), GroupMachine::Meta(machine)) => {
+                match meta::decode_command(bytes) {
+                    Ok(command) => {
+                        let result = machine.apply(entry.index, &command);
+                        info!(index = entry.index, ?command, ?result, "metadata applied");
+                        outcome.meta_applied = true;
+                        Some(ClientResponse::Admin(result))
+                    }
+                    Err(e) => {
+                        error!(group = self.id, index = entry.index, error = %e, "undecodable metadata command in the log: skipped");
+                        machine.skip(entry.index);
+                        None
+                    }
+                }
+            }
+            (EntryPayload::Membership(change), machine) => {
+                if *change == MembershipChange::Remove(me) {
+                    outcome.removed_me = true;
+                }
+                machine.skip(entry.index);
+                None
+            }
+            (EntryPayload::Noop, machine) => {
+                machine.skip(entry.index);
+                None
+            }
+        };
+        if let Some(write) = self.pending_writes.remove(&entry.index) {
+            let response = match response {
+                Some(response) if write.term == entry.term => response,
+                _ => ClientResponse::Unknown {
+                    reason: "log entry replaced by a newer leader".into(),
+                },
+            };
+            if let Some(reply) = write.reply {
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.machine.applied_index();
+        let later = self.reads_by_index.split_off(&(applied + 1));
+        let ready = std::mem::replace(&mut self.reads_by_index, later);
+        for read in ready.into_values().flatten() {
+            let response = self.read_now(&read.command);
+            let _ = read.reply.send(response);
+        }
+    }
+
+    fn take_all_reads(&mut self) -> Vec<PendingRead> {
+        let mut reads = std::mem::take(&mut self.reads_to_confirm);
+        reads.extend(
+            std::mem::take(&mut self.reads_by_ctx)
+                .into_values()
+                .flatten(),
+        );
+        reads.extend(
+            std::mem::take(&mut self.reads_by_index)
+                .into_values()
+                .flatten(),
+        );
+        reads
+    }
+
+    /// Leadership lost (or the group is going away): proposals may or may not commit; reads
+    /// were never served.
+    pub(super) fn fail_all_in_flight(&mut self, addrs: &ClientAddrs) {
+        for (_, write) in std::mem::take(&mut self.pending_writes) {
+            if let Some(reply) = write.reply {
+                let _ = reply.send(ClientResponse::Unknown {
+                    reason: "leadership lost".into(),
+                });
+            }
+        }
+        for read in self.take_all_reads() {
+            let _ = read.reply.send(self.redirect(addrs));
+        }
+    }
+
+    /// Node shutting down: writes are in doubt, reads are refused.
+    pub(super) fn shut_down(&mut self) {
+        for (_, write) in std::mem::take(&mut self.pending_writes) {
+            if let Some(reply) = write.reply {
+                let _ = reply.send(ClientResponse::Unknown {
+                    reason: "node shutting down".into(),
+                });
+            }
+        }
+        for read in self.take_all_reads() {
+            let _ = read
+                .reply
+                .send(ClientResponse::Refused(RefusedReason::ShuttingDown));
+        }
+    }
+
+    fn maybe_snapshot(&mut self, config: &ServerConfig) -> Result<(), ServerError> {
+        let applied = self.machine.applied_index();
+        if applied < self.last_snapshot_index + config.snapshot_interval_entries {
+            return Ok(());
+        }
+        // The core knows the term and membership in force at `applied` (it has not compacted
+        // past it); it refuses a snapshot whose metadata disagrees with its log.
+        let Some(meta) = self.raft.snapshot_meta_at(applied) else {
+            debug!(
+                group = self.id,
+                index = applied,
+                "no snapshot metadata at the applied index yet"
+            );
+            return Ok(());
+        };
+        let snapshot = Snapshot {
+            meta,
+            data: self.machine.snapshot(),
+        };
+        self.storage
+            .save_snapshot(&snapshot)
+            .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
+        debug!(
+            group = self.id,
+            index = applied,
+            bytes = snapshot.data.len(),
+            "snapshot saved"
+        );
+        self.last_snapshot_index = applied;
+        self.raft.snapshot_saved(snapshot);
+        Ok(())
+    }
+
+    pub(super) fn status(&self) -> GroupStatus {
+        let membership = self.raft.membership();
+        GroupStatus {
+            group: self.id,
+            role: self.raft.role(),
+            term: self.raft.term(),
+            leader: self.raft.leader(),
+            voters: membership.voters.iter().copied().collect(),
+            learners: membership.learners.iter().copied().collect(),
+            commit_index: self.raft.commit_index(),
+            applied_index: self.machine.applied_index(),
+            snapshot_index: self.last_snapshot_index,
+            match_index: self.raft.match_index(),
+            keys: self.machine.keys(),
+        }
+    }
+
+    /// Whether `node` is in this group's membership (voter or learner).
+    pub(super) fn has_member(&self, node: NodeId) -> bool {
+        let m = self.raft.membership();
+        m.voters.contains(&node) || m.learners.contains(&node)
+    }
+}
+
+/// Proposes a metadata command as this node (no client waits for it).
+pub(super) fn propose_meta(group: &mut Group, command: &MetaCommand) -> bool {
+    group.propose(meta::encode_command(command), None).is_ok()
+}
