@@ -185,14 +185,13 @@ fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
     ));
 }
 
-/// Every server's config (None: a spare, started later by a `Join` fault) and the transport
-/// fault switches they share.
+/// Every server's config and whether it is a spare (started later by a `Join` fault).
 fn server_configs(
     scenario: &Scenario,
     trace: &Trace,
     monitor: &Arc<SafetyMonitor>,
     transport: &TransportFaults,
-) -> anyhow::Result<Vec<Option<ServerConfig>>> {
+) -> anyhow::Result<Vec<(ServerConfig, bool)>> {
     let planted: PlantedBugs = scenario.planted_bugs.parse()?;
     let members: Vec<MemberConfig> = (0..scenario.nodes).map(member_config).collect();
     let mut knob_rng = StdRng::seed_from_u64(scenario.seed ^ 0xb066_1f1e);
@@ -204,7 +203,7 @@ fn server_configs(
     base.cluster.shards = scenario.shards;
     base.cluster.replication_factor = scenario.replication_factor;
     base.cluster.dead_node_timeout_ms = scenario.dead_node_timeout_ms;
-    // PENDING-MERGE base.sim_busy_us_per_input = scenario.sim_busy_us_per_input;
+    base.sim_busy_us_per_input = scenario.sim_busy_us_per_input;
     if scenario.buggify {
         buggify(&mut base, &mut knob_rng, trace);
     }
@@ -215,13 +214,12 @@ fn server_configs(
         .map(|i| {
             let mut config = base.clone();
             config.node_id = u64::from(i) + 1;
-            if i < scenario.nodes {
-                Some(config)
-            } else {
+            let spare = i >= scenario.nodes;
+            if spare {
                 // A joining node lists only itself; `join` is filled in when it starts.
                 config.members = vec![member_config(i)];
-                None
             }
+            (config, spare)
         })
         .collect();
     Ok(configs)

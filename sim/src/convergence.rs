@@ -189,6 +189,7 @@ mod tests {
             learners: Vec::new(),
             commit_index: 10,
             applied_index: 10,
+            snapshot_index: 0,
             match_index: BTreeMap::new(),
             keys: 0,
         }

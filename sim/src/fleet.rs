@@ -78,6 +78,8 @@ struct Slot {
     disk_faults: DiskFaults,
     /// What the next start of this server runs; None: a spare that must not start yet.
     config: Arc<Mutex<Option<ServerConfig>>>,
+    /// A spare's config until `join` starts it.
+    spare_config: Option<ServerConfig>,
     /// Set when the server returned by itself (removed from the cluster after leaving).
     finished: Arc<AtomicBool>,
     life: Life,
@@ -91,22 +93,22 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Creates every server (`configs[i]` for server i; None: a spare) on its own simulated
-    /// node with its own disk; the non-spares start at once.
+    /// Creates every server (`configs[i]` for server i, and whether it is a spare) on its own
+    /// simulated node with its own disk; the non-spares start at once.
     pub fn create(
-        configs: Vec<Option<ServerConfig>>,
+        configs: Vec<(ServerConfig, bool)>,
         replication_factor: usize,
         seed: u64,
     ) -> Fleet {
         let handle = Handle::current();
         let mut slots = Vec::new();
-        for (i, config) in configs.into_iter().enumerate() {
+        for (i, (config, spare)) in configs.into_iter().enumerate() {
             let index = i as u32;
             let disk = SimDisk::new(seed.wrapping_mul(1000).wrapping_add(u64::from(index)));
-            let life = if config.is_some() {
-                Life::Running
+            let (life, config, spare_config) = if spare {
+                (Life::Spare, None, Some(config))
             } else {
-                Life::Spare
+                (Life::Running, Some(config), None)
             };
             let config = Arc::new(Mutex::new(config));
             let finished = Arc::new(AtomicBool::new(false));
@@ -122,6 +124,7 @@ impl Fleet {
                 client_addr: member_config(index).client_addr,
                 disk_faults: disk.faults(),
                 config,
+                spare_config,
                 finished,
                 life,
             });
@@ -247,9 +250,9 @@ impl Fleet {
             let mut slots = self.lock();
             let index = slots.iter().position(|s| s.life == Life::Spare)?;
             let slot = &mut slots[index];
-            let mut config = slot.config.lock().unwrap_or_else(|p| p.into_inner());
-            let spare = config.as_mut()?;
-            spare.join = up_addrs;
+            let mut config = slot.spare_config.take()?;
+            config.join = up_addrs;
+            *slot.config.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
             slot.life = Life::Running;
             (index as u32, slot.sim_id)
         };
@@ -405,7 +408,10 @@ fn server_init(
                     Ok(server) => {
                         match server.run(std::future::pending::<()>()).await {
                             // The server ends by itself only once the cluster removed it.
-                            Ok(()) => finished.store(true, Ordering::SeqCst),
+                            Ok(()) => {
+                                tracing::info!(target: "nemesis", "server stopped by itself");
+                                finished.store(true, Ordering::SeqCst);
+                            }
                             Err(e) => tracing::error!("server stopped: {e}"),
                         }
                         return;
