@@ -39,6 +39,10 @@ pub const PEER_PORT: u16 = 7380;
 /// A server that fails to start is retried this many times, this far apart.
 pub const SERVER_START_ATTEMPTS: u32 = 50;
 pub const SERVER_START_RETRY_MS: u64 = 200;
+/// A joining server stops with an error containing this when the cluster refuses it; the
+/// harness's supervisor starts it again after `JOIN_RETRY_MS`.
+const JOIN_REFUSED: &str = "join refused";
+pub const JOIN_RETRY_MS: u64 = 1_000;
 /// How long the harness waits for one node's answer when it polls the cluster's state.
 pub const POLL_REQUEST_TIMEOUT_MS: u64 = 300;
 /// Pause between two polls of the end-of-run replication check.
@@ -402,7 +406,8 @@ fn server_init(
             }
             let disk: Arc<dyn Disk> = Arc::new(disk);
             // Like a process supervisor: a node that cannot start (e.g. its port is still held
-            // by the killed incarnation) is retried.
+            // by the killed incarnation) is retried, and so is a joining node whose join was
+            // refused (e.g. asked while the metadata group was still electing its first leader).
             for attempt in 1..=SERVER_START_ATTEMPTS {
                 match Server::new(config.clone(), disk.clone()).await {
                     Ok(server) => {
@@ -411,6 +416,11 @@ fn server_init(
                             Ok(()) => {
                                 tracing::info!(target: "nemesis", "server stopped by itself");
                                 finished.store(true, Ordering::SeqCst);
+                            }
+                            Err(e) if e.to_string().contains(JOIN_REFUSED) => {
+                                tracing::warn!("join refused, retrying: {e}");
+                                tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+                                continue;
                             }
                             Err(e) => tracing::error!("server stopped: {e}"),
                         }
