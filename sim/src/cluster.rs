@@ -42,11 +42,24 @@ pub use crate::fleet::{CLIENT_PORT, PEER_PORT};
 /// Per-attempt and per-operation client timeouts inside the simulation.
 pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 1_000;
 pub const CLIENT_OPERATION_TIMEOUT_MS: u64 = 4_000;
+const CLIENTS_PER_SUBNET: u32 = 250;
+/// A liveness failure names at most this many clients.
+const STUCK_CLIENTS_NAMED_MAX: usize = 8;
 /// Extra simulated time allowed beyond the scenario before madsim aborts the run as hung.
 pub const TIME_LIMIT_SLACK_S: u64 = 600;
 
+/// Client addresses: 10.0.2.x for the first `CLIENTS_PER_SUBNET`, then 10.1.y.x (the
+/// benchmark runs hundreds of clients).
 fn client_ip(index: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 2, index as u8 + 1))
+    let (subnet, host) = (
+        index / CLIENTS_PER_SUBNET,
+        (index % CLIENTS_PER_SUBNET) as u8 + 1,
+    );
+    if subnet == 0 {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 2, host))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 1, subnet as u8, host))
+    }
 }
 
 /// Options for one run that do not change what happens in it.
@@ -370,9 +383,17 @@ async fn simulate(
     let liveness_failure = if stuck.is_empty() {
         None
     } else {
+        let count = stuck.len();
+        stuck.truncate(STUCK_CLIENTS_NAMED_MAX);
+        let more = count - stuck.len();
         Some(format!(
-            "{} completed no operation within {} s after the final heal",
+            "{}{} completed no operation within {} s after the final heal",
             stuck.join(", "),
+            if more > 0 {
+                format!(" and {more} more clients")
+            } else {
+                String::new()
+            },
             scenario.liveness_bound_s
         ))
     };

@@ -16,6 +16,8 @@ use crate::nemesis::{FaultKind, NemesisSpec, ScheduledFault};
 /// Sizes of the cluster that bootstraps (odd, so a majority is well defined); spare servers,
 /// which join later, come on top.
 pub const SUPPORTED_NODES: [u32; 3] = [3, 5, 7];
+/// Most clients a scenario may have (one simulated node each).
+pub const MAX_CLIENTS: u32 = 10_000;
 /// Most spare servers a scenario may have (they join during the run).
 pub const MAX_SPARE_NODES: u32 = 8;
 /// Most shards a scenario may have (every node hosts a Raft group per replica).
@@ -244,8 +246,8 @@ impl Scenario {
         if self.dead_node_timeout_ms == 0 {
             bail!("dead_node_timeout_ms must be at least 1");
         }
-        if self.clients == 0 {
-            bail!("clients must be at least 1");
+        if self.clients == 0 || self.clients > MAX_CLIENTS {
+            bail!("clients = {} must be in 1..={MAX_CLIENTS}", self.clients);
         }
         if self.duration_s == 0 {
             bail!("duration_s must be at least 1");
