@@ -815,7 +815,7 @@ async fn run_nemesis(
                 trace.log("power loss: kill all servers".to_string());
                 Undo::RestartAll
             }
-            Fault::Join => match fleet.join(&handle) {
+            Fault::Join => match fleet.join(&handle, &trace) {
                 Some(n) => {
                     trace.log(format!("join: start spare n{}", n + 1));
                     Undo::Nothing

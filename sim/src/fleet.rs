@@ -39,8 +39,8 @@ pub const PEER_PORT: u16 = 7380;
 /// A server that fails to start is retried this many times, this far apart.
 pub const SERVER_START_ATTEMPTS: u32 = 50;
 pub const SERVER_START_RETRY_MS: u64 = 200;
-/// A joining server stops with an error containing this when the cluster refuses it; the
-/// harness's supervisor starts it again after `JOIN_RETRY_MS`.
+/// A joining server stops with an error containing this when the cluster refuses it;
+/// `supervise_joiner` restarts it (kill + restart, which frees its ports) within `JOIN_RETRY_MS`.
 const JOIN_REFUSED: &str = "join refused";
 pub const JOIN_RETRY_MS: u64 = 1_000;
 /// How long the harness waits for one node's answer when it polls the cluster's state.
@@ -86,6 +86,8 @@ struct Slot {
     spare_config: Option<ServerConfig>,
     /// Set when the server returned by itself (removed from the cluster after leaving).
     finished: Arc<AtomicBool>,
+    /// Set when the server stopped because the cluster refused its join.
+    join_refused: Arc<AtomicBool>,
     life: Life,
 }
 
@@ -116,7 +118,13 @@ impl Fleet {
             };
             let config = Arc::new(Mutex::new(config));
             let finished = Arc::new(AtomicBool::new(false));
-            let init = server_init(disk.clone(), config.clone(), finished.clone());
+            let join_refused = Arc::new(AtomicBool::new(false));
+            let init = server_init(
+                disk.clone(),
+                config.clone(),
+                finished.clone(),
+                join_refused.clone(),
+            );
             let node = handle
                 .create_node()
                 .name(format!("n{}", i + 1))
@@ -130,6 +138,7 @@ impl Fleet {
                 config,
                 spare_config,
                 finished,
+                join_refused,
                 life,
             });
         }
@@ -241,7 +250,7 @@ impl Fleet {
 
     /// The `Join` fault: starts the lowest spare with `join` = the client addresses of the
     /// servers up now. Returns its index, or None when no spare is left.
-    pub fn join(&self, handle: &Handle) -> Option<u32> {
+    pub(crate) fn join(&self, handle: &Handle, trace: &Trace) -> Option<u32> {
         let up_addrs: Vec<SocketAddr> = {
             let slots = self.lock();
             slots
@@ -262,6 +271,7 @@ impl Fleet {
         };
         handle.kill(id);
         handle.restart(id);
+        tokio::spawn(supervise_joiner(self.clone(), index, trace.clone()));
         Some(index)
     }
 
@@ -385,6 +395,7 @@ fn server_init(
     disk: SimDisk,
     config: Arc<Mutex<Option<ServerConfig>>>,
     finished: Arc<AtomicBool>,
+    join_refused: Arc<AtomicBool>,
 ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync + 'static
 {
     let starts = Arc::new(AtomicU64::new(0));
@@ -392,6 +403,7 @@ fn server_init(
         let config = config.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let disk = disk.clone();
         let finished = finished.clone();
+        let join_refused = join_refused.clone();
         let starts = starts.clone();
         Box::pin(async move {
             let Some(config) = config else { return };
@@ -406,8 +418,9 @@ fn server_init(
             }
             let disk: Arc<dyn Disk> = Arc::new(disk);
             // Like a process supervisor: a node that cannot start (e.g. its port is still held
-            // by the killed incarnation) is retried, and so is a joining node whose join was
-            // refused (e.g. asked while the metadata group was still electing its first leader).
+            // by the killed incarnation) is retried; a joining node whose join was refused
+            // (e.g. asked while the metadata group was still electing its first leader) is
+            // restarted by `supervise_joiner`.
             for attempt in 1..=SERVER_START_ATTEMPTS {
                 match Server::new(config.clone(), disk.clone()).await {
                     Ok(server) => {
@@ -418,9 +431,8 @@ fn server_init(
                                 finished.store(true, Ordering::SeqCst);
                             }
                             Err(e) if e.to_string().contains(JOIN_REFUSED) => {
-                                tracing::warn!("join refused, retrying: {e}");
-                                tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
-                                continue;
+                                tracing::warn!("join refused: {e}");
+                                join_refused.store(true, Ordering::SeqCst);
                             }
                             Err(e) => tracing::error!("server stopped: {e}"),
                         }
@@ -433,6 +445,32 @@ fn server_init(
                 }
             }
         })
+    }
+}
+
+/// Watches a joined server for as long as it is up: whenever its join was refused, it is
+/// started again (the operator's retry).
+async fn supervise_joiner(fleet: Fleet, index: u32, trace: Trace) {
+    let handle = Handle::current();
+    loop {
+        tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+        let refused = {
+            let slots = fleet.lock();
+            let Some(slot) = slots.get(index as usize) else {
+                return;
+            };
+            if !Fleet::slot_up(slot) {
+                return;
+            }
+            slot.join_refused.swap(false, Ordering::SeqCst)
+        };
+        if refused {
+            fleet.restart(&handle, index);
+            trace.log(format!(
+                "n{}: its join was refused; started again",
+                index + 1
+            ));
+        }
     }
 }
 

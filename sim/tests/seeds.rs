@@ -66,7 +66,7 @@ fn no_faults_3_nodes() {
 /// Seeds of the membership scenarios: nodes join, leave and are killed for good amid
 /// partitions, crashes and message faults; after the final heal every shard's replicas must be
 /// back on target (the replication check) besides the usual checks.
-const MEMBERSHIP_SEEDS: u64 = 30;
+const MEMBERSHIP_SEEDS: u64 = 50;
 
 /// 5 nodes + 2 spares; 20 simulated seconds (dead-node timeout 3 s, so that a node killed for
 /// good has its replicas re-created within the run).
