@@ -115,7 +115,8 @@ impl Connections {
         addr: SocketAddr,
         deadline: Instant,
     ) -> Result<Connection, AttemptError> {
-        let connect_timeout = connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let connect_timeout =
+            connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
