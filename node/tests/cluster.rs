@@ -2,6 +2,12 @@
 //!
 //! Each test starts its own cluster on free ports in its own temporary directory; a Drop guard
 //! kills every process it started, also when the test panics.
+//!
+//! The cluster is sharded: a node's top-level status (role, indexes) is its metadata group's
+//! (group 0); the keys live in the data groups (shard `s` = group `s + 1`), whose Raft state
+//! is in `NodeStatus::groups`. The snapshot tests run with `SNAPSHOT_TEST_SHARDS` shards, so that
+//! with 3 nodes and replication factor 3 every node hosts every data group and each group
+//! receives enough writes to snapshot.
 #![cfg(not(madsim))]
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -10,34 +16,50 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use node::client::{Client, ClientOptions, NodeStatus};
-use node::config::{MemberConfig, ServerConfig};
-use node::raft::Role;
+use node::config::{ClusterConfig, MemberConfig, ServerConfig};
+use node::meta::{group_of_shard, GroupId, GroupStatus};
+use node::placement::shard_for_key;
+use node::raft::{LogIndex, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
+
+/// Shards of the clusters whose tests look at data groups' snapshots.
+const SNAPSHOT_TEST_SHARDS: u32 = 2;
 
 struct Cluster {
     dir: PathBuf,
     members: Vec<MemberConfig>,
     children: Vec<Option<Child>>,
     snapshot_interval_entries: u64,
+    shards: u32,
 }
 
-fn free_port() -> u16 {
-    let listener = StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+/// `count` distinct free ports: every listener stays bound until all are picked, so the OS
+/// cannot hand out one port twice (it readily reuses a port as soon as its listener closes).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<StdListener> = (0..count)
+        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
 }
 
 impl Cluster {
-    fn start(name: &str, nodes: u64, snapshot_interval_entries: u64) -> Cluster {
+    /// `shards`: the cluster's shard count (`[cluster] shards`), fixed at bootstrap.
+    fn start(name: &str, nodes: u64, snapshot_interval_entries: u64, shards: u32) -> Cluster {
         let dir = std::env::temp_dir().join(format!("quorumkv-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
+        let ports = free_ports(2 * nodes as usize);
         let members = (1..=nodes)
-            .map(|id| MemberConfig {
+            .zip(ports.chunks(2))
+            .map(|(id, pair)| MemberConfig {
                 id,
-                peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], pair[0])),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], pair[1])),
                 zone: None,
             })
             .collect();
@@ -46,6 +68,7 @@ impl Cluster {
             members,
             children: Vec::new(),
             snapshot_interval_entries,
+            shards,
         };
         for id in 1..=nodes {
             let child = cluster.spawn(id);
@@ -65,6 +88,10 @@ impl Cluster {
             data_dir: self.dir.join(format!("node-{id}")),
             seed: id,
             snapshot_interval_entries: self.snapshot_interval_entries,
+            cluster: ClusterConfig {
+                shards: self.shards,
+                ..ClusterConfig::default()
+            },
             ..ServerConfig::default()
         };
         let path = self.dir.join(format!("node-{id}.toml"));
@@ -163,7 +190,7 @@ async fn wait_for_leader(cluster: &Cluster, among: &[u64]) -> NodeStatus {
 
 #[tokio::test]
 async fn writes_and_reads_through_every_node() {
-    let cluster = Cluster::start("rw", 3, 10_000);
+    let cluster = Cluster::start("rw", 3, 10_000, ClusterConfig::default().shards);
     wait_for_leader(&cluster, &[1, 2, 3]).await;
     for id in 1..=3 {
         let mut c = client(vec![cluster.addr(id)]);
@@ -212,30 +239,122 @@ async fn writes_and_reads_through_every_node() {
     assert!(more);
 }
 
-#[tokio::test]
-async fn leader_crash_loses_no_acknowledged_write_and_restart_catches_up_by_snapshot() {
-    let mut cluster = Cluster::start("crash", 3, 20);
-    let leader = wait_for_leader(&cluster, &[1, 2, 3]).await;
-    let mut c = client(cluster.endpoints());
-    let mut acked = Vec::new();
-    for i in 0..50 {
-        let key = format!("k{i:03}");
-        c.put(key.as_bytes(), b"before")
-            .await
-            .expect("put before crash");
-        acked.push(key);
+/// The status of `group` in a node's report (None: the node does not host it).
+fn group_status(status: &NodeStatus, group: GroupId) -> Option<&GroupStatus> {
+    status.groups.iter().find(|g| g.group == group)
+}
+
+/// The data groups of a cluster started with `SNAPSHOT_TEST_SHARDS` shards.
+fn data_groups() -> Vec<GroupId> {
+    (0..SNAPSHOT_TEST_SHARDS).map(group_of_shard).collect()
+}
+
+/// Waits until a node among `among` leads data group `group`; returns the node and its view of
+/// the group (its commit index is the group's).
+async fn wait_for_group_leader(cluster: &Cluster, among: &[u64], group: GroupId) -> GroupStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut probe = client(cluster.endpoints());
+    loop {
+        for &id in among {
+            if let Ok(status) = probe.node_status(cluster.addr(id)).await {
+                if let Some(g) = group_status(&status, group) {
+                    if g.role == Role::Leader && g.leader == Some(id) {
+                        return g.clone();
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader of group {group} among {among:?}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until node `id` has applied, in every data group, at least what that group's leader
+/// among `leaders_among` has committed; returns the node's status.
+async fn wait_caught_up(cluster: &Cluster, id: u64, leaders_among: &[u64]) -> NodeStatus {
+    let mut targets = Vec::new();
+    for group in data_groups() {
+        let leader = wait_for_group_leader(cluster, leaders_among, group).await;
+        targets.push((group, leader.commit_index));
     }
     let mut probe = client(cluster.endpoints());
-    let old_last_index = probe
-        .node_status(leader.client_addr)
-        .await
-        .expect("leader status")
-        .last_index;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(status) = probe.node_status(cluster.addr(id)).await {
+            let caught_up = targets.iter().all(|&(group, target)| {
+                group_status(&status, group).is_some_and(|g| g.applied_index >= target)
+            });
+            if caught_up {
+                return status;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not apply its data groups up to {targets:?} (group, commit index)"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
 
-    cluster.kill(leader.node_id);
-    let survivors: Vec<u64> = (1..=3).filter(|&id| id != leader.node_id).collect();
+/// Keys held by a node's data groups (the metadata group holds none).
+fn data_keys(status: &NodeStatus) -> u64 {
+    data_groups()
+        .into_iter()
+        .filter_map(|g| group_status(status, g))
+        .map(|g| g.keys)
+        .sum()
+}
+
+/// Puts `prefix0000`, `prefix0001`, ... until every data shard received at least `per_shard`
+/// of them; returns the keys written.
+async fn write_every_shard(
+    c: &mut Client,
+    prefix: &str,
+    value: &[u8],
+    per_shard: usize,
+) -> Vec<String> {
+    let mut per = vec![0usize; SNAPSHOT_TEST_SHARDS as usize];
+    let mut keys = Vec::new();
+    while per.iter().any(|&n| n < per_shard) {
+        assert!(
+            keys.len() < 100 * per_shard,
+            "keys do not spread over the shards: {per:?}"
+        );
+        let key = format!("{prefix}{:04}", keys.len());
+        c.put(key.as_bytes(), value)
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        per[shard_for_key(key.as_bytes(), SNAPSHOT_TEST_SHARDS) as usize] += 1;
+        keys.push(key);
+    }
+    keys
+}
+
+#[tokio::test]
+async fn leader_crash_loses_no_acknowledged_write_and_restart_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start("crash", 3, 20, SNAPSHOT_TEST_SHARDS);
+    wait_for_leader(&cluster, &[1, 2, 3]).await;
+    let mut c = client(cluster.endpoints());
+    let acked = write_every_shard(&mut c, "k", b"before", 25).await;
+    // Every write was acknowledged, so committed, and nothing else is proposed in a quiet
+    // cluster: no node's log of a data group goes past that group leader's commit index.
+    let mut old_last_index: Vec<(GroupId, LogIndex)> = Vec::new();
+    for group in data_groups() {
+        let leader = wait_for_group_leader(&cluster, &[1, 2, 3], group).await;
+        old_last_index.push((group, leader.commit_index));
+    }
+    // kill -9 the leader of the first data group (it holds acknowledged writes).
+    let victim = wait_for_group_leader(&cluster, &[1, 2, 3], data_groups()[0])
+        .await
+        .leader
+        .expect("a leader names itself");
+    cluster.kill(victim);
+    let survivors: Vec<u64> = (1..=3).filter(|&id| id != victim).collect();
     let mut c = client(survivors.iter().map(|&id| cluster.addr(id)).collect());
-    // The new leader serves (the client's operation timeout bounds how long that may take).
+    // A new leader serves (the client's operation timeout bounds how long that may take).
     c.put(b"after-crash", b"1")
         .await
         .expect("a new leader serves writes");
@@ -244,40 +363,27 @@ async fn leader_crash_loses_no_acknowledged_write_and_restart_catches_up_by_snap
         assert_eq!(
             got.map(|v| v.value),
             Some(b"before".to_vec()),
-            "acknowledged write {key} lost"
+            "acknowledged write {key} lost after node {victim} was killed"
         );
     }
-    // Enough writes for the survivors to snapshot and compact past the dead node's log.
-    for i in 0..100 {
-        c.put(format!("m{i:03}").as_bytes(), b"while-down")
-            .await
-            .expect("put while down");
-    }
+    // Enough writes in every data group for the survivors to snapshot and compact past the
+    // dead node's log (3 x snapshot_interval_entries each).
+    let while_down = write_every_shard(&mut c, "m", b"while-down", 60).await;
 
-    cluster.restart(leader.node_id);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let target = wait_for_leader(&cluster, &survivors).await.commit_index;
-    let restarted = loop {
-        if let Ok(status) = probe.node_status(cluster.addr(leader.node_id)).await {
-            if status.applied_index >= target {
-                break status;
-            }
-        }
+    cluster.restart(victim);
+    let restarted = wait_caught_up(&cluster, victim, &survivors).await;
+    for (group, old) in old_last_index {
+        let g = group_status(&restarted, group).expect("the restarted node hosts the group");
         assert!(
-            Instant::now() < deadline,
-            "restarted node did not catch up to {target}"
+            g.snapshot_index > old,
+            "group {group}: expected catch-up by snapshot: snapshot index {} <= old last index {old}",
+            g.snapshot_index
         );
-        sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        restarted.snapshot_index > old_last_index,
-        "expected catch-up by snapshot: snapshot index {} <= old last index {old_last_index}",
-        restarted.snapshot_index
-    );
+    }
     assert_eq!(
-        restarted.keys,
-        50 + 1 + 100,
-        "restarted node's state machine"
+        data_keys(&restarted),
+        (acked.len() + 1 + while_down.len()) as u64,
+        "restarted node {victim}'s data groups"
     );
 }
 
@@ -306,7 +412,7 @@ async fn expect_closed(addr: SocketAddr, bytes: &[u8], close_write: bool) {
 
 #[tokio::test]
 async fn bad_frames_close_only_their_connection() {
-    let cluster = Cluster::start("garbage", 3, 10_000);
+    let cluster = Cluster::start("garbage", 3, 10_000, ClusterConfig::default().shards);
     wait_for_leader(&cluster, &[1, 2, 3]).await;
     let magic = node::transport::frame::FRAME_MAGIC;
     let version = node::transport::frame::PROTOCOL_VERSION.to_be_bytes();
@@ -345,54 +451,34 @@ async fn bad_frames_close_only_their_connection() {
     }
 }
 
-/// Waits until node `id` has applied at least `index`; returns its status.
-async fn wait_applied(cluster: &Cluster, id: u64, index: u64) -> NodeStatus {
-    let mut probe = client(cluster.endpoints());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(status) = probe.node_status(cluster.addr(id)).await {
-            if status.applied_index >= index {
-                return status;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {id} did not apply up to {index}"
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn restarted_leader_sends_its_snapshot_from_disk_to_a_lagging_node() {
-    let mut cluster = Cluster::start("restart-all", 3, 20);
+    let mut cluster = Cluster::start("restart-all", 3, 20, SNAPSHOT_TEST_SHARDS);
     wait_for_leader(&cluster, &[1, 2, 3]).await;
     let mut c = client(cluster.endpoints());
     c.put(b"first", b"1").await.unwrap();
     cluster.kill(1);
     let mut c = client(vec![cluster.addr(2), cluster.addr(3)]);
-    for i in 0..60 {
-        c.put(format!("k{i:03}").as_bytes(), b"v")
-            .await
-            .expect("put while node 1 is down");
-    }
-    // Nodes 2 and 3 restart from disk: their log now starts after a snapshot.
+    let written = write_every_shard(&mut c, "k", b"v", 60).await;
+    // Nodes 2 and 3 restart from disk: each data group's log now starts after a snapshot.
     cluster.kill(2);
     cluster.kill(3);
     cluster.restart(2);
     cluster.restart(3);
-    let leader = wait_for_leader(&cluster, &[2, 3]).await;
+    wait_for_leader(&cluster, &[2, 3]).await;
     c.put(b"last", b"1").await.expect("put after full restart");
     cluster.restart(1);
-    let target = wait_for_leader(&cluster, &[2, 3]).await.commit_index;
-    let caught_up = wait_applied(&cluster, 1, target).await;
+    let caught_up = wait_caught_up(&cluster, 1, &[2, 3]).await;
     assert_eq!(
-        caught_up.keys, 62,
-        "node 1's state after catching up from node {}",
-        leader.node_id
+        data_keys(&caught_up),
+        written.len() as u64 + 2,
+        "node 1's data groups after catching up from nodes 2 and 3"
     );
-    assert!(
-        caught_up.snapshot_index > 0,
-        "node 1 should have installed a snapshot"
-    );
+    for group in data_groups() {
+        let g = group_status(&caught_up, group).expect("node 1 hosts the group");
+        assert!(
+            g.snapshot_index > 0,
+            "node 1 should have installed group {group}'s snapshot"
+        );
+    }
 }

@@ -1,7 +1,13 @@
 //! The simulator's campaign against real processes: register and set workloads through the
 //! real client library while the process nemesis kills, restarts, pauses and resumes
-//! `quorumkv server` processes; then a final heal, a liveness check, and the same checker the
-//! simulator uses (`check_kv` for registers, `check_set` for the set).
+//! `quorumkv server` processes, and (optionally) nodes join and leave through the real CLI;
+//! then a final heal, a liveness check, and the same checker the simulator uses (`check_kv` for
+//! registers, `check_set` for the set).
+//!
+//! Membership steps run one per heal period, before that period's fault, each until the cluster
+//! has settled (`process_cluster::convergence_problem`); the main phase lasts until every step
+//! ran, however long `duration_s` is, so the workload runs throughout. A failed step ends the
+//! membership schedule and fails the run.
 //!
 //! Invariants: every key a run touches lives under a fresh namespace (`run-<nonce>/`), and every
 //! client session id is fresh, so a run against a long-lived cluster never reads an earlier run's
@@ -10,8 +16,10 @@
 //! pass, every client completed an operation after the final heal within the bound, and no
 //! server exited on its own.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +51,61 @@ pub struct CampaignOptions {
     pub liveness_bound_s: u64,
     pub client_request_timeout_ms: u64,
     pub client_operation_timeout_ms: u64,
+    /// Nodes joining and leaving during the main phase, in order (empty: none).
+    pub membership: Vec<MembershipStep>,
+    /// Longest time one membership step may take until the cluster has settled.
+    pub membership_bound_s: u64,
+}
+
+/// One membership change of a campaign, made with the real `quorumkv cluster` CLI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipStep {
+    /// `quorumkv cluster join` a new node, then wait until it holds its share of replicas and
+    /// every shard's voters are its target replicas.
+    Join,
+    /// `quorumkv cluster leave` the most recently joined node still in the cluster (it must
+    /// exit 0, the node must stop by itself), then wait until the cluster has settled.
+    Leave,
+}
+
+impl MembershipStep {
+    /// Two joins, then two leaves: the cluster grows by two nodes and shrinks back.
+    pub const GROW_AND_SHRINK: [MembershipStep; 4] = [
+        MembershipStep::Join,
+        MembershipStep::Join,
+        MembershipStep::Leave,
+        MembershipStep::Leave,
+    ];
+}
+
+/// What one membership step did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipEvent {
+    pub step: MembershipStep,
+    /// The node that joined or left (None: the step failed before one was chosen).
+    pub node: Option<u64>,
+    pub ok: bool,
+    /// From the command's start until the cluster had settled.
+    pub took_ms: u64,
+    /// Replicas the node held once settled (joins).
+    pub replicas: Option<usize>,
+    pub detail: String,
+}
+
+impl fmt::Display for MembershipEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let node = self.node.map_or_else(|| "-".into(), |n| format!("n{n}"));
+        let verb = match self.step {
+            MembershipStep::Join => "join",
+            MembershipStep::Leave => "leave",
+        };
+        let outcome = if self.ok { "ok" } else { "FAILED" };
+        write!(
+            f,
+            "{verb} {node} {outcome} after {} ms: {}",
+            self.took_ms, self.detail
+        )
+    }
 }
 
 impl Default for CampaignOptions {
@@ -60,6 +123,8 @@ impl Default for CampaignOptions {
             liveness_bound_s: 20,
             client_request_timeout_ms: 1_000,
             client_operation_timeout_ms: 4_000,
+            membership: Vec::new(),
+            membership_bound_s: 60,
         }
     }
 }
@@ -86,6 +151,10 @@ pub enum CampaignVerdict {
     NoProgress {
         detail: String,
     },
+    /// A join or leave failed or the cluster did not settle after it.
+    MembershipFailed {
+        detail: String,
+    },
 }
 
 impl CampaignVerdict {
@@ -105,6 +174,9 @@ impl CampaignVerdict {
             CampaignVerdict::CheckerUnknown { reason } => format!("FAIL checker unknown: {reason}"),
             CampaignVerdict::ServerExited { detail } => format!("FAIL server exited: {detail}"),
             CampaignVerdict::NoProgress { detail } => format!("FAIL no progress: {detail}"),
+            CampaignVerdict::MembershipFailed { detail } => {
+                format!("FAIL membership change: {detail}")
+            }
         }
     }
 }
@@ -125,6 +197,8 @@ pub struct CampaignReport {
     pub log: Vec<String>,
     pub kills: usize,
     pub pauses: usize,
+    /// Every membership step, in order.
+    pub membership: Vec<MembershipEvent>,
     /// Slowest client's first ok operation after the final heal, in ms (`None`: some never).
     pub recovery_ms_max: Option<u64>,
     pub wall_s: f64,
@@ -139,7 +213,7 @@ impl CampaignReport {
         let elapsed = self.wall_s.max(1e-9);
         format!(
             "nodes {} | register ops {} (ok {} fail {} info {}) | set ops {} (ok {} fail {} info {}) | \
-             {:.0} ops/s | faults: {} kills, {} pauses | recovery after final heal: {} | \
+             {:.0} ops/s | faults: {} kills, {} pauses | membership: {} steps ({} ok) | recovery after final heal: {} | \
              set: {} acknowledged adds, {} unknown adds present | check {:.2} s | wall {:.1} s",
             self.nodes,
             r.total(),
@@ -153,6 +227,8 @@ impl CampaignReport {
             (r.total() + s.total()) as f64 / elapsed,
             self.kills,
             self.pauses,
+            self.membership.len(),
+            self.membership.iter().filter(|e| e.ok).count(),
             self.recovery_ms_max
                 .map_or_else(|| "never".to_string(), |ms| format!("{ms} ms")),
             self.set_report.acknowledged_adds,
@@ -259,7 +335,8 @@ pub async fn run_campaign(
     let clock: Arc<crate::Clock> = Arc::new(move || clock_start.elapsed().as_nanos() as u64);
     let register_recorder = Recorder::new(clock.clone());
     let set_recorder = Recorder::new(clock);
-    let main_until_ns = options.duration_s * 1_000_000_000;
+    // The nemesis ends the main phase (after `duration_s`, and after the last membership step).
+    let main_until_ns = Arc::new(AtomicU64::new(u64::MAX));
     let (healed_tx, healed_rx) = watch::channel::<Option<Instant>>(None);
 
     let mut tasks = Vec::new();
@@ -288,13 +365,19 @@ pub async fn run_campaign(
                 recorder,
             )?;
             let rx = healed_rx.clone();
-            tasks.push(tokio::spawn(client_task(client, main_until_ns, rx, bound)));
+            let until = main_until_ns.clone();
+            tasks.push(tokio::spawn(client_task(client, until, rx, bound)));
         }
     }
     let set_task_start = options.register_clients as usize;
 
-    let (kills, pauses, exits) =
-        run_nemesis(options, cluster, &mut log, started, &healed_tx).await?;
+    let ending = MainPhaseEnd {
+        started,
+        until_ns: &main_until_ns,
+        healed: &healed_tx,
+    };
+    let (kills, pauses, exits, membership) =
+        run_nemesis(options, cluster, &mut log, &ending).await?;
 
     let mut ends = Vec::new();
     for task in tasks {
@@ -339,6 +422,7 @@ pub async fn run_campaign(
         stuck: &stuck,
         final_read_ok,
         liveness_bound_s: options.liveness_bound_s,
+        membership: &membership,
     });
     Ok(CampaignReport {
         seed: options.seed,
@@ -353,6 +437,7 @@ pub async fn run_campaign(
         log: log.lines,
         kills,
         pauses,
+        membership,
         recovery_ms_max,
         wall_s: started.elapsed().as_secs_f64(),
         check_s,
@@ -369,6 +454,7 @@ struct Findings<'a> {
     stuck: &'a [String],
     final_read_ok: bool,
     liveness_bound_s: u64,
+    membership: &'a [MembershipEvent],
 }
 
 /// Safety violations first (they are what the campaign is for), then checker give-ups, then
@@ -388,6 +474,10 @@ fn judge(f: &Findings<'_>) -> CampaignVerdict {
     } else if !f.exits.is_empty() {
         CampaignVerdict::ServerExited {
             detail: f.exits.join("; "),
+        }
+    } else if let Some(failed) = f.membership.iter().find(|e| !e.ok) {
+        CampaignVerdict::MembershipFailed {
+            detail: failed.to_string(),
         }
     } else if !f.stuck.is_empty() {
         CampaignVerdict::NoProgress {
@@ -451,11 +541,18 @@ fn new_client(
 /// The main phase, then (after the final heal) the client's liveness probe.
 async fn client_task(
     mut client: Client,
-    main_until_ns: u64,
+    main_until_ns: Arc<AtomicU64>,
     mut healed: watch::Receiver<Option<Instant>>,
     bound: Duration,
 ) -> ClientEnd {
-    client.run(u64::MAX, main_until_ns).await;
+    // One operation at a time, so that the end the nemesis publishes takes effect at once.
+    loop {
+        let before = client.stats.total();
+        client.run(1, main_until_ns.load(Ordering::SeqCst)).await;
+        if client.stats.total() == before {
+            break;
+        }
+    }
     let healed_at = loop {
         if let Some(at) = *healed.borrow_and_update() {
             break at;
@@ -498,32 +595,67 @@ async fn final_set_read(client: &mut Client, bound: Duration) -> bool {
     false
 }
 
-/// Alternates heal and fault periods until the main phase ends, then heals for good and tells
-/// the clients. Returns (kills, pauses, servers that exited on their own).
+/// When the main phase started, and where its end and the final heal are published.
+struct MainPhaseEnd<'a> {
+    started: Instant,
+    /// Clock time (ns since `started`) at which clients stop the main phase.
+    until_ns: &'a AtomicU64,
+    healed: &'a watch::Sender<Option<Instant>>,
+}
+
+/// Alternates heal and fault periods until the main phase ends (not before every membership
+/// step ran; each step runs at the end of a heal period, before the fault), then ends the main
+/// phase, heals for good and tells the clients. Returns (kills, pauses, servers that exited on
+/// their own, membership steps).
 async fn run_nemesis(
     options: &CampaignOptions,
     cluster: &mut ProcessCluster,
     log: &mut EventLog,
-    started: Instant,
-    healed: &watch::Sender<Option<Instant>>,
-) -> Result<(usize, usize, Vec<String>), CampaignError> {
+    ending: &MainPhaseEnd<'_>,
+) -> Result<(usize, usize, Vec<String>, Vec<MembershipEvent>), CampaignError> {
     let nodes = cluster.node_ids().len();
-    let mut nemesis = ProcessNemesis::new(
-        options.seed,
-        options.faults.clone(),
-        options
-            .max_faulty
-            .unwrap_or_else(|| ProcessNemesis::minority(nodes)),
-    );
-    let main_end = started + Duration::from_secs(options.duration_s);
+    let mut nemesis = (!options.faults.is_empty()).then(|| {
+        ProcessNemesis::new(
+            options.seed,
+            options.faults.clone(),
+            options
+                .max_faulty
+                .unwrap_or_else(|| ProcessNemesis::minority(nodes)),
+        )
+    });
+    let main_end = ending.started + Duration::from_secs(options.duration_s);
     let until = |ms: u64| (Instant::now() + Duration::from_millis(ms)).min(main_end);
+    let mut steps: VecDeque<MembershipStep> = options.membership.iter().copied().collect();
+    let mut joined = Vec::new();
+    let mut events = Vec::new();
+    let membership_bound = Duration::from_secs(options.membership_bound_s);
     let (mut kills, mut pauses, mut exits) = (0, 0, Vec::new());
     loop {
-        tokio::time::sleep_until(until(options.heal_ms).into()).await;
+        let heal_end = if steps.is_empty() {
+            until(options.heal_ms)
+        } else {
+            Instant::now() + Duration::from_millis(options.heal_ms)
+        };
+        tokio::time::sleep_until(heal_end.into()).await;
         note_exits(cluster, log, &mut exits);
-        if Instant::now() >= main_end {
-            break;
+        if let Some(step) = steps.pop_front() {
+            let event = membership_step(step, cluster, &mut joined, membership_bound).await;
+            log.log(event.to_string());
+            if !event.ok {
+                steps.clear();
+            }
+            events.push(event);
+            note_exits(cluster, log, &mut exits);
         }
+        if Instant::now() >= main_end {
+            if steps.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let Some(nemesis) = nemesis.as_mut() else {
+            continue;
+        };
         let applied = nemesis.strike(cluster).await?;
         if applied.fault.kills() {
             kills += applied.nodes.len();
@@ -536,10 +668,86 @@ async fn run_nemesis(
         let actions = cluster.heal_all()?;
         log.log(format!("heal [{}]", actions.join(", ")));
     }
+    ending
+        .until_ns
+        .store(ending.started.elapsed().as_nanos() as u64, Ordering::SeqCst);
     let actions = cluster.heal_all()?;
-    log.log(format!("final heal [{}]", actions.join(", ")));
-    let _ = healed.send(Some(Instant::now()));
-    Ok((kills, pauses, exits))
+    log.log(format!(
+        "main phase over; final heal [{}]",
+        actions.join(", ")
+    ));
+    let _ = ending.healed.send(Some(Instant::now()));
+    Ok((kills, pauses, exits, events))
+}
+
+/// Runs one membership step through the real CLI and waits until the cluster has settled.
+async fn membership_step(
+    step: MembershipStep,
+    cluster: &mut ProcessCluster,
+    joined: &mut Vec<u64>,
+    bound: Duration,
+) -> MembershipEvent {
+    let started = Instant::now();
+    let mut event = MembershipEvent {
+        step,
+        node: None,
+        ok: false,
+        took_ms: 0,
+        replicas: None,
+        detail: String::new(),
+    };
+    let outcome: Result<String, String> = match step {
+        MembershipStep::Join => match cluster.join_node().await {
+            Err(e) => Err(e.to_string()),
+            Ok(id) => {
+                event.node = Some(id);
+                joined.push(id);
+                match cluster.wait_converged(bound, Some(id)).await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(status) => {
+                        let replicas = status.member(id).and_then(|m| m.replicas).unwrap_or(0);
+                        event.replicas = Some(replicas);
+                        if replicas == 0 {
+                            Err(format!("settled, but node {id} holds no replica"))
+                        } else {
+                            Ok(format!(
+                                "holds {replicas} replicas; every shard's voters are its target (map epoch {})",
+                                status.epoch
+                            ))
+                        }
+                    }
+                }
+            }
+        },
+        MembershipStep::Leave => match joined.pop() {
+            None => Err("no joined node is left to leave".into()),
+            Some(id) => {
+                event.node = Some(id);
+                match cluster.leave_node(id, bound).await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(left) => match cluster.wait_converged(bound, None).await {
+                        Err(e) => Err(e.to_string()),
+                        Ok(status) => Ok(format!(
+                            "`cluster leave` exited 0 after {} ms, the node stopped by itself ({}) after {} ms; settled (map epoch {})",
+                            left.cli_ms, left.node_exit, left.total_ms, status.epoch
+                        )),
+                    },
+                }
+            }
+        },
+    };
+    event.took_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(detail) => {
+            event.ok = true;
+            event.detail = detail;
+        }
+        Err(detail) => {
+            let now = cluster.convergence_report().await;
+            event.detail = format!("{detail} | cluster now: {now}");
+        }
+    }
+    event
 }
 
 fn note_exits(cluster: &mut ProcessCluster, log: &mut EventLog, exits: &mut Vec<String>) {
@@ -660,6 +868,7 @@ mod tests {
             stuck,
             final_read_ok: true,
             liveness_bound_s: 5,
+            membership: &[],
         }
     }
 

@@ -168,7 +168,7 @@ mod tests {
             assert_eq!(decode(&encode(v)), v);
         }
         assert_eq!(decode(b"not a number"), UNDECODABLE_VALUE);
-        assert_eq!(set_key("s", 12), b"s/12".to_vec());
+        assert_eq!(set_key("s", 12), b"{s}/12".to_vec());
     }
 
     #[test]

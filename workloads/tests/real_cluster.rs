@@ -7,7 +7,9 @@
 //! `cargo build -p node --bin quorumkv` (a no-op when it is fresh) and prints what it does.
 //! `QUORUMKV_JEPSEN_SEED=N` overrides the seed. A second test wipes every node's data in the
 //! middle of a run and asserts the campaign fails: the harness must not be blind to lost data.
-//! The two tests take turns (one cluster at a time on small machines).
+//! A third grows the cluster by two nodes with `quorumkv cluster join` and shrinks it back with
+//! `quorumkv cluster leave` under the same workloads. The tests take turns (one cluster at a
+//! time on small machines).
 #![cfg(not(madsim))]
 
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::time::Duration;
 use checker::Verdict;
 use workloads::process_cluster::{NodeState, ProcessCluster, SpawnSpec};
 use workloads::process_nemesis::ProcessFault;
-use workloads::real_campaign::{run_campaign, write_artifacts, CampaignOptions};
+use workloads::real_campaign::{run_campaign, write_artifacts, CampaignOptions, MembershipStep};
 
 const DEFAULT_SEED: u64 = 20_261_129;
 
@@ -99,6 +101,8 @@ async fn campaign_against_real_processes_is_linearizable_and_live() {
         liveness_bound_s: 20,
         client_request_timeout_ms: 1_000,
         client_operation_timeout_ms: 4_000,
+        membership: Vec::new(),
+        membership_bound_s: 60,
     };
     let report = tokio::time::timeout(
         Duration::from_secs(120),
@@ -173,6 +177,8 @@ async fn wiping_every_node_mid_run_is_caught() {
         liveness_bound_s: 20,
         client_request_timeout_ms: 1_000,
         client_operation_timeout_ms: 4_000,
+        membership: Vec::new(),
+        membership_bound_s: 60,
     };
     let report = tokio::time::timeout(
         Duration::from_secs(90),
@@ -204,6 +210,139 @@ async fn wiping_every_node_mid_run_is_caught() {
     assert!(explanation.contains("cannot be placed"), "{explanation}");
     let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
     assert!(html.contains("NOT linearizable"), "{files:?}");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The real CLI grows a running cluster and shrinks it back while clients read and write: node 4
+/// joins and takes over shards, then leaves (`cluster leave` exits 0 and the node stops by
+/// itself); after every step every shard's voters are exactly its target replicas. The register
+/// history must be linearizable (a lost acknowledged write shows as a stale read) and the set
+/// must keep every acknowledged add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_and_leaves_under_load_without_losing_writes() {
+    let steps = [MembershipStep::Join, MembershipStep::Leave];
+    membership_campaign(
+        "grow1",
+        &steps,
+        &[(MembershipStep::Join, 4), (MembershipStep::Leave, 4)],
+    )
+    .await;
+}
+
+/// As above with two nodes, the README's grow-and-shrink: 3 -> 5 -> 3 (4 joins, 5 joins, 5
+/// leaves, 4 leaves) with the real CLI while the workloads run. (It found the bug of a re-added
+/// replica deleting itself while replaying its earlier removal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_join_and_leave_under_load_without_losing_writes() {
+    membership_campaign(
+        "grow2",
+        &MembershipStep::GROW_AND_SHRINK,
+        &[
+            (MembershipStep::Join, 4),
+            (MembershipStep::Join, 5),
+            (MembershipStep::Leave, 5),
+            (MembershipStep::Leave, 4),
+        ],
+    )
+    .await;
+}
+
+/// Runs the register and set workloads on a fresh 3-node cluster while `steps` run (no process
+/// faults), and asserts the steps (`expected`: step and node), the checks and the progress.
+async fn membership_campaign(
+    name: &str,
+    steps: &[MembershipStep],
+    expected: &[(MembershipStep, u64)],
+) {
+    let _slot = CLUSTER_SLOT.lock().await;
+    let seed = 11;
+    let exe = quorumkv_binary();
+    let dir = std::env::temp_dir().join(format!(
+        "quorumkv-real-cluster-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cluster = ProcessCluster::spawn(SpawnSpec {
+        nodes: 3,
+        quorumkv_exe: exe,
+        dir: dir.join("cluster"),
+        snapshot_interval_entries: 200,
+        seed,
+    })
+    .expect("spawn a 3-node cluster");
+    // No process faults: the membership steps are the disturbance. The main phase lasts until
+    // every step ran (one per 1 s heal period), at least `duration_s`.
+    let options = CampaignOptions {
+        seed,
+        duration_s: 3,
+        fault_ms: 1_000,
+        heal_ms: 1_000,
+        faults: Vec::new(),
+        max_faulty: None,
+        register_clients: 3,
+        set_clients: 2,
+        think_time_ms: 5,
+        liveness_bound_s: 20,
+        client_request_timeout_ms: 1_000,
+        client_operation_timeout_ms: 4_000,
+        membership: steps.to_vec(),
+        membership_bound_s: 30,
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(150),
+        run_campaign(&options, &mut cluster),
+    )
+    .await
+    .expect("the campaign is bounded")
+    .expect("the campaign ran");
+    eprintln!("{}", report.figures());
+    for event in &report.membership {
+        eprintln!("{event}");
+    }
+    if !report.verdict.passed() {
+        let files = write_artifacts(&report, &dir).expect("write artifacts");
+        panic!(
+            "seed {seed}: {}\nartifacts: {files:?}\nnode logs: {}",
+            report.verdict.summary(),
+            dir.join("cluster").display()
+        );
+    }
+    let done: Vec<(MembershipStep, Option<u64>, bool)> = report
+        .membership
+        .iter()
+        .map(|e| (e.step, e.node, e.ok))
+        .collect();
+    let wanted: Vec<(MembershipStep, Option<u64>, bool)> = expected
+        .iter()
+        .map(|&(step, node)| (step, Some(node), true))
+        .collect();
+    assert_eq!(done, wanted);
+    for join in report
+        .membership
+        .iter()
+        .filter(|e| e.step == MembershipStep::Join)
+    {
+        assert!(
+            join.replicas.is_some_and(|r| r > 0),
+            "the new node took over shards: {join}"
+        );
+    }
+    let left: Vec<u64> = expected
+        .iter()
+        .filter(|(step, _)| *step == MembershipStep::Leave)
+        .map(|&(_, node)| node)
+        .collect();
+    assert_eq!(cluster.left(), left.as_slice());
+    assert_eq!(cluster.node_ids(), vec![1, 2, 3]);
+    assert_eq!(report.register_verdict, Verdict::Linearizable);
+    assert!(report.set_report.is_valid(), "{:?}", report.set_report);
+    assert!(report.set_report.reads_checked >= 1, "the set's final read");
+    assert!(
+        report.register_stats.ok > 100 && report.set_stats.ok > 50,
+        "the workload made little progress: {}",
+        report.figures()
+    );
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }

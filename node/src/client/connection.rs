@@ -75,7 +75,7 @@ impl Connections {
                 )))
             })?;
         if !self.open.contains_key(&addr) {
-            let connection = Connections::connect(self.connect_timeout, addr, deadline).await?;
+            let connection = connect(self.connect_timeout, addr, deadline).await?;
             while self.open.len() >= OPEN_CONNECTIONS_MAX {
                 self.open.pop_first();
             }
@@ -107,34 +107,34 @@ impl Connections {
         self.open.remove(&addr);
         Err(AttemptError::AfterSend(response))
     }
+}
 
-    /// Takes no `&self`: a future holding `&Connections` across an await would need
-    /// `Connections: Sync`, which madsim's `TcpStream` is not.
-    async fn connect(
-        connect_timeout: Duration,
-        addr: SocketAddr,
-        deadline: Instant,
-    ) -> Result<Connection, AttemptError> {
-        let connect_timeout =
-            connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                return Err(AttemptError::NotSent(format!(
-                    "cannot connect to {addr}: {e}"
-                )))
-            }
-            Err(_) => {
-                return Err(AttemptError::NotSent(format!(
-                    "connecting to {addr} timed out"
-                )))
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (read_half, write_half) = tokio::io::split(stream);
-        Ok(Connection {
-            reader: BufReader::new(read_half),
-            writer: write_half,
-        })
-    }
+/// Opens one connection (a free function: the `Connections` it serves is not `Sync` in
+/// simulation builds, so no reference to it may be held across this await).
+async fn connect(
+    connect_timeout_max: Duration,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Result<Connection, AttemptError> {
+    let connect_timeout =
+        connect_timeout_max.min(deadline.saturating_duration_since(Instant::now()));
+    let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return Err(AttemptError::NotSent(format!(
+                "cannot connect to {addr}: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(AttemptError::NotSent(format!(
+                "connecting to {addr} timed out"
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = tokio::io::split(stream);
+    Ok(Connection {
+        reader: BufReader::new(read_half),
+        writer: write_half,
+    })
 }

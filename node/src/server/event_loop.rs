@@ -23,7 +23,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn, Instrument};
 
 use super::client_port::ClientCall;
-use super::group::{new_machine, propose_meta, ClientAddrs, Group, PendingRead};
+use super::group::{new_machine, propose_meta, ClientAddrs, Group, PendingRead, ReadyOutcome};
 use super::{raft_config, ServerError};
 use crate::client::protocol::{ClientRequest, ClientResponse, NodeStatus, RefusedReason};
 use crate::config::ServerConfig;
@@ -34,7 +34,7 @@ use crate::meta::{
 };
 use crate::placement::{shard_for_key, ShardId};
 use crate::raft::{Membership, MembershipChange, NodeId, Raft, Restored, Role};
-use crate::storage::{destroy_group, Disk, GroupDisk, NodeStorage};
+use crate::storage::{destroy_group, sync_stores, Disk, GroupDisk, NodeStorage};
 use crate::transport::{PeerMessage, PeerTransport};
 
 /// Inputs drained per channel per turn, so one busy source cannot starve the others.
@@ -260,9 +260,7 @@ impl EventLoop {
                 membership_index,
                 ..
             } => {
-                let me = self.config.node_id;
-                let target = self.meta().target(group);
-                let targeted = target.voters.contains(&me) || target.learners.contains(&me);
+                let targeted = self.targeted(group);
                 let stale = self
                     .groups
                     .get(&group)
@@ -309,23 +307,59 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Handles every group's Readys: stage them all (writes without sync), sync all groups'
+    /// logs at once (group commit across groups), then finish them (send, apply, answer);
+    /// repeated while any group has more.
     fn handle_readys(&mut self) -> Result<(), ServerError> {
-        let mut removed = Vec::new();
+        let EventLoop {
+            config,
+            kv_config,
+            disk,
+            groups,
+            transport,
+            addrs,
+            ..
+        } = self;
+        // Messages are gathered over all groups and handed to the transport together, so each
+        // peer's share of a turn leaves in as few frames as possible.
+        let mut outgoing: Vec<PeerMessage> = Vec::new();
+        let mut outcomes: BTreeMap<GroupId, ReadyOutcome> = BTreeMap::new();
+        for group in groups.values_mut() {
+            group.start_read_round(addrs);
+        }
+        loop {
+            let mut staged = Vec::new();
+            for (&id, group) in groups.iter_mut() {
+                let outcome = outcomes.entry(id).or_default();
+                if let Some(ready) = group.stage_ready(addrs, &mut outgoing, outcome)? {
+                    staged.push((id, ready));
+                }
+            }
+            if staged.is_empty() {
+                break;
+            }
+            // Leaders' early Appends leave before the sync (see group.rs).
+            transport.send(std::mem::take(&mut outgoing));
+            let mut stores: Vec<&mut NodeStorage> = groups
+                .values_mut()
+                .map(|g| &mut g.storage)
+                .filter(|s| s.needs_sync())
+                .collect();
+            sync_stores(&**disk, &mut stores)
+                .map_err(|e| ServerError::Storage(format!("syncing group logs: {e}")))?;
+            for (id, ready) in staged {
+                let (Some(group), Some(outcome)) = (groups.get_mut(&id), outcomes.get_mut(&id))
+                else {
+                    continue;
+                };
+                group.finish_ready(ready, config, kv_config, &mut outgoing, outcome)?;
+            }
+            transport.send(std::mem::take(&mut outgoing));
+        }
         let mut meta_applied = false;
         let mut meta_role_changed = false;
-        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
-        for id in ids {
-            let Some(group) = self.groups.get_mut(&id) else {
-                continue;
-            };
-            group.start_read_round(&self.addrs);
-            let transport = &mut self.transport;
-            let outcome = group.handle_ready(
-                &self.config,
-                &self.kv_config,
-                &self.addrs,
-                &mut |messages| transport.send(messages),
-            )?;
+        let mut removed = Vec::new();
+        for (id, outcome) in outcomes {
             if outcome.removed_me && id != META_GROUP {
                 removed.push(id);
             }
@@ -333,11 +367,7 @@ impl EventLoop {
             meta_role_changed |= outcome.role_changed && id == META_GROUP;
         }
         for id in removed {
-            info!(
-                group = id,
-                "a committed membership change removed this replica"
-            );
-            self.destroy(id)?;
+            self.delete_if_abandoned(id)?;
         }
         if meta_role_changed {
             let leads = self.groups.get(&META_GROUP).is_some_and(Group::is_leader);
@@ -347,6 +377,33 @@ impl EventLoop {
             self.on_meta_changed();
         }
         Ok(())
+    }
+
+    /// Whether the map wants this node to hold a replica of `group`.
+    fn targeted(&self, group: GroupId) -> bool {
+        let me = self.config.node_id;
+        let target = self.meta().target(group);
+        target.voters.contains(&me) || target.learners.contains(&me)
+    }
+
+    /// Deletes this node's replica of a data group once it is certainly not wanted: its own
+    /// log says a committed change removed this node, the membership in force (which includes
+    /// appended entries) does not list it, and the map does not target it. A replica that is
+    /// catching up replays old entries, among them the removal of an earlier incarnation of
+    /// itself; the map (which targets it, or it would not have been re-added) and the later
+    /// re-adding entry keep it alive. Deleting a replica that is still a member would make it
+    /// forget entries it acknowledged, which Raft cannot tolerate.
+    fn delete_if_abandoned(&mut self, group: GroupId) -> Result<(), ServerError> {
+        let me = self.config.node_id;
+        let Some(g) = self.groups.get(&group) else {
+            return Ok(());
+        };
+        let removal_committed = g.raft.commit_index() >= g.raft.membership_index();
+        if group == META_GROUP || g.has_member(me) || !removal_committed || self.targeted(group) {
+            return Ok(());
+        }
+        info!(group, "a committed membership change removed this replica");
+        self.destroy(group)
     }
 
     /// The map changed: learn addresses, and stop if this node was removed.
@@ -421,6 +478,12 @@ impl EventLoop {
         }
         self.propose_bootstrap();
         self.watch_liveness(&meta);
+        let hosted: Vec<GroupId> = self.groups.keys().copied().collect();
+        for group in hosted {
+            if let Err(e) = self.delete_if_abandoned(group) {
+                warn!(group, error = %e, "cannot delete an abandoned replica");
+            }
+        }
         self.finish_leaving(&meta);
     }
 
@@ -628,10 +691,8 @@ impl EventLoop {
             return;
         }
         let payload = crate::meta::encode_command(&command);
-        if let Err(reply) = group.propose(payload, Some(reply)) {
-            if let Some(reply) = reply {
-                let _ = reply.send(group.redirect(&self.addrs));
-            }
+        if let Err(Some(reply)) = group.propose(payload, Some(reply)) {
+            let _ = reply.send(group.redirect(&self.addrs));
         }
     }
 

@@ -115,7 +115,13 @@ pub(super) struct PendingRead {
     pub(super) reply: oneshot::Sender<ClientResponse>,
 }
 
-/// What one `handle_ready` pass reports to the node.
+/// A Ready written to storage but not yet synced (see `Group::stage_ready`).
+pub(super) struct StagedReady {
+    ready: Ready,
+    commit_before: LogIndex,
+}
+
+/// What handling the Readys of one turn reports to the node.
 #[derive(Default)]
 pub(super) struct ReadyOutcome {
     /// Metadata commands applied (metadata group only), in log order.
@@ -265,60 +271,83 @@ impl Group {
         }
     }
 
-    /// Handles every pending Ready; `send` receives the messages to put on the wire.
-    pub(super) fn handle_ready(
+    /// First half of handling a Ready: takes it, sends a leader's early `Append`s and writes
+    /// it to storage without syncing (the node syncs all groups' writes at once, then calls
+    /// `finish_ready`). None when the core has nothing ready.
+    pub(super) fn stage_ready(
         &mut self,
+        addrs: &ClientAddrs,
+        outbox: &mut Vec<PeerMessage>,
+        outcome: &mut ReadyOutcome,
+    ) -> Result<Option<StagedReady>, ServerError> {
+        if !self.raft.has_ready() {
+            return Ok(None);
+        }
+        let mut ready: Ready = self.raft.ready();
+        let commit_before = self.durable_hard_state.commit;
+        if let Some(soft) = &ready.soft_state {
+            debug!(group = self.id, role = ?soft.role, leader = ?soft.leader, term = self.raft.term(), "role changed");
+            outcome.role_changed = true;
+            if soft.role != Role::Leader {
+                self.fail_all_in_flight(addrs);
+            }
+        }
+        self.send_leader_appends_early(&mut ready, outbox);
+        self.storage
+            .persist_deferred(
+                ready.hard_state.as_ref(),
+                &ready.entries,
+                ready.snapshot.as_ref(),
+            )
+            .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
+        Ok(Some(StagedReady {
+            ready,
+            commit_before,
+        }))
+    }
+
+    /// Second half, once the storage is synced: sends, applies, answers and advances.
+    pub(super) fn finish_ready(
+        &mut self,
+        staged: StagedReady,
         config: &ServerConfig,
         kv_config: &KvConfig,
-        addrs: &ClientAddrs,
-        send: &mut dyn FnMut(Vec<PeerMessage>),
-    ) -> Result<ReadyOutcome, ServerError> {
-        let mut outcome = ReadyOutcome::default();
-        while self.raft.has_ready() {
-            let mut ready: Ready = self.raft.ready();
-            #[cfg(any(test, madsim))]
-            let commit_before = self.durable_hard_state.commit;
-            if let Some(soft) = &ready.soft_state {
-                debug!(group = self.id, role = ?soft.role, leader = ?soft.leader, term = self.raft.term(), "role changed");
-                outcome.role_changed = true;
-                if soft.role != Role::Leader {
-                    self.fail_all_in_flight(addrs);
-                }
-            }
-            self.send_leader_appends_early(&mut ready, send);
-            self.storage
-                .persist(
-                    ready.hard_state.as_ref(),
-                    &ready.entries,
-                    ready.snapshot.as_ref(),
-                )
-                .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
-            if let Some(hard_state) = &ready.hard_state {
-                self.durable_hard_state = hard_state.clone();
-            }
-            if let Some(snapshot) = &ready.snapshot {
-                self.install_snapshot(snapshot, config, kv_config)?;
-                outcome.meta_applied |= self.id == META_GROUP;
-            }
-            #[cfg(any(test, madsim))]
-            self.observe_ready(config, &ready, commit_before);
-            send(self.wrap(std::mem::take(&mut ready.messages)));
-            for entry in &ready.committed {
-                self.apply(entry, config.node_id, &mut outcome);
-            }
-            for read in &ready.reads {
-                if let Some(reads) = self.reads_by_ctx.remove(&read.ctx) {
-                    self.reads_by_index
-                        .entry(read.index)
-                        .or_default()
-                        .extend(reads);
-                }
-            }
-            self.serve_reads();
-            self.raft.advance(ready);
-            self.maybe_snapshot(config)?;
+        outbox: &mut Vec<PeerMessage>,
+        outcome: &mut ReadyOutcome,
+    ) -> Result<(), ServerError> {
+        let StagedReady {
+            mut ready,
+            commit_before,
+        } = staged;
+        debug_assert!(
+            !self.storage.needs_sync(),
+            "finishing a Ready before its sync"
+        );
+        if let Some(hard_state) = &ready.hard_state {
+            self.durable_hard_state = hard_state.clone();
         }
-        Ok(outcome)
+        if let Some(snapshot) = &ready.snapshot {
+            self.install_snapshot(snapshot, config, kv_config)?;
+            outcome.meta_applied |= self.id == META_GROUP;
+        }
+        #[cfg(any(test, madsim))]
+        self.observe_ready(config, &ready, commit_before);
+        let _ = commit_before;
+        outbox.extend(self.wrap(std::mem::take(&mut ready.messages)));
+        for entry in &ready.committed {
+            self.apply(entry, config.node_id, outcome);
+        }
+        for read in &ready.reads {
+            if let Some(reads) = self.reads_by_ctx.remove(&read.ctx) {
+                self.reads_by_index
+                    .entry(read.index)
+                    .or_default()
+                    .extend(reads);
+            }
+        }
+        self.serve_reads();
+        self.raft.advance(ready);
+        self.maybe_snapshot(config)
     }
 
     fn wrap(&self, messages: Vec<Message>) -> Vec<PeerMessage> {
@@ -380,11 +409,7 @@ impl Group {
 
     /// Leader only: sends this Ready's `Append` messages before its entries are synced, when
     /// the Ready changes neither term nor vote (see the module invariants).
-    fn send_leader_appends_early(
-        &mut self,
-        ready: &mut Ready,
-        send: &mut dyn FnMut(Vec<PeerMessage>),
-    ) {
+    fn send_leader_appends_early(&mut self, ready: &mut Ready, outbox: &mut Vec<PeerMessage>) {
         if self.raft.role() != Role::Leader || ready.snapshot.is_some() {
             return;
         }
@@ -398,7 +423,7 @@ impl Group {
             .into_iter()
             .partition(|m| matches!(m.body, MessageBody::Append { .. }));
         ready.messages = rest;
-        send(self.wrap(appends));
+        outbox.extend(self.wrap(appends));
     }
 
     fn install_snapshot(

@@ -24,6 +24,15 @@ pub trait Disk: Send + Sync + 'static {
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes creations, renames and removals durable.
     fn sync_dir(&self) -> io::Result<()>;
+    /// Makes every write to each of `files` (opened from this disk or a view of it) durable,
+    /// as `DiskFile::sync` on each would. The default syncs them one after another; a real
+    /// file system can commit concurrent syncs together (group commit across files).
+    fn sync_files(&self, files: &mut [&mut dyn DiskFile]) -> io::Result<()> {
+        for file in files.iter_mut() {
+            file.sync()?;
+        }
+        Ok(())
+    }
 }
 
 pub trait DiskFile: Send {

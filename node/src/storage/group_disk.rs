@@ -93,6 +93,10 @@ impl GroupDisk {
 }
 
 impl Disk for GroupDisk {
+    fn sync_files(&self, files: &mut [&mut dyn DiskFile]) -> io::Result<()> {
+        self.disk.sync_files(files)
+    }
+
     fn open(&self, name: &str) -> io::Result<Box<dyn DiskFile>> {
         self.disk.open(&self.full(name)?)
     }

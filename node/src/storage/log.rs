@@ -213,6 +213,26 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// The file written to, for a caller that syncs several logs at once (`sync_stores`);
+    /// it must call `sync_dir_if_needed` after syncing it.
+    pub fn active_file(&mut self) -> Option<&mut dyn DiskFile> {
+        match self.active.as_mut() {
+            Some(file) => Some(file.as_mut()),
+            None => None,
+        }
+    }
+
+    /// Makes a new segment's directory entry durable (the part of `sync` besides the file).
+    pub fn sync_dir_if_needed(&mut self) -> Result<(), StorageError> {
+        if self.dir_dirty {
+            self.disk
+                .sync_dir()
+                .map_err(|e| StorageError::io(".", "sync_dir", e))?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
     /// Makes every write (and a new segment's directory entry) durable.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         if let (Some(segment), Some(file)) = (self.segments.last(), self.active.as_mut()) {

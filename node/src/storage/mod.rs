@@ -32,7 +32,7 @@ pub use group_disk::{
     destroy_group, hosted_groups, read_node_marker, write_node_marker, GroupDisk, NodeMarker,
     NODE_MARKER_FILE,
 };
-pub use node_storage::{NodeStorage, Recovered, StorageOptions};
+pub use node_storage::{sync_stores, NodeStorage, Recovered, StorageOptions};
 
 use std::io;
 

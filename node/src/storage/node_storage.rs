@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::raft::{Entry, HardState, LogIndex, Snapshot, SnapshotMeta, Term};
 
-use super::disk::Disk;
+use super::disk::{Disk, DiskFile};
 use super::log::{encode_record, Located, LogRecord, SegmentLog};
 use super::snapshot::{self, SNAPSHOT_TMP_FILE};
 use super::StorageError;
@@ -72,6 +72,8 @@ pub struct NodeStorage {
     first_index: LogIndex,
     terms: Vec<Term>,
     poisoned: Option<String>,
+    /// `persist_deferred` wrote records that need a sync before anyone relies on them.
+    sync_pending: bool,
 }
 
 impl std::fmt::Debug for NodeStorage {
@@ -145,6 +147,7 @@ impl NodeStorage {
             first_index: snapshot_index + 1,
             terms: entries.iter().map(|e| e.term).collect(),
             poisoned: None,
+            sync_pending: false,
         };
         if cleared {
             // Make the file agree with what we return before anything is appended after it
@@ -203,6 +206,19 @@ impl NodeStorage {
         entries: &[Entry],
         snapshot: Option<&Snapshot>,
     ) -> Result<(), StorageError> {
+        self.persist_deferred(hard_state, entries, snapshot)?;
+        self.sync_deferred()
+    }
+
+    /// As `persist`, but leaves the log's sync to the caller (`sync_deferred`, or
+    /// `sync_stores` for many stores at once): nothing written here may be relied on before
+    /// that. A snapshot is still written and synced here (rare and large).
+    pub fn persist_deferred(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+        snapshot: Option<&Snapshot>,
+    ) -> Result<(), StorageError> {
         self.check_poisoned()?;
         let snapshot = snapshot.filter(|s| {
             let newer = s.meta.index > self.snapshot_index();
@@ -252,7 +268,13 @@ impl NodeStorage {
                 && new_hard_state.is_some_and(|hs| {
                     hs.term == self.hard_state.term && hs.vote == self.hard_state.vote
                 });
-            self.append(&records, max_index, !commit_only)?;
+            self.append(&records, max_index, false)?;
+            self.sync_pending |= !commit_only;
+        }
+        if snapshot.is_some() {
+            // The snapshot is durable; the log records before it must be too before segments
+            // are dropped below.
+            self.sync_deferred()?;
         }
         if let Some(hs) = new_hard_state {
             // Only now: a segment rolled above must start with the previous hard state, or a
@@ -263,6 +285,21 @@ impl NodeStorage {
             let removed = self.poison_on_error(|s| s.log.compact(snap.meta.index))?;
             tracing::debug!(index = snap.meta.index, removed, "compacted log segments");
         }
+        Ok(())
+    }
+
+    /// Whether writes of `persist_deferred` still wait for a sync.
+    pub fn needs_sync(&self) -> bool {
+        self.sync_pending
+    }
+
+    /// Syncs what `persist_deferred` wrote (nothing when nothing waits).
+    pub fn sync_deferred(&mut self) -> Result<(), StorageError> {
+        if !self.sync_pending {
+            return Ok(());
+        }
+        self.poison_on_error(|s| s.log.sync())?;
+        self.sync_pending = false;
         Ok(())
     }
 
@@ -393,4 +430,35 @@ fn replay(records: Vec<Located>) -> Result<(HardState, Vec<Entry>), StorageError
         }
     }
     Ok((hard_state, entries))
+}
+
+/// Syncs the deferred writes of several stores on one disk at once (`Disk::sync_files`), so a
+/// node with many Raft groups pays about one sync per turn instead of one per group. A failure
+/// poisons every store involved (what reached the disk is unknown).
+pub fn sync_stores(disk: &dyn Disk, stores: &mut [&mut NodeStorage]) -> Result<(), StorageError> {
+    for store in stores.iter() {
+        store.check_poisoned()?;
+    }
+    let mut files: Vec<&mut dyn DiskFile> = stores
+        .iter_mut()
+        .filter(|s| s.sync_pending)
+        .filter_map(|s| s.log.active_file())
+        .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = disk.sync_files(&mut files) {
+        drop(files);
+        let why = format!("sync of {} logs failed: {e}", stores.len());
+        for store in stores.iter_mut().filter(|s| s.sync_pending) {
+            store.poisoned = Some(why.clone());
+        }
+        return Err(StorageError::io("(group logs)", "sync", e));
+    }
+    drop(files);
+    for store in stores.iter_mut().filter(|s| s.sync_pending) {
+        store.poison_on_error(|s| s.log.sync_dir_if_needed())?;
+        store.sync_pending = false;
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `quorumkv-jepsen`: the simulator's campaign against real `quorumkv server` processes on
 //! loopback — register and set workloads, a seeded process nemesis (kill -9 / restart,
-//! SIGSTOP / SIGCONT), a final heal, a liveness check and the checker's verdict.
+//! SIGSTOP / SIGCONT), optionally nodes joining and leaving through `quorumkv cluster join` /
+//! `leave` (`--grow`), a final heal, a liveness check and the checker's verdict.
 //!
 //! Exit codes: 0 pass, 1 the run failed a check (artifacts written), 2 usage or setup error
 //! (no cluster, missing binary), 130 interrupted. Every process it started is stopped on exit.
@@ -24,7 +25,9 @@ mod cli {
     use clap::Parser;
     use workloads::process_cluster::{ProcessCluster, SpawnSpec};
     use workloads::process_nemesis::ProcessFault;
-    use workloads::real_campaign::{run_campaign, write_artifacts, CampaignOptions};
+    use workloads::real_campaign::{
+        run_campaign, write_artifacts, CampaignOptions, MembershipStep,
+    };
 
     #[derive(Parser, Debug)]
     #[command(
@@ -86,6 +89,14 @@ mod cli {
         /// Nodes the nemesis restarts are this program's children and are stopped when it exits.
         #[arg(long, requires = "endpoints")]
         attach_dir: Option<PathBuf>,
+        /// During the main phase two nodes join (`quorumkv cluster join`) and then leave again
+        /// (`quorumkv cluster leave`), one step per heal period, each until every shard's voters
+        /// are its target replicas; the main phase lasts until all four steps ran.
+        #[arg(long)]
+        grow: bool,
+        /// Longest time one join or leave may take until the cluster has settled.
+        #[arg(long, default_value_t = 60)]
+        membership_bound_s: u64,
         /// With --attach-dir: client addresses of the cluster (comma-separated).
         #[arg(long, value_delimiter = ',')]
         endpoints: Vec<SocketAddr>,
@@ -188,6 +199,12 @@ mod cli {
             liveness_bound_s: args.liveness_bound_s,
             client_request_timeout_ms: args.client_request_timeout_ms,
             client_operation_timeout_ms: args.client_operation_timeout_ms,
+            membership: if args.grow {
+                MembershipStep::GROW_AND_SHRINK.to_vec()
+            } else {
+                Vec::new()
+            },
+            membership_bound_s: args.membership_bound_s,
         };
         let report = match run_campaign(&options, &mut cluster).await {
             Ok(report) => report,
@@ -226,10 +243,11 @@ mod cli {
             let max_faulty = args
                 .max_faulty
                 .map_or_else(String::new, |m| format!(" --max-faulty {m}"));
+            let grow = if args.grow { " --grow" } else { "" };
             println!(
                 "replay the schedule: quorumkv-jepsen --seed {seed} --nodes {} --duration-s {} \
                  --fault-ms {} --heal-ms {} --faults {}{max_faulty} --register-clients {} \
-                 --set-clients {} --think-time-ms {}",
+                 --set-clients {} --think-time-ms {}{grow}",
                 report.nodes,
                 args.duration_s,
                 args.fault_ms,

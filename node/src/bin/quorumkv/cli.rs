@@ -171,6 +171,15 @@ pub struct ServerTuning {
     pub seed: Option<u64>,
     #[arg(long)]
     pub snapshot_interval_entries: Option<u64>,
+    /// Shards of a new cluster (fixed at bootstrap; a joining node takes the cluster's).
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Replicas per shard of a new cluster (fixed at bootstrap).
+    #[arg(long)]
+    pub replication_factor: Option<usize>,
+    /// A member silent this long is marked dead and its replicas are re-created elsewhere.
+    #[arg(long)]
+    pub dead_node_timeout_ms: Option<u64>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info" or "node=debug".
@@ -191,6 +200,15 @@ impl ServerTuning {
         };
         if let Some(seed) = self.seed {
             config.seed = seed;
+        }
+        if let Some(shards) = self.shards {
+            config.cluster.shards = shards;
+        }
+        if let Some(rf) = self.replication_factor {
+            config.cluster.replication_factor = rf;
+        }
+        if let Some(ms) = self.dead_node_timeout_ms {
+            config.cluster.dead_node_timeout_ms = ms;
         }
         if let Some(n) = self.snapshot_interval_entries {
             config.snapshot_interval_entries = n;

@@ -23,6 +23,12 @@ pub struct LocalArgs {
     base_port: u16,
     #[arg(long)]
     snapshot_interval_entries: Option<u64>,
+    /// Shards the keys are spread over (fixed when the cluster is created).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Replicas per shard.
+    #[arg(long)]
+    replication_factor: Option<usize>,
 }
 
 struct Children(Vec<(u64, Child)>);
@@ -71,7 +77,7 @@ pub async fn run(args: LocalArgs) -> u8 {
     };
     let mut children = Children(Vec::new());
     for member in &members {
-        match spawn_node(&exe, &dir, member, &members, args.snapshot_interval_entries) {
+        match spawn_node(&exe, &dir, member, &members, &args) {
             Ok(child) => children.0.push((member.id, child)),
             Err(e) => {
                 eprintln!("error: cannot start node {}: {e}", member.id);
@@ -130,7 +136,7 @@ fn spawn_node(
     dir: &Path,
     me: &MemberConfig,
     members: &[MemberConfig],
-    snapshot_interval: Option<u64>,
+    args: &LocalArgs,
 ) -> std::io::Result<Child> {
     let mut config = ServerConfig {
         node_id: me.id,
@@ -139,8 +145,14 @@ fn spawn_node(
         seed: me.id,
         ..ServerConfig::default()
     };
-    if let Some(n) = snapshot_interval {
+    if let Some(n) = args.snapshot_interval_entries {
         config.snapshot_interval_entries = n;
+    }
+    if let Some(shards) = args.shards {
+        config.cluster.shards = shards;
+    }
+    if let Some(rf) = args.replication_factor {
+        config.cluster.replication_factor = rf;
     }
     let text = toml::to_string(&config).map_err(std::io::Error::other)?;
     let config_path = dir.join(format!("node-{}.toml", me.id));
