@@ -11,9 +11,8 @@
 //! after the simulation returns (it may use OS threads and real time).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,9 +22,9 @@ use madsim::task::NodeId as SimNodeId;
 use node::bugs::PlantedBugs;
 use node::client::{Client, ClientOptions};
 use node::config::{MemberConfig, ServerConfig};
+use node::meta::GroupId;
 use node::raft::Role;
-use node::server::{ProtocolEvent, Server};
-use node::storage::{CrashMode, Disk};
+use node::server::ProtocolEvent;
 use node::transport::{FaultPlan, TransportFaults};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,29 +32,34 @@ use tokio::time::Instant;
 use workloads::remote::ClientStore;
 use workloads::{ClientStats, Recorder, WorkloadClient};
 
-use crate::disk::{DiskFaults, SimDisk};
+use crate::fleet::{await_convergence, harness_client, member_config, send_leave, Fleet};
 use crate::nemesis::{Fault, ScheduledFault, Target};
 use crate::report::{judge, RunReport, RunVerdict};
 use crate::safety::SafetyMonitor;
 use crate::scenario::Scenario;
 
-pub const CLIENT_PORT: u16 = 7379;
-pub const PEER_PORT: u16 = 7380;
+pub use crate::fleet::{CLIENT_PORT, PEER_PORT};
 /// Per-attempt and per-operation client timeouts inside the simulation.
 pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 1_000;
 pub const CLIENT_OPERATION_TIMEOUT_MS: u64 = 4_000;
-/// A server that fails to start is retried this many times, this far apart.
-pub const SERVER_START_ATTEMPTS: u32 = 50;
-pub const SERVER_START_RETRY_MS: u64 = 200;
+const CLIENTS_PER_SUBNET: u32 = 250;
+/// A liveness failure names at most this many clients.
+const STUCK_CLIENTS_NAMED_MAX: usize = 8;
 /// Extra simulated time allowed beyond the scenario before madsim aborts the run as hung.
 pub const TIME_LIMIT_SLACK_S: u64 = 600;
 
-fn server_ip(index: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1))
-}
-
+/// Client addresses: 10.0.2.x for the first `CLIENTS_PER_SUBNET`, then 10.1.y.x (the
+/// benchmark runs hundreds of clients).
 fn client_ip(index: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 2, index as u8 + 1))
+    let (subnet, host) = (
+        index / CLIENTS_PER_SUBNET,
+        (index % CLIENTS_PER_SUBNET) as u8 + 1,
+    );
+    if subnet == 0 {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 2, host))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 1, subnet as u8, host))
+    }
 }
 
 /// Options for one run that do not change what happens in it.
@@ -95,7 +99,7 @@ pub fn run(scenario: &Scenario, _options: RunOptions) -> RunReport {
         .unwrap_or_default();
     let (verdict, stats, simulated_s) = match outcome {
         Ok(end) => (
-            judge(&history, end.liveness_failure),
+            judge(&history, end.liveness_failure, end.convergence_failure),
             end.stats,
             end.simulated_s,
         ),
@@ -143,18 +147,19 @@ struct Shared {
 struct SimEnd {
     stats: ClientStats,
     liveness_failure: Option<String>,
+    convergence_failure: Option<String>,
     simulated_s: f64,
 }
 
 /// A run-local log of harness and nemesis events, time-stamped with simulated time.
 #[derive(Clone)]
-struct Trace {
+pub(crate) struct Trace {
     shared: Arc<Mutex<Shared>>,
     start: Instant,
 }
 
 impl Trace {
-    fn log(&self, line: String) {
+    pub(crate) fn log(&self, line: String) {
         let elapsed = self.start.elapsed();
         tracing::info!(target: "nemesis", "{line}");
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -193,98 +198,44 @@ fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
     ));
 }
 
-struct Servers {
-    ids: Vec<SimNodeId>,
-    disks: Vec<SimDisk>,
-    disk_faults: Vec<DiskFaults>,
-    transport: TransportFaults,
-    client_addrs: Vec<SocketAddr>,
-}
-
-fn start_servers(
+/// Every server's config and whether it is a spare (started later by a `Join` fault).
+fn server_configs(
     scenario: &Scenario,
     trace: &Trace,
     monitor: &Arc<SafetyMonitor>,
-) -> anyhow::Result<Servers> {
-    let handle = Handle::current();
+    transport: &TransportFaults,
+) -> anyhow::Result<Vec<(ServerConfig, bool)>> {
     let planted: PlantedBugs = scenario.planted_bugs.parse()?;
-    let members: Vec<MemberConfig> = (0..scenario.nodes)
-        .map(|i| MemberConfig {
-            id: u64::from(i) + 1,
-            peer_addr: SocketAddr::new(server_ip(i), PEER_PORT),
-            client_addr: SocketAddr::new(server_ip(i), CLIENT_PORT),
-            zone: None,
-        })
-        .collect();
-    let transport = TransportFaults::new();
+    let members: Vec<MemberConfig> = (0..scenario.nodes).map(member_config).collect();
     let mut knob_rng = StdRng::seed_from_u64(scenario.seed ^ 0xb066_1f1e);
     let mut base = ServerConfig {
-        members: members.clone(),
+        members,
         seed: scenario.seed,
         ..ServerConfig::default()
     };
+    base.cluster.shards = scenario.shards;
+    base.cluster.replication_factor = scenario.replication_factor;
+    base.cluster.dead_node_timeout_ms = scenario.dead_node_timeout_ms;
+    base.sim_busy_us_per_input = scenario.sim_busy_us_per_input;
     if scenario.buggify {
         buggify(&mut base, &mut knob_rng, trace);
     }
-    let mut servers = Servers {
-        ids: Vec::new(),
-        disks: Vec::new(),
-        disk_faults: Vec::new(),
-        transport: transport.clone(),
-        client_addrs: members.iter().map(|m| m.client_addr).collect(),
-    };
-    for i in 0..scenario.nodes {
-        let disk = SimDisk::new(scenario.seed.wrapping_mul(1000).wrapping_add(u64::from(i)));
-        let mut config = base.clone();
-        config.node_id = u64::from(i) + 1;
-        config.faults = Some(transport.clone());
-        config.planted_bugs = planted;
-        config.observer = Some(monitor.clone());
-        let starts = Arc::new(AtomicU64::new(0));
-        let init_disk = disk.clone();
-        let node = handle
-            .create_node()
-            .name(format!("n{}", i + 1))
-            .ip(server_ip(i))
-            .init(move || {
-                let config = config.clone();
-                let disk = init_disk.clone();
-                let start = starts.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if start > 0 {
-                        let mode = if start.is_multiple_of(2) {
-                            CrashMode::Torn
-                        } else {
-                            CrashMode::Drop
-                        };
-                        disk.crash(mode);
-                    }
-                    let disk: Arc<dyn Disk> = Arc::new(disk);
-                    // Like a process supervisor: a node that cannot start (e.g. its port is
-                    // still held by the killed incarnation) is retried.
-                    for attempt in 1..=SERVER_START_ATTEMPTS {
-                        match Server::new(config.clone(), disk.clone()).await {
-                            Ok(server) => {
-                                if let Err(e) = server.run(std::future::pending::<()>()).await {
-                                    tracing::error!("server stopped: {e}");
-                                }
-                                return;
-                            }
-                            Err(e) => {
-                                tracing::error!("server failed to start (attempt {attempt}): {e}");
-                                tokio::time::sleep(Duration::from_millis(SERVER_START_RETRY_MS))
-                                    .await;
-                            }
-                        }
-                    }
-                }
-            })
-            .build();
-        servers.ids.push(node.id());
-        servers.disk_faults.push(disk.faults());
-        servers.disks.push(disk);
-    }
-    Ok(servers)
+    base.faults = Some(transport.clone());
+    base.planted_bugs = planted;
+    base.observer = Some(monitor.clone());
+    let configs = (0..scenario.servers())
+        .map(|i| {
+            let mut config = base.clone();
+            config.node_id = u64::from(i) + 1;
+            let spare = i >= scenario.nodes;
+            if spare {
+                // A joining node lists only itself; `join` is filled in when it starts.
+                config.members = vec![member_config(i)];
+            }
+            (config, spare)
+        })
+        .collect();
+    Ok(configs)
 }
 
 async fn simulate(
@@ -301,10 +252,15 @@ async fn simulate(
         "seed {} scenario {} nodes {} clients {}",
         scenario.seed, scenario.name, scenario.nodes, scenario.clients
     ));
-    let servers = match start_servers(&scenario, &trace, &monitor) {
-        Ok(servers) => servers,
+    let transport = TransportFaults::new();
+    let configs = match server_configs(&scenario, &trace, &monitor, &transport) {
+        Ok(configs) => configs,
         Err(e) => panic!("cluster setup failed: {e:#}"),
     };
+    let fleet = Fleet::create(configs, scenario.replication_factor, scenario.seed);
+    // Clients know every server's address, spares too (unreachable until they join); they
+    // learn the map, and follow WrongNode and redirects, from whoever answers.
+    let client_addrs = fleet.client_addrs();
     let clock_start = start;
     let recorder = Recorder::new(Arc::new(move || clock_start.elapsed().as_nanos() as u64));
     shared.lock().unwrap_or_else(|p| p.into_inner()).recorder = Some(recorder.clone());
@@ -317,11 +273,8 @@ async fn simulate(
         .build();
     let nemesis = nemesis_node.spawn(run_nemesis(
         scenario.fault_schedule(),
-        scenario.nodes,
-        servers.ids.clone(),
-        servers.client_addrs.clone(),
-        servers.transport.clone(),
-        servers.disk_faults.clone(),
+        fleet.clone(),
+        transport.clone(),
         monitor.clone(),
         trace.clone(),
     ));
@@ -345,7 +298,7 @@ async fn simulate(
         };
         // Each client starts at a different node (as Jepsen binds clients to nodes), so that
         // followers see client traffic too.
-        let mut endpoints = servers.client_addrs.clone();
+        let mut endpoints = client_addrs.clone();
         let first = c as usize % endpoints.len().max(1);
         endpoints.rotate_left(first);
         let store = match ClientStore::new(endpoints, options) {
@@ -417,12 +370,30 @@ async fn simulate(
     for client in &finished {
         stats.add(&client.stats);
     }
+    // Every fault is healed and the clients are done: replication must be restored.
+    let bound = Duration::from_secs(scenario.convergence_bound_s);
+    let check = {
+        let (fleet, trace) = (fleet.clone(), trace.clone());
+        nemesis_node.spawn(async move { await_convergence(&fleet, bound, &trace).await })
+    };
+    let convergence_failure = match check.await {
+        Ok(failure) => failure,
+        Err(e) => panic!("replication check failed: {e}"),
+    };
     let liveness_failure = if stuck.is_empty() {
         None
     } else {
+        let count = stuck.len();
+        stuck.truncate(STUCK_CLIENTS_NAMED_MAX);
+        let more = count - stuck.len();
         Some(format!(
-            "{} completed no operation within {} s after the final heal",
+            "{}{} completed no operation within {} s after the final heal",
             stuck.join(", "),
+            if more > 0 {
+                format!(" and {more} more clients")
+            } else {
+                String::new()
+            },
             scenario.liveness_bound_s
         ))
     };
@@ -433,6 +404,7 @@ async fn simulate(
     SimEnd {
         stats,
         liveness_failure,
+        convergence_failure,
         simulated_s: start.elapsed().as_secs_f64(),
     }
 }
@@ -441,15 +413,18 @@ fn recorder_now<S: workloads::KvStore>(client: &WorkloadClient<S>) -> u64 {
     client.recorder().now_ns()
 }
 
-/// The leader as the servers report it: the highest-term node that says it leads.
-async fn find_leader(status: &mut Client, addrs: &[SocketAddr]) -> Option<u32> {
+/// The metadata group's leader as the up servers report it: the highest-term server that
+/// says it leads (its index).
+async fn find_leader(status: &mut Client, fleet: &Fleet) -> Option<u32> {
     let mut best: Option<(u64, u32)> = None;
-    for (index, addr) in addrs.iter().enumerate() {
+    let addrs = fleet.client_addrs();
+    for index in fleet.up() {
+        let addr = addrs[index as usize];
         if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(300), status.node_status(*addr)).await
+            tokio::time::timeout(Duration::from_millis(300), status.node_status(addr)).await
         {
             if s.role == Role::Leader && best.is_none_or(|(term, _)| s.term > term) {
-                best = Some((s.term, index as u32));
+                best = Some((s.term, index));
             }
         }
     }
@@ -463,36 +438,33 @@ enum Undo {
     Restart(u32),
     Resume(u32),
     DiskErrors(u32),
-    Storm(madsim::task::JoinHandle<()>),
+    /// A task that runs the fault until its end (storms, strikes, an admin request).
+    Task(madsim::task::JoinHandle<()>),
     RestartAll,
+    /// A task that may outlive its period (an admin request); awaited when the schedule ends.
+    Background(madsim::task::JoinHandle<()>),
     Nothing,
 }
 
-/// Restarts a server node (running or killed). madsim's `restart` alone does not release the
-/// old incarnation's sockets (its drop guards skip a killed node), so the new incarnation could
-/// never bind its ports again; `kill` first clears the node's sockets.
-fn restart_node(handle: &Handle, id: SimNodeId) {
-    handle.kill(id);
-    handle.restart(id);
-}
-
 /// Kills and restarts random servers until `end` (the `CrashStorm` fault).
-async fn crash_storm(ids: Vec<SimNodeId>, interval_ms: u64, end: Instant, seed: u64, trace: Trace) {
+/// Only servers that are up are hit, and a server killed for good meanwhile stays down.
+async fn crash_storm(fleet: Fleet, interval_ms: u64, end: Instant, seed: u64, trace: Trace) {
     let handle = Handle::current();
     let mut rng = StdRng::seed_from_u64(seed);
     let interval_ms = interval_ms.max(2);
     loop {
         let pause = rng.random_range(interval_ms / 2..=interval_ms + interval_ms / 2);
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        if Instant::now() >= end || ids.is_empty() {
+        let up = fleet.up();
+        if Instant::now() >= end || up.is_empty() {
             break;
         }
-        let n = rng.random_range(0..ids.len());
-        handle.kill(ids[n]);
+        let n = up[rng.random_range(0..up.len())];
+        fleet.kill(&handle, n);
         let down_ms = rng.random_range(1..interval_ms);
         trace.log(format!("storm: crash n{} for {down_ms} ms", n + 1));
         tokio::time::sleep(Duration::from_millis(down_ms)).await;
-        restart_node(&handle, ids[n]);
+        fleet.restart(&handle, n);
     }
 }
 
@@ -504,7 +476,7 @@ async fn crash_storm(ids: Vec<SimNodeId>, interval_ms: u64, end: Instant, seed: 
 /// vote makes them refuse. One strike at a time; cues arriving meanwhile are dropped.
 async fn vote_strikes(
     monitor: Arc<SafetyMonitor>,
-    ids: Vec<SimNodeId>,
+    fleet: Fleet,
     (restart_ms_max, isolate_ms): (u64, u64),
     end: Instant,
     seed: u64,
@@ -513,24 +485,25 @@ async fn vote_strikes(
     let handle = Handle::current();
     let net = NetSim::current();
     let mut rng = StdRng::seed_from_u64(seed);
-    let sim_id = |node: u64| -> Option<SimNodeId> {
-        let slot = usize::try_from(node.saturating_sub(1)).ok()?;
-        ids.get(slot).copied()
+    let index_of = |node: u64| -> Option<u32> {
+        let index = u32::try_from(node.checked_sub(1)?).ok()?;
+        (index < fleet.len()).then_some(index)
     };
     let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
     monitor.add_cues(cues_tx);
-    // (term, candidate) -> voters that granted it.
-    let mut grants: BTreeMap<(u64, u64), BTreeSet<u64>> = BTreeMap::new();
+    // (group, term, candidate) -> voters that granted it: terms are per Raft group.
+    let mut grants: BTreeMap<(GroupId, u64, u64), BTreeSet<u64>> = BTreeMap::new();
     loop {
         let cue = tokio::select! {
             cue = cues.recv() => cue,
             _ = tokio::time::sleep_until(end) => None,
         };
         let Some(cue) = cue else { break };
+        let group = cue.group;
         let term = match cue.event {
             ProtocolEvent::VoteGranted { term, candidate } => {
                 grants
-                    .entry((term, candidate))
+                    .entry((group, term, candidate))
                     .or_default()
                     .insert(cue.node);
                 continue;
@@ -538,24 +511,25 @@ async fn vote_strikes(
             ProtocolEvent::BecameLeader { term } => term,
             ProtocolEvent::Applied { .. } | ProtocolEvent::LeaderCommitted { .. } => continue,
         };
-        let voters = grants.remove(&(term, cue.node)).unwrap_or_default();
-        grants.retain(|&(t, _), _| t > term);
-        let (Some(leader), false) = (sim_id(cue.node), voters.is_empty()) else {
+        let voters = grants.remove(&(group, term, cue.node)).unwrap_or_default();
+        grants.retain(|&(g, t, _), _| g != group || t > term);
+        let (Some(leader), false) = (index_of(cue.node), voters.is_empty()) else {
             continue;
         };
-        let voter_ids: Vec<SimNodeId> = voters.iter().filter_map(|&v| sim_id(v)).collect();
-        for &id in &voter_ids {
-            handle.kill(id);
+        let leader = fleet.sim_id(leader);
+        let voter_indexes: Vec<u32> = voters.iter().filter_map(|&v| index_of(v)).collect();
+        for &v in &voter_indexes {
+            fleet.kill(&handle, v);
         }
         net.clog_node(leader);
         let down_ms = rng.random_range(1..=restart_ms_max.max(1));
         trace.log(format!(
-            "vote strike: n{} leads term {term}: power loss of its voters {voters:?} for {down_ms} ms, n{} cut off for {isolate_ms} ms",
+            "vote strike: n{} leads term {term} of group {group}: power loss of its voters {voters:?} for {down_ms} ms, n{} cut off for {isolate_ms} ms",
             cue.node, cue.node
         ));
         tokio::time::sleep(Duration::from_millis(down_ms)).await;
-        for &id in &voter_ids {
-            restart_node(&handle, id);
+        for &v in &voter_indexes {
+            fleet.restart(&handle, v);
         }
         tokio::time::sleep(Duration::from_millis(isolate_ms.saturating_sub(down_ms))).await;
         net.unclog_node(leader);
@@ -580,8 +554,9 @@ async fn figure8_strikes(
     let mut rng = StdRng::seed_from_u64(seed);
     let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
     monitor.add_cues(cues_tx);
-    let mut led: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut struck: BTreeSet<(u64, u64)> = BTreeSet::new();
+    // (node, group) -> the term it last became leader of; terms are per Raft group.
+    let mut led: BTreeMap<(u64, GroupId), u64> = BTreeMap::new();
+    let mut struck: BTreeSet<(u64, GroupId, u64)> = BTreeSet::new();
     let mut isolations = Vec::new();
     let mut isolate = |node: u64, why: String| {
         let slot = usize::try_from(node.saturating_sub(1)).unwrap_or(usize::MAX);
@@ -614,29 +589,34 @@ async fn figure8_strikes(
         while let Ok(cue) = cues.try_recv() {
             batch.push(cue);
         }
-        let mut last_applied: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut last_applied: BTreeMap<(u64, GroupId), u64> = BTreeMap::new();
         for cue in &batch {
             match cue.event {
                 ProtocolEvent::BecameLeader { term } => {
-                    led.insert(cue.node, term);
+                    led.insert((cue.node, cue.group), term);
                     if rng.random_range(0..100) < strike_percent {
-                        isolate(cue.node, format!("new leader of term {term}"));
+                        isolate(
+                            cue.node,
+                            format!("new leader of term {term} of group {}", cue.group),
+                        );
                     }
                 }
                 ProtocolEvent::Applied { term, .. } => {
-                    last_applied.insert(cue.node, term);
+                    last_applied.insert((cue.node, cue.group), term);
                 }
                 ProtocolEvent::VoteGranted { .. } | ProtocolEvent::LeaderCommitted { .. } => {}
             }
         }
-        for (node, term) in last_applied {
-            let Some(&leader_term) = led.get(&node) else {
+        for ((node, group), term) in last_applied {
+            let Some(&leader_term) = led.get(&(node, group)) else {
                 continue;
             };
-            if term < leader_term && struck.insert((node, leader_term)) {
+            if term < leader_term && struck.insert((node, group, leader_term)) {
                 isolate(
                     node,
-                    format!("leader of term {leader_term} applied up to an entry of term {term}"),
+                    format!(
+                        "leader of term {leader_term} of group {group} applied up to an entry of term {term}"
+                    ),
                 );
             }
         }
@@ -649,29 +629,20 @@ async fn figure8_strikes(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Executes `schedule` against the fleet. Faults planned for a server that is not up then (a
+/// spare, one that left or was killed for good) hit the next server that is up instead.
 async fn run_nemesis(
     schedule: Vec<ScheduledFault>,
-    nodes: u32,
-    ids: Vec<SimNodeId>,
-    client_addrs: Vec<SocketAddr>,
+    fleet: Fleet,
     transport: TransportFaults,
-    disk_faults: Vec<DiskFaults>,
     monitor: Arc<SafetyMonitor>,
     trace: Trace,
 ) {
     let handle = Handle::current();
     let net = NetSim::current();
-    let mut status = match Client::new(
-        client_addrs.clone(),
-        ClientOptions {
-            rng_seed: Some(0x5747),
-            ..ClientOptions::default()
-        },
-    ) {
-        Ok(client) => client,
-        Err(e) => panic!("nemesis status client: {e}"),
-    };
+    let nodes = fleet.len();
+    let ids = fleet.sim_ids();
+    let mut status = harness_client(fleet.client_addrs(), 0x5747);
     // Timeline: (time, 0 = end / 1 = start, fault index); ends sort before starts.
     let mut timeline: Vec<(u64, u8, usize)> = Vec::new();
     for (i, f) in schedule.iter().enumerate() {
@@ -680,6 +651,7 @@ async fn run_nemesis(
     }
     timeline.sort();
     let mut undo: BTreeMap<usize, Undo> = BTreeMap::new();
+    let mut background = Vec::new();
     let mut rng = StdRng::seed_from_u64(0x6e65_6d65);
     let start = trace.start;
     let node_of = |i: u32| -> SimNodeId { ids[i as usize % ids.len()] };
@@ -688,60 +660,10 @@ async fn run_nemesis(
         tokio::time::sleep_until(at).await;
         let fault = &schedule[index].fault;
         if kind == 0 {
-            let Some(action) = undo.remove(&index) else {
-                continue;
-            };
-            match action {
-                Undo::Links(links) => {
-                    for (a, b) in &links {
-                        net.unclog_link(node_of(*a), node_of(*b));
-                    }
-                    trace.log(format!("heal {fault:?}"));
-                }
-                Undo::Transport(f) => {
-                    let mut plan = transport.plan();
-                    match f {
-                        Fault::MessageLoss { .. } => plan.drop_probability = 0.0,
-                        Fault::MessageDelay { .. } => plan.delay_probability = 0.0,
-                        Fault::MessageDuplicate { .. } => plan.duplicate_probability = 0.0,
-                        Fault::MessageReorder { .. } => plan.reorder_probability = 0.0,
-                        _ => {}
-                    }
-                    transport.set(plan);
-                    trace.log(format!("heal {f:?}"));
-                }
-                Undo::Restart(n) => {
-                    restart_node(&handle, node_of(n));
-                    trace.log(format!("restart n{}", n + 1));
-                }
-                Undo::Resume(n) => {
-                    handle.resume(node_of(n));
-                    trace.log(format!("resume n{}", n + 1));
-                }
-                Undo::DiskErrors(n) => {
-                    disk_faults[n as usize].set_error_percent(0);
-                    let injected = disk_faults[n as usize].injected();
-                    // A node that stopped on an I/O error is brought back, as an operator would.
-                    restart_node(&handle, node_of(n));
-                    trace.log(format!(
-                        "disk errors off on n{} ({injected} injected so far); restart n{}",
-                        n + 1,
-                        n + 1
-                    ));
-                }
-                Undo::Storm(task) => {
-                    if let Err(e) = task.await {
-                        panic!("crash storm task failed: {e}");
-                    }
-                    trace.log(format!("heal {fault:?}"));
-                }
-                Undo::RestartAll => {
-                    for &id in &ids {
-                        restart_node(&handle, id);
-                    }
-                    trace.log("power back: restart all servers".to_string());
-                }
-                Undo::Nothing => {}
+            match undo.remove(&index) {
+                Some(Undo::Background(task)) => background.push(task),
+                Some(action) => heal(action, fault, &fleet, &transport, &trace).await,
+                None => {}
             }
             continue;
         }
@@ -758,16 +680,22 @@ async fn run_nemesis(
                 | Fault::Figure8 { .. }
         );
         let leader = if needs_leader {
-            find_leader(&mut status, &client_addrs).await
+            find_leader(&mut status, &fleet).await
         } else {
             None
         };
-        let target = |t: &Target, rng: &mut StdRng| -> u32 {
+        // The server a process fault hits: the leader, or the planned node if it is up (else
+        // the next one that is).
+        let target = |t: &Target, rng: &mut StdRng| -> Option<u32> {
             match t {
-                Target::Node(n) => *n % nodes,
-                Target::Leader => leader.unwrap_or_else(|| rng.random_range(0..nodes)),
+                Target::Node(n) => fleet.pick_up(*n % nodes),
+                Target::Leader => leader.or_else(|| {
+                    let up = fleet.up();
+                    (!up.is_empty()).then(|| up[rng.random_range(0..up.len())])
+                }),
             }
         };
+        let end = start + Duration::from_millis(schedule[index].end_ms);
         let action = match fault {
             f if f.is_partition() => {
                 let links = f.cut_links(nodes, leader);
@@ -809,30 +737,40 @@ async fn run_nemesis(
                 trace.log(format!("start {fault:?}"));
                 Undo::Transport(fault.clone())
             }
-            Fault::Crash { target: t } => {
-                let n = target(t, &mut rng);
-                handle.kill(node_of(n));
-                trace.log(format!("crash n{} ({t:?})", n + 1));
-                Undo::Restart(n)
-            }
-            Fault::Pause { target: t } => {
-                let n = target(t, &mut rng);
-                handle.pause(node_of(n));
-                trace.log(format!("pause n{} ({t:?})", n + 1));
-                Undo::Resume(n)
-            }
+            Fault::Crash { target: t } => match target(t, &mut rng) {
+                Some(n) => {
+                    fleet.kill(&handle, n);
+                    trace.log(format!("crash n{} ({t:?})", n + 1));
+                    Undo::Restart(n)
+                }
+                None => skip(&trace, fault, "no server is up"),
+            },
+            Fault::Pause { target: t } => match target(t, &mut rng) {
+                Some(n) => {
+                    handle.pause(node_of(n));
+                    trace.log(format!("pause n{} ({t:?})", n + 1));
+                    Undo::Resume(n)
+                }
+                None => skip(&trace, fault, "no server is up"),
+            },
             Fault::DiskErrors { node, percent } => {
-                let n = node % nodes;
-                disk_faults[n as usize].set_error_percent(*percent);
-                trace.log(format!("disk errors {percent}% on n{}", n + 1));
-                Undo::DiskErrors(n)
+                match fleet
+                    .pick_up(node % nodes)
+                    .and_then(|n| Some((n, fleet.disk_faults(n)?)))
+                {
+                    Some((n, disk)) => {
+                        disk.set_error_percent(*percent);
+                        trace.log(format!("disk errors {percent}% on n{}", n + 1));
+                        Undo::DiskErrors(n)
+                    }
+                    None => skip(&trace, fault, "no server is up"),
+                }
             }
             Fault::CrashStorm { interval_ms } => {
-                let end = start + Duration::from_millis(schedule[index].end_ms);
                 let seed = rng.random::<u64>();
                 trace.log(format!("start {fault:?}"));
-                Undo::Storm(tokio::spawn(crash_storm(
-                    ids.clone(),
+                Undo::Task(tokio::spawn(crash_storm(
+                    fleet.clone(),
                     *interval_ms,
                     end,
                     seed,
@@ -843,12 +781,11 @@ async fn run_nemesis(
                 restart_ms_max,
                 isolate_ms,
             } => {
-                let end = start + Duration::from_millis(schedule[index].end_ms);
                 let seed = rng.random::<u64>();
                 trace.log(format!("start {fault:?}"));
-                Undo::Storm(tokio::spawn(vote_strikes(
+                Undo::Task(tokio::spawn(vote_strikes(
                     monitor.clone(),
-                    ids.clone(),
+                    fleet.clone(),
                     (*restart_ms_max, *isolate_ms),
                     end,
                     seed,
@@ -859,10 +796,9 @@ async fn run_nemesis(
                 isolate_ms,
                 strike_percent,
             } => {
-                let end = start + Duration::from_millis(schedule[index].end_ms);
                 let seed = rng.random::<u64>();
                 trace.log(format!("start {fault:?} (leader {leader:?})"));
-                Undo::Storm(tokio::spawn(figure8_strikes(
+                Undo::Task(tokio::spawn(figure8_strikes(
                     monitor.clone(),
                     ids.clone(),
                     (*isolate_ms, *strike_percent),
@@ -873,15 +809,49 @@ async fn run_nemesis(
                 )))
             }
             Fault::PowerLoss => {
-                for &id in &ids {
-                    handle.kill(id);
+                for n in fleet.up() {
+                    fleet.kill(&handle, n);
                 }
                 trace.log("power loss: kill all servers".to_string());
                 Undo::RestartAll
             }
+            Fault::Join => match fleet.join(&handle, &trace) {
+                Some(n) => {
+                    trace.log(format!("join: start spare n{}", n + 1));
+                    Undo::Nothing
+                }
+                None => skip(&trace, fault, "no spare left"),
+            },
+            Fault::Leave { node } => match fleet.begin_leave(node % nodes) {
+                Ok(n) => {
+                    trace.log(format!("leave: ask the cluster to remove n{}", n + 1));
+                    let admin = harness_client(fleet.client_addrs(), rng.random());
+                    Undo::Background(tokio::spawn(send_leave(
+                        fleet.clone(),
+                        n,
+                        admin,
+                        trace.clone(),
+                    )))
+                }
+                Err(why) => skip(&trace, fault, &why),
+            },
+            Fault::KillForever { node } => {
+                match fleet.kill_forever(&handle, node % nodes, &mut status).await {
+                    Ok(n) => {
+                        trace.log(format!("kill n{} for good", n + 1));
+                        Undo::Nothing
+                    }
+                    Err(why) => skip(&trace, fault, &why),
+                }
+            }
             _ => Undo::Nothing,
         };
         undo.insert(index, action);
+    }
+    for task in background {
+        if let Err(e) = task.await {
+            panic!("nemesis background task failed: {e}");
+        }
     }
     // Everything is healed by the schedule; make sure of it.
     transport.clear();
@@ -896,4 +866,84 @@ async fn run_nemesis(
         }
     }
     trace.log("nemesis done: all healed".to_string());
+}
+
+fn skip(trace: &Trace, fault: &Fault, why: &str) -> Undo {
+    trace.log(format!("skip {fault:?}: {why}"));
+    Undo::Nothing
+}
+
+/// Ends one fault.
+async fn heal(
+    action: Undo,
+    fault: &Fault,
+    fleet: &Fleet,
+    transport: &TransportFaults,
+    trace: &Trace,
+) {
+    let handle = Handle::current();
+    let net = NetSim::current();
+    let ids = fleet.sim_ids();
+    let node_of = |i: u32| -> SimNodeId { ids[i as usize % ids.len()] };
+    match action {
+        Undo::Links(links) => {
+            for (a, b) in &links {
+                net.unclog_link(node_of(*a), node_of(*b));
+            }
+            trace.log(format!("heal {fault:?}"));
+        }
+        Undo::Transport(f) => {
+            let mut plan = transport.plan();
+            match f {
+                Fault::MessageLoss { .. } => plan.drop_probability = 0.0,
+                Fault::MessageDelay { .. } => plan.delay_probability = 0.0,
+                Fault::MessageDuplicate { .. } => plan.duplicate_probability = 0.0,
+                Fault::MessageReorder { .. } => plan.reorder_probability = 0.0,
+                _ => {}
+            }
+            transport.set(plan);
+            trace.log(format!("heal {f:?}"));
+        }
+        Undo::Restart(n) => {
+            if fleet.restart(&handle, n) {
+                trace.log(format!("restart n{}", n + 1));
+            } else {
+                trace.log(format!("n{} stays down ({:?})", n + 1, fleet.life(n)));
+            }
+        }
+        Undo::Resume(n) => {
+            handle.resume(node_of(n));
+            trace.log(format!("resume n{}", n + 1));
+        }
+        Undo::DiskErrors(n) => {
+            let injected = fleet.disk_faults(n).map_or(0, |disk| {
+                disk.set_error_percent(0);
+                disk.injected()
+            });
+            // A node that stopped on an I/O error is brought back, as an operator would.
+            let restarted = fleet.restart(&handle, n);
+            trace.log(format!(
+                "disk errors off on n{} ({injected} injected so far); restarted: {restarted}",
+                n + 1
+            ));
+        }
+        Undo::Task(task) => {
+            if let Err(e) = task.await {
+                panic!("fault task failed: {e}");
+            }
+            trace.log(format!("heal {fault:?}"));
+        }
+        Undo::RestartAll => {
+            for n in 0..fleet.len() {
+                fleet.restart(&handle, n);
+            }
+            trace.log("power back: restart all servers".to_string());
+        }
+        Undo::Background(task) => {
+            if let Err(e) = task.await {
+                panic!("nemesis background task failed: {e}");
+            }
+        }
+        Undo::Nothing => {}
+    }
 }

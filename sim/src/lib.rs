@@ -7,7 +7,9 @@
 //! - `report`: verdicts (checker + liveness) and failure artifacts.
 //! - `shrink`: reduce a failing scenario to a smaller one that still fails.
 //! - `campaign`: seeds over worker processes, progress, summary.
-//! - `cluster`, `disk` (simulation builds only): the madsim harness and the simulated disk.
+//! - `convergence`: the end-of-run check that replication was restored after the final heal.
+//! - `cluster`, `disk`, `fleet` (simulation builds only): the madsim harness, the simulated
+//!   disk, and the servers' lives (joins, leaves, kills for good, the replication check).
 //! - `safety` (simulation builds only): Raft safety checks on the nodes' protocol probes, and
 //!   the cues of targeted faults.
 #![forbid(unsafe_code)]
@@ -15,8 +17,11 @@
 pub mod campaign;
 #[cfg(madsim)]
 pub mod cluster;
+pub mod convergence;
 #[cfg(madsim)]
 pub mod disk;
+#[cfg(madsim)]
+pub mod fleet;
 pub mod nemesis;
 pub mod report;
 #[cfg(madsim)]

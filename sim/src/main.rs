@@ -4,6 +4,7 @@
 //!     cargo run -p sim --release -- --seed 42 --scenario partitions        # replay with logs
 //!     cargo run -p sim --release -- --scenario-file shrunk.toml             # replay a file
 //!     cargo run -p sim --release -- --seed 42 --scenario mixed --bugs ack-before-fsync --shrink
+//!     cargo run -p sim --release -- --bench                                 # throughput, 3/5/7 nodes
 //!
 //! The simulation needs a `--cfg madsim` build. A normal build of this binary builds that
 //! variant itself (into `<target>/madsim`) and runs it with the same arguments.
@@ -25,7 +26,8 @@ struct Args {
     /// Replay one seed with full logs.
     #[arg(long)]
     seed: Option<u64>,
-    /// Preset scenario: none, partitions, messages, crashes, elections, mixed, set, ycsb.
+    /// Preset scenario: none, partitions, messages, crashes, elections, votes, figure8, mixed,
+    /// set, ycsb, membership.
     #[arg(long, default_value = "mixed")]
     scenario: String,
     /// Replay this scenario file (TOML, or JSON by extension) exactly.
@@ -33,6 +35,25 @@ struct Args {
     scenario_file: Option<PathBuf>,
     #[arg(long)]
     nodes: Option<u32>,
+    /// Servers outside the cluster at first, started by `Join` faults.
+    #[arg(long)]
+    spare_nodes: Option<u32>,
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Simulated CPU time per input a node handles, in microseconds (0: free).
+    #[arg(long)]
+    sim_busy_us: Option<u64>,
+    /// Throughput benchmark instead of a fault campaign: a saturating workload without faults
+    /// on each cluster size of `--bench-nodes`; prints ops per simulated and per wall second.
+    #[arg(long, conflicts_with_all = ["seeds", "scenario_file"])]
+    bench: bool,
+    /// Cluster sizes the benchmark runs, comma-separated.
+    #[arg(long, default_value = "3,5,7")]
+    bench_nodes: String,
+    /// Seeds per cluster size in the benchmark (from `--seed`, default 1): where the shards'
+    /// leaders land varies with the seed, and so does a small cluster's capacity.
+    #[arg(long, default_value_t = 3)]
+    bench_seeds: u64,
     #[arg(long)]
     clients: Option<u32>,
     /// Operations per client (upper bound).
@@ -131,6 +152,15 @@ mod simulation {
         if let Some(n) = args.nodes {
             scenario.nodes = n;
         }
+        if let Some(n) = args.spare_nodes {
+            scenario.spare_nodes = n;
+        }
+        if let Some(n) = args.shards {
+            scenario.shards = n;
+        }
+        if let Some(us) = args.sim_busy_us {
+            scenario.sim_busy_us_per_input = us;
+        }
         if let Some(c) = args.clients {
             scenario.clients = c;
         }
@@ -151,6 +181,9 @@ mod simulation {
     }
 
     pub fn run(args: Args) -> anyhow::Result<i32> {
+        if args.bench {
+            return bench(&args);
+        }
         let base = base_scenario(&args)?;
         if args.worker {
             return worker(&args, base);
@@ -223,6 +256,136 @@ mod simulation {
         }
         println!("verdict: {}", report.verdict.summary());
         Ok(1)
+    }
+
+    /// Operations that completed before this much of a benchmark run are not counted (leader
+    /// elections of every group, sessions opening).
+    const BENCH_WARMUP_S: u64 = 2;
+    /// Enough closed-loop clients to saturate 3 to 7 nodes at `BENCH_BUSY_US_PER_INPUT` (with
+    /// fewer, ops/s is bounded by the simulated network's latency, not by the nodes); below the
+    /// node's `limits.max_client_connections` (1024), which the harness's own polls also need.
+    const BENCH_CLIENTS: u32 = 512;
+    /// Simulated CPU per input: a node handles at most 5,000 inputs per simulated second.
+    const BENCH_BUSY_US_PER_INPUT: u64 = 200;
+    const BENCH_SHARDS: u32 = 16;
+    const BENCH_KEYS: u32 = 10_000;
+    const BENCH_DURATION_S: u64 = 12;
+
+    /// The throughput benchmark: for each cluster size, one run of a saturating workload (many
+    /// clients, no think time, no faults, uniform keys over every shard) with a per-input CPU
+    /// cost on the nodes, so that a node's capacity is finite and the cluster's grows with the
+    /// nodes that share the shards' leaders and replicas.
+    fn bench(args: &Args) -> anyhow::Result<i32> {
+        let sizes: Vec<u32> = args
+            .bench_nodes
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse::<u32>()
+                    .context("--bench-nodes: not a number")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let first_seed = args.seed.unwrap_or(1);
+        let seeds = first_seed..first_seed + args.bench_seeds.max(1);
+        let mut rows: Vec<(u32, f64)> = Vec::new();
+        let mut failed = false;
+        for nodes in sizes {
+            let mut per_sim = Vec::new();
+            let (mut ops_total, mut ok_total, mut wall_total) = (0u64, 0u64, 0f64);
+            for seed in seeds.clone() {
+                let scenario = bench_scenario(args, nodes, seed)?;
+                if rows.is_empty() && per_sim.is_empty() {
+                    println!(
+                        "bench: {} shards, {} clients (closed loop, no think time), ycsb 50 % \
+                         reads over {BENCH_KEYS} uniform keys, sim_busy_us_per_input {}, {} \
+                         simulated s per run (first {BENCH_WARMUP_S} s not counted), seeds \
+                         {}..={}, no faults",
+                        scenario.shards,
+                        scenario.clients,
+                        scenario.sim_busy_us_per_input,
+                        scenario.duration_s,
+                        seeds.start,
+                        seeds.end - 1
+                    );
+                    println!(
+                        "{:>5} {:>10} {:>12} {:>17} {:>12} {:>8}",
+                        "nodes", "ops", "ops/sim_s", "(min..max)", "ops/wall_s", "wall_s"
+                    );
+                }
+                let report = cluster::run(&scenario, RunOptions::default());
+                if !report.verdict.passed() {
+                    failed = true;
+                    println!("  {nodes} nodes seed {seed}: {}", report.verdict.summary());
+                }
+                let ops = ok_completions_between(
+                    &report.history,
+                    BENCH_WARMUP_S * 1_000_000_000,
+                    scenario.duration_s * 1_000_000_000,
+                );
+                let counted_s = scenario.duration_s.saturating_sub(BENCH_WARMUP_S).max(1);
+                per_sim.push(ops as f64 / counted_s as f64);
+                ops_total += ops;
+                ok_total += report.stats.ok;
+                wall_total += report.wall_s;
+            }
+            let mean = per_sim.iter().sum::<f64>() / per_sim.len() as f64;
+            let min = per_sim.iter().copied().fold(f64::MAX, f64::min);
+            let max = per_sim.iter().copied().fold(0.0, f64::max);
+            println!(
+                "{:>5} {:>10} {:>12.0} {:>17} {:>12.0} {:>8.1}",
+                nodes,
+                ops_total,
+                mean,
+                format!("({min:.0}..{max:.0})"),
+                ok_total as f64 / wall_total.max(1e-9),
+                wall_total
+            );
+            rows.push((nodes, mean));
+        }
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            println!(
+                "capacity {} -> {} nodes: x{:.2} (mean ops per simulated second)",
+                first.0,
+                last.0,
+                last.1 / first.1.max(1e-9)
+            );
+        }
+        println!(
+            "verdict: {}",
+            if failed { "FAIL (see above)" } else { "PASS" }
+        );
+        Ok(if failed { 1 } else { 0 })
+    }
+
+    fn bench_scenario(args: &Args, nodes: u32, seed: u64) -> anyhow::Result<Scenario> {
+        let mut scenario = Scenario::preset("none")?;
+        scenario.name = "bench".to_string();
+        scenario.seed = seed;
+        scenario.nodes = nodes;
+        scenario.clients = args.clients.unwrap_or(BENCH_CLIENTS);
+        scenario.ops_per_client = args.ops.unwrap_or(u64::MAX / 2);
+        scenario.duration_s = args.duration_s.unwrap_or(BENCH_DURATION_S);
+        scenario.think_time_ms = 0;
+        scenario.shards = args.shards.unwrap_or(BENCH_SHARDS);
+        scenario.sim_busy_us_per_input = args.sim_busy_us.unwrap_or(BENCH_BUSY_US_PER_INPUT);
+        scenario.workload = workloads::WorkloadSpec::Ycsb {
+            keys: BENCH_KEYS,
+            read_percent: 50,
+            hot_percent: 0,
+        };
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Successful operations that completed in `[from_ns, to_ns)` of simulated time.
+    fn ok_completions_between(history: &checker::History, from_ns: u64, to_ns: u64) -> u64 {
+        history
+            .ops()
+            .iter()
+            .filter_map(|o| o.completion.as_ref())
+            .filter(|c| matches!(c.outcome, checker::Outcome::Ok(_)))
+            .filter(|c| (from_ns..to_ns).contains(&c.time_ns))
+            .count() as u64
     }
 
     fn worker(args: &Args, base: Scenario) -> anyhow::Result<i32> {

@@ -6,9 +6,14 @@
 //! shrinker can delete them one by one. Only choices that depend on the cluster's state (who is
 //! leader right now) are resolved when the fault starts.
 //!
+//! Membership faults (`Join`, `Leave`, `KillForever`) are permanent changes, not periods: they
+//! happen when their period starts and nothing is undone at its end. Which node they hit is
+//! planned too, but resolved against the cluster as it is then (the next eligible node in index
+//! order), since earlier membership faults decide who is still there.
+//!
 //! Invariants: every fault ends (is healed) by its `end_ms`; the last `final_heal_ms` of a run
 //! is fault-free, so liveness after the final heal is always checked; node indices are in
-//! `0..nodes`.
+//! `0..nodes` (`nodes` counts the spare servers too).
 
 use std::collections::BTreeSet;
 
@@ -60,6 +65,14 @@ pub enum FaultKind {
     /// their term stay on them alone; a leader whose commit ends on an entry of an older term
     /// is cut off at once.
     Figure8,
+    /// Start the next spare server; it asks the running cluster to let it join.
+    Join,
+    /// Ask the cluster to remove an active node (its replicas are handed off first); only when
+    /// at least `replication_factor` active nodes stay.
+    Leave,
+    /// Kill a node and never restart it: the cluster must mark it dead and re-create its
+    /// replicas elsewhere (the scenario sets a short `dead_node_timeout_ms`).
+    KillForever,
 }
 
 impl FaultKind {
@@ -99,6 +112,10 @@ impl FaultKind {
     /// Faults aimed at the protocol's dangerous moments, driven by the nodes' protocol probes.
     /// Not in `ALL` (which fixes the plans of the CI presets); see the `votes` preset.
     pub const TARGETED: [FaultKind; 2] = [FaultKind::VoteStrike, FaultKind::Figure8];
+
+    /// Changes of the cluster's membership. Not in `ALL`; see the `membership` preset.
+    pub const MEMBERSHIP: [FaultKind; 3] =
+        [FaultKind::Join, FaultKind::Leave, FaultKind::KillForever];
 
     pub const PROCESSES: [FaultKind; 3] =
         [FaultKind::Crash, FaultKind::CrashLeader, FaultKind::Pause];
@@ -187,6 +204,22 @@ pub enum Fault {
         isolate_ms: u64,
         strike_percent: u32,
     },
+    /// The lowest-numbered spare server that never started starts now, with `join` = the
+    /// client addresses of the servers running then. Skipped when no spare is left.
+    Join,
+    /// Admin `Leave` of server `node`, or, if it is not an active member then, of the next
+    /// active one (in index order, wrapping). Skipped unless at least `replication_factor`
+    /// active members stay.
+    Leave {
+        node: u32,
+    },
+    /// Server `node` (or the next running one, as for `Leave`) is killed and never restarted.
+    /// Skipped unless at least `replication_factor` active members stay and every node killed
+    /// for good before is already out of every group's voters (two permanent losses in one
+    /// group of three would lose it).
+    KillForever {
+        node: u32,
+    },
 }
 
 impl Fault {
@@ -252,6 +285,14 @@ impl Fault {
             _ => {}
         }
         cut
+    }
+
+    /// A permanent change of the membership (nothing to undo at the period's end).
+    pub fn is_membership(&self) -> bool {
+        matches!(
+            self,
+            Fault::Join | Fault::Leave { .. } | Fault::KillForever { .. }
+        )
     }
 
     pub fn is_partition(&self) -> bool {
@@ -439,6 +480,13 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
             isolate_ms: rng.random_range(300..=1_000),
             strike_percent: rng.random_range(30..=70),
         },
+        FaultKind::Join => Fault::Join,
+        FaultKind::Leave => Fault::Leave {
+            node: rng.random_range(0..nodes),
+        },
+        FaultKind::KillForever => Fault::KillForever {
+            node: rng.random_range(0..nodes),
+        },
     }
 }
 
@@ -493,6 +541,30 @@ mod tests {
         }
         // Crash and CrashLeader share the Crash variant.
         assert_eq!(seen.len(), FaultKind::ALL.len() - 1);
+    }
+
+    #[test]
+    fn membership_faults_get_planned_and_cut_nothing() {
+        let mut kinds = FaultKind::MEMBERSHIP.to_vec();
+        kinds.push(FaultKind::Crash);
+        let spec = NemesisSpec::with_kinds(&kinds);
+        let mut seen = BTreeSet::new();
+        for seed in 0..50 {
+            for f in spec.plan(seed, 7, 30_000) {
+                if let Fault::Leave { node } | Fault::KillForever { node } = f.fault {
+                    assert!(node < 7, "{f:?}");
+                }
+                if f.fault.is_membership() {
+                    assert!(f.fault.cut_links(7, Some(0)).is_empty());
+                    seen.insert(format!("{:?}", f.fault).chars().take(4).collect::<String>());
+                }
+            }
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        // Not in ALL: the plans of the existing presets do not change.
+        assert!(FaultKind::MEMBERSHIP
+            .iter()
+            .all(|k| !FaultKind::ALL.contains(k)));
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub enum RunVerdict {
     NoProgress {
         detail: String,
     },
+    /// After the final heal, replication was not restored within the scenario's
+    /// `convergence_bound_s`: some shard's voters differ from its target in the map, a removed
+    /// or killed node is still a voter, or a member's state does not match what happened to it.
+    NotConverged {
+        detail: String,
+    },
     /// The checker gave up (budget) — neither a pass nor a proven violation.
     CheckerUnknown {
         reason: String,
@@ -58,6 +64,9 @@ impl RunVerdict {
                 anomalies.first().map(String::as_str).unwrap_or("-")
             ),
             RunVerdict::NoProgress { detail } => format!("FAIL no progress after heal: {detail}"),
+            RunVerdict::NotConverged { detail } => {
+                format!("FAIL replication not restored after heal: {detail}")
+            }
             RunVerdict::CheckerUnknown { reason } => format!("FAIL checker unknown: {reason}"),
             RunVerdict::SafetyViolation { violations } => format!(
                 "FAIL raft safety ({} found; first: {})",
@@ -84,8 +93,13 @@ pub struct RunReport {
 }
 
 /// Judges a finished run's history: register keys by linearizability, set keys by the final
-/// read. `liveness` carries the harness's own finding, if any.
-pub fn judge(history: &History, liveness: Option<String>) -> RunVerdict {
+/// read. `liveness` carries the harness's own finding, if any; `convergence` the end-of-run
+/// replication check's (reported after every history check).
+pub fn judge(
+    history: &History,
+    liveness: Option<String>,
+    convergence: Option<String>,
+) -> RunVerdict {
     let registers = history.filtered(|o| !o.op.is_set_op());
     let options = CheckOptions::default();
     match check_kv(&registers, &options) {
@@ -98,8 +112,11 @@ pub fn judge(history: &History, liveness: Option<String>) -> RunVerdict {
     if let Some(anomaly) = check_sets(history) {
         return anomaly;
     }
-    match liveness {
-        Some(detail) => RunVerdict::NoProgress { detail },
+    if let Some(detail) = liveness {
+        return RunVerdict::NoProgress { detail };
+    }
+    match convergence {
+        Some(detail) => RunVerdict::NotConverged { detail },
         None => RunVerdict::Pass,
     }
 }
@@ -194,7 +211,7 @@ mod tests {
             (1, "k", Op::Read, Outcome::Ok(OkValue::Read(Some(1)))),
         ]);
         assert_eq!(
-            judge(&h, None),
+            judge(&h, None, None),
             RunVerdict::NotLinearizable { key: "k".into() }
         );
     }
@@ -212,7 +229,7 @@ mod tests {
                 Outcome::Ok(OkValue::Elements(vec![1, 9])),
             ),
         ]);
-        match judge(&h, None) {
+        match judge(&h, None, None) {
             RunVerdict::SetAnomaly { anomalies } => {
                 assert_eq!(anomalies.len(), 2, "{anomalies:?}");
                 assert!(
@@ -236,8 +253,16 @@ mod tests {
             (1, "s", Op::Add { element: 3 }, Outcome::Info),
             (1, "s", Op::ReadSet, Outcome::Ok(OkValue::Elements(vec![3]))),
         ]);
-        assert_eq!(judge(&h, None), RunVerdict::Pass);
-        assert!(!judge(&h, Some("client 2".into())).passed());
+        assert_eq!(judge(&h, None, None), RunVerdict::Pass);
+        assert!(!judge(&h, Some("client 2".into()), None).passed());
+        assert!(matches!(
+            judge(
+                &h,
+                None,
+                Some("shard 3 voters [1, 2] != target [1, 2, 4]".into())
+            ),
+            RunVerdict::NotConverged { .. }
+        ));
     }
 
     #[test]
@@ -252,7 +277,7 @@ mod tests {
             .concretize();
         let report = RunReport {
             scenario,
-            verdict: judge(&h, None),
+            verdict: judge(&h, None, None),
             stats: ClientStats::default(),
             history: h,
             trace: "0.000s start\n".to_string(),

@@ -3,15 +3,21 @@
 //! Why: a broken election or commit rule shows up as a linearizability violation only when the
 //! workload happens to read the divergent value; the invariants themselves are cheap to check
 //! the moment the nodes report them (FoundationDB and TigerBeetle's simulators do the same).
-//! Checked: Election Safety (at most one leader per term) and State Machine Safety (no two nodes
-//! apply different entries, by term, at one index), and the commit rule (a leader advances its
-//! commit index only to an entry of its own term, Raft §5.4.2; Figure 8 shows why). A violation is recorded with the simulated
-//! time and fails the run. The monitor also forwards chosen events to the nemesis when a
-//! targeted fault (`Fault::VoteStrike`, `Fault::Figure8`) is active; it never changes what a node does itself.
+//! Checked, in every Raft group separately (a node hosts the metadata group 0 and many shard
+//! groups; terms and indexes are per group): Election Safety (at most one leader per term),
+//! State Machine Safety (no two nodes apply different entries, by term, at one index) and the
+//! commit rule (a leader advances its commit index only to an entry of its own term, Raft
+//! §5.4.2; Figure 8 shows why). A violation names its group and fails the run. The monitor also
+//! forwards every event (with its group) to the nemesis when a targeted fault
+//! (`Fault::VoteStrike`, `Fault::Figure8`) is active; it never changes what a node does itself.
+//!
+//! Invariant: state of one group never decides a check of another (every map is keyed by group
+//! first).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use node::meta::GroupId;
 use node::raft::{LogIndex, NodeId, Term};
 use node::server::{ProtocolEvent, ProtocolObserver};
 use tokio::sync::mpsc::UnboundedSender;
@@ -23,13 +29,16 @@ const MAX_VIOLATIONS_KEPT: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StrikeCue {
     pub node: NodeId,
+    pub group: GroupId,
     pub event: ProtocolEvent,
 }
 
 #[derive(Debug, Default)]
 struct MonitorState {
-    leaders: BTreeMap<Term, NodeId>,
-    applied: BTreeMap<LogIndex, (Term, NodeId)>,
+    /// (group, term) -> the node that became its leader.
+    leaders: BTreeMap<(GroupId, Term), NodeId>,
+    /// (group, index) -> the term of the entry applied there, and the first node that applied it.
+    applied: BTreeMap<(GroupId, LogIndex), (Term, NodeId)>,
     violations: Vec<String>,
     cues: Vec<UnboundedSender<StrikeCue>>,
 }
@@ -72,32 +81,37 @@ impl MonitorState {
 }
 
 impl ProtocolObserver for SafetyMonitor {
-    fn observe(&self, node: NodeId, _group: node::meta::GroupId, event: ProtocolEvent) {
+    fn observe(&self, node: NodeId, group: GroupId, event: ProtocolEvent) {
         let mut state = self.lock();
         // A targeted fault that ended dropped its receiver: forget it.
         state
             .cues
-            .retain(|cues| cues.send(StrikeCue { node, event }).is_ok());
+            .retain(|cues| cues.send(StrikeCue { node, group, event }).is_ok());
         match event {
-            ProtocolEvent::BecameLeader { term } => match state.leaders.get(&term).copied() {
-                Some(other) if other != node => state.violation(format!(
-                    "election safety: n{node} and n{other} both became leader of term {term}"
-                )),
-                Some(_) => {}
-                None => {
-                    state.leaders.insert(term, node);
+            ProtocolEvent::BecameLeader { term } => {
+                match state.leaders.get(&(group, term)).copied() {
+                    Some(other) if other != node => state.violation(format!(
+                        "election safety: group {group}: n{node} and n{other} both became leader \
+                         of term {term}"
+                    )),
+                    Some(_) => {}
+                    None => {
+                        state.leaders.insert((group, term), node);
+                    }
                 }
-            },
-            ProtocolEvent::Applied { index, term } => match state.applied.get(&index).copied() {
-                Some((other_term, other)) if other_term != term => state.violation(format!(
-                    "state machine safety: n{node} applied index {index} of term {term}, \
-                             n{other} applied index {index} of term {other_term}"
-                )),
-                Some(_) => {}
-                None => {
-                    state.applied.insert(index, (term, node));
+            }
+            ProtocolEvent::Applied { index, term } => {
+                match state.applied.get(&(group, index)).copied() {
+                    Some((other_term, other)) if other_term != term => state.violation(format!(
+                        "state machine safety: group {group}: n{node} applied index {index} of \
+                         term {term}, n{other} applied index {index} of term {other_term}"
+                    )),
+                    Some(_) => {}
+                    None => {
+                        state.applied.insert((group, index), (term, node));
+                    }
                 }
-            },
+            }
             ProtocolEvent::LeaderCommitted {
                 term,
                 index,
@@ -105,8 +119,8 @@ impl ProtocolObserver for SafetyMonitor {
             } => {
                 if entry_term != term {
                     state.violation(format!(
-                        "commit rule (Raft 5.4.2): n{node}, leader of term {term}, committed \
-                         index {index} of term {entry_term} by counting replicas"
+                        "commit rule (Raft 5.4.2): group {group}: n{node}, leader of term {term}, \
+                         committed index {index} of term {entry_term} by counting replicas"
                     ));
                 }
             }
@@ -134,5 +148,34 @@ mod tests {
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v[0].contains("election safety"), "{v:?}");
         assert!(v[1].contains("state machine safety"), "{v:?}");
+    }
+
+    #[test]
+    fn groups_are_checked_separately() {
+        let m = SafetyMonitor::new();
+        // Each group has its own terms and indexes: the same (term, index) in two groups with
+        // different leaders or entries is fine.
+        m.observe(1, 0, ProtocolEvent::BecameLeader { term: 2 });
+        m.observe(2, 1, ProtocolEvent::BecameLeader { term: 2 });
+        m.observe(3, 2, ProtocolEvent::BecameLeader { term: 2 });
+        m.observe(1, 0, ProtocolEvent::Applied { index: 4, term: 2 });
+        m.observe(2, 1, ProtocolEvent::Applied { index: 4, term: 1 });
+        m.observe(3, 1, ProtocolEvent::Applied { index: 4, term: 1 });
+        let commit = |term, entry_term| ProtocolEvent::LeaderCommitted {
+            term,
+            index: 4,
+            entry_term,
+        };
+        m.observe(1, 0, commit(2, 2));
+        assert!(m.violations().is_empty(), "{:?}", m.violations());
+        // Within one group the rules still hold.
+        m.observe(1, 2, ProtocolEvent::BecameLeader { term: 2 });
+        m.observe(1, 1, ProtocolEvent::Applied { index: 4, term: 2 });
+        m.observe(2, 1, commit(3, 2));
+        let v = m.violations();
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(v[0].contains("election safety: group 2"), "{v:?}");
+        assert!(v[1].contains("state machine safety: group 1"), "{v:?}");
+        assert!(v[2].contains("commit rule (Raft 5.4.2): group 1"), "{v:?}");
     }
 }

@@ -13,8 +13,40 @@ use workloads::WorkloadSpec;
 
 use crate::nemesis::{FaultKind, NemesisSpec, ScheduledFault};
 
-/// Cluster sizes the harness supports (odd, so a majority is well defined).
+/// Sizes of the cluster that bootstraps (odd, so a majority is well defined); spare servers,
+/// which join later, come on top.
 pub const SUPPORTED_NODES: [u32; 3] = [3, 5, 7];
+/// Most clients a scenario may have (one simulated node each).
+pub const MAX_CLIENTS: u32 = 10_000;
+/// Most spare servers a scenario may have (they join during the run).
+pub const MAX_SPARE_NODES: u32 = 8;
+/// Most shards a scenario may have (every node hosts a Raft group per replica).
+pub const MAX_SCENARIO_SHARDS: u32 = 256;
+
+/// Shards unless a scenario says otherwise: few, so that a CI seed runs fast (the node's own
+/// default is 16).
+pub const DEFAULT_SHARDS: u32 = 4;
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
+/// The node's default `cluster.dead_node_timeout_ms`; membership scenarios set a short one.
+pub const DEFAULT_DEAD_NODE_TIMEOUT_MS: u64 = 60_000;
+/// After the final heal, replication must be restored within this many simulated seconds.
+pub const DEFAULT_CONVERGENCE_BOUND_S: u64 = 30;
+
+fn default_shards() -> u32 {
+    DEFAULT_SHARDS
+}
+
+fn default_replication_factor() -> usize {
+    DEFAULT_REPLICATION_FACTOR
+}
+
+fn default_dead_node_timeout_ms() -> u64 {
+    DEFAULT_DEAD_NODE_TIMEOUT_MS
+}
+
+fn default_convergence_bound_s() -> u64 {
+    DEFAULT_CONVERGENCE_BOUND_S
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
@@ -42,10 +74,32 @@ pub struct Scenario {
     /// from the seed.
     #[serde(default)]
     pub buggify: bool,
+    /// The cluster's shards (`cluster.shards`); shard s is Raft group s + 1.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: usize,
+    /// Servers that exist in the simulated network from the start but are not started until a
+    /// `Join` fault starts them (node ids `nodes + 1 ..= nodes + spare_nodes`).
+    #[serde(default)]
+    pub spare_nodes: u32,
+    /// `cluster.dead_node_timeout_ms`: a member silent this long is marked dead and its
+    /// replicas are re-created on other nodes.
+    #[serde(default = "default_dead_node_timeout_ms")]
+    pub dead_node_timeout_ms: u64,
+    /// After the final heal (and the clients' liveness check), every shard's voters must equal
+    /// its target in the map, and no removed or killed node may be a voter, within this many
+    /// simulated seconds.
+    #[serde(default = "default_convergence_bound_s")]
+    pub convergence_bound_s: u64,
+    /// Simulated CPU time a node spends per input it handles (`sim_busy_us_per_input`), so that
+    /// a node's capacity is finite (benchmarks); 0: free.
+    #[serde(default)]
+    pub sim_busy_us_per_input: u64,
 }
 
 impl Scenario {
-    pub const PRESETS: [&'static str; 9] = [
+    pub const PRESETS: [&'static str; 10] = [
         "none",
         "partitions",
         "messages",
@@ -55,6 +109,7 @@ impl Scenario {
         "mixed",
         "set",
         "ycsb",
+        "membership",
     ];
 
     /// A built-in scenario by name, with seed 0 (callers set the seed).
@@ -98,6 +153,19 @@ impl Scenario {
             "mixed" => (WorkloadSpec::register(), FaultKind::ALL.to_vec()),
             "set" => (WorkloadSpec::set(), FaultKind::ALL.to_vec()),
             "ycsb" => (WorkloadSpec::ycsb_a(), FaultKind::ALL.to_vec()),
+            // Nodes join, leave and die for good while partitions, crashes and message faults
+            // go on; replication must be restored after the final heal.
+            "membership" => {
+                let mut kinds = FaultKind::MEMBERSHIP.to_vec();
+                kinds.extend([
+                    FaultKind::PartitionHalves,
+                    FaultKind::IsolateLeader,
+                    FaultKind::Crash,
+                    FaultKind::MessageLoss,
+                    FaultKind::MessageDelay,
+                ]);
+                (WorkloadSpec::register(), kinds)
+            }
             other => bail!(
                 "unknown scenario {other:?}; known: {}",
                 Scenario::PRESETS.join(", ")
@@ -115,6 +183,7 @@ impl Scenario {
             nemesis.heal_ms = 400;
             nemesis.max_concurrent = 3;
         }
+        let membership = name == "membership";
         Ok(Scenario {
             name: name.to_string(),
             seed: 0,
@@ -129,7 +198,22 @@ impl Scenario {
             faults: None,
             planted_bugs: String::new(),
             buggify: name != "none",
+            shards: DEFAULT_SHARDS,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
+            spare_nodes: if membership { 2 } else { 0 },
+            dead_node_timeout_ms: if membership {
+                3_000
+            } else {
+                DEFAULT_DEAD_NODE_TIMEOUT_MS
+            },
+            convergence_bound_s: DEFAULT_CONVERGENCE_BOUND_S,
+            sim_busy_us_per_input: 0,
         })
+    }
+
+    /// Every server of the run: the bootstrap cluster and the spares.
+    pub fn servers(&self) -> u32 {
+        self.nodes + self.spare_nodes
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -140,8 +224,30 @@ impl Scenario {
                 SUPPORTED_NODES
             );
         }
-        if self.clients == 0 {
-            bail!("clients must be at least 1");
+        if self.spare_nodes > MAX_SPARE_NODES {
+            bail!(
+                "spare_nodes = {} exceeds MAX_SPARE_NODES = {MAX_SPARE_NODES}",
+                self.spare_nodes
+            );
+        }
+        if self.shards == 0 || self.shards > MAX_SCENARIO_SHARDS {
+            bail!(
+                "shards = {} must be in 1..={MAX_SCENARIO_SHARDS}",
+                self.shards
+            );
+        }
+        if self.replication_factor == 0 || self.replication_factor > self.servers() as usize {
+            bail!(
+                "replication_factor = {} must be in 1..={} (the servers)",
+                self.replication_factor,
+                self.servers()
+            );
+        }
+        if self.dead_node_timeout_ms == 0 {
+            bail!("dead_node_timeout_ms must be at least 1");
+        }
+        if self.clients == 0 || self.clients > MAX_CLIENTS {
+            bail!("clients = {} must be in 1..={MAX_CLIENTS}", self.clients);
         }
         if self.duration_s == 0 {
             bail!("duration_s must be at least 1");
@@ -165,7 +271,9 @@ impl Scenario {
     pub fn fault_schedule(&self) -> Vec<ScheduledFault> {
         match &self.faults {
             Some(faults) => faults.clone(),
-            None => self.nemesis.plan(self.seed, self.nodes, self.duration_ms()),
+            None => self
+                .nemesis
+                .plan(self.seed, self.servers(), self.duration_ms()),
         }
     }
 
@@ -201,8 +309,15 @@ impl Scenario {
     /// The one-line command that replays this run (preset form, when it is one).
     pub fn replay_command(&self) -> String {
         let mut cmd = format!(
-            "cargo run -p sim --release -- --seed {} --scenario {} --nodes {} --clients {} --ops {} --duration-s {}",
-            self.seed, self.name, self.nodes, self.clients, self.ops_per_client, self.duration_s
+            "cargo run -p sim --release -- --seed {} --scenario {} --nodes {} --spare-nodes {} --shards {} --clients {} --ops {} --duration-s {}",
+            self.seed,
+            self.name,
+            self.nodes,
+            self.spare_nodes,
+            self.shards,
+            self.clients,
+            self.ops_per_client,
+            self.duration_s
         );
         if !self.planted_bugs.is_empty() {
             cmd.push_str(&format!(" --bugs {}", self.planted_bugs));
@@ -234,9 +349,51 @@ mod tests {
     }
 
     #[test]
+    fn old_scenario_files_still_parse() {
+        // A file written before sharding has none of the new fields: defaults apply.
+        let mut scenario = Scenario::preset("mixed").expect("preset");
+        scenario.seed = 3;
+        let mut value: toml::Table = toml::from_str(&scenario.to_toml().expect("toml")).expect("t");
+        for field in [
+            "shards",
+            "replication_factor",
+            "spare_nodes",
+            "dead_node_timeout_ms",
+            "convergence_bound_s",
+            "sim_busy_us_per_input",
+        ] {
+            assert!(value.remove(field).is_some(), "{field}");
+        }
+        let back: Scenario = toml::from_str(&toml::to_string(&value).expect("t")).expect("parse");
+        assert_eq!(back, scenario);
+    }
+
+    #[test]
+    fn membership_plans_over_the_spares_too() {
+        let mut scenario = Scenario::preset("membership").expect("preset");
+        assert_eq!(scenario.servers(), 7);
+        let mut max_node = 0;
+        for seed in 0..30 {
+            scenario.seed = seed;
+            for f in scenario.fault_schedule() {
+                if let crate::Fault::Leave { node } | crate::Fault::KillForever { node } = f.fault {
+                    max_node = max_node.max(node);
+                }
+            }
+        }
+        assert!((5..7).contains(&max_node), "{max_node}");
+    }
+
+    #[test]
     fn invalid_scenarios_are_refused() {
         let mut scenario = Scenario::preset("mixed").expect("preset");
         scenario.nodes = 4;
+        assert!(scenario.validate().is_err());
+        let mut scenario = Scenario::preset("membership").expect("preset");
+        scenario.shards = 0;
+        assert!(scenario.validate().is_err());
+        let mut scenario = Scenario::preset("membership").expect("preset");
+        scenario.spare_nodes = MAX_SPARE_NODES + 1;
         assert!(scenario.validate().is_err());
         let mut scenario = Scenario::preset("mixed").expect("preset").concretize();
         assert!(scenario.faults.as_ref().is_some_and(|f| !f.is_empty()));

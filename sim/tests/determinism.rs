@@ -29,6 +29,33 @@ fn same_seed_same_history_and_trace() {
     );
 }
 
+/// Joins, leaves and kills for good change which servers exist and who hosts what; the run must
+/// still be a function of the seed (and the replication check's verdict with it).
+#[test]
+fn membership_faults_replay_exactly() {
+    let scenario = common::ci_scenario("membership", MEMBERSHIP_SEED, 5, 16);
+    let first = common::run_and_report(&scenario);
+    for event in ["join: start spare", "leave: ask", "for good"] {
+        assert!(
+            first.trace.contains(event),
+            "seed {MEMBERSHIP_SEED} no longer plans a {event:?} event: pick another\n{}",
+            first.trace
+        );
+    }
+    let second = common::run_and_report(&scenario);
+    assert_eq!(first.history.to_jsonl(), second.history.to_jsonl());
+    assert_eq!(first.trace, second.trace, "event traces differ");
+    assert_eq!(first.verdict, second.verdict);
+    println!(
+        "verdict: deterministic with membership faults ({} ops, {} trace lines)",
+        first.history.len(),
+        first.trace.lines().count()
+    );
+}
+
+/// A `membership` seed (5 nodes, 16 s, CI settings) whose plan joins, leaves and kills.
+const MEMBERSHIP_SEED: u64 = 26;
+
 #[test]
 fn different_seeds_differ() {
     let a = common::run_and_report(&common::ci_scenario("mixed", 1, 3, 8));

@@ -62,3 +62,26 @@ fn no_faults_3_nodes() {
         common::ci_scenario("none", s, 3, 10)
     });
 }
+
+/// Seeds of the membership scenarios: nodes join, leave and are killed for good amid
+/// partitions, crashes and message faults; after the final heal every shard's replicas must be
+/// back on target (the replication check) besides the usual checks.
+const MEMBERSHIP_SEEDS: u64 = 50;
+
+/// 5 nodes + 2 spares; 20 simulated seconds (dead-node timeout 3 s, so that a node killed for
+/// good has its replicas re-created within the run).
+#[test]
+fn membership_5_nodes() {
+    common::run_seeds(1..=MEMBERSHIP_SEEDS, |s| {
+        common::ci_scenario("membership", s, 5, 20)
+    });
+}
+
+/// 7 nodes + 2 spares: more room for leaves and kills (the nemesis keeps at least
+/// replication-factor active nodes).
+#[test]
+fn membership_7_nodes() {
+    common::run_seeds(1..=MEMBERSHIP_SEEDS / 2, |s| {
+        common::ci_scenario("membership", s, 7, 20)
+    });
+}
