@@ -409,14 +409,14 @@ impl Client {
                     attempts.heard(format!("{target}: {reason}"));
                     attempts.maybe_delivered = true;
                     self.meta_leader = None;
-                    self.pause(&mut attempts).await;
+                    self.backoff(&mut attempts).await;
                 }
                 Ok(ClientResponse::Refused(
                     reason @ (RefusedReason::Busy | RefusedReason::ShuttingDown),
                 )) => {
                     attempts.heard(format!("{target} refused: {reason:?}"));
                     self.meta_leader = None;
-                    self.pause(&mut attempts).await;
+                    self.backoff(&mut attempts).await;
                 }
                 Ok(other) => {
                     attempts.heard(format!("{target} answered {other:?} to an admin command"));
@@ -431,7 +431,7 @@ impl Client {
                     attempts.last_problem = e;
                     attempts.maybe_delivered = true;
                     self.meta_leader = None;
-                    self.pause(&mut attempts).await;
+                    self.backoff(&mut attempts).await;
                 }
             }
         }
@@ -725,7 +725,10 @@ impl Client {
         let mut refreshes_left = MAP_REFRESHES_PER_REQUEST_MAX;
         while attempts.running() {
             let Some(target) = self.pick_target(shard, &attempts.tried) else {
+                // Every candidate failed this round: the map may be stale (nodes left), so
+                // fetch it again before the next round.
                 self.pause(&mut attempts).await;
+                let _ = self.refresh_map(None, 0, attempts.deadline).await;
                 continue;
             };
             attempts.tried.insert(target);
@@ -811,13 +814,13 @@ impl Client {
                 Ok(ClientResponse::Refused(reason)) => {
                     attempts.heard(format!("{target} refused: {reason:?}"));
                     self.forget_leader(shard, target);
-                    self.pause(&mut attempts).await;
+                    self.backoff(&mut attempts).await;
                 }
                 Ok(ClientResponse::Unknown { reason }) => {
                     attempts.heard(format!("{target}: {reason}"));
                     attempts.maybe_delivered = true;
                     self.forget_leader(shard, target);
-                    self.pause(&mut attempts).await;
+                    self.backoff(&mut attempts).await;
                 }
                 Ok(other) => {
                     attempts.heard(format!("{target} answered {other:?} to an operation"));
@@ -832,7 +835,7 @@ impl Client {
                     attempts.maybe_delivered |= !is_read;
                     attempts.last_problem = e;
                     self.forget_leader(shard, target);
-                    self.pause(&mut attempts).await;
+                    self.backoff(&mut attempts).await;
                 }
             }
         }
@@ -1033,6 +1036,16 @@ impl Client {
     }
 
     /// Backs off (with jitter) and starts a new round in which every node may be tried again.
+    /// Backs off within a round: the nodes already tried stay tried, so a node that keeps
+    /// failing (e.g. one that left the cluster but is still in a stale map) is not retried
+    /// before the others.
+    async fn backoff(&mut self, attempts: &mut Attempts) {
+        let tried = std::mem::take(&mut attempts.tried);
+        self.pause(attempts).await;
+        attempts.tried = tried;
+    }
+
+    /// Ends a round: backs off and forgets which nodes were tried.
     async fn pause(&mut self, attempts: &mut Attempts) {
         let backoff = attempts.backoff;
         let jitter = self
