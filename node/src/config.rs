@@ -118,6 +118,10 @@ pub struct ClusterConfig {
     pub reconcile_interval_ms: u64,
     /// A learner within this many entries of the leader's commit index is promoted to voter.
     pub catch_up_lag_entries: u64,
+    /// A learner whose match index has not moved for this long (short of what its promotion
+    /// needs) is removed and added again with fresh progress. Must exceed the time to send a
+    /// shard's snapshot.
+    pub learner_stall_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -130,6 +134,7 @@ impl Default for ClusterConfig {
             dead_node_timeout_ms: 60_000,
             reconcile_interval_ms: 200,
             catch_up_lag_entries: 64,
+            learner_stall_timeout_ms: 5_000,
         }
     }
 }
@@ -341,6 +346,10 @@ impl ServerConfig {
         for (field, value) in [
             ("cluster.dead_node_timeout_ms", c.dead_node_timeout_ms),
             ("cluster.reconcile_interval_ms", c.reconcile_interval_ms),
+            (
+                "cluster.learner_stall_timeout_ms",
+                c.learner_stall_timeout_ms,
+            ),
         ] {
             if value == 0 {
                 return Err(bad(field, "must be >= 1"));

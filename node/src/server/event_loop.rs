@@ -33,7 +33,9 @@ use crate::meta::{
     MemberState, MetaCommand, MetaResult, MetaState, Step, META_GROUP,
 };
 use crate::placement::{shard_for_key, ShardId};
-use crate::raft::{LogIndex, Membership, MembershipChange, NodeId, Raft, Restored, Role};
+use crate::raft::{
+    LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId, Raft, Restored, Role,
+};
 use crate::storage::{
     destroy_group, sync_stores, write_node_marker, Disk, GroupDisk, NodeMarker, NodeStorage,
 };
@@ -79,6 +81,9 @@ pub(super) struct EventLoop {
     inputs: u64,
     /// Tick at which each node was last heard from (any message of any group).
     last_heard: BTreeMap<NodeId, u64>,
+    /// Learners whose promotion waits, with their match index and how many reconcile intervals
+    /// it has not moved.
+    stuck_learners: BTreeMap<(GroupId, NodeId), (LogIndex, u32)>,
     /// Member states as `watch_liveness` last saw them (to notice members becoming Active).
     member_states: BTreeMap<NodeId, MemberState>,
     /// Tick at which this node last became metadata leader (dead-node detection waits a full
@@ -119,6 +124,7 @@ impl EventLoop {
             inputs: 0,
             last_heard: BTreeMap::new(),
             member_states: BTreeMap::new(),
+            stuck_learners: BTreeMap::new(),
             meta_leader_since: None,
             internal_tx,
             internal_rx: Some(internal_rx),
@@ -478,6 +484,8 @@ impl EventLoop {
         let me = self.config.node_id;
         let lag = self.config.cluster.catch_up_lag_entries;
         let recent_ticks = u64::from(self.config.election_timeout_ticks_max);
+        let reconcile_ms = self.config.cluster.reconcile_interval_ms;
+        let stall_ms = self.config.cluster.learner_stall_timeout_ms;
         for (&id, group) in self.groups.iter_mut() {
             if !group.is_leader() || group.raft.membership_change_pending() {
                 continue;
@@ -504,8 +512,28 @@ impl EventLoop {
                 let has_add = matched >= group.raft.membership_index();
                 if !recent || !has_add {
                     debug!(group = id, node = n, recent, has_add, "promotion deferred");
+                    // A learner whose match index does not move for a long time is taken out
+                    // and added again with fresh progress: its match index may be an old
+                    // incarnation's (a delayed acknowledgement from before it was removed and
+                    // re-created), and Raft ignores rejections below it forever.
+                    let stuck = self.stuck_learners.entry((id, n)).or_insert((matched, 0));
+                    if stuck.0 != matched {
+                        *stuck = (matched, 0);
+                    }
+                    stuck.1 += 1;
+                    if u64::from(stuck.1) * reconcile_ms >= stall_ms {
+                        self.stuck_learners.remove(&(id, n));
+                        info!(
+                            group = id,
+                            node = n,
+                            matched,
+                            "learner made no progress: removing it to add it afresh"
+                        );
+                        let _ = group.raft.propose_membership(MembershipChange::Remove(n));
+                    }
                     continue;
                 }
+                self.stuck_learners.remove(&(id, n));
             }
             info!(group = id, ?step, "membership step towards the target");
             let result = match step {
@@ -535,7 +563,34 @@ impl EventLoop {
                 warn!(group, error = %e, "cannot delete an abandoned replica");
             }
         }
+        self.ask_if_removed(&meta);
         self.finish_leaving(&meta);
+    }
+
+    /// A replica the map no longer wants may have been removed while it was away, and a
+    /// removed follower hears nothing more (and may not campaign), so it asks: a term-0 message
+    /// (stale, ignored by every Raft core) to the group's target voters; their leader answers a
+    /// non-member with `Removed`.
+    fn ask_if_removed(&mut self, meta: &MetaState) {
+        let me = self.config.node_id;
+        let mut probes = Vec::new();
+        for (&group, g) in &self.groups {
+            if group == META_GROUP || self.targeted(group) || g.is_leader() {
+                continue;
+            }
+            for to in meta.target(group).voters.into_iter().filter(|&n| n != me) {
+                let message = Message {
+                    from: me,
+                    to,
+                    term: 0,
+                    body: MessageBody::VoteResponse { granted: false },
+                };
+                probes.push(PeerMessage::Raft { group, message });
+            }
+        }
+        if !probes.is_empty() {
+            self.transport.send(probes);
+        }
     }
 
     /// Metadata leader of a new cluster: writes the config's map into the log, so that nodes
