@@ -118,9 +118,9 @@ pub struct ClusterConfig {
     pub reconcile_interval_ms: u64,
     /// A learner within this many entries of the leader's commit index is promoted to voter.
     pub catch_up_lag_entries: u64,
-    /// A learner whose match index has not moved for this long (short of what its promotion
-    /// needs) is removed and added again with fresh progress. Must exceed the time to send a
-    /// shard's snapshot.
+    /// A member heard from whose match index has stayed below the leader's log end for this
+    /// long is probed afresh (its match index may be a re-created replica's stale one). Must
+    /// exceed the time to send a shard's snapshot.
     pub learner_stall_timeout_ms: u64,
 }
 

@@ -401,6 +401,26 @@ impl Raft {
     }
 
     /// Leader: each other member's match index (voters and learners); empty when not leader.
+    /// Leader: forgets what it knows of `node`'s log and probes it afresh from the end of the
+    /// log. For a member whose match index stopped moving because it came from an earlier
+    /// incarnation of its replica (deleted and re-created: a delayed acknowledgement of the old
+    /// one), whose rejections below that index would otherwise be ignored forever. Lowering a
+    /// match index only makes commitment more conservative. Returns whether it was reset.
+    pub fn reset_progress(&mut self, node: NodeId) -> bool {
+        if self.role != Role::Leader || node == self.config.id {
+            return false;
+        }
+        let next = self.log.last_index() + 1;
+        let Some(pr) = self.progress.get_mut(&node) else {
+            return false;
+        };
+        let recent_active = pr.recent_active;
+        *pr = Progress::new(next);
+        pr.recent_active = recent_active;
+        self.send_append(node, true);
+        true
+    }
+
     pub fn match_index(&self) -> BTreeMap<NodeId, LogIndex> {
         if self.role != Role::Leader {
             return BTreeMap::new();

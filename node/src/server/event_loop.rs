@@ -81,9 +81,9 @@ pub(super) struct EventLoop {
     inputs: u64,
     /// Tick at which each node was last heard from (any message of any group).
     last_heard: BTreeMap<NodeId, u64>,
-    /// Learners whose promotion waits, with their match index and how many reconcile intervals
-    /// it has not moved.
-    stuck_learners: BTreeMap<(GroupId, NodeId), (LogIndex, u32)>,
+    /// Members whose match index is below the log's end, with that index and how many reconcile
+    /// intervals it has not moved.
+    stuck_members: BTreeMap<(GroupId, NodeId), (LogIndex, u32)>,
     /// Member states as `watch_liveness` last saw them (to notice members becoming Active).
     member_states: BTreeMap<NodeId, MemberState>,
     /// Tick at which this node last became metadata leader (dead-node detection waits a full
@@ -124,7 +124,7 @@ impl EventLoop {
             inputs: 0,
             last_heard: BTreeMap::new(),
             member_states: BTreeMap::new(),
-            stuck_learners: BTreeMap::new(),
+            stuck_members: BTreeMap::new(),
             meta_leader_since: None,
             internal_tx,
             internal_rx: Some(internal_rx),
@@ -492,6 +492,34 @@ impl EventLoop {
             }
             let target = meta.target(id);
             let match_index = group.raft.match_index();
+            // A member whose match index stays put below the log's end while it is heard from
+            // is probed afresh: the index may be an old incarnation's (a delayed ack from
+            // before its replica was deleted and re-created), and Raft ignores rejections below
+            // it forever.
+            let last_index = group.raft.last_index();
+            for (&n, &matched) in &match_index {
+                let heard = self.last_heard.get(&n).copied().unwrap_or(0);
+                if matched >= last_index || self.ticks.saturating_sub(heard) > recent_ticks {
+                    self.stuck_members.remove(&(id, n));
+                    continue;
+                }
+                let stuck = self.stuck_members.entry((id, n)).or_insert((matched, 0));
+                if stuck.0 != matched {
+                    *stuck = (matched, 0);
+                }
+                stuck.1 += 1;
+                if u64::from(stuck.1) * reconcile_ms >= stall_ms {
+                    self.stuck_members.remove(&(id, n));
+                    info!(
+                        group = id,
+                        node = n,
+                        matched,
+                        last_index,
+                        "match index stuck: probing the replica afresh"
+                    );
+                    group.raft.reset_progress(n);
+                }
+            }
             let view = LeaderView {
                 me,
                 membership: group.raft.membership(),
@@ -512,28 +540,8 @@ impl EventLoop {
                 let has_add = matched >= group.raft.membership_index();
                 if !recent || !has_add {
                     debug!(group = id, node = n, recent, has_add, "promotion deferred");
-                    // A learner whose match index does not move for a long time is taken out
-                    // and added again with fresh progress: its match index may be an old
-                    // incarnation's (a delayed acknowledgement from before it was removed and
-                    // re-created), and Raft ignores rejections below it forever.
-                    let stuck = self.stuck_learners.entry((id, n)).or_insert((matched, 0));
-                    if stuck.0 != matched {
-                        *stuck = (matched, 0);
-                    }
-                    stuck.1 += 1;
-                    if u64::from(stuck.1) * reconcile_ms >= stall_ms {
-                        self.stuck_learners.remove(&(id, n));
-                        info!(
-                            group = id,
-                            node = n,
-                            matched,
-                            "learner made no progress: removing it to add it afresh"
-                        );
-                        let _ = group.raft.propose_membership(MembershipChange::Remove(n));
-                    }
                     continue;
                 }
-                self.stuck_learners.remove(&(id, n));
             }
             info!(group = id, ?step, "membership step towards the target");
             let result = match step {

@@ -1098,3 +1098,28 @@ fn membership_index_survives_snapshots_and_restarts() {
         assert_eq!(c.raft(id).unwrap().membership_index(), index, "node {id}");
     }
 }
+
+/// `reset_progress` drops the leader's knowledge of a follower's log (match index to 0) and
+/// probes it again; the follower is caught up anew and commitment never goes backwards.
+#[test]
+fn reset_progress_probes_a_follower_afresh() {
+    let mut c = cluster(3);
+    let leader = elect(&mut c);
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    for i in 0..5u8 {
+        c.raft_mut(leader).unwrap().propose(vec![i]).unwrap();
+    }
+    settle(&mut c);
+    let last = c.raft(leader).unwrap().last_index();
+    let commit = c.raft(leader).unwrap().commit_index();
+    assert_eq!(c.raft(leader).unwrap().match_index()[&follower], last);
+    assert!(c.raft_mut(leader).unwrap().reset_progress(follower));
+    assert_eq!(c.raft(leader).unwrap().match_index()[&follower], 0);
+    assert_eq!(c.raft(leader).unwrap().commit_index(), commit);
+    assert!(
+        !c.raft_mut(follower).unwrap().reset_progress(leader),
+        "followers have no progress"
+    );
+    settle(&mut c);
+    assert_eq!(c.raft(leader).unwrap().match_index()[&follower], last);
+}
