@@ -36,7 +36,7 @@ use tokio::time::{sleep, Instant};
 
 use self::connection::{AttemptError, Connections};
 pub use self::protocol::{ClientRequest, ClientResponse, NodeStatus, RefusedReason};
-use self::routing::{dedup, op_key, RouteMap};
+use self::routing::{dedup, RouteMap};
 pub use self::scan::{merge_scans, ScanPart};
 pub use self::status::{
     merge_cluster_status, ClusterStatus, GroupSummary, MemberStatus, NodeReport,
@@ -579,7 +579,7 @@ impl Client {
         op: Operation,
         deadline: Instant,
     ) -> Result<OpResult, ClientError> {
-        let Some(key) = op_key(&op) else {
+        let Some(key) = op.key() else {
             return Err(ClientError::InvalidArgument(format!("{op:?} has no key")));
         };
         for _ in 0..=REROUTES_PER_OPERATION_MAX {

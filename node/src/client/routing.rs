@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use crate::kv::Operation;
 use crate::meta::{ClusterView, MemberState};
 use crate::placement::{shard_for_key, ShardId};
 use crate::raft::NodeId;
@@ -99,21 +98,10 @@ pub(crate) fn dedup(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAd
     addrs.into_iter().filter(|a| seen.insert(*a)).collect()
 }
 
-/// The key a keyed operation works on (None for scans and session opening).
-pub(crate) fn op_key(op: &Operation) -> Option<&[u8]> {
-    match op {
-        Operation::Get { key }
-        | Operation::Put { key, .. }
-        | Operation::Delete { key }
-        | Operation::CompareAndSwap { key, .. }
-        | Operation::PutIfAbsent { key, .. } => Some(key),
-        Operation::Scan { .. } | Operation::OpenSession => None,
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::kv::Operation;
     use crate::meta::Member;
     use crate::placement::{PlacementConfig, ShardMap};
 
@@ -202,9 +190,9 @@ pub(crate) mod tests {
             assert_eq!(map.shard_of(key), shard_for_key(key, 8));
         }
         assert_eq!(
-            op_key(&Operation::Delete { key: b"k".to_vec() }),
+            Operation::Delete { key: b"k".to_vec() }.key(),
             Some(&b"k"[..])
         );
-        assert_eq!(op_key(&Operation::OpenSession), None);
+        assert_eq!(Operation::OpenSession.key(), None);
     }
 }

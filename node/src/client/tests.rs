@@ -105,7 +105,11 @@ impl Fake {
         if shard >= self.shards {
             return bad_shard;
         }
-        if op_key(&command.op).is_some_and(|k| shard_for_key(k, self.shards) != shard) {
+        if command
+            .op
+            .key()
+            .is_some_and(|k| shard_for_key(k, self.shards) != shard)
+        {
             return bad_shard;
         }
         if !self.hosts[shard as usize].contains(&node) {

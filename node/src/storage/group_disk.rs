@@ -239,19 +239,7 @@ pub fn write_node_marker(disk: &dyn Disk, marker: &NodeMarker) -> Result<(), Sto
         .map_err(|e| StorageError::io(tmp, "encode", io::Error::other(e.to_string())))?;
     let mut bytes = Vec::with_capacity(record::HEADER_BYTES + payload.len());
     record::encode(&payload, &mut bytes);
-    let mut file = disk
-        .open(tmp)
-        .map_err(|e| StorageError::io(tmp, "open", e))?;
-    file.set_len(0)
-        .map_err(|e| StorageError::io(tmp, "truncate", e))?;
-    file.write_at(0, &bytes)
-        .map_err(|e| StorageError::io(tmp, "write", e))?;
-    file.sync().map_err(|e| StorageError::io(tmp, "sync", e))?;
-    drop(file);
-    disk.rename(tmp, NODE_MARKER_FILE)
-        .map_err(|e| StorageError::io(tmp, "rename", e))?;
-    disk.sync_dir()
-        .map_err(|e| StorageError::io(NODE_MARKER_FILE, "sync_dir", e))
+    super::snapshot::replace_file(disk, tmp, NODE_MARKER_FILE, &bytes)
 }
 
 #[cfg(test)]

@@ -37,20 +37,30 @@ pub fn write(disk: &dyn Disk, snapshot: &Snapshot) -> Result<(), StorageError> {
     bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     bytes.extend_from_slice(&body);
 
-    let tmp = SNAPSHOT_TMP_FILE;
+    replace_file(disk, SNAPSHOT_TMP_FILE, SNAPSHOT_FILE, &bytes)
+}
+
+/// Replaces `name` with `bytes` atomically: written to `tmp`, synced, renamed over `name`,
+/// directory synced. After a crash `name` holds the old bytes or the new ones.
+pub(crate) fn replace_file(
+    disk: &dyn Disk,
+    tmp: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
     let mut file = disk
         .open(tmp)
         .map_err(|e| StorageError::io(tmp, "open", e))?;
     file.set_len(0)
         .map_err(|e| StorageError::io(tmp, "truncate", e))?;
-    file.write_at(0, &bytes)
+    file.write_at(0, bytes)
         .map_err(|e| StorageError::io(tmp, "write", e))?;
     file.sync().map_err(|e| StorageError::io(tmp, "sync", e))?;
     drop(file);
-    disk.rename(tmp, SNAPSHOT_FILE)
+    disk.rename(tmp, name)
         .map_err(|e| StorageError::io(tmp, "rename", e))?;
     disk.sync_dir()
-        .map_err(|e| StorageError::io(SNAPSHOT_FILE, "sync_dir", e))
+        .map_err(|e| StorageError::io(name, "sync_dir", e))
 }
 
 /// Reads the snapshot, if any. Damage is an error naming the file and offset.
