@@ -81,36 +81,7 @@ impl Disk for FileDisk {
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
     }
-
-    /// Syncs the files concurrently, at most `MAX_CONCURRENT_SYNCS` at a time, so that the
-    /// file system commits them together instead of one journal commit each. The threads are
-    /// scoped to this call (this is the production disk; simulation builds use their own).
-    fn sync_files(&self, files: &mut [&mut dyn DiskFile]) -> io::Result<()> {
-        if files.len() <= 1 {
-            return files.iter_mut().try_for_each(|f| f.sync());
-        }
-        for chunk in files.chunks_mut(MAX_CONCURRENT_SYNCS) {
-            let results: Vec<io::Result<()>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = chunk
-                    .iter_mut()
-                    .map(|file| scope.spawn(move || file.sync()))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")))
-                    })
-                    .collect()
-            });
-            results.into_iter().collect::<io::Result<()>>()?;
-        }
-        Ok(())
-    }
 }
-
-/// Files synced at once by `FileDisk::sync_files`.
-const MAX_CONCURRENT_SYNCS: usize = 16;
 
 struct RealFile {
     file: File,
