@@ -65,6 +65,24 @@ fn quorumkv_binary() -> PathBuf {
     exe
 }
 
+/// A new 3-node cluster of real processes in a fresh temporary directory (returned, to remove).
+fn fresh_cluster(label: &str, seed: u64) -> (std::path::PathBuf, ProcessCluster) {
+    let dir = std::env::temp_dir().join(format!(
+        "quorumkv-real-cluster-{label}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = ProcessCluster::spawn(SpawnSpec {
+        nodes: 3,
+        quorumkv_exe: quorumkv_binary(),
+        dir: dir.join("cluster"),
+        snapshot_interval_entries: 200,
+        seed,
+    })
+    .expect("spawn a 3-node cluster");
+    (dir, cluster)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaign_against_real_processes_is_linearizable_and_live() {
     let seed = std::env::var("QUORUMKV_JEPSEN_SEED")
@@ -73,36 +91,17 @@ async fn campaign_against_real_processes_is_linearizable_and_live() {
         .unwrap_or(DEFAULT_SEED);
     let _slot = CLUSTER_SLOT.lock().await;
     eprintln!("real-cluster campaign seed {seed} (QUORUMKV_JEPSEN_SEED={seed} to rerun)");
-    let exe = quorumkv_binary();
-    let dir = std::env::temp_dir().join(format!(
-        "quorumkv-real-cluster-{}-seed{seed}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cluster = ProcessCluster::spawn(SpawnSpec {
-        nodes: 3,
-        quorumkv_exe: exe,
-        dir: dir.join("cluster"),
-        snapshot_interval_entries: 200,
-        seed,
-    })
-    .expect("spawn a 3-node cluster");
+    let (dir, mut cluster) = fresh_cluster(&format!("seed{seed}"), seed);
     let options = CampaignOptions {
         seed,
         duration_s: 20,
         fault_ms: 2_000,
         heal_ms: 1_500,
         faults: ProcessFault::ALL.to_vec(),
-        max_faulty: None,
         register_clients: 3,
-        set_clients: 2,
-        think_time_ms: 5,
-        // Generous: two busy cores, processes restarting, elections.
-        liveness_bound_s: 20,
-        client_request_timeout_ms: 1_000,
-        client_operation_timeout_ms: 4_000,
-        membership: Vec::new(),
-        membership_bound_s: 60,
+        // The default liveness bound (20 s) is generous: two busy cores, processes
+        // restarting, elections.
+        ..CampaignOptions::default()
     };
     let report = tokio::time::timeout(
         Duration::from_secs(120),
@@ -149,20 +148,7 @@ async fn campaign_against_real_processes_is_linearizable_and_live() {
 async fn wiping_every_node_mid_run_is_caught() {
     let _slot = CLUSTER_SLOT.lock().await;
     let seed = 7;
-    let exe = quorumkv_binary();
-    let dir = std::env::temp_dir().join(format!(
-        "quorumkv-real-cluster-amnesia-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cluster = ProcessCluster::spawn(SpawnSpec {
-        nodes: 3,
-        quorumkv_exe: exe,
-        dir: dir.join("cluster"),
-        snapshot_interval_entries: 200,
-        seed,
-    })
-    .expect("spawn a 3-node cluster");
+    let (dir, mut cluster) = fresh_cluster("amnesia", seed);
     // One wipe at 2.5 s, back (empty) at 4 s, then 4 s of reads of the lost values.
     let options = CampaignOptions {
         seed,
@@ -170,15 +156,8 @@ async fn wiping_every_node_mid_run_is_caught() {
         fault_ms: 1_500,
         heal_ms: 2_500,
         faults: vec![ProcessFault::AmnesiaAll],
-        max_faulty: None,
         register_clients: 3,
-        set_clients: 2,
-        think_time_ms: 5,
-        liveness_bound_s: 20,
-        client_request_timeout_ms: 1_000,
-        client_operation_timeout_ms: 4_000,
-        membership: Vec::new(),
-        membership_bound_s: 60,
+        ..CampaignOptions::default()
     };
     let report = tokio::time::timeout(
         Duration::from_secs(90),
@@ -257,20 +236,7 @@ async fn membership_campaign(
 ) {
     let _slot = CLUSTER_SLOT.lock().await;
     let seed = 11;
-    let exe = quorumkv_binary();
-    let dir = std::env::temp_dir().join(format!(
-        "quorumkv-real-cluster-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cluster = ProcessCluster::spawn(SpawnSpec {
-        nodes: 3,
-        quorumkv_exe: exe,
-        dir: dir.join("cluster"),
-        snapshot_interval_entries: 200,
-        seed,
-    })
-    .expect("spawn a 3-node cluster");
+    let (dir, mut cluster) = fresh_cluster(name, seed);
     // No process faults: the membership steps are the disturbance. The main phase lasts until
     // every step ran (one per 1 s heal period), at least `duration_s`.
     let options = CampaignOptions {
@@ -279,15 +245,10 @@ async fn membership_campaign(
         fault_ms: 1_000,
         heal_ms: 1_000,
         faults: Vec::new(),
-        max_faulty: None,
         register_clients: 3,
-        set_clients: 2,
-        think_time_ms: 5,
-        liveness_bound_s: 20,
-        client_request_timeout_ms: 1_000,
-        client_operation_timeout_ms: 4_000,
         membership: steps.to_vec(),
         membership_bound_s: 30,
+        ..CampaignOptions::default()
     };
     let report = tokio::time::timeout(
         Duration::from_secs(150),

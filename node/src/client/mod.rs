@@ -1035,18 +1035,10 @@ impl Client {
         );
     }
 
-    /// Backs off (with jitter) and starts a new round in which every node may be tried again.
-    /// Backs off within a round: the nodes already tried stay tried, so a node that keeps
-    /// failing (e.g. one that left the cluster but is still in a stale map) is not retried
-    /// before the others.
+    /// Backs off (with jitter) within a round: the nodes already tried stay tried, so a node
+    /// that keeps failing (e.g. one that left the cluster but is still in a stale map) is not
+    /// retried before the others.
     async fn backoff(&mut self, attempts: &mut Attempts) {
-        let tried = std::mem::take(&mut attempts.tried);
-        self.pause(attempts).await;
-        attempts.tried = tried;
-    }
-
-    /// Ends a round: backs off and forgets which nodes were tried.
-    async fn pause(&mut self, attempts: &mut Attempts) {
         let backoff = attempts.backoff;
         let jitter = self
             .rng
@@ -1055,6 +1047,11 @@ impl Client {
         let remaining = attempts.deadline.saturating_duration_since(Instant::now());
         sleep(pause.min(remaining)).await;
         attempts.backoff = (backoff * 2).min(self.options.retry_backoff_max);
+    }
+
+    /// Ends a round: backs off and starts a new round in which every node may be tried again.
+    async fn pause(&mut self, attempts: &mut Attempts) {
+        self.backoff(attempts).await;
         attempts.tried.clear();
     }
 }

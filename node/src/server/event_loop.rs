@@ -223,11 +223,9 @@ impl EventLoop {
     fn on_internal(&mut self, notice: Internal) {
         match notice {
             Internal::Peers(members) => {
-                for m in members.iter().filter(|m| m.state != MemberState::Removed) {
-                    if m.id != self.config.node_id {
-                        self.transport.add_peer(m.id, m.peer_addr);
-                        self.addrs.by_node.entry(m.id).or_insert(m.client_addr);
-                    }
+                let me = self.config.node_id;
+                for m in members.iter().filter(|m| m.id != me) {
+                    self.learn_member(m);
                 }
             }
             Internal::JoinRejected(reason) => {
@@ -453,23 +451,26 @@ impl EventLoop {
     fn on_meta_changed(&mut self) {
         let me = self.config.node_id;
         let members: Vec<Member> = self.meta().members().values().cloned().collect();
-        for m in &members {
-            if m.id == me {
-                continue;
-            }
-            if m.state == MemberState::Removed {
-                self.transport.remove_peer(m.id);
-                self.addrs.by_node.remove(&m.id);
-            } else {
-                self.transport.add_peer(m.id, m.peer_addr);
-                self.addrs.by_node.insert(m.id, m.client_addr);
-            }
+        for m in members.iter().filter(|m| m.id != me) {
+            self.learn_member(m);
         }
         if let Some(mine) = members.iter().find(|m| m.id == me) {
             self.addrs.by_node.insert(me, mine.client_addr);
             if mine.state == MemberState::Removed {
                 self.stop_reason = Some("this node left the cluster".into());
             }
+        }
+    }
+
+    /// Connects to another member (or forgets a removed one) and records its client address
+    /// for redirects. A member's addresses never change (`Join` refuses new ones for an id).
+    fn learn_member(&mut self, m: &Member) {
+        if m.state == MemberState::Removed {
+            self.transport.remove_peer(m.id);
+            self.addrs.by_node.remove(&m.id);
+        } else {
+            self.transport.add_peer(m.id, m.peer_addr);
+            self.addrs.by_node.insert(m.id, m.client_addr);
         }
     }
 
