@@ -131,13 +131,15 @@ fn check_sets(history: &History) -> Option<RunVerdict> {
     Some(RunVerdict::SetAnomaly { anomalies })
 }
 
+/// Where `write_failure` puts a failing run's artifacts under `dir`.
+pub fn failure_artifacts_dir(dir: &Path, scenario: &crate::Scenario) -> PathBuf {
+    dir.join(format!("{}-seed{}", scenario.name, scenario.seed))
+}
+
 /// Writes a failing run's artifacts (scenario, history, explanation, trace) into
 /// `dir/<scenario>-seed<seed>/` and returns that directory.
 pub fn write_failure(report: &RunReport, dir: &Path) -> anyhow::Result<PathBuf> {
-    let out = dir.join(format!(
-        "{}-seed{}",
-        report.scenario.name, report.scenario.seed
-    ));
+    let out = failure_artifacts_dir(dir, &report.scenario);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let write = |name: &str, text: &str| -> anyhow::Result<()> {
         let path = out.join(name);

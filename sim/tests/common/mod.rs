@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use sim::cluster::{self, RunOptions};
-use sim::report::write_failure;
+use sim::report::{failure_artifacts_dir, write_failure};
 use sim::{RunReport, Scenario};
 
 pub fn failure_dir() -> PathBuf {
@@ -26,7 +26,7 @@ pub fn run_and_report(scenario: &Scenario) -> RunReport {
             Ok(dir) => println!("  artifacts: {}", dir.display()),
             Err(e) => println!("  could not write artifacts: {e:#}"),
         }
-        println!("  replay: {}", scenario.replay_command());
+        println!("  replay: {}", exact_replay(scenario));
     }
     println!(
         "  ok {} fail {} info {}; {:.0} sim s in {:.2} wall s; verdict: {}",
@@ -38,6 +38,17 @@ pub fn run_and_report(scenario: &Scenario) -> RunReport {
         report.verdict.summary()
     );
     report
+}
+
+/// The command that replays `scenario` exactly, from the scenario file its failure wrote (the
+/// seed flags alone would not: CI scenarios shorten the preset's fault periods, which have no
+/// flag).
+pub fn exact_replay(scenario: &Scenario) -> String {
+    let file = failure_artifacts_dir(&failure_dir(), scenario).join("scenario.toml");
+    format!(
+        "cargo run -p sim --release -- --scenario-file {}",
+        file.display()
+    )
 }
 
 /// A preset shortened for CI: `duration_s` simulated seconds, `clients` clients.
@@ -65,7 +76,7 @@ pub fn run_seeds(seeds: impl Iterator<Item = u64>, make: impl Fn(u64) -> Scenari
                 "seed {}: {} — {}",
                 seed,
                 report.verdict.summary(),
-                scenario.replay_command()
+                exact_replay(&scenario)
             ));
         }
     }
