@@ -10,7 +10,7 @@
 //! - a vote is granted at most once per term, only to a candidate whose log is at least as up
 //!   to date, and the vote is persisted (Ready.hard_state) before the response is sent.
 
-use super::membership::{apply_change, bootstrap_changes};
+use super::membership::{apply_change, bootstrap_change};
 use super::progress::ProgressState;
 use super::types::{EntryPayload, Membership, Message, MessageBody, NodeId, Role, Term};
 use super::{NotLeader, ProposeError, Raft};
@@ -458,9 +458,8 @@ impl Raft {
         self.election_elapsed = 0;
         self.sync_progress_with_membership();
         if self.log_lacks_bootstrap() {
-            for change in bootstrap_changes(&self.membership.clone()) {
-                self.append_local(EntryPayload::Membership(change));
-            }
+            let change = bootstrap_change(&self.membership);
+            self.append_local(EntryPayload::Membership(change));
         }
         self.append_local(EntryPayload::Noop);
     }

@@ -11,9 +11,11 @@ use super::types::{EntryPayload, LogIndex, Membership, MembershipChange, Role, T
 use super::{NotLeader, ProposeError, Raft};
 
 /// Applies one change to a membership. Changes that do not apply (promote a non-learner,
-/// add an existing voter as learner) are no-ops, which the bootstrap entries rely on.
+/// add an existing voter as learner) are no-ops, which the bootstrap entries of earlier
+/// versions relied on.
 pub(crate) fn apply_change(m: &mut Membership, change: &MembershipChange) {
     match change {
+        MembershipChange::Bootstrap(whole) => *m = whole.clone(),
         MembershipChange::AddLearner(n) => {
             if !m.voters.contains(n) {
                 m.learners.insert(*n);
@@ -31,18 +33,12 @@ pub(crate) fn apply_change(m: &mut Membership, change: &MembershipChange) {
     }
 }
 
-/// The entries that rebuild `m` from an empty membership (learners added, voters added and
-/// promoted), written by the first leader of a log that starts empty.
-pub(crate) fn bootstrap_changes(m: &Membership) -> Vec<MembershipChange> {
-    let mut out = Vec::new();
-    for v in &m.voters {
-        out.push(MembershipChange::AddLearner(*v));
-        out.push(MembershipChange::Promote(*v));
-    }
-    for l in &m.learners {
-        out.push(MembershipChange::AddLearner(*l));
-    }
-    out
+/// The entry that rebuilds `m` from an empty membership, written by the first leader of a log
+/// that starts empty. It is ONE entry: every prefix of a log is then either without a
+/// configuration (its holder cannot campaign) or with the real one, never a configuration the
+/// cluster never had.
+pub(crate) fn bootstrap_change(m: &Membership) -> MembershipChange {
+    MembershipChange::Bootstrap(m.clone())
 }
 
 impl Raft {
@@ -81,6 +77,7 @@ impl Raft {
                     return Err(ProposeError::LastVoter(n));
                 }
             }
+            MembershipChange::Bootstrap(_) => return Err(ProposeError::BootstrapNotProposable),
         }
         let index = self.append_local(EntryPayload::Membership(change));
         Ok((index, self.term))
@@ -153,17 +150,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bootstrap_changes_rebuild_membership_and_are_noops_for_members() {
+    fn bootstrap_change_rebuilds_membership_and_is_a_noop_for_members() {
         let mut m = Membership::default();
         m.voters.extend([1, 2, 3]);
         m.learners.insert(4);
-        let changes = bootstrap_changes(&m);
+        let change = bootstrap_change(&m);
         let mut rebuilt = Membership::default();
         let mut same = m.clone();
-        for c in &changes {
-            apply_change(&mut rebuilt, c);
-            apply_change(&mut same, c);
-        }
+        apply_change(&mut rebuilt, &change);
+        apply_change(&mut same, &change);
         assert_eq!(rebuilt, m);
         assert_eq!(same, m);
     }

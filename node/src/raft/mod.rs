@@ -84,6 +84,9 @@ pub enum ProposeError {
     AlreadyMember(NodeId),
     #[error("removing node {0} would leave no voter")]
     LastVoter(NodeId),
+    /// The bootstrap configuration is written by the core itself, never proposed.
+    #[error("the bootstrap membership is written by the first leader, not proposed")]
+    BootstrapNotProposable,
 }
 
 /// One Raft replica. See the module documentation for the driving protocol.

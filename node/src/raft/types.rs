@@ -38,6 +38,13 @@ pub enum MembershipChange {
     Promote(NodeId),
     /// Remove a voter or a learner.
     Remove(NodeId),
+    /// The whole bootstrap membership, written once by the first leader of a log that starts
+    /// empty: a node that has it knows the real configuration at once. It replaces the
+    /// `AddLearner`/`Promote` pairs of earlier versions, whose prefixes were configurations
+    /// the cluster never had (a replica holding only `AddLearner(1), Promote(1)` believed
+    /// node 1 to be the only voter and elected itself: sim `elections` seed 5178).
+    /// Appended last so that logs written by earlier versions still decode.
+    Bootstrap(Membership),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1123,3 +1123,62 @@ fn reset_progress_probes_a_follower_afresh() {
     settle(&mut c);
     assert_eq!(c.raft(leader).unwrap().match_index()[&follower], last);
 }
+
+/// Sim `elections` seed 5178: a replica whose node lost its unsynced state came back with no
+/// membership and received only the head of the first leader's log. Whatever prefix of a new
+/// cluster's log a replica holds, it must know either no configuration (and not campaign) or
+/// the real one (and need a real majority): never a configuration the cluster never had,
+/// such as itself as the only voter.
+#[test]
+fn replica_holding_a_prefix_of_the_bootstrap_log_never_elects_itself() {
+    // A leader other than n1: the old bootstrap entries began with n1's own pair, so n1 was
+    // the replica that could find itself the only voter.
+    let (l, log) = (0..50)
+        .find_map(|seed| {
+            let mut c = Cluster::new(&[1, 2, 3, 4, 5], &[], move |id, s| {
+                config(id, s.wrapping_add(seed * 1000))
+            });
+            let l = elect(&mut c);
+            (l != 1).then(|| (l, c.raft(l).unwrap().log_entries().to_vec()))
+        })
+        .expect("some seed elects a leader other than n1");
+    assert!(
+        log.iter().any(|e| matches!(
+            e.payload,
+            EntryPayload::Membership(MembershipChange::Bootstrap(_))
+        )),
+        "the first leader writes the bootstrap membership: {log:?}"
+    );
+    for me in (1..=5).filter(|n| *n != l) {
+        for k in 0..=log.len() {
+            let prefix = log[..k].to_vec();
+            // Recovered from disk with that prefix, or handed it by the leader.
+            let restored = core(me, &[], HardState::default(), prefix.clone());
+            let mut appended = core(me, &[], HardState::default(), Vec::new());
+            appended.step(msg(
+                l,
+                me,
+                prefix.last().map_or(1, |e| e.term),
+                MessageBody::Append {
+                    prev_index: 0,
+                    prev_term: 0,
+                    entries: prefix,
+                    commit: 0,
+                },
+            ));
+            drain(&mut appended);
+            for mut r in [restored, appended] {
+                for _ in 0..500 {
+                    r.tick();
+                    drain(&mut r);
+                }
+                assert_ne!(
+                    r.role(),
+                    Role::Leader,
+                    "n{me} holding {k} of the leader's {} entries elected itself alone",
+                    log.len()
+                );
+            }
+        }
+    }
+}
