@@ -297,6 +297,15 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Each hosted group with the membership its replica knows (tests).
+    #[cfg(test)]
+    pub(super) fn memberships(&self) -> BTreeMap<GroupId, Membership> {
+        self.groups
+            .iter()
+            .map(|(id, g)| (*id, g.raft.membership().clone()))
+            .collect()
+    }
+
     fn may_create(&self, group: GroupId) -> bool {
         if group == META_GROUP {
             return true;

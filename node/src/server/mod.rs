@@ -15,7 +15,7 @@ mod group;
 #[cfg(any(test, madsim))]
 pub mod probe;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub use self::probe::{ProtocolEvent, ProtocolObserver};
 use crate::config::{ConfigError, ServerConfig};
 use crate::kv::KvConfig;
 use crate::meta::{GroupId, MetaState};
-use crate::raft::{self, Membership};
+use crate::raft::{self, LogIndex, Membership};
 use crate::storage::{hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker};
 use crate::transport::peer::{accept_peers, InboundConfig};
 use crate::transport::PeerTransport;
@@ -61,6 +61,30 @@ pub enum ServerError {
     Raft(String),
     #[error("event loop task failed: {0}")]
     Task(String),
+}
+
+/// The groups a node opens at start: those on its disk, plus every group of its bootstrap
+/// share (empty for a node that joined) that left no trace on disk and was never deleted
+/// here. A replica that had written nothing yet when its node crashed has no files, while the
+/// node marker, written at first start, already says the node was created: without this the
+/// node forgot that it is a bootstrap voter of those groups, came back with no membership and
+/// waited for a leader that, with enough voters in the same state, never came (sim `votes`
+/// seeds 87, 1118, 5186: the metadata group stayed leaderless). Nothing of such a replica was
+/// durable, so nothing it said (no vote, no acknowledgement) can be contradicted by opening it
+/// afresh, exactly as at first start. A deleted replica is tombstoned in the marker before its
+/// files go, and stays deleted.
+pub(crate) fn groups_to_open(
+    on_disk: BTreeSet<GroupId>,
+    bootstrap_share: &BTreeSet<GroupId>,
+    marker: &NodeMarker,
+) -> BTreeSet<GroupId> {
+    let mut groups = on_disk;
+    groups.extend(
+        bootstrap_share
+            .iter()
+            .filter(|g| !marker.tombstones.contains_key(g)),
+    );
+    groups
 }
 
 /// A node ready to serve: storage recovered, ports bound.
@@ -107,19 +131,19 @@ impl Server {
         } else {
             MetaState::uninitialized()
         };
-        // Groups to open: those on disk, plus at a bootstrap member's first start the ones the
-        // config's map gives it. The marker is written after they exist, so a crash in between
-        // just repeats this (opening a group is idempotent).
-        let mut group_ids = hosted_groups(&*disk).map_err(|e| storage_error(&e))?;
+        let on_disk = hosted_groups(&*disk).map_err(|e| storage_error(&e))?;
         let first_start = marker.as_ref().is_none_or(|m| !m.initialized);
-        if first_start && bootstrap {
-            group_ids.extend(bootstrap_groups(&provisional, config.node_id));
-        }
         let mut marker = marker.unwrap_or(NodeMarker {
             node_id: config.node_id,
             initialized: false,
             tombstones: BTreeMap::new(),
         });
+        let bootstrap_share = if bootstrap {
+            bootstrap_groups(&provisional, config.node_id)
+        } else {
+            BTreeSet::new()
+        };
+        let group_ids = groups_to_open(on_disk, &bootstrap_share, &marker);
         let mut groups = BTreeMap::new();
         for group in group_ids {
             let initial = if bootstrap {
@@ -408,5 +432,86 @@ mod planted {
         fn sync(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::config::MemberConfig;
+    use crate::meta::META_GROUP;
+    use crate::storage::{CrashDisk, CrashMode};
+
+    fn marker(tombstones: &[(GroupId, LogIndex)]) -> NodeMarker {
+        NodeMarker {
+            node_id: 1,
+            initialized: true,
+            tombstones: tombstones.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn groups_to_open_restores_a_bootstrap_share_that_left_no_trace() {
+        let share = BTreeSet::from([0, 2, 3]);
+        // Nothing on disk (a crash before any replica wrote): the whole share again.
+        assert_eq!(groups_to_open(BTreeSet::new(), &share, &marker(&[])), share);
+        // Groups on disk stay, whether in the share or added later.
+        assert_eq!(
+            groups_to_open(BTreeSet::from([0, 7]), &share, &marker(&[])),
+            BTreeSet::from([0, 2, 3, 7])
+        );
+        // A replica deleted here (tombstoned) is not brought back.
+        assert_eq!(
+            groups_to_open(BTreeSet::new(), &share, &marker(&[(2, 40)])),
+            BTreeSet::from([0, 3])
+        );
+        // A node that joined has no share: only its disk counts.
+        assert_eq!(
+            groups_to_open(BTreeSet::from([4]), &BTreeSet::new(), &marker(&[])),
+            BTreeSet::from([4])
+        );
+    }
+
+    fn bootstrap_config() -> ServerConfig {
+        let addr = |ip: [u8; 4], port| SocketAddr::from((ip, port));
+        let members = (1..=3u8)
+            .map(|id| MemberConfig {
+                id: u64::from(id),
+                // Only node 1 is started: port 0 picks free ports (on two loopback addresses).
+                peer_addr: addr([127, 0, 0, id], if id == 1 { 0 } else { 7380 }),
+                client_addr: addr([127, 0, 1, id], if id == 1 { 0 } else { 7379 }),
+                zone: None,
+            })
+            .collect();
+        ServerConfig {
+            node_id: 1,
+            members,
+            seed: 1,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// Sim `votes` seed 87: a bootstrap node that crashes before any of its replicas wrote
+    /// anything must come back as a voter of its bootstrap groups, not as an empty replica.
+    #[tokio::test]
+    async fn bootstrap_node_crashed_before_its_first_write_reopens_its_groups() {
+        let disk = CrashDisk::new(87);
+        let first = Server::new(bootstrap_config(), Arc::new(disk.clone()))
+            .await
+            .expect("first start");
+        let before = first.event_loop.memberships();
+        drop(first);
+        assert!(before[&META_GROUP].voters.contains(&1), "{before:?}");
+        disk.crash(CrashMode::Drop);
+        let again = Server::new(bootstrap_config(), Arc::new(disk.clone()))
+            .await
+            .expect("restart");
+        let after = again.event_loop.memberships();
+        assert_eq!(
+            after, before,
+            "the same replicas with the bootstrap memberships"
+        );
     }
 }
