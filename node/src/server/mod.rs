@@ -35,7 +35,7 @@ pub use self::probe::{ProtocolEvent, ProtocolObserver};
 use crate::config::{ConfigError, ServerConfig};
 use crate::kv::KvConfig;
 use crate::meta::{GroupId, MetaState};
-use crate::raft::{self, LogIndex, Membership};
+use crate::raft::{self, Membership};
 use crate::storage::{hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker};
 use crate::transport::peer::{accept_peers, InboundConfig};
 use crate::transport::PeerTransport;
@@ -442,6 +442,7 @@ mod tests {
     use super::*;
     use crate::config::MemberConfig;
     use crate::meta::META_GROUP;
+    use crate::raft::LogIndex;
     use crate::storage::{CrashDisk, CrashMode};
 
     fn marker(tombstones: &[(GroupId, LogIndex)]) -> NodeMarker {
