@@ -537,7 +537,13 @@ impl Client {
     /// The status of the first endpoint that answers; learns the metadata leader from it.
     pub async fn status_any(&mut self) -> Result<NodeStatus, ClientError> {
         let mut errors = Vec::new();
-        for addr in self.endpoints.clone() {
+        let deadline = Instant::now() + self.options.operation_timeout;
+        let mut order = self.endpoints.clone();
+        if let Some(up) = self.connections.connect_first(&order, deadline).await {
+            order.retain(|a| *a != up);
+            order.insert(0, up);
+        }
+        for addr in order {
             match self.node_status(addr).await {
                 Ok(status) => {
                     if status.leader_addr.is_some() {
@@ -874,7 +880,13 @@ impl Client {
         min_epoch: u64,
         deadline: Instant,
     ) -> Result<(), ClientError> {
-        let order = dedup(first.into_iter().chain(self.known_addrs()));
+        let mut order = dedup(first.into_iter().chain(self.known_addrs()));
+        // Ask a node that answers a connect first: a member whose address drops packets then
+        // costs a stagger, not a connect timeout.
+        if let Some(up) = self.connections.connect_first(&order, deadline).await {
+            order.retain(|a| *a != up);
+            order.insert(0, up);
+        }
         let mut newest: Option<ClusterView> = None;
         let mut heard = false;
         let mut problems = Vec::new();

@@ -93,6 +93,8 @@ pub(super) struct EventLoop {
     internal_rx: Option<mpsc::Receiver<Internal>>,
     admin_in_flight: bool,
     stop_reason: Option<String>,
+    /// Metrics and readiness for the admin port (sampled on ticks; decides nothing).
+    telemetry: Option<super::telemetry::Telemetry>,
 }
 
 impl EventLoop {
@@ -130,6 +132,7 @@ impl EventLoop {
             internal_rx: Some(internal_rx),
             admin_in_flight: false,
             stop_reason: None,
+            telemetry: None,
         };
         event_loop.on_meta_changed();
         event_loop
@@ -208,10 +211,24 @@ impl EventLoop {
         }
     }
 
+    pub(super) fn set_telemetry(&mut self, telemetry: super::telemetry::Telemetry) {
+        self.telemetry = Some(telemetry);
+    }
+
     fn on_tick(&mut self) {
         self.ticks += 1;
         for group in self.groups.values_mut() {
             group.raft.tick();
+        }
+        if let Some(mut telemetry) = self.telemetry.take() {
+            let lag_entries_max = self.config.cluster.catch_up_lag_entries;
+            telemetry.sample(
+                self.config.node_id,
+                self.meta(),
+                &self.groups,
+                lag_entries_max,
+            );
+            self.telemetry = Some(telemetry);
         }
         let every =
             (self.config.cluster.reconcile_interval_ms / self.config.tick_interval_ms).max(1);
@@ -245,6 +262,11 @@ impl EventLoop {
         self.last_heard.insert(from, self.ticks);
         match message {
             PeerMessage::Raft { group, message } => {
+                if let (Some(t), MessageBody::InstallSnapshot { .. }) =
+                    (&self.telemetry, &message.body)
+                {
+                    t.metrics.snapshots_received.inc();
+                }
                 if !self.groups.contains_key(&group) {
                     if !self.may_create(group) {
                         debug!(group, from, "message for a group not hosted here: dropped");
@@ -951,6 +973,15 @@ impl EventLoop {
             },
             keys: self.groups.values().map(|g| g.machine.keys()).sum(),
             groups: self.groups.values().map(Group::status).collect(),
+            admin_addr: self.config.admin_addr.map(|admin| {
+                // A wildcard listen address is reached at the node's client IP.
+                match me {
+                    Some(m) if admin.ip().is_unspecified() => {
+                        (m.client_addr.ip(), admin.port()).into()
+                    }
+                    _ => admin,
+                }
+            }),
         }
     }
 }
