@@ -180,6 +180,9 @@ pub struct ServerConfig {
     pub heartbeat_interval_ticks: u32,
     /// A snapshot is taken after this many entries were applied since the last one.
     pub snapshot_interval_entries: u64,
+    /// On SIGTERM the node hands the leadership of every group it leads to another voter and
+    /// stops when none is left, or after this long at the latest.
+    pub shutdown_handoff_timeout_ms: u64,
     pub limits: Limits,
     pub transport: TransportConfig,
     /// Simulation/test only: faults injected into this node's outgoing peer messages.
@@ -230,6 +233,7 @@ impl Default for ServerConfig {
             election_timeout_ticks_max: 30,
             heartbeat_interval_ticks: 3,
             snapshot_interval_entries: 10_000,
+            shutdown_handoff_timeout_ms: 5_000,
             limits: Limits::default(),
             transport: TransportConfig::default(),
             #[cfg(any(test, madsim))]

@@ -217,7 +217,12 @@ pub struct ServerTuning {
 }
 
 /// `QUORUMKV_*` variables that belong to the CLI, not to a config field.
-const CLI_VARIABLES: [&str; 3] = ["QUORUMKV_ENDPOINTS", "QUORUMKV_LOG", "QUORUMKV_LOG_FORMAT"];
+const CLI_VARIABLES: [&str; 4] = [
+    "QUORUMKV_ENDPOINTS",
+    "QUORUMKV_LOG",
+    "QUORUMKV_LOG_FORMAT",
+    "QUORUMKV_HEALTH_ADDR",
+];
 /// How long a starting server waits for the members' host names to resolve (the containers
 /// of a cluster's other members may not exist yet).
 const RESOLVE_WAIT_S: u64 = 60;
