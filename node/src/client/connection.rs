@@ -63,6 +63,10 @@ impl Connections {
         }
     }
 
+    pub fn is_open(&self, addr: SocketAddr) -> bool {
+        self.open.contains_key(&addr)
+    }
+
     /// Makes sure one of `addrs` has an open connection, racing connects to them in order with
     /// staggered starts; returns the address that won (already open ones win at once).
     pub async fn connect_first(

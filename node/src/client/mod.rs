@@ -730,7 +730,10 @@ impl Client {
         let mut bad_shard_refreshed = false;
         let mut refreshes_left = MAP_REFRESHES_PER_REQUEST_MAX;
         while attempts.running() {
-            let Some(target) = self.pick_target(shard, &attempts.tried) else {
+            let Some(target) = self
+                .pick_reachable_target(shard, &attempts.tried, deadline)
+                .await
+            else {
                 // Every candidate failed this round: the map may be stale (nodes left), so
                 // fetch it again before the next round.
                 self.pause(&mut attempts).await;
@@ -990,6 +993,31 @@ impl Client {
         leader_addr: Option<SocketAddr>,
     ) -> Option<SocketAddr> {
         leader_addr.or_else(|| leader_id.and_then(|id| self.map.as_ref()?.member_addr(id)))
+    }
+
+    /// `pick_target`, but when there is no open connection to it, connects to it and the
+    /// other untried candidates in a race (`Connections::connect_first`) and takes the first
+    /// that answers: a candidate whose address drops packets then costs a stagger, not a
+    /// connect timeout (a non-leader that answers redirects).
+    async fn pick_reachable_target(
+        &mut self,
+        shard: ShardId,
+        tried: &BTreeSet<SocketAddr>,
+        deadline: Instant,
+    ) -> Option<SocketAddr> {
+        let first = self.pick_target(shard, tried)?;
+        if self.connections.is_open(first) {
+            return Some(first);
+        }
+        let route = self.routes.entry(shard).or_default();
+        let others = match &self.map {
+            Some(map) => map.candidates(shard, &route.hints, &self.endpoints),
+            None => dedup(route.hints.iter().chain(&self.endpoints).copied()),
+        };
+        let order =
+            dedup(std::iter::once(first).chain(others.into_iter().filter(|a| !tried.contains(a))));
+        let winner = self.connections.connect_first(&order, deadline).await;
+        Some(winner.unwrap_or(first))
     }
 
     /// The shard's leader if known and not yet tried, else the first untried candidate.
