@@ -8,10 +8,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 image=${QUORUMKV_IMAGE:-quorumkv:latest}
 uid=10001
 
+profile=${QKV_PROFILE:-release}   # or debug (stripped, like release)
 if [ -z "${SKIP_CARGO:-}" ]; then
-    (cd "$root" && cargo build --release -p node --bin quorumkv)
+    (cd "$root" && cargo build $([ "$profile" = release ] && echo --release) -p node --bin quorumkv)
 fi
-binary=$root/target/release/quorumkv
+binary=$root/target/$profile/quorumkv
 [ -x "$binary" ] || { echo "error: $binary not built" >&2; exit 2; }
 
 stage=$root/deploy/rootfs

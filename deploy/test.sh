@@ -17,11 +17,13 @@ project=${QKV_PROJECT:-qkvdeploytest}
 export QUORUMKV_IMAGE=${QUORUMKV_IMAGE:-quorumkv:test}
 export QKV_SUBNET_PREFIX=${QKV_SUBNET_PREFIX:-172.28.77}
 export QKV_PORT_BASE=${QKV_PORT_BASE:-2737} QKV_ADMIN_PORT_BASE=${QKV_ADMIN_PORT_BASE:-2937}
-duration_s=${DURATION_S:-40}
+duration_s=${DURATION_S:-35}
 rolling_s=${ROLLING_S:-36}
 compose=(docker-compose -p "$project" -f deploy/docker-compose.yml)
 out=$(mktemp -d /tmp/qkv-deploy-test.XXXXXX)
-bin=$root/target/release
+# release (default) or debug: CI uses the debug binaries `make test` already built.
+profile=${QKV_PROFILE:-release}
+bin=$root/target/$profile
 
 log() { printf '[deploy-test %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 cleanup() {
@@ -37,9 +39,10 @@ trap cleanup EXIT
 
 log "building the binaries and the image"
 if [ -z "${SKIP_CARGO:-}" ]; then
-    cargo build --release -q -p node --bin quorumkv -p workloads --bin quorumkv-jepsen -p checker --bin quorumkv-check
+    release_flag=$([ "$profile" = release ] && echo --release || true)
+    cargo build $release_flag -q -p node --bin quorumkv -p workloads --bin quorumkv-jepsen -p checker --bin quorumkv-check
 fi
-SKIP_CARGO=1 deploy/build-image.sh
+SKIP_CARGO=1 QKV_PROFILE=$profile deploy/build-image.sh
 size=$(docker image inspect -f '{{.Size}}' "$QUORUMKV_IMAGE")
 
 ip_of() { echo "$QKV_SUBNET_PREFIX.1$1"; }

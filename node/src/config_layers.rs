@@ -313,6 +313,22 @@ mod tests {
         assert_eq!(err.field, "QUORUMKV_MEMBERS");
     }
 
+    /// A file's member list may name hosts too: its table is merged first, looked up after.
+    #[tokio::test]
+    async fn a_file_with_host_names_loads() {
+        let mut table: Table = toml::from_str(
+            "node_id = 1\n[[members]]\nid = 1\npeer_addr = \"localhost:7380\"\nclient_addr = \"localhost:7379\"\n",
+        )
+        .unwrap();
+        let names = resolve_names(&mut table, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let config = ServerConfig::from_table(table).unwrap();
+        config.validate().unwrap();
+        assert_eq!(names.len(), 1);
+        assert!(config.members[0].client_addr.ip().is_loopback());
+    }
+
     #[tokio::test]
     async fn names_resolve_and_the_peer_name_is_kept() {
         let mut table = Table::new();

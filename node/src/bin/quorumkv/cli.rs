@@ -244,9 +244,8 @@ impl ServerTuning {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-                // Parsed as a ServerConfig first for its error messages (they name the field).
-                ServerConfig::from_toml(&text)
-                    .map_err(|e| format!("{} ({})", e, path.display()))?;
+                // Fields are checked once the layers are merged (`ServerConfig::from_table`):
+                // the file's member addresses may be host names, looked up only then.
                 text.parse::<toml::Table>()
                     .map_err(|e| format!("{} ({})", e.message(), path.display()))?
             }
@@ -258,7 +257,10 @@ impl ServerTuning {
         let names = resolve_names(&mut table, Duration::from_secs(RESOLVE_WAIT_S))
             .await
             .map_err(|e| e.to_string())?;
-        let mut config = ServerConfig::from_table(table).map_err(|e| e.to_string())?;
+        let mut config = ServerConfig::from_table(table).map_err(|e| match &self.config {
+            Some(path) => format!("{e} (after applying {} and QUORUMKV_*)", path.display()),
+            None => e.to_string(),
+        })?;
         config.peer_names = names;
         Ok(config)
     }
