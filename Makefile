@@ -1,5 +1,5 @@
 # The one test command: `make test` runs every test, normal build and simulation build.
-.PHONY: test test-normal test-sim
+.PHONY: test test-normal test-sim deploy-test
 test: test-normal test-sim
 
 test-normal:
@@ -19,3 +19,8 @@ DURATION_S ?= 60
 .PHONY: campaign
 campaign:
 	cargo run -p sim --release -- --seeds $(SEEDS) --scenario $(SCENARIO) --nodes $(NODES) --duration-s $(DURATION_S)
+
+# The container fault test: a Compose cluster, a checked workload, docker kill / iptables
+# partition / restart, then a rolling restart (needs a Docker engine; see deploy/test.sh).
+deploy-test:
+	bash deploy/test.sh

@@ -5,7 +5,7 @@
 //! binary can print them as one line. Simulation-only knobs (transport faults, planted bugs) are
 //! not part of the file format and exist only in test/simulation builds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -164,7 +164,14 @@ pub struct ServerConfig {
     /// Addresses to bind; default: this node's addresses in `members`.
     pub listen_peer_addr: Option<SocketAddr>,
     pub listen_client_addr: Option<SocketAddr>,
+    /// The HTTP admin port (`/metrics`, `/health/live`, `/health/ready`); none: not served.
+    pub admin_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// The `HOST:PORT` each member's `peer_addr` was resolved from, when the operator gave a
+    /// name: the transport looks it up again before each reconnect (a restarted container may
+    /// come back at a new address). Filled by `config_layers::resolve_names`.
+    #[serde(skip)]
+    pub peer_names: BTreeMap<NodeId, String>,
     /// Seeds the node's RNG (election timeouts, fault decisions) together with `node_id`.
     pub seed: u64,
     pub tick_interval_ms: u64,
@@ -173,6 +180,9 @@ pub struct ServerConfig {
     pub heartbeat_interval_ticks: u32,
     /// A snapshot is taken after this many entries were applied since the last one.
     pub snapshot_interval_entries: u64,
+    /// On SIGTERM the node hands the leadership of every group it leads to another voter and
+    /// stops when none is left, or after this long at the latest.
+    pub shutdown_handoff_timeout_ms: u64,
     pub limits: Limits,
     pub transport: TransportConfig,
     /// Simulation/test only: faults injected into this node's outgoing peer messages.
@@ -214,13 +224,16 @@ impl Default for ServerConfig {
             cluster: ClusterConfig::default(),
             listen_peer_addr: None,
             listen_client_addr: None,
+            admin_addr: None,
             data_dir: PathBuf::from("quorumkv-data"),
+            peer_names: BTreeMap::new(),
             seed: 0,
             tick_interval_ms: 20,
             election_timeout_ticks_min: 15,
             election_timeout_ticks_max: 30,
             heartbeat_interval_ticks: 3,
             snapshot_interval_entries: 10_000,
+            shutdown_handoff_timeout_ms: 5_000,
             limits: Limits::default(),
             transport: TransportConfig::default(),
             #[cfg(any(test, madsim))]
@@ -259,6 +272,13 @@ impl ServerConfig {
             let field = e.span().map(|s| text.get(s).unwrap_or("?").to_string());
             bad(field.as_deref().unwrap_or("file"), e.message().to_string())
         })
+    }
+
+    /// Parses a config table (a file's, with the environment and flags applied); unknown
+    /// fields are errors.
+    pub fn from_table(table: toml::Table) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| bad("config", e.message().to_string()))
     }
 
     pub fn me(&self) -> Option<&MemberConfig> {

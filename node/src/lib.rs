@@ -19,12 +19,15 @@
 //! bugs compile only under `cfg(any(test, madsim))`.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 #[cfg(any(test, madsim))]
 pub mod bugs;
 pub mod client;
 pub mod config;
+pub mod config_layers;
 pub mod kv;
 pub mod meta;
+pub mod metrics;
 pub mod placement;
 pub mod raft;
 pub mod server;

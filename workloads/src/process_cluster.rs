@@ -209,6 +209,26 @@ impl ProcessCluster {
         local_dir: &Path,
         quorumkv_exe: PathBuf,
     ) -> Result<ProcessCluster, ClusterError> {
+        ProcessCluster::attach_with(endpoints, local_dir, quorumkv_exe, true).await
+    }
+
+    /// Attaches to a cluster whose processes this program cannot control (containers, other
+    /// hosts): only a campaign without a nemesis may run on it, faults come from outside.
+    /// `out_dir` only receives this program's files.
+    pub async fn attach_external(
+        endpoints: Vec<SocketAddr>,
+        out_dir: &Path,
+        quorumkv_exe: PathBuf,
+    ) -> Result<ProcessCluster, ClusterError> {
+        ProcessCluster::attach_with(endpoints, out_dir, quorumkv_exe, false).await
+    }
+
+    async fn attach_with(
+        endpoints: Vec<SocketAddr>,
+        local_dir: &Path,
+        quorumkv_exe: PathBuf,
+        local: bool,
+    ) -> Result<ProcessCluster, ClusterError> {
         let mut probe = probe_client(endpoints)?;
         let first = probe
             .status_any()
@@ -220,7 +240,7 @@ impl ProcessCluster {
                 ClusterError::Attach(format!("node {} did not answer: {e}", member.id))
             })?;
             let config = local_dir.join(format!("node-{}.toml", member.id));
-            if !config.is_file() {
+            if local && !config.is_file() {
                 return Err(ClusterError::Attach(format!(
                     "{} is missing (is {} the `quorumkv local --dir`?)",
                     config.display(),
@@ -230,7 +250,7 @@ impl ProcessCluster {
             nodes.push(NodeProcess {
                 member,
                 child: None,
-                pid: Some(status.pid),
+                pid: local.then_some(status.pid),
                 state: NodeState::Running,
                 joined: false,
             });

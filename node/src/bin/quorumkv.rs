@@ -22,6 +22,9 @@ mod cli;
 #[path = "quorumkv/cluster.rs"]
 mod cluster;
 #[cfg(not(madsim))]
+#[path = "quorumkv/health.rs"]
+mod health;
+#[cfg(not(madsim))]
 #[path = "quorumkv/local.rs"]
 mod local;
 

@@ -20,6 +20,10 @@ use crate::transport::frame::{encode_frame, read_frame};
 
 /// Connections one client keeps open (one per node; the oldest-addressed goes first when full).
 pub(crate) const OPEN_CONNECTIONS_MAX: usize = 16;
+/// When racing connects, the next address gets its attempt this long after the previous one
+/// (or at once when the previous one fails), as happy eyeballs does (RFC 8305): a node that
+/// drops packets costs this much instead of a whole connect timeout.
+pub(crate) const CONNECT_RACE_STAGGER_MS: u64 = 50;
 
 struct Connection {
     reader: BufReader<ReadHalf<TcpStream>>,
@@ -57,6 +61,29 @@ impl Connections {
             request_timeout,
             max_frame_bytes,
         }
+    }
+
+    pub fn is_open(&self, addr: SocketAddr) -> bool {
+        self.open.contains_key(&addr)
+    }
+
+    /// Makes sure one of `addrs` has an open connection, racing connects to them in order with
+    /// staggered starts; returns the address that won (already open ones win at once).
+    pub async fn connect_first(
+        &mut self,
+        addrs: &[SocketAddr],
+        deadline: Instant,
+    ) -> Option<SocketAddr> {
+        if let Some(open) = addrs.iter().find(|a| self.open.contains_key(a)) {
+            return Some(*open);
+        }
+        let stagger = Duration::from_millis(CONNECT_RACE_STAGGER_MS);
+        let (addr, connection) = race(addrs, self.connect_timeout, stagger, deadline).await?;
+        while self.open.len() >= OPEN_CONNECTIONS_MAX {
+            self.open.pop_first();
+        }
+        self.open.insert(addr, connection);
+        Some(addr)
     }
 
     /// Sends `request` to `addr` and waits for its answer, until `deadline` at the latest.
@@ -106,6 +133,64 @@ impl Connections {
         debug!(error = %response, "client attempt failed");
         self.open.remove(&addr);
         Err(AttemptError::AfterSend(response))
+    }
+}
+
+type Attempt = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (SocketAddr, Result<Connection, AttemptError>)> + Send>,
+>;
+
+/// Connects to `addrs` in order, starting the next attempt `stagger` after the previous one or
+/// as soon as it fails; the first connection made wins and the other attempts are dropped.
+async fn race(
+    addrs: &[SocketAddr],
+    connect_timeout: Duration,
+    stagger: Duration,
+    deadline: Instant,
+) -> Option<(SocketAddr, Connection)> {
+    use std::task::Poll;
+    let mut pending: Vec<Attempt> = Vec::new();
+    let mut next = 0;
+    let mut next_start = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        if next < addrs.len() && now >= next_start {
+            let addr = addrs[next];
+            pending.push(Box::pin(async move {
+                (addr, connect(connect_timeout, addr, deadline).await)
+            }));
+            next += 1;
+            next_start = now + stagger;
+        }
+        if pending.is_empty() && next >= addrs.len() {
+            return None;
+        }
+        let wake_at = if next < addrs.len() {
+            next_start
+        } else {
+            deadline
+        };
+        let finished = tokio::select! {
+            done = std::future::poll_fn(|cx| {
+                for (i, attempt) in pending.iter_mut().enumerate() {
+                    if let Poll::Ready(result) = attempt.as_mut().poll(cx) {
+                        return Poll::Ready((i, result));
+                    }
+                }
+                Poll::Pending
+            }), if !pending.is_empty() => Some(done),
+            _ = tokio::time::sleep_until(wake_at) => None,
+        };
+        if let Some((i, (addr, result))) = finished {
+            drop(pending.swap_remove(i));
+            match result {
+                Ok(connection) => return Some((addr, connection)),
+                Err(_) => next_start = Instant::now(),
+            }
+        }
     }
 }
 

@@ -537,7 +537,13 @@ impl Client {
     /// The status of the first endpoint that answers; learns the metadata leader from it.
     pub async fn status_any(&mut self) -> Result<NodeStatus, ClientError> {
         let mut errors = Vec::new();
-        for addr in self.endpoints.clone() {
+        let deadline = Instant::now() + self.options.operation_timeout;
+        let mut order = self.endpoints.clone();
+        if let Some(up) = self.connections.connect_first(&order, deadline).await {
+            order.retain(|a| *a != up);
+            order.insert(0, up);
+        }
+        for addr in order {
             match self.node_status(addr).await {
                 Ok(status) => {
                     if status.leader_addr.is_some() {
@@ -724,7 +730,10 @@ impl Client {
         let mut bad_shard_refreshed = false;
         let mut refreshes_left = MAP_REFRESHES_PER_REQUEST_MAX;
         while attempts.running() {
-            let Some(target) = self.pick_target(shard, &attempts.tried) else {
+            let Some(target) = self
+                .pick_reachable_target(shard, &attempts.tried, deadline)
+                .await
+            else {
                 // Every candidate failed this round: the map may be stale (nodes left), so
                 // fetch it again before the next round.
                 self.pause(&mut attempts).await;
@@ -874,7 +883,13 @@ impl Client {
         min_epoch: u64,
         deadline: Instant,
     ) -> Result<(), ClientError> {
-        let order = dedup(first.into_iter().chain(self.known_addrs()));
+        let mut order = dedup(first.into_iter().chain(self.known_addrs()));
+        // Ask a node that answers a connect first: a member whose address drops packets then
+        // costs a stagger, not a connect timeout.
+        if let Some(up) = self.connections.connect_first(&order, deadline).await {
+            order.retain(|a| *a != up);
+            order.insert(0, up);
+        }
         let mut newest: Option<ClusterView> = None;
         let mut heard = false;
         let mut problems = Vec::new();
@@ -978,6 +993,31 @@ impl Client {
         leader_addr: Option<SocketAddr>,
     ) -> Option<SocketAddr> {
         leader_addr.or_else(|| leader_id.and_then(|id| self.map.as_ref()?.member_addr(id)))
+    }
+
+    /// `pick_target`, but when there is no open connection to it, connects to it and the
+    /// other untried candidates in a race (`Connections::connect_first`) and takes the first
+    /// that answers: a candidate whose address drops packets then costs a stagger, not a
+    /// connect timeout (a non-leader that answers redirects).
+    async fn pick_reachable_target(
+        &mut self,
+        shard: ShardId,
+        tried: &BTreeSet<SocketAddr>,
+        deadline: Instant,
+    ) -> Option<SocketAddr> {
+        let first = self.pick_target(shard, tried)?;
+        if self.connections.is_open(first) {
+            return Some(first);
+        }
+        let route = self.routes.entry(shard).or_default();
+        let others = match &self.map {
+            Some(map) => map.candidates(shard, &route.hints, &self.endpoints),
+            None => dedup(route.hints.iter().chain(&self.endpoints).copied()),
+        };
+        let order =
+            dedup(std::iter::once(first).chain(others.into_iter().filter(|a| !tried.contains(a))));
+        let winner = self.connections.connect_first(&order, deadline).await;
+        Some(winner.unwrap_or(first))
     }
 
     /// The shard's leader if known and not yet tried, else the first untried candidate.

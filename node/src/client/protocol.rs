@@ -111,4 +111,6 @@ pub struct NodeStatus {
     pub keys: u64,
     /// Every Raft group this node hosts (metadata group first).
     pub groups: Vec<GroupStatus>,
+    /// Where this node serves HTTP (`/metrics`, `/health/*`), if it does.
+    pub admin_addr: Option<SocketAddr>,
 }

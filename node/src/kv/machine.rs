@@ -62,10 +62,16 @@ impl KvConfig {
 pub struct StateMachine {
     config: KvConfig,
     data: BTreeMap<Vec<u8>, Versioned>,
+    /// Key plus value bytes over `data` (kept up to date by every change of `data`).
+    stored_bytes: u64,
     sessions: Sessions,
     applied_index: LogIndex,
     #[cfg(any(test, madsim))]
     bugs: crate::bugs::PlantedBugs,
+}
+
+fn entry_bytes(key: &[u8], value: &Versioned) -> u64 {
+    (key.len() + value.value.len()) as u64
 }
 
 /// Snapshot layout (bincode, standard config). `format` guards against reading a snapshot
@@ -94,6 +100,7 @@ impl StateMachine {
         Ok(StateMachine {
             config,
             data: BTreeMap::new(),
+            stored_bytes: 0,
             sessions: Sessions::default(),
             applied_index: 0,
             #[cfg(any(test, madsim))]
@@ -122,6 +129,11 @@ impl StateMachine {
 
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+
+    /// Key plus value bytes of every key held.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     pub fn session_count(&self) -> usize {
@@ -270,9 +282,13 @@ impl StateMachine {
             Operation::Get { key } => OpResult::Value(self.data.get(key).cloned()),
             Operation::Scan { range, limit } => self.scan(range, *limit),
             Operation::Put { key, value } => self.write(index, key, value),
-            Operation::Delete { key } => OpResult::Deleted {
-                previous: self.data.remove(key),
-            },
+            Operation::Delete { key } => {
+                let previous = self.data.remove(key);
+                if let Some(previous) = &previous {
+                    self.stored_bytes -= entry_bytes(key, previous);
+                }
+                OpResult::Deleted { previous }
+            }
             Operation::PutIfAbsent { key, value } => match self.data.get(key) {
                 None => self.write(index, key, value),
                 Some(current) => OpResult::ConditionFailed {
@@ -309,7 +325,10 @@ impl StateMachine {
             value: value.to_vec(),
             version: index,
         };
-        self.data.insert(key.to_vec(), versioned);
+        self.stored_bytes += entry_bytes(key, &versioned);
+        if let Some(previous) = self.data.insert(key.to_vec(), versioned) {
+            self.stored_bytes -= entry_bytes(key, &previous);
+        }
         OpResult::Written { version: index }
     }
 
@@ -416,6 +435,7 @@ impl StateMachine {
             )));
         }
         let mut machine = StateMachine::new(config)?;
+        machine.stored_bytes = image.data.iter().map(|(k, v)| entry_bytes(k, v)).sum();
         machine.data = image.data;
         machine.sessions = Sessions::from_map(image.sessions);
         machine.applied_index = image.applied_index;

@@ -13,13 +13,14 @@ use std::time::Duration;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep, timeout, Instant};
 use tracing::Instrument;
 use tracing::{debug, warn};
 
 use crate::client::protocol::{
     ClientFrame, ClientRequest, ClientResponse, RefusedReason, ServerFrame,
 };
+use crate::metrics::{op_name, Metrics};
 use crate::transport::frame::{encode_frame, read_frame, FrameError};
 use tokio::io::AsyncWriteExt;
 
@@ -32,6 +33,7 @@ pub struct ClientCall {
 
 #[derive(Clone, Debug)]
 pub struct ClientPortConfig {
+    pub metrics: Arc<Metrics>,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
@@ -96,6 +98,9 @@ async fn serve_client(
         let Some(ClientFrame { id, request }) = frame else {
             return Ok(());
         };
+        let op = op_name(&request);
+        let started = Instant::now();
+        config.metrics.pending_requests.inc();
         let (reply, answer) = oneshot::channel();
         let response = match calls.try_send(ClientCall { request, reply }) {
             Ok(()) => answer
@@ -109,6 +114,9 @@ async fn serve_client(
                 ClientResponse::Refused(RefusedReason::ShuttingDown)
             }
         };
+        config.metrics.pending_requests.dec();
+        let seconds = started.elapsed().as_secs_f64();
+        config.metrics.request_done(op, &response, seconds);
         let frame = match encode_frame(&ServerFrame { id, response }, config.max_frame_bytes) {
             Ok(bytes) => bytes,
             Err(FrameError::TooLarge { len_bytes, .. }) => {

@@ -93,6 +93,8 @@ pub(super) struct EventLoop {
     internal_rx: Option<mpsc::Receiver<Internal>>,
     admin_in_flight: bool,
     stop_reason: Option<String>,
+    /// Metrics and readiness for the admin port (sampled on ticks; decides nothing).
+    telemetry: Option<super::telemetry::Telemetry>,
 }
 
 impl EventLoop {
@@ -130,6 +132,7 @@ impl EventLoop {
             internal_rx: Some(internal_rx),
             admin_in_flight: false,
             stop_reason: None,
+            telemetry: None,
         };
         event_loop.on_meta_changed();
         event_loop
@@ -156,13 +159,25 @@ impl EventLoop {
             groups = self.groups.len(),
             "event loop started"
         );
+        // Set once shutdown was asked for: the tick by which leaderships must be handed over.
+        let mut handoff_until_tick: Option<u64> = None;
         while self.stop_reason.is_none() {
             #[cfg(any(test, madsim))]
             let inputs_before = self.inputs;
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
-                _ = ticker.tick() => self.on_tick(),
+                _ = &mut shutdown, if handoff_until_tick.is_none() => {
+                    let ticks = self.config.shutdown_handoff_timeout_ms / self.config.tick_interval_ms;
+                    handoff_until_tick = Some(self.ticks + ticks.max(1));
+                    info!(node_id = self.config.node_id, "shutdown asked: handing over leaderships");
+                    self.hand_off_leaderships();
+                }
+                _ = ticker.tick() => {
+                    self.on_tick();
+                    if handoff_until_tick.is_some() {
+                        self.hand_off_leaderships();
+                    }
+                }
                 Some(message) = peer_inbox.recv() => self.on_peer(message)?,
                 Some(call) = client_calls.recv() => self.on_client(call),
                 Some(notice) = internal.recv() => self.on_internal(notice),
@@ -181,6 +196,17 @@ impl EventLoop {
                 }
             }
             self.handle_readys()?;
+            if let Some(until) = handoff_until_tick {
+                let left = self.leaderships_to_hand_off();
+                if left.is_empty() || self.ticks >= until {
+                    info!(
+                        node_id = self.config.node_id,
+                        still_leading = ?left.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+                        "leadership handoff done: stopping"
+                    );
+                    break;
+                }
+            }
             #[cfg(any(test, madsim))]
             simulate_busy(
                 self.config.sim_busy_us_per_input,
@@ -208,6 +234,24 @@ impl EventLoop {
         }
     }
 
+    pub(super) fn set_telemetry(&mut self, telemetry: super::telemetry::Telemetry) {
+        self.telemetry = Some(telemetry);
+    }
+
+    /// Every reconcile interval: metrics and readiness for the admin port.
+    fn sample_telemetry(&mut self) {
+        if let Some(mut telemetry) = self.telemetry.take() {
+            let lag_entries_max = self.config.cluster.catch_up_lag_entries;
+            telemetry.sample(
+                self.config.node_id,
+                self.meta(),
+                &self.groups,
+                lag_entries_max,
+            );
+            self.telemetry = Some(telemetry);
+        }
+    }
+
     fn on_tick(&mut self) {
         self.ticks += 1;
         for group in self.groups.values_mut() {
@@ -217,6 +261,7 @@ impl EventLoop {
             (self.config.cluster.reconcile_interval_ms / self.config.tick_interval_ms).max(1);
         if self.ticks.is_multiple_of(every) {
             self.reconcile();
+            self.sample_telemetry();
         }
     }
 
@@ -245,6 +290,11 @@ impl EventLoop {
         self.last_heard.insert(from, self.ticks);
         match message {
             PeerMessage::Raft { group, message } => {
+                if let (Some(t), MessageBody::InstallSnapshot { .. }) =
+                    (&self.telemetry, &message.body)
+                {
+                    t.metrics.snapshots_received.inc();
+                }
                 if !self.groups.contains_key(&group) {
                     if !self.may_create(group) {
                         debug!(group, from, "message for a group not hosted here: dropped");
@@ -772,6 +822,39 @@ impl EventLoop {
     }
 
     /// Fails everything in flight; the storage is synced after every Ready, so nothing is left.
+    /// The groups this node leads that another voter could take over, each with the most
+    /// caught-up such voter (lowest id among equals).
+    fn leaderships_to_hand_off(&self) -> Vec<(GroupId, NodeId)> {
+        let me = self.config.node_id;
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.is_leader())
+            .filter_map(|(&id, g)| {
+                let matched = g.raft.match_index();
+                let successor = g
+                    .raft
+                    .membership()
+                    .voters
+                    .iter()
+                    .filter(|&&v| v != me)
+                    .max_by_key(|&&v| (matched.get(&v).copied(), std::cmp::Reverse(v)))?;
+                Some((id, *successor))
+            })
+            .collect()
+    }
+
+    /// Graceful shutdown: asks each led group to transfer leadership (again, if a transfer
+    /// timed out), so clients find new leaders before this node stops answering.
+    fn hand_off_leaderships(&mut self) {
+        for (group, successor) in self.leaderships_to_hand_off() {
+            if let Some(g) = self.groups.get_mut(&group) {
+                if let Err(e) = g.raft.transfer_leadership(successor) {
+                    debug!(group, successor, error = ?e, "leadership transfer not started");
+                }
+            }
+        }
+    }
+
     fn shut_down(&mut self, client_calls: &mut mpsc::Receiver<ClientCall>) {
         info!(
             node_id = self.config.node_id,
@@ -960,6 +1043,15 @@ impl EventLoop {
             },
             keys: self.groups.values().map(|g| g.machine.keys()).sum(),
             groups: self.groups.values().map(Group::status).collect(),
+            admin_addr: self.config.admin_addr.map(|admin| {
+                // A wildcard listen address is reached at the node's client IP.
+                match me {
+                    Some(m) if admin.ip().is_unspecified() => {
+                        (m.client_addr.ip(), admin.port()).into()
+                    }
+                    _ => admin,
+                }
+            }),
         }
     }
 }

@@ -71,6 +71,13 @@ impl GroupMachine {
             GroupMachine::Kv(m) => m.len() as u64,
         }
     }
+
+    pub(super) fn stored_bytes(&self) -> u64 {
+        match self {
+            GroupMachine::Meta(_) => 0,
+            GroupMachine::Kv(m) => m.stored_bytes(),
+        }
+    }
 }
 
 /// A state machine for `group`, empty or restored from a snapshot's data.

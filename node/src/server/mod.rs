@@ -9,11 +9,14 @@
 //!
 //! Tasks: the event loop (owns everything mutable), the two accept loops (one task per
 //! connection) and one outbound task per peer. Only bounded channels connect them.
+mod admin;
 mod client_port;
 mod event_loop;
 mod group;
+mod metered_disk;
 #[cfg(any(test, madsim))]
 pub mod probe;
+mod telemetry;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -25,16 +28,21 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, Instrument};
 
+use self::admin::{accept_admin, AdminState};
 pub use self::client_port::ClientCall;
 use self::client_port::{accept_clients, ClientPortConfig};
 use self::event_loop::{
     bootstrap_groups, bootstrap_members, open_group, target_membership, EventLoop,
 };
+use self::metered_disk::MeteredDisk;
 #[cfg(any(test, madsim))]
 pub use self::probe::{ProtocolEvent, ProtocolObserver};
+pub use self::telemetry::Health;
+use self::telemetry::Telemetry;
 use crate::config::{ConfigError, ServerConfig};
 use crate::kv::KvConfig;
 use crate::meta::{GroupId, MetaState};
+use crate::metrics::Metrics;
 use crate::raft::{self, Membership};
 use crate::storage::{hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker};
 use crate::transport::peer::{accept_peers, InboundConfig};
@@ -93,16 +101,25 @@ pub struct Server {
     event_loop: EventLoop,
     peer_listener: TcpListener,
     client_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     peer_addr: SocketAddr,
     client_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
+    health: tokio::sync::watch::Receiver<Health>,
 }
 
 impl Server {
     /// Opens `disk`, recovers every hosted group (or bootstraps them at first start) and binds
     /// both ports.
-    pub async fn new(config: ServerConfig, disk: Arc<dyn Disk>) -> Result<Server, ServerError> {
+    pub async fn new(mut config: ServerConfig, disk: Arc<dyn Disk>) -> Result<Server, ServerError> {
         config.validate()?;
         let kv_config = kv_config(&config)?;
+        let metrics = Metrics::new(config.node_id);
+        let disk: Arc<dyn Disk> = Arc::new(MeteredDisk {
+            inner: disk,
+            metrics: metrics.clone(),
+        });
         #[cfg(any(test, madsim))]
         let disk: Arc<dyn Disk> = if config.planted_bugs.ack_before_fsync {
             Arc::new(planted::NoSyncDisk(disk))
@@ -184,13 +201,35 @@ impl Server {
                 })?;
         let peer_addr = peer_listener.local_addr().unwrap_or(peer_listen);
         let client_addr = client_listener.local_addr().unwrap_or(client_listen);
+        let admin_listener = match config.admin_addr {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: "admin",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        // The bound address (a port 0 in tests becomes the real one) is what status reports.
+        let admin_addr = admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .or(config.admin_addr);
+        config.admin_addr = admin_addr;
 
         let peers: BTreeMap<_, _> = config.members.iter().map(|m| (m.id, m.peer_addr)).collect();
         // Members that joined later are added from the map by the event loop.
         #[allow(unused_mut)]
-        let mut transport = PeerTransport::start(
+        let mut transport = PeerTransport::start_named(
             config.node_id,
             &peers,
+            &config.peer_names,
+            Some(metrics.clone()),
             &config.transport,
             config.limits.max_peer_frame_bytes,
         );
@@ -206,7 +245,7 @@ impl Server {
             joining = !bootstrap,
             "node recovered"
         );
-        let event_loop = EventLoop::new(
+        let mut event_loop = EventLoop::new(
             config.clone(),
             kv_config,
             disk,
@@ -215,13 +254,19 @@ impl Server {
             transport,
             provisional,
         );
+        let (health_tx, health) = tokio::sync::watch::channel(Health::default());
+        event_loop.set_telemetry(Telemetry::new(metrics.clone(), health_tx));
         Ok(Server {
             config,
             event_loop,
             peer_listener,
             client_listener,
+            admin_listener,
             peer_addr,
             client_addr,
+            admin_addr,
+            metrics,
+            health,
         })
     }
 
@@ -242,6 +287,15 @@ impl Server {
         self.client_addr
     }
 
+    /// The bound admin (HTTP) address, if `admin_addr` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, fails in-flight requests and
     /// returns (every Ready was synced before it was acted on, so nothing is left to sync).
     pub async fn run(
@@ -253,6 +307,9 @@ impl Server {
             event_loop,
             peer_listener,
             client_listener,
+            admin_listener,
+            metrics,
+            health,
             ..
         } = self;
         let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX_MESSAGES);
@@ -264,14 +321,21 @@ impl Server {
             max_connections: config.limits.max_peer_connections,
         };
         let client_port = ClientPortConfig {
+            metrics: metrics.clone(),
             max_frame_bytes: config.limits.max_client_frame_bytes,
             max_connections: config.limits.max_client_connections,
             idle_timeout: Duration::from_millis(config.transport.client_idle_timeout_ms),
         };
-        let accept_tasks: Vec<JoinHandle<()>> = vec![
+        let mut accept_tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(accept_peers(peer_listener, inbound, peer_tx).in_current_span()),
             tokio::spawn(accept_clients(client_listener, client_port, client_tx).in_current_span()),
         ];
+        if let Some(listener) = admin_listener {
+            let state = AdminState { metrics, health };
+            accept_tasks.push(tokio::spawn(
+                accept_admin(listener, state).in_current_span(),
+            ));
+        }
         let result = event_loop.run(peer_rx, client_rx, shutdown).await;
         for task in accept_tasks {
             task.abort();
@@ -291,6 +355,7 @@ impl Server {
     ) -> Result<ServerHandle, ServerError> {
         let server = Server::new(config, disk).await?;
         let (peer_addr, client_addr) = (server.peer_addr, server.client_addr);
+        let admin_addr = server.admin_addr;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
             server
@@ -302,6 +367,7 @@ impl Server {
         Ok(ServerHandle {
             peer_addr,
             client_addr,
+            admin_addr,
             stop: Some(stop),
             task,
         })
@@ -312,6 +378,7 @@ impl Server {
 pub struct ServerHandle {
     pub peer_addr: SocketAddr,
     pub client_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use super::frame::{encode_frame, read_frame, FrameError};
 use crate::config::TransportConfig;
 use crate::meta::GroupId;
+use crate::metrics::{Metrics, PeerLabels};
 use crate::raft::{LogIndex, Message, NodeId};
 
 /// What travels between two nodes' event loops.
@@ -117,6 +118,9 @@ pub struct PeerTransport {
     config: TransportConfig,
     max_frame_bytes: usize,
     links: BTreeMap<NodeId, PeerLink>,
+    /// Host names to look up again before each connect, by peer (see `ServerConfig::peer_names`).
+    names: BTreeMap<NodeId, String>,
+    metrics: Option<Arc<Metrics>>,
     /// Messages refused because a peer's queue was full or the peer is unknown.
     pub dropped_messages: u64,
     #[cfg(any(test, madsim))]
@@ -131,11 +135,27 @@ impl PeerTransport {
         config: &TransportConfig,
         max_frame_bytes: usize,
     ) -> PeerTransport {
+        PeerTransport::start_named(me, peers, &BTreeMap::new(), None, config, max_frame_bytes)
+    }
+
+    /// As `start`; a peer in `names` is looked up by that name before each connect (its
+    /// address in `peers` is the fallback while the name does not resolve); traffic is counted
+    /// in `metrics` if given.
+    pub fn start_named(
+        me: NodeId,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        names: &BTreeMap<NodeId, String>,
+        metrics: Option<Arc<Metrics>>,
+        config: &TransportConfig,
+        max_frame_bytes: usize,
+    ) -> PeerTransport {
         let mut transport = PeerTransport {
             me,
             config: config.clone(),
             max_frame_bytes,
             links: BTreeMap::new(),
+            names: names.clone(),
+            metrics,
             dropped_messages: 0,
             #[cfg(any(test, madsim))]
             faults: None,
@@ -157,6 +177,8 @@ impl PeerTransport {
             me: self.me,
             peer: id,
             addr,
+            name: self.names.get(&id).cloned(),
+            metrics: self.metrics.clone(),
             config: self.config.clone(),
             max_frame_bytes: self.max_frame_bytes,
         };
@@ -211,8 +233,12 @@ impl PeerTransport {
             "sending a message not from this node"
         );
         let to = message.to();
+        let is_snapshot = matches!(
+            &message,
+            PeerMessage::Raft { message, .. } if matches!(message.body, crate::raft::MessageBody::InstallSnapshot { .. })
+        );
         let Some(link) = self.links.get(&to) else {
-            self.dropped_messages += 1;
+            self.count_dropped();
             debug!(
                 to,
                 group = message.group(),
@@ -221,7 +247,18 @@ impl PeerTransport {
             return;
         };
         if link.queue.try_send(message).is_err() {
-            self.dropped_messages += 1;
+            self.count_dropped();
+        } else if is_snapshot {
+            if let Some(m) = &self.metrics {
+                m.snapshots_sent.inc();
+            }
+        }
+    }
+
+    fn count_dropped(&mut self) {
+        self.dropped_messages += 1;
+        if let Some(m) = &self.metrics {
+            m.peer_messages_dropped.inc();
         }
     }
 }
@@ -292,26 +329,67 @@ struct OutboundLink {
     me: NodeId,
     peer: NodeId,
     addr: SocketAddr,
+    /// Looked up before each connect when set (falls back to the last address it gave).
+    name: Option<String>,
+    metrics: Option<Arc<Metrics>>,
     config: TransportConfig,
     max_frame_bytes: usize,
 }
 
 impl OutboundLink {
+    fn set_connected(&self, up: i64) {
+        if let Some(m) = &self.metrics {
+            m.peer_connected
+                .get_or_create(&PeerLabels { peer: self.peer })
+                .set(up);
+        }
+    }
+
+    fn count_sent(&self, len_bytes: usize) {
+        if let Some(m) = &self.metrics {
+            m.peer_sent
+                .get_or_create(&PeerLabels { peer: self.peer })
+                .inc_by(len_bytes as u64);
+        }
+    }
+
+    /// Where to connect now: the name's current address, else the last one known.
+    async fn current_addr(&self, last: SocketAddr) -> SocketAddr {
+        let Some(name) = &self.name else { return last };
+        match crate::addr::resolve(name).await {
+            Ok(addr) => {
+                if addr != last {
+                    info!(peer = self.peer, %name, from = %last, to = %addr, "peer name resolves to a new address");
+                }
+                addr
+            }
+            Err(e) => {
+                debug!(peer = self.peer, %name, error = %e, "peer name does not resolve; using its last address");
+                last
+            }
+        }
+    }
+
     async fn run(self, mut queue: mpsc::Receiver<PeerMessage>) {
+        let mut addr = self.addr;
         let backoff_min = Duration::from_millis(self.config.reconnect_backoff_ms_min);
         let backoff_max = Duration::from_millis(self.config.reconnect_backoff_ms_max);
         let mut backoff = backoff_min;
         loop {
             let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
-            match timeout(connect_timeout, TcpStream::connect(self.addr)).await {
+            addr = self.current_addr(addr).await;
+            match timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    info!(peer = self.peer, addr = %self.addr, "connected to peer");
+                    info!(peer = self.peer, %addr, "connected to peer");
                     let started = Instant::now();
-                    match self.drive(stream, &mut queue).await {
+                    self.set_connected(1);
+                    let result = self.drive(stream, &mut queue).await;
+                    self.set_connected(0);
+                    match result {
                         Ok(()) => return, // the event loop is gone
                         Err(e) => {
-                            warn!(peer = self.peer, addr = %self.addr, error = %e, "peer connection lost")
+                            warn!(peer = self.peer, %addr, error = %e, "peer connection lost")
                         }
                     }
                     if started.elapsed() > backoff_max {
@@ -319,9 +397,9 @@ impl OutboundLink {
                     }
                 }
                 Ok(Err(e)) => {
-                    debug!(peer = self.peer, addr = %self.addr, error = %e, "connect failed")
+                    debug!(peer = self.peer, %addr, error = %e, "connect failed")
                 }
-                Err(_) => debug!(peer = self.peer, addr = %self.addr, "connect timed out"),
+                Err(_) => debug!(peer = self.peer, %addr, "connect timed out"),
             }
             // Whatever queued up while we were not connected is stale.
             loop {
@@ -409,7 +487,11 @@ impl OutboundLink {
     ) -> Result<(), PeerError> {
         let frame = PeerFrame::Messages(batch);
         match encode_frame(&frame, self.max_frame_bytes) {
-            Ok(bytes) => write_bytes(writer, &bytes, write_timeout).await,
+            Ok(bytes) => {
+                write_bytes(writer, &bytes, write_timeout).await?;
+                self.count_sent(bytes.len());
+                Ok(())
+            }
             Err(FrameError::TooLarge { .. }) => {
                 let PeerFrame::Messages(batch) = frame else {
                     unreachable!()
@@ -437,7 +519,9 @@ impl OutboundLink {
         write_timeout: Duration,
     ) -> Result<(), PeerError> {
         let bytes = encode_frame(frame, self.max_frame_bytes)?;
-        write_bytes(writer, &bytes, write_timeout).await
+        write_bytes(writer, &bytes, write_timeout).await?;
+        self.count_sent(bytes.len());
+        Ok(())
     }
 }
 

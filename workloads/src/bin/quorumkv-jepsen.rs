@@ -97,9 +97,13 @@ mod cli {
         /// Longest time one join or leave may take until the cluster has settled.
         #[arg(long, default_value_t = 60)]
         membership_bound_s: u64,
-        /// With --attach-dir: client addresses of the cluster (comma-separated).
+        /// With --attach-dir or --external: client addresses of the cluster (comma-separated).
         #[arg(long, value_delimiter = ',')]
         endpoints: Vec<SocketAddr>,
+        /// Attach to a cluster this program cannot control (e.g. containers): no nemesis
+        /// (`--faults` is ignored), the faults come from outside (`deploy/test.sh`).
+        #[arg(long, requires = "endpoints", conflicts_with = "attach_dir")]
+        external: bool,
     }
 
     const EXIT_FAILED: u8 = 1;
@@ -169,7 +173,16 @@ mod cli {
             ))
         });
         let data_dir = out.join("cluster");
+        if args.external {
+            if let Err(e) = std::fs::create_dir_all(&out) {
+                eprintln!("error: creating {}: {e}", out.display());
+                return EXIT_SETUP;
+            }
+        }
         let cluster = match &args.attach_dir {
+            None if args.external => {
+                ProcessCluster::attach_external(args.endpoints.clone(), &out, exe).await
+            }
             Some(dir) => ProcessCluster::attach(args.endpoints.clone(), dir, exe).await,
             None => ProcessCluster::spawn(SpawnSpec {
                 nodes: args.nodes,
@@ -191,7 +204,11 @@ mod cli {
             duration_s: args.duration_s,
             fault_ms: args.fault_ms,
             heal_ms: args.heal_ms,
-            faults: args.faults.clone(),
+            faults: if args.external {
+                Vec::new()
+            } else {
+                args.faults.clone()
+            },
             max_faulty: args.max_faulty,
             register_clients: args.register_clients,
             set_clients: args.set_clients,
@@ -232,7 +249,7 @@ mod cli {
         }
         if report.verdict.passed() {
             drop(cluster);
-            if args.attach_dir.is_none() && !args.keep_data {
+            if args.attach_dir.is_none() && !args.external && !args.keep_data {
                 if let Err(e) = std::fs::remove_dir_all(&data_dir) {
                     eprintln!("warning: removing {}: {e}", data_dir.display());
                 }

@@ -49,7 +49,10 @@ struct Tally {
 }
 
 pub async fn run(args: BenchArgs) -> u8 {
-    let endpoints = args.conn.endpoints();
+    let endpoints = match args.conn.resolved_endpoints().await {
+        Ok(endpoints) => endpoints,
+        Err(e) => return crate::cli::report(e),
+    };
     let read_fraction = args.read_fraction.clamp(0.0, 1.0);
     let mut probe = match Client::new(endpoints.clone(), args.conn.options()) {
         Ok(c) => c,

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use node::addr::{resolve_all, HostPort};
 use node::client::{CasOutcome, Client, ClientError, ClientOptions, NodeStatus};
 use node::config::{MemberConfig, ServerConfig, DEFAULT_CLIENT_PORT, LOCAL_CLIENT_PORT_BASE};
+use node::config_layers::{apply_env, parse_member_spec, resolve_names, set};
 use node::kv::{Expected, KeyRange, Versioned};
 use node::server::Server;
 use serde_json::json;
@@ -100,6 +102,9 @@ enum Command {
     },
     /// Closed-loop benchmark: ops/s and latency percentiles.
     Bench(crate::bench::BenchArgs),
+    /// Node-local health check over the admin port (for container healthchecks): exit 0 when
+    /// the node answers 200, 1 when it answers otherwise, 3 when it cannot be reached.
+    Health(crate::health::HealthArgs),
     /// Members and shards: status, adding a node, removing one.
     Cluster {
         #[command(subcommand)]
@@ -109,9 +114,10 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct ConnArgs {
-    /// Comma-separated client addresses of any nodes (default: `server`'s and `local`'s).
+    /// Comma-separated client addresses (HOST:PORT, names allowed) of any nodes (default:
+    /// `server`'s and `local`'s).
     #[arg(long, env = "QUORUMKV_ENDPOINTS", value_delimiter = ',')]
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<HostPort>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -121,15 +127,28 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    pub fn endpoints(&self) -> Vec<SocketAddr> {
-        if !self.endpoints.is_empty() {
-            return self.endpoints.clone();
+    /// The endpoints with their names looked up (a name that does not resolve is an error).
+    pub async fn resolved_endpoints(&self) -> Result<Vec<SocketAddr>, ClientError> {
+        if self.endpoints.is_empty() {
+            return Ok(self.default_endpoints());
         }
+        let wait = Duration::from_millis(self.timeout_ms);
+        resolve_all(&self.endpoints, wait)
+            .await
+            .map_err(|e| ClientError::InvalidArgument(format!("--endpoints: {e}")))
+    }
+
+    pub fn default_endpoints(&self) -> Vec<SocketAddr> {
         let mut defaults = vec![SocketAddr::from(([127, 0, 0, 1], DEFAULT_CLIENT_PORT))];
         defaults.extend(
             (1..=3).map(|i| SocketAddr::from(([127, 0, 0, 1], LOCAL_CLIENT_PORT_BASE + i))),
         );
         defaults
+    }
+
+    /// A client on the resolved endpoints.
+    pub async fn client(&self) -> Result<Client, ClientError> {
+        Client::new(self.resolved_endpoints().await?, self.options())
     }
 
     pub fn options(&self) -> ClientOptions {
@@ -180,40 +199,111 @@ pub struct ServerTuning {
     /// A member silent this long is marked dead and its replicas are re-created elsewhere.
     #[arg(long)]
     pub dead_node_timeout_ms: Option<u64>,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// Address to bind the peer port (e.g. 0.0.0.0:7380 in a container); default: this node's
+    /// peer address in the member list (the address others use, which may differ behind NAT).
+    #[arg(long)]
+    pub listen_peer_addr: Option<SocketAddr>,
+    /// Address to bind the client port; default: this node's client address in the member list.
+    #[arg(long)]
+    pub listen_client_addr: Option<SocketAddr>,
+    /// HTTP admin port (/metrics, /health/live, /health/ready), e.g. 0.0.0.0:9379; default: none.
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+    #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info" or "node=debug".
     #[arg(long, env = "QUORUMKV_LOG", default_value = "info")]
     pub log_level: String,
 }
 
+/// `QUORUMKV_*` variables that belong to the CLI, not to a config field.
+const CLI_VARIABLES: [&str; 4] = [
+    "QUORUMKV_ENDPOINTS",
+    "QUORUMKV_LOG",
+    "QUORUMKV_LOG_FORMAT",
+    "QUORUMKV_HEALTH_ADDR",
+];
+/// How long a starting server waits for the members' host names to resolve (the containers
+/// of a cluster's other members may not exist yet).
+const RESOLVE_WAIT_S: u64 = 60;
+
+fn integer(n: impl TryInto<i64>, flag: &str) -> Result<toml::Value, String> {
+    n.try_into()
+        .map(toml::Value::Integer)
+        .map_err(|_| format!("--{flag} is too large"))
+}
+
 impl ServerTuning {
-    /// The config file's settings (or the defaults) with these flags applied.
-    pub fn base_config(&self) -> Result<ServerConfig, String> {
-        let mut config = match &self.config {
+    /// The configuration, layered: flag > environment (`QUORUMKV_*`) > config file > default.
+    /// `more_flags` adds the caller's own flags to the table; host names are looked up last.
+    pub async fn layered_config(
+        &self,
+        more_flags: impl FnOnce(&mut toml::Table) -> Result<(), String>,
+    ) -> Result<ServerConfig, String> {
+        let mut table = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-                ServerConfig::from_toml(&text).map_err(|e| format!("{} ({})", e, path.display()))?
+                // Fields are checked once the layers are merged (`ServerConfig::from_table`):
+                // the file's member addresses may be host names, looked up only then.
+                text.parse::<toml::Table>()
+                    .map_err(|e| format!("{} ({})", e.message(), path.display()))?
             }
-            None => ServerConfig::default(),
+            None => toml::Table::new(),
         };
+        apply_env(&mut table, std::env::vars(), &CLI_VARIABLES).map_err(|e| e.to_string())?;
+        self.apply_flags(&mut table)?;
+        more_flags(&mut table)?;
+        let names = resolve_names(&mut table, Duration::from_secs(RESOLVE_WAIT_S))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut config = ServerConfig::from_table(table).map_err(|e| match &self.config {
+            Some(path) => format!("{e} (after applying {} and QUORUMKV_*)", path.display()),
+            None => e.to_string(),
+        })?;
+        config.peer_names = names;
+        Ok(config)
+    }
+
+    fn apply_flags(&self, table: &mut toml::Table) -> Result<(), String> {
+        let text = |s: String| toml::Value::String(s);
         if let Some(seed) = self.seed {
-            config.seed = seed;
+            set(table, "seed", integer(seed, "seed")?);
         }
         if let Some(shards) = self.shards {
-            config.cluster.shards = shards;
+            set(table, "cluster.shards", integer(shards, "shards")?);
         }
         if let Some(rf) = self.replication_factor {
-            config.cluster.replication_factor = rf;
+            set(
+                table,
+                "cluster.replication_factor",
+                integer(rf, "replication-factor")?,
+            );
         }
         if let Some(ms) = self.dead_node_timeout_ms {
-            config.cluster.dead_node_timeout_ms = ms;
+            set(
+                table,
+                "cluster.dead_node_timeout_ms",
+                integer(ms, "dead-node-timeout-ms")?,
+            );
         }
         if let Some(n) = self.snapshot_interval_entries {
-            config.snapshot_interval_entries = n;
+            set(
+                table,
+                "snapshot_interval_entries",
+                integer(n, "snapshot-interval-entries")?,
+            );
         }
-        Ok(config)
+        if let Some(addr) = self.listen_peer_addr {
+            set(table, "listen_peer_addr", text(addr.to_string()));
+        }
+        if let Some(addr) = self.listen_client_addr {
+            set(table, "listen_client_addr", text(addr.to_string()));
+        }
+        if let Some(addr) = self.admin_addr {
+            set(table, "admin_addr", text(addr.to_string()));
+        }
+        Ok(())
     }
 }
 
@@ -291,6 +381,7 @@ async fn run(cli: Cli) -> u8 {
             client_command(&conn, |c| Box::pin(mget(c, keys, conn.json))).await
         }
         Command::Status { conn } => status(&conn).await,
+        Command::Health(args) => crate::health::run(args).await,
         Command::Cluster { command } => crate::cluster::run(command).await,
     }
 }
@@ -302,7 +393,7 @@ async fn client_command<F>(conn: &ConnArgs, command: F) -> u8
 where
     F: for<'a> FnOnce(&'a mut Client) -> CommandFuture<'a>,
 {
-    let mut client = match Client::new(conn.endpoints(), conn.options()) {
+    let mut client = match conn.client().await {
         Ok(client) => client,
         Err(e) => return report(e),
     };
@@ -484,7 +575,7 @@ async fn scan(
 
 /// Asks the first reachable endpoint for the member list, then every member for its status.
 async fn status(conn: &ConnArgs) -> u8 {
-    let mut client = match Client::new(conn.endpoints(), conn.options()) {
+    let mut client = match conn.client().await {
         Ok(client) => client,
         Err(e) => return report(e),
     };
@@ -513,6 +604,7 @@ async fn status(conn: &ConnArgs) -> u8 {
                     "pid": s.pid, "role": format!("{:?}", s.role).to_lowercase(), "term": s.term, "leader_id": s.leader_id,
                     "commit_index": s.commit_index, "applied_index": s.applied_index, "last_index": s.last_index,
                     "snapshot_index": s.snapshot_index, "voters": s.voters, "keys": s.keys, "reachable": true,
+                    "metrics_url": s.admin_addr.map(|a| format!("http://{a}/metrics")),
                 }),
                 Err(e) => json!({"node_id": m.id, "address": m.client_addr.to_string(), "reachable": false, "error": e.to_string()}),
             })
@@ -553,46 +645,33 @@ async fn status(conn: &ConnArgs) -> u8 {
     }
 }
 
-fn parse_member(spec: &str) -> Result<MemberConfig, String> {
-    let (id, addrs) = spec
-        .split_once('=')
-        .ok_or("expected ID=PEER_ADDR,CLIENT_ADDR")?;
-    let (peer, client) = addrs
-        .split_once(',')
-        .ok_or("expected ID=PEER_ADDR,CLIENT_ADDR")?;
-    Ok(MemberConfig {
-        id: id
-            .trim()
-            .parse()
-            .map_err(|e| format!("node id {id:?}: {e}"))?,
-        peer_addr: peer
-            .trim()
-            .parse()
-            .map_err(|e| format!("peer address {peer:?}: {e}"))?,
-        client_addr: client
-            .trim()
-            .parse()
-            .map_err(|e| format!("client address {client:?}: {e}"))?,
-        zone: None,
-    })
-}
-
-fn server_config(args: &ServerArgs) -> Result<ServerConfig, String> {
-    let mut config = args.tuning.base_config()?;
-    if let Some(id) = args.id {
-        config.node_id = id;
-    }
-    if !args.members.is_empty() {
-        config.members = args
-            .members
-            .iter()
-            .map(|m| parse_member(m))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("bad config: `member`: {e}"))?;
-    }
-    if let Some(dir) = &args.data_dir {
-        config.data_dir = dir.clone();
-    }
+/// The server's configuration: its own flags on top of the layered config.
+async fn server_config(args: &ServerArgs) -> Result<ServerConfig, String> {
+    let config = args
+        .tuning
+        .layered_config(|table| {
+            if let Some(id) = args.id {
+                set(table, "node_id", integer(id, "id")?);
+            }
+            if !args.members.is_empty() {
+                let members = args
+                    .members
+                    .iter()
+                    .map(|m| parse_member_spec(m).map(toml::Value::Table))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("bad config: `member`: {e}"))?;
+                set(table, "members", toml::Value::Array(members));
+            }
+            if let Some(dir) = &args.data_dir {
+                set(
+                    table,
+                    "data_dir",
+                    toml::Value::String(dir.display().to_string()),
+                );
+            }
+            Ok(())
+        })
+        .await?;
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }
@@ -613,7 +692,7 @@ pub fn init_logging(format: LogFormat, filter: &str) {
 
 async fn run_server(args: ServerArgs) -> u8 {
     init_logging(args.tuning.log_format, &args.tuning.log_level);
-    let config = match server_config(&args) {
+    let config = match server_config(&args).await {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
@@ -679,11 +758,10 @@ mod tests {
 
     #[test]
     fn member_specs_parse() {
-        let m = parse_member("2=127.0.0.1:7502,127.0.0.1:7402").unwrap();
-        assert_eq!(
-            (m.id, m.peer_addr.port(), m.client_addr.port()),
-            (2, 7502, 7402)
-        );
-        assert!(parse_member("2=127.0.0.1:7502").is_err());
+        let m = parse_member_spec("2=127.0.0.1:7502,qkv2:7402").unwrap();
+        assert_eq!(m["id"].as_integer(), Some(2));
+        assert_eq!(m["client_addr"].as_str(), Some("qkv2:7402"));
+        assert!(parse_member_spec("2=127.0.0.1:7502").is_err());
+        assert!(parse_member_spec("2=127.0.0.1:7502,no port").is_err());
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use node::addr::{resolve_all, HostPort};
 use node::client::{Client, ClientError, ClusterStatus, GroupSummary};
 use node::config::{MemberConfig, LOCAL_CLIENT_PORT_BASE, LOCAL_PEER_PORT_BASE};
 use node::meta::{ClusterView, MemberState, MetaCommand, MetaResult};
@@ -23,6 +24,8 @@ use crate::cli::{
     EXIT_TIMEOUT, EXIT_USAGE,
 };
 
+/// How long `join` waits for a `--via` name to resolve.
+const RESOLVE_WAIT_S: u64 = 30;
 /// How often `leave` polls the cluster's status.
 const LEAVE_POLL_INTERVAL_MS: u64 = 1000;
 
@@ -42,10 +45,10 @@ pub enum ClusterCommand {
 
 #[derive(Args, Debug)]
 pub struct JoinArgs {
-    /// Client address of a running node to ask for admission (repeat or comma-separate;
-    /// default: the `local` cluster's nodes 1-3).
+    /// Client address (HOST:PORT, names allowed) of a running node to ask for admission
+    /// (repeat or comma-separate; default: the `local` cluster's nodes 1-3).
     #[arg(long, value_delimiter = ',')]
-    via: Vec<SocketAddr>,
+    via: Vec<HostPort>,
     /// Default: one above the highest member id (ids are never reused). An existing member's
     /// id restarts that member with its addresses.
     #[arg(long)]
@@ -92,14 +95,14 @@ pub async fn run(command: ClusterCommand) -> u8 {
 
 fn conn_via(via: &[SocketAddr]) -> ConnArgs {
     ConnArgs {
-        endpoints: via.to_vec(),
+        endpoints: via.iter().copied().map(HostPort::from).collect(),
         json: false,
         timeout_ms: 5000,
     }
 }
 
 async fn status(conn: &ConnArgs) -> u8 {
-    let mut client = match Client::new(conn.endpoints(), conn.options()) {
+    let mut client = match conn.client().await {
         Ok(client) => client,
         Err(e) => return report(e),
     };
@@ -312,7 +315,13 @@ async fn join(args: JoinArgs) -> u8 {
     let via = if args.via.is_empty() {
         default_via()
     } else {
-        args.via.clone()
+        match resolve_all(&args.via, Duration::from_secs(RESOLVE_WAIT_S)).await {
+            Ok(via) => via,
+            Err(e) => {
+                eprintln!("error: --via: {e}");
+                return EXIT_USAGE;
+            }
+        }
     };
     let conn = conn_via(&via);
     let view = match Client::new(via.clone(), conn.options()) {
@@ -346,7 +355,7 @@ async fn join(args: JoinArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let mut config = match args.tuning.base_config() {
+    let mut config = match args.tuning.layered_config(|_| Ok(())).await {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
@@ -419,7 +428,7 @@ fn is_gone(status: &ClusterStatus, node: NodeId) -> bool {
 async fn leave(args: LeaveArgs) -> u8 {
     let node = args.node_id;
     let conn = conn_via(&args.via);
-    let mut client = match Client::new(conn.endpoints(), conn.options()) {
+    let mut client = match conn.client().await {
         Ok(client) => client,
         Err(e) => return report(e),
     };
