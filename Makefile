@@ -19,3 +19,10 @@ DURATION_S ?= 60
 .PHONY: campaign
 campaign:
 	cargo run -p sim --release -- --seeds $(SEEDS) --scenario $(SCENARIO) --nodes $(NODES) --duration-s $(DURATION_S)
+
+# quorumkv against etcd and Redis, same machine, same YCSB driver, one run: installs what is
+# missing (Debian etcd-server, redis-server, protobuf-compiler), writes target/bench/results.md
+# and SVG charts. BENCH_SHORT=1: about two minutes. Knobs: workloads/bench/bench-peers.sh.
+.PHONY: bench-peers
+bench-peers:
+	bash workloads/bench/bench-peers.sh
