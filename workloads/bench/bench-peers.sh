@@ -52,19 +52,21 @@ LOGS=$OUT/logs
 log() { printf '[bench-peers %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 # --- what this script started, stopped on every exit ------------------------------------------
+# Each server runs under `timeout`, which puts itself and everything below it (quorumkv
+# local's nodes too) into its own process group: signals go to the whole group.
 PIDS=()
 stop_started() {
   local pid alive=()
   for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null && alive+=("$pid")
+    kill -TERM -- "-$pid" 2>/dev/null && alive+=("$pid")
   done
-  for _ in $(seq 50); do
+  for _ in $(seq 100); do
     local left=0
-    for pid in "${alive[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    for pid in "${alive[@]}"; do kill -0 -- "-$pid" 2>/dev/null && left=1; done
     [ "$left" = 0 ] && break
     sleep 0.1
   done
-  for pid in "${alive[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${alive[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   # quorumkv local's nodes, should local itself have been killed before it could stop them.
   if [ -f "$LOGS/quorumkv-local.out" ]; then
     for pid in $(sed -n 's/.* pid \([0-9][0-9]*\) .*/\1/p' "$LOGS/quorumkv-local.out"); do
@@ -96,6 +98,7 @@ start() {
   local name=$1; shift
   timeout -k 5 "$SERVER_MAX_S" "$@" >"$LOGS/$name.out" 2>&1 &
   PIDS+=($!)
+  disown $!
 }
 
 ycsb() { "$YCSB" "$@"; }
@@ -148,7 +151,7 @@ bench_etcd() {
       --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 100 + i))" \
       --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 100 + i))" \
       --initial-cluster "$cluster" --initial-cluster-state new \
-      --initial-cluster-token quorumkv-bench --log-level error
+      --initial-cluster-token quorumkv-bench --logger zap --log-level error
   done
   wait_and_load --store etcd --endpoints "$endpoints"
   run_workloads "--store|etcd|--endpoints|$endpoints|--etcd-reads|linearizable" \

@@ -181,8 +181,7 @@ mod cli {
                 action.apply(connector).await
             }
             StoreKind::Redis => {
-                let connector =
-                    RedisConnector::new(&store.endpoints[0], store.mode.clone()).await?;
+                let connector = RedisConnector::new(&store.endpoints[0], store.mode.clone());
                 action.apply(connector).await
             }
             StoreKind::Etcd => etcd(store, action).await,

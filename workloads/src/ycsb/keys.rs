@@ -268,10 +268,13 @@ mod tests {
         // The hottest item is where the hash sends zipfian item 0, not item 0.
         assert_eq!(hottest, Some((fnv_hash64(0) % n) as usize));
         assert_ne!(hottest, Some(0));
-        // Still skewed: the 10 most popular items take a large share.
+        // Still skewed, if less than the plain zipfian (YCSB draws from 10^10 items and
+        // hashes them into the key space): the hottest item gets about 1/zeta(10^10) = 3.8 %
+        // of the accesses where a uniform choice gives it 0.1 %, the top 1 % of items >10 %.
         c.sort_unstable_by(|a, b| b.cmp(a));
+        assert!(c[0] as f64 > 0.03 * DRAWS as f64, "hottest {}", c[0]);
         let top: u64 = c[..10].iter().sum();
-        assert!(top as f64 > 0.3 * DRAWS as f64, "top {top}");
+        assert!(top as f64 > 0.1 * DRAWS as f64, "top {top}");
         // And the hot items are not bunched at the start of the key space.
         let mut rng = StdRng::seed_from_u64(9);
         let first_half = (0..DRAWS).filter(|_| z.next(&mut rng) < n / 2).count();

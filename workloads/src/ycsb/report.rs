@@ -185,7 +185,7 @@ pub fn charts(results: &[RunResult]) -> Vec<(String, String)> {
             }
         }
         let throughput = Panel {
-            title: format!("Workload {}: throughput", w.letter()),
+            title: w.description().to_string(),
             categories: clients.iter().map(|c| c.to_string()).collect(),
             x_label: "clients".to_string(),
             y_label: "ops/s".to_string(),
@@ -225,7 +225,11 @@ pub fn charts(results: &[RunResult]) -> Vec<(String, String)> {
         let latency_panels: Vec<Panel> = clients
             .iter()
             .map(|c| Panel {
-                title: format!("{c} clients"),
+                title: if *c == 1 {
+                    "1 client".to_string()
+                } else {
+                    format!("{c} clients")
+                },
                 categories: percentile_labels.clone(),
                 x_label: "percentile".to_string(),
                 y_label: "latency ms (log)".to_string(),
@@ -318,7 +322,12 @@ mod tests {
                 p999_ms: 4.0,
                 max_ms: 5.0,
             },
-            latency_curve: CURVE_PERCENTILES.iter().map(|p| (*p, p / 10.0)).collect(),
+            // Whole numbers: they survive a JSON round trip exactly.
+            latency_curve: CURVE_PERCENTILES
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (*p, i as f64 + 1.0))
+                .collect(),
             per_operation: BTreeMap::new(),
         }
     }

@@ -7,6 +7,8 @@
 //! The mode (fsync policy) is asked of the server (`CONFIG GET appendonly` / `appendfsync`)
 //! unless the caller names it; a server without CONFIG must be named.
 
+use std::sync::OnceLock;
+
 use redis::aio::MultiplexedConnection;
 
 use super::{Adapter, AdapterError, Connector};
@@ -15,11 +17,12 @@ const STORE: &str = "redis";
 /// The sorted set of every inserted key, for scans.
 pub const SCAN_INDEX_KEY: &str = "ycsb:scan-index";
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RedisConnector {
     /// `redis://host:port/`.
-    pub url: String,
-    pub mode: String,
+    url: String,
+    /// Named by the caller, or asked of the server on the first connect.
+    mode: OnceLock<String>,
 }
 
 pub struct RedisAdapter {
@@ -32,23 +35,27 @@ fn error(e: redis::RedisError) -> AdapterError {
 
 impl RedisConnector {
     /// `mode`: the label to report; `None` asks the server for its persistence settings.
-    pub async fn new(address: &str, mode: Option<String>) -> Result<RedisConnector, AdapterError> {
-        let url = format!("redis://{address}/");
-        let mode = match mode {
-            Some(mode) => mode,
-            None => {
-                let mut connection = open(&url).await?;
-                let appendonly = config_get(&mut connection, "appendonly").await?;
-                let appendfsync = config_get(&mut connection, "appendfsync").await?;
-                if appendonly == "yes" {
-                    format!("appendfsync {appendfsync}")
-                } else {
-                    "no aof".to_string()
-                }
-            }
-        };
-        Ok(RedisConnector { url, mode })
+    pub fn new(address: &str, mode: Option<String>) -> RedisConnector {
+        let known = OnceLock::new();
+        if let Some(mode) = mode {
+            let _ = known.set(mode);
+        }
+        RedisConnector {
+            url: format!("redis://{address}/"),
+            mode: known,
+        }
     }
+}
+
+/// The server's persistence settings, e.g. `appendfsync always`.
+async fn server_mode(connection: &mut MultiplexedConnection) -> Result<String, AdapterError> {
+    let appendonly = config_get(connection, "appendonly").await?;
+    let appendfsync = config_get(connection, "appendfsync").await?;
+    Ok(if appendonly == "yes" {
+        format!("appendfsync {appendfsync}")
+    } else {
+        "no aof".to_string()
+    })
 }
 
 async fn open(url: &str) -> Result<MultiplexedConnection, AdapterError> {
@@ -83,9 +90,12 @@ impl Connector for RedisConnector {
     type Adapter = RedisAdapter;
 
     async fn connect(&self, _client_index: usize) -> Result<RedisAdapter, AdapterError> {
-        Ok(RedisAdapter {
-            connection: open(&self.url).await?,
-        })
+        let mut connection = open(&self.url).await?;
+        if self.mode.get().is_none() {
+            let mode = server_mode(&mut connection).await?;
+            let _ = self.mode.set(mode);
+        }
+        Ok(RedisAdapter { connection })
     }
 
     fn store(&self) -> &'static str {
@@ -93,7 +103,7 @@ impl Connector for RedisConnector {
     }
 
     fn mode(&self) -> String {
-        self.mode.clone()
+        self.mode.get().cloned().unwrap_or_default()
     }
 }
 
