@@ -12,7 +12,8 @@
 #
 # Knobs (environment): BENCH_SHORT=1 (~2 minutes: workloads A-C, short runs, 1,000 records);
 # BENCH_WORKLOADS="a b c d e f", BENCH_CLIENTS="1 16 64", BENCH_STORES="quorumkv etcd redis",
-# BENCH_DURATION_S, BENCH_WARMUP_S, BENCH_RECORDS, BENCH_VALUE_BYTES, BENCH_DIR,
+# BENCH_DURATION_S, BENCH_WARMUP_S, BENCH_RECORDS, BENCH_VALUE_BYTES, BENCH_DIR, BENCH_OUT,
+# BENCH_BUILD=0 (use the release binaries as they are),
 # BENCH_SERVER_MAX_S (every server is started under `timeout`: it stops by itself after this
 # long even if this script is killed with SIGKILL), BENCH_*_PORT bases (loopback only).
 # Everything this script starts is stopped on exit, error or Ctrl-C (trap).
@@ -200,9 +201,11 @@ main() {
   COMMAND="${BENCH_COMMAND:-$( [ "$SHORT" = 1 ] && echo 'BENCH_SHORT=1 make bench-peers' || echo 'make bench-peers')}"
   LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
   install_missing
-  log "building release binaries"
-  cargo build --release -p node --bin quorumkv
-  cargo build --release -p workloads --features etcd --bin quorumkv-ycsb
+  if [ "${BENCH_BUILD:-1}" = 1 ]; then
+    log "building release binaries"
+    cargo build --release -p node --bin quorumkv
+    cargo build --release -p workloads --features etcd --bin quorumkv-ycsb
+  fi
   mkdir -p "$OUT" "$LOGS" "$BENCH_DIR"
   : >"$RESULTS"
   local started=$SECONDS store

@@ -20,7 +20,7 @@ fn main() {}
 #[cfg(not(madsim))]
 mod cli {
     use std::io::Write;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::time::Duration;
@@ -209,7 +209,7 @@ mod cli {
         ))
     }
 
-    fn append_line(path: &PathBuf, line: &str) -> std::io::Result<()> {
+    fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -217,7 +217,7 @@ mod cli {
         writeln!(file, "{line}")
     }
 
-    fn report(results: &PathBuf, out_dir: &PathBuf, preamble: Option<&PathBuf>) -> ExitCode {
+    fn report(results: &Path, out_dir: &Path, preamble: Option<&PathBuf>) -> ExitCode {
         let text = match std::fs::read_to_string(results) {
             Ok(text) => text,
             Err(e) => {
