@@ -24,3 +24,10 @@ campaign:
 # partition / restart, then a rolling restart (needs a Docker engine; see deploy/test.sh).
 deploy-test:
 	bash deploy/test.sh
+
+# quorumkv against etcd and Redis, same machine, same YCSB driver, one run: installs what is
+# missing (Debian etcd-server, redis-server, protobuf-compiler), writes target/bench/results.md
+# and SVG charts. BENCH_SHORT=1: about two minutes. Knobs: workloads/bench/bench-peers.sh.
+.PHONY: bench-peers
+bench-peers:
+	bash workloads/bench/bench-peers.sh

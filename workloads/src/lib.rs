@@ -19,6 +19,9 @@ pub mod real_campaign;
 pub mod recorder;
 pub mod remote;
 pub mod store;
+// The YCSB benchmark driver and its store adapters (real servers).
+#[cfg(not(madsim))]
+pub mod ycsb;
 
 pub use client::{ClientStats, WorkloadClient};
 pub use generator::{Generator, WorkloadSpec};

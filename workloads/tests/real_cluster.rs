@@ -8,18 +8,23 @@
 //! `QUORUMKV_JEPSEN_SEED=N` overrides the seed. A second test wipes every node's data in the
 //! middle of a run and asserts the campaign fails: the harness must not be blind to lost data.
 //! A third grows the cluster by two nodes with `quorumkv cluster join` and shrinks it back with
-//! `quorumkv cluster leave` under the same workloads. The tests take turns (one cluster at a
-//! time on small machines).
+//! `quorumkv cluster leave` under the same workloads. Another runs the YCSB driver
+//! (`quorumkv-ycsb`'s library) against a cluster for a couple of seconds. The tests take turns
+//! (one cluster at a time on small machines).
 #![cfg(not(madsim))]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use checker::Verdict;
 use workloads::process_cluster::{NodeState, ProcessCluster, SpawnSpec};
 use workloads::process_nemesis::ProcessFault;
 use workloads::real_campaign::{run_campaign, write_artifacts, CampaignOptions, MembershipStep};
+use workloads::ycsb::adapters::quorumkv::QuorumkvConnector;
+use workloads::ycsb::driver::{self, LoadSpec, RunSpec};
+use workloads::ycsb::workload::Workload;
 
 const DEFAULT_SEED: u64 = 20_261_129;
 
@@ -358,5 +363,76 @@ async fn faults_change_node_states_and_drop_leaves_no_process() {
     for pid in pids {
         assert!(!process_alive(pid), "pid {pid} survived the drop");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The YCSB driver end to end against a real 3-node cluster: load 200 records, then workload A
+/// closed loop and workload E (scans and inserts) open loop, two seconds each. Asserts that
+/// operations happened without errors and that the histograms hold them; no timing is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ycsb_driver_loads_and_runs_against_a_real_cluster() {
+    let _slot = CLUSTER_SLOT.lock().await;
+    let (dir, mut cluster) = fresh_cluster("ycsb", 7);
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let connector = Arc::new(QuorumkvConnector {
+        endpoints: cluster.endpoints(),
+        operation_timeout: Duration::from_secs(5),
+    });
+    driver::wait_ready(Arc::clone(&connector), Duration::from_secs(30))
+        .await
+        .expect("the cluster accepts writes");
+    let records = 200;
+    let load = LoadSpec {
+        record_count: records,
+        value_bytes: 64,
+        clients: 4,
+    };
+    let loaded = driver::load(Arc::clone(&connector), &load)
+        .await
+        .expect("load phase");
+    assert_eq!(
+        (loaded.records, loaded.errors),
+        (records, 0),
+        "{:?}",
+        loaded.first_error
+    );
+    for (workload, target_ops_per_s) in [(Workload::A, None), (Workload::E, Some(100.0))] {
+        let spec = RunSpec {
+            workload,
+            record_count: records,
+            value_bytes: 64,
+            clients: 4,
+            target_ops_per_s,
+            warmup: Duration::from_millis(300),
+            duration: Duration::from_secs(2),
+            seed: 3,
+        };
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            driver::run(Arc::clone(&connector), &spec),
+        )
+        .await
+        .expect("the run is bounded")
+        .expect("the run");
+        eprintln!("{}", result.summary_line());
+        assert_eq!(result.errors, 0, "{:?}", result.first_error);
+        assert!(result.ops >= 10, "{}", result.summary_line());
+        assert_eq!(result.latency.count, result.ops);
+        assert!(result.latency.p50_ms > 0.0);
+        assert!(result.latency.max_ms >= result.latency.p99_ms);
+        assert_eq!(result.store, "quorumkv");
+        let kinds: Vec<&str> = result.per_operation.keys().map(String::as_str).collect();
+        match workload {
+            Workload::A => {
+                assert_eq!(kinds, ["read", "update"]);
+                assert_eq!(result.not_found, 0, "every loaded record is there");
+            }
+            _ => assert!(kinds.contains(&"scan"), "{kinds:?}"),
+        }
+    }
+    drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }

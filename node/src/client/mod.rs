@@ -19,6 +19,7 @@
 //! Cross-shard reads (`scan`, `get_many`) read the shards one after another: each shard's part
 //! is linearizable, the whole is not one atomic snapshot.
 mod connection;
+pub mod latency;
 pub mod protocol;
 mod routing;
 mod scan;

@@ -1,12 +1,14 @@
 //! `quorumkv bench`: closed-loop clients against a running cluster.
 //!
 //! Each of `--clients` tasks owns one `Client` and issues its next request as soon as the
-//! previous one completes, for `--duration-s` seconds after a `--warmup-s` warm-up. The output
-//! is one stable line of figures so runs can be compared.
+//! previous one completes, for `--duration-s` seconds after a `--warmup-s` warm-up. Latencies go
+//! into the HdrHistogram recorder the YCSB driver (`quorumkv-ycsb`) uses too. The output is one
+//! stable line of figures so runs can be compared.
 
 use std::time::Duration;
 
 use clap::Args;
+use node::client::latency::LatencyRecorder;
 use node::client::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,7 +42,7 @@ pub struct BenchArgs {
 
 #[derive(Default)]
 struct Tally {
-    latencies_us: Vec<u64>,
+    latencies: LatencyRecorder,
     reads: u64,
     writes: u64,
     errors: u64,
@@ -97,9 +99,7 @@ pub async fn run(args: BenchArgs) -> u8 {
                 }
                 match result {
                     Ok(()) => {
-                        tally
-                            .latencies_us
-                            .push(done.duration_since(now).as_micros() as u64);
+                        tally.latencies.record(done.duration_since(now));
                         if is_read {
                             tally.reads += 1;
                         } else {
@@ -122,7 +122,7 @@ pub async fn run(args: BenchArgs) -> u8 {
     let mut total = Tally::default();
     for task in tasks {
         if let Ok(t) = task.await {
-            total.latencies_us.extend(t.latencies_us);
+            total.latencies.merge(&t.latencies);
             total.reads += t.reads;
             total.writes += t.writes;
             total.errors += t.errors;
@@ -132,15 +132,8 @@ pub async fn run(args: BenchArgs) -> u8 {
             }
         }
     }
-    total.latencies_us.sort_unstable();
-    let ops = total.latencies_us.len() as f64;
-    let ms = |q: f64| -> f64 {
-        if total.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let idx = ((q * ops).ceil() as usize).clamp(1, total.latencies_us.len()) - 1;
-        total.latencies_us[idx] as f64 / 1000.0
-    };
+    let ops = total.latencies.count() as f64;
+    let latency = total.latencies.summary();
     println!(
         "bench clients={} keys={} value_bytes={} read_fraction={:.2} duration_s={} | ops={} reads={} writes={} errors={} unknown={} ops_per_s={:.0} p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2}",
         args.clients,
@@ -154,10 +147,10 @@ pub async fn run(args: BenchArgs) -> u8 {
         total.errors,
         total.unknown,
         ops / args.duration_s.max(1) as f64,
-        ms(0.50),
-        ms(0.99),
-        ms(0.999),
-        ms(1.0),
+        latency.p50_ms,
+        latency.p99_ms,
+        latency.p999_ms,
+        latency.max_ms,
     );
     if let Some(e) = &total.first_error {
         eprintln!("first error: {e}");
