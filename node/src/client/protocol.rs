@@ -111,4 +111,6 @@ pub struct NodeStatus {
     pub keys: u64,
     /// Every Raft group this node hosts (metadata group first).
     pub groups: Vec<GroupStatus>,
+    /// Where the node speaks the Redis protocol (None: no Redis port).
+    pub redis_addr: Option<SocketAddr>,
 }

@@ -36,6 +36,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::kv::KvConfig;
 use crate::meta::{GroupId, MetaState};
 use crate::raft::{self, Membership};
+use crate::resp::{accept_redis_clients, RespContext};
 use crate::storage::{hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker};
 use crate::transport::peer::{accept_peers, InboundConfig};
 use crate::transport::PeerTransport;
@@ -71,6 +72,8 @@ pub struct Server {
     client_listener: TcpListener,
     peer_addr: SocketAddr,
     client_addr: SocketAddr,
+    /// The Redis port, when `redis_addr` asks for one.
+    redis_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -160,6 +163,23 @@ impl Server {
                 })?;
         let peer_addr = peer_listener.local_addr().unwrap_or(peer_listen);
         let client_addr = client_listener.local_addr().unwrap_or(client_listen);
+        let mut config = config;
+        let redis_listener = match config.redis_addr {
+            Some(addr) => {
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: "redis",
+                            addr,
+                            source,
+                        })?;
+                // Report the bound port (the config may ask for port 0).
+                config.redis_addr = Some(listener.local_addr().unwrap_or(addr));
+                Some(listener)
+            }
+            None => None,
+        };
 
         let peers: BTreeMap<_, _> = config.members.iter().map(|m| (m.id, m.peer_addr)).collect();
         // Members that joined later are added from the map by the event loop.
@@ -178,6 +198,7 @@ impl Server {
             node_id = config.node_id,
             %peer_addr,
             %client_addr,
+            redis_addr = ?config.redis_addr,
             groups = groups.len(),
             joining = !bootstrap,
             "node recovered"
@@ -198,6 +219,7 @@ impl Server {
             client_listener,
             peer_addr,
             client_addr,
+            redis_listener,
         })
     }
 
@@ -218,6 +240,11 @@ impl Server {
         self.client_addr
     }
 
+    /// The bound Redis port (None: not configured).
+    pub fn redis_addr(&self) -> Option<SocketAddr> {
+        self.config.redis_addr
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, fails in-flight requests and
     /// returns (every Ready was synced before it was acted on, so nothing is left to sync).
     pub async fn run(
@@ -229,6 +256,8 @@ impl Server {
             event_loop,
             peer_listener,
             client_listener,
+            client_addr,
+            redis_listener,
             ..
         } = self;
         let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX_MESSAGES);
@@ -244,10 +273,22 @@ impl Server {
             max_connections: config.limits.max_client_connections,
             idle_timeout: Duration::from_millis(config.transport.client_idle_timeout_ms),
         };
-        let accept_tasks: Vec<JoinHandle<()>> = vec![
+        let mut accept_tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(accept_peers(peer_listener, inbound, peer_tx).in_current_span()),
             tokio::spawn(accept_clients(client_listener, client_port, client_tx).in_current_span()),
         ];
+        if let (Some(listener), Some(redis_addr)) = (redis_listener, config.redis_addr) {
+            let others = config
+                .members
+                .iter()
+                .filter(|m| m.id != config.node_id)
+                .map(|m| m.client_addr);
+            let endpoints = std::iter::once(client_addr).chain(others).collect();
+            let context =
+                RespContext::new(config.node_id, endpoints, redis_addr, config.limits.clone());
+            let serve = accept_redis_clients(listener, Arc::new(context));
+            accept_tasks.push(tokio::spawn(serve.in_current_span()));
+        }
         let result = event_loop.run(peer_rx, client_rx, shutdown).await;
         for task in accept_tasks {
             task.abort();

@@ -180,6 +180,9 @@ pub struct ServerTuning {
     /// A member silent this long is marked dead and its replicas are re-created elsewhere.
     #[arg(long)]
     pub dead_node_timeout_ms: Option<u64>,
+    /// Serve the Redis protocol (RESP2/RESP3) on this address (default: no Redis port).
+    #[arg(long, env = "QUORUMKV_REDIS_ADDR")]
+    pub redis_addr: Option<std::net::SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info" or "node=debug".
@@ -212,6 +215,9 @@ impl ServerTuning {
         }
         if let Some(n) = self.snapshot_interval_entries {
             config.snapshot_interval_entries = n;
+        }
+        if let Some(addr) = self.redis_addr {
+            config.redis_addr = Some(addr);
         }
         Ok(config)
     }
@@ -513,6 +519,7 @@ async fn status(conn: &ConnArgs) -> u8 {
                     "pid": s.pid, "role": format!("{:?}", s.role).to_lowercase(), "term": s.term, "leader_id": s.leader_id,
                     "commit_index": s.commit_index, "applied_index": s.applied_index, "last_index": s.last_index,
                     "snapshot_index": s.snapshot_index, "voters": s.voters, "keys": s.keys, "reachable": true,
+                    "redis_addr": s.redis_addr.map(|a| a.to_string()),
                 }),
                 Err(e) => json!({"node_id": m.id, "address": m.client_addr.to_string(), "reachable": false, "error": e.to_string()}),
             })
@@ -639,7 +646,7 @@ pub async fn serve(config: ServerConfig) -> u8 {
         }
     };
     let _entered = span.enter();
-    tracing::info!(client_addr = %server.client_addr(), peer_addr = %server.peer_addr(), data_dir = %data_dir.display(), pid = std::process::id(), "quorumkv server ready");
+    tracing::info!(client_addr = %server.client_addr(), redis_addr = ?server.redis_addr(), peer_addr = %server.peer_addr(), data_dir = %data_dir.display(), pid = std::process::id(), "quorumkv server ready");
     drop(_entered);
     let result = tracing::Instrument::instrument(server.run(shutdown_signal()), span).await;
     match result {
