@@ -124,26 +124,25 @@ struct Search<'a, M: Model> {
 
 impl<M: Model> Search<'_, M> {
     /// Depth first: true when every completed op can be linearized after `done`.
-    fn extend(&mut self, done: &mut Vec<bool>, state: M::State) -> bool {
-        let pending = |i: usize| !done[i];
-        if (0..self.ops.len()).all(|i| !pending(i) || self.ops[i].ret.is_none()) {
+    fn extend(&mut self, done: &mut [bool], state: M::State) -> bool {
+        if (0..self.ops.len()).all(|i| done[i] || self.ops[i].ret.is_none()) {
             return true;
         }
         if self.seen.len() >= self.max_configurations {
             self.gave_up = true;
             return false;
         }
-        if !self.seen.insert((done.clone(), state.clone())) {
+        if !self.seen.insert((done.to_vec(), state.clone())) {
             return false;
         }
         // An op may go next only if it was invoked before every pending op's completion.
         let first_return = (0..self.ops.len())
-            .filter(|&i| pending(i))
+            .filter(|&i| !done[i])
             .filter_map(|i| self.ops[i].ret)
             .min()
             .unwrap_or(u64::MAX);
         for i in 0..self.ops.len() {
-            if !pending(i) || self.ops[i].call > first_return {
+            if done[i] || self.ops[i].call > first_return {
                 continue;
             }
             if let Some(next) = self.model.step(&state, &self.ops[i].op) {
@@ -295,9 +294,21 @@ mod tests {
 
     #[test]
     fn the_search_gives_up_at_its_bound() {
-        let ops: Vec<_> = (0..12)
-            .map(|i| op(0, Some(100), incr(1 << i, -1)))
+        // 12 concurrent increments (4,096 orders reach distinct subsets), then an impossible read.
+        let mut ops: Vec<_> = (0..12)
+            .map(|i| {
+                let increment = CounterOp::Increment {
+                    delta: 1 << i,
+                    result: None,
+                };
+                op(0, Some(100), increment)
+            })
             .collect();
+        ops.push(op(101, Some(102), CounterOp::Read(-1)));
+        assert_eq!(
+            check(&Counter, 0, &ops, BOUND),
+            ModelVerdict::NotLinearizable
+        );
         assert_eq!(check(&Counter, 0, &ops, 50), ModelVerdict::Unknown);
     }
 }

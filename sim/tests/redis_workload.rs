@@ -152,6 +152,8 @@ async fn client(id: u64, histories: Arc<Mutex<Histories>>) {
         let Some(conn) = connection.as_mut() else {
             continue;
         };
+        // Spread the operations over the crash window below.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let kind = i % 4;
         let suffix = format!("{id}.{i},");
         let args: Vec<&[u8]> = match kind {
@@ -230,7 +232,7 @@ async fn client(id: u64, histories: Arc<Mutex<Histories>>) {
 }
 
 fn run_seed(seed: u64) {
-    let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
     let histories = runtime.block_on(async move {
         let handle = Handle::current();
         let members: Vec<MemberConfig> = (1..=NODES).map(member).collect();
@@ -291,11 +293,11 @@ fn run_seed(seed: u64) {
             tasks.push(node.spawn(client(c, histories)));
         }
         // Crash a node (torn disk) in the middle and bring it back.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let victim = (seed % NODES) as usize;
         handle.kill(nodes[victim].id());
         disks[victim].crash(CrashMode::Torn);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         handle.restart(nodes[victim].id());
         for task in tasks {
             task.await.expect("client task");

@@ -25,16 +25,16 @@ pub struct FrameLimits {
 #[error("{0}")]
 pub struct ProtocolError(pub String);
 
+/// A complete request's arguments and the bytes it took.
+pub type Parsed = (Vec<Vec<u8>>, usize);
+
 fn protocol_error(what: &str) -> ProtocolError {
     ProtocolError(format!("ERR Protocol error: {what}"))
 }
 
 /// Parses one request from the front of `buf`: `Ok(None)` when more bytes are needed,
 /// else the arguments and the bytes consumed. An empty inline line yields no arguments.
-pub fn parse_request(
-    buf: &[u8],
-    limits: &FrameLimits,
-) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+pub fn parse_request(buf: &[u8], limits: &FrameLimits) -> Result<Option<Parsed>, ProtocolError> {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_multibulk(buf, limits),
@@ -42,15 +42,12 @@ pub fn parse_request(
     }
 }
 
-fn parse_multibulk(
-    buf: &[u8],
-    limits: &FrameLimits,
-) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_multibulk(buf: &[u8], limits: &FrameLimits) -> Result<Option<Parsed>, ProtocolError> {
     if !check_headers(buf, limits)? {
         return Ok(None);
     }
-    let decoded = redis_protocol::resp2::decode::decode(buf)
-        .map_err(|e| protocol_error(&e.details().to_string()))?;
+    let decoded =
+        redis_protocol::resp2::decode::decode(buf).map_err(|e| protocol_error(e.details()))?;
     let Some((frame, consumed)) = decoded else {
         return Ok(None);
     };
@@ -129,7 +126,7 @@ fn header_number(
     }
 }
 
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
     let Some(newline) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_INLINE_BYTES {
             return Err(protocol_error("too big inline request"));
@@ -273,7 +270,7 @@ mod tests {
         max_args: 8,
     };
 
-    fn parse(bytes: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+    fn parse(bytes: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
         parse_request(bytes, &LIMITS)
     }
 

@@ -136,7 +136,7 @@ pub async fn accept_redis_clients(listener: TcpListener, context: Arc<RespContex
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(%addr, max_redis_connections = context.limits.max_redis_connections,
                 "too many redis connections: refused");
-            refuse(stream).await;
+            tokio::spawn(refuse(stream).in_current_span());
             continue;
         };
         let context = context.clone();

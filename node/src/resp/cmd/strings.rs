@@ -200,7 +200,7 @@ async fn mset(
     pairs: &[Vec<u8>],
     only_if_all_absent: bool,
 ) -> Answer {
-    if pairs.len() % 2 != 0 {
+    if !pairs.len().is_multiple_of(2) {
         return Err(wrong_arity(name));
     }
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = pairs
