@@ -20,6 +20,7 @@ pub mod history;
 pub mod html;
 pub mod jepsen;
 pub mod linearizability;
+pub mod models;
 pub mod search;
 pub mod set;
 

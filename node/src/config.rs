@@ -18,6 +18,8 @@ pub const DEFAULT_CLIENT_PORT: u16 = 7379;
 pub const DEFAULT_PEER_PORT: u16 = 7380;
 pub const LOCAL_CLIENT_PORT_BASE: u16 = 7400;
 pub const LOCAL_PEER_PORT_BASE: u16 = 7500;
+/// `quorumkv local` serves Redis (RESP) on `LOCAL_REDIS_PORT_BASE + i`.
+pub const LOCAL_REDIS_PORT_BASE: u16 = 7600;
 
 /// One member of the cluster as every node knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +50,19 @@ pub struct Limits {
     pub max_peer_connections: usize,
     /// Largest number of items a scan returns.
     pub max_scan_items: usize,
+    /// Connections the Redis (RESP) port serves at once; more are refused.
+    pub max_redis_connections: usize,
+    /// Largest Redis command (all its arguments with their RESP framing), in bytes; a client
+    /// that sends a longer one (or announces a longer bulk string) gets a protocol error and
+    /// is disconnected.
+    pub max_redis_request_bytes: usize,
+    /// Most arguments one Redis command may carry.
+    pub max_redis_args: usize,
+    /// Most keys KEYS returns (it answers an error beyond; SCAN has no such bound).
+    pub max_redis_keys_reply: usize,
+    /// SCAN cursors a node remembers (the oldest is forgotten beyond: its SCAN answers an
+    /// error and starts over).
+    pub max_redis_scan_cursors: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +76,11 @@ impl Default for Limits {
             max_client_connections: 1024,
             max_peer_connections: 64,
             max_scan_items: 10_000,
+            max_redis_connections: 1024,
+            max_redis_request_bytes: 4 * 1024 * 1024,
+            max_redis_args: 1024 * 1024,
+            max_redis_keys_reply: 100_000,
+            max_redis_scan_cursors: 10_000,
         }
     }
 }
@@ -166,6 +186,8 @@ pub struct ServerConfig {
     pub listen_client_addr: Option<SocketAddr>,
     /// The HTTP admin port (`/metrics`, `/health/live`, `/health/ready`); none: not served.
     pub admin_addr: Option<SocketAddr>,
+    /// Where this node speaks the Redis protocol (RESP2/RESP3); None: no Redis port.
+    pub redis_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// The `HOST:PORT` each member's `peer_addr` was resolved from, when the operator gave a
     /// name: the transport looks it up again before each reconnect (a restarted container may
@@ -225,6 +247,7 @@ impl Default for ServerConfig {
             listen_peer_addr: None,
             listen_client_addr: None,
             admin_addr: None,
+            redis_addr: None,
             data_dir: PathBuf::from("quorumkv-data"),
             peer_names: BTreeMap::new(),
             seed: 0,
@@ -387,6 +410,10 @@ impl ServerConfig {
             ("limits.max_client_connections", l.max_client_connections),
             ("limits.max_peer_connections", l.max_peer_connections),
             ("limits.max_scan_items", l.max_scan_items),
+            ("limits.max_redis_connections", l.max_redis_connections),
+            ("limits.max_redis_args", l.max_redis_args),
+            ("limits.max_redis_keys_reply", l.max_redis_keys_reply),
+            ("limits.max_redis_scan_cursors", l.max_redis_scan_cursors),
         ] {
             if value == 0 {
                 return Err(bad(field, "must be >= 1"));
@@ -396,6 +423,12 @@ impl ServerConfig {
         if l.max_client_frame_bytes < needed {
             return Err(bad(
                 "limits.max_client_frame_bytes",
+                format!("must be >= max_key_bytes + max_value_bytes + 1024 = {needed}"),
+            ));
+        }
+        if l.max_redis_request_bytes < needed {
+            return Err(bad(
+                "limits.max_redis_request_bytes",
                 format!("must be >= max_key_bytes + max_value_bytes + 1024 = {needed}"),
             ));
         }

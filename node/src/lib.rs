@@ -7,6 +7,7 @@
 //! - `storage`: the `Disk` trait (the only door to persistence) and the stores built on it.
 //! - `transport`, `server`, `client`: the I/O shell, written against tokio APIs taken from
 //!   `madsim-tokio`, so the same code runs on real tokio/TCP/files or inside the simulator.
+//! - `resp`: the Redis protocol port (RESP2/RESP3), which routes through `client`.
 //! - `config`: what a node is told (TOML or flags), with every limit named and validated.
 //!
 //! The runtime boundary (what makes `RUSTFLAGS="--cfg madsim"` builds simulate this crate):
@@ -30,6 +31,7 @@ pub mod meta;
 pub mod metrics;
 pub mod placement;
 pub mod raft;
+pub mod resp;
 pub mod server;
 pub mod storage;
 pub mod transport;

@@ -113,4 +113,6 @@ pub struct NodeStatus {
     pub groups: Vec<GroupStatus>,
     /// Where this node serves HTTP (`/metrics`, `/health/*`), if it does.
     pub admin_addr: Option<SocketAddr>,
+    /// Where the node speaks the Redis protocol (None: no Redis port).
+    pub redis_addr: Option<SocketAddr>,
 }

@@ -6,6 +6,7 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use super::sessions::{Session, Sessions};
+use super::string_ops;
 use super::types::{
     Command, Expected, InvalidOp, KeyRange, OpResult, Operation, ScanItem, Versioned,
 };
@@ -202,6 +203,10 @@ impl StateMachine {
             Operation::CompareAndSwap { .. } => return Err(KvError::NotARead("cas")),
             Operation::PutIfAbsent { .. } => return Err(KvError::NotARead("put-if-absent")),
             Operation::OpenSession => return Err(KvError::NotARead("open-session")),
+            Operation::Set { .. } => return Err(KvError::NotARead("set")),
+            Operation::Append { .. } => return Err(KvError::NotARead("append")),
+            Operation::Increment { .. } => return Err(KvError::NotARead("increment")),
+            Operation::PutMany { .. } => return Err(KvError::NotARead("put-many")),
         }
         if let Err(invalid) = self.check_limits(op) {
             return Ok(OpResult::Invalid(invalid));
@@ -238,10 +243,30 @@ impl StateMachine {
             }
         };
         match op {
-            Operation::Get { key } | Operation::Delete { key } => key_ok(key),
-            Operation::Put { key, value } | Operation::PutIfAbsent { key, value } => {
+            Operation::Get { key }
+            | Operation::Delete { key }
+            | Operation::Increment { key, .. } => key_ok(key),
+            Operation::Put { key, value }
+            | Operation::PutIfAbsent { key, value }
+            | Operation::Set { key, value, .. }
+            | Operation::Append { key, suffix: value } => {
                 key_ok(key)?;
                 value_ok(value)
+            }
+            Operation::PutMany { pairs, .. } => {
+                let len_bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let max_bytes = cfg.max_key_bytes + cfg.max_value_bytes;
+                if pairs.is_empty() || len_bytes > max_bytes {
+                    return Err(InvalidOp::BadBatch {
+                        pairs: pairs.len(),
+                        len_bytes,
+                        max_bytes,
+                    });
+                }
+                pairs.iter().try_for_each(|(k, v)| {
+                    key_ok(k)?;
+                    value_ok(v)
+                })
             }
             Operation::CompareAndSwap {
                 key,
@@ -317,6 +342,30 @@ impl StateMachine {
             }
             // The session itself is recorded by `apply`.
             Operation::OpenSession => OpResult::SessionOpened,
+            Operation::Set {
+                key,
+                value,
+                condition,
+                return_previous,
+            } => string_ops::set(
+                &mut self.data,
+                index,
+                key,
+                value,
+                *condition,
+                *return_previous,
+            ),
+            Operation::Append { key, suffix } => {
+                let max_value_bytes = self.config.max_value_bytes;
+                string_ops::append(&mut self.data, index, key, suffix, max_value_bytes)
+            }
+            Operation::Increment { key, delta } => {
+                string_ops::increment(&mut self.data, index, key, *delta)
+            }
+            Operation::PutMany {
+                pairs,
+                only_if_all_absent,
+            } => string_ops::put_many(&mut self.data, index, pairs, *only_if_all_absent),
         }
     }
 

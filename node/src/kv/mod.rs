@@ -13,12 +13,13 @@
 //!   indexes, never of time, and the session table is part of the snapshot.
 mod machine;
 mod sessions;
+pub mod string_ops;
 mod types;
 
 pub use machine::{KvConfig, StateMachine};
 pub use types::{
     decode_command, encode_command, Command, Expected, InvalidOp, KeyRange, OpResult, Operation,
-    ScanItem, Version, Versioned, MAX_COMMAND_BYTES,
+    ScanItem, SetCondition, Version, Versioned, MAX_COMMAND_BYTES,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -419,6 +419,72 @@ impl Model {
                     .collect();
                 OpResult::Scan { items, more }
             }
+            Operation::Set {
+                key,
+                value,
+                condition,
+                return_previous,
+            } => {
+                let previous = self.find(key);
+                let holds = match condition {
+                    SetCondition::Always => true,
+                    SetCondition::IfAbsent => previous.is_none(),
+                    SetCondition::IfPresent => previous.is_some(),
+                };
+                if holds {
+                    self.set(key, value, index);
+                }
+                OpResult::Set {
+                    written: holds,
+                    version: if holds { Some(index) } else { None },
+                    previous: previous.filter(|_| *return_previous),
+                }
+            }
+            Operation::Append { key, suffix } => {
+                let mut value = self.find(key).map_or_else(Vec::new, |v| v.value);
+                value.extend_from_slice(suffix);
+                self.set(key, &value, index);
+                OpResult::Appended {
+                    len_bytes: value.len() as u64,
+                    version: index,
+                }
+            }
+            Operation::Increment { key, delta } => {
+                // Canonical decimal: parsing and printing back gives the same text.
+                let current = match self.find(key) {
+                    None => Some(0),
+                    Some(v) => String::from_utf8(v.value.clone())
+                        .ok()
+                        .and_then(|t| t.parse::<i64>().ok().filter(|n| n.to_string() == t)),
+                };
+                match current.map(|n| n.checked_add(*delta)) {
+                    None => OpResult::NotAnInteger { overflow: false },
+                    Some(None) => OpResult::NotAnInteger { overflow: true },
+                    Some(Some(value)) => {
+                        self.set(key, value.to_string().as_bytes(), index);
+                        OpResult::Counter {
+                            value,
+                            version: index,
+                        }
+                    }
+                }
+            }
+            Operation::PutMany {
+                pairs,
+                only_if_all_absent,
+            } => {
+                if *only_if_all_absent {
+                    if let Some(current) = pairs.iter().find_map(|(k, _)| self.find(k)) {
+                        return OpResult::ConditionFailed {
+                            current: Some(current),
+                        };
+                    }
+                }
+                for (k, v) in pairs {
+                    self.set(k, v, index);
+                }
+                OpResult::Written { version: index }
+            }
         }
     }
 }
@@ -454,6 +520,32 @@ fn op() -> impl Strategy<Value = Operation> {
         }),
         (key(), value()).prop_map(|(key, value)| Operation::PutIfAbsent { key, value }),
         (range, 1u32..5).prop_map(|(range, limit)| Operation::Scan { range, limit }),
+        (key(), -3i64..3).prop_map(|(key, n)| Operation::Put {
+            key,
+            value: n.to_string().into_bytes(),
+        }),
+        (key(), value(), 0u8..3, any::<bool>()).prop_map(|(key, value, c, return_previous)| {
+            let condition = [
+                SetCondition::Always,
+                SetCondition::IfAbsent,
+                SetCondition::IfPresent,
+            ][usize::from(c)];
+            Operation::Set {
+                key,
+                value,
+                condition,
+                return_previous,
+            }
+        }),
+        (key(), value()).prop_map(|(key, suffix)| Operation::Append { key, suffix }),
+        (key(), prop_oneof![Just(i64::MAX), Just(i64::MIN), -3i64..3])
+            .prop_map(|(key, delta)| Operation::Increment { key, delta }),
+        (prop::collection::vec((key(), value()), 1..4), any::<bool>()).prop_map(
+            |(pairs, only_if_all_absent)| Operation::PutMany {
+                pairs,
+                only_if_all_absent,
+            }
+        ),
     ]
 }
 

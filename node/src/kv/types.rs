@@ -53,6 +53,42 @@ pub enum Operation {
     /// a session: after an expiry, a retried real operation (seq > 1) meets `SessionExpired`
     /// instead of silently starting a fresh session and being applied twice.
     OpenSession,
+    /// Redis SET: writes `value` when `condition` holds; `return_previous` asks for the value
+    /// before (SET ... GET, GETSET). Answered by `OpResult::Set`.
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        condition: SetCondition,
+        return_previous: bool,
+    },
+    /// Redis APPEND: the key's value (absent: empty) followed by `suffix`. Answered by
+    /// `OpResult::Appended` with the new length.
+    Append {
+        key: Vec<u8>,
+        suffix: Vec<u8>,
+    },
+    /// Redis INCRBY/DECRBY: adds `delta` to the key's value read as a decimal i64 (absent: 0)
+    /// and stores the sum in decimal. Answered by `OpResult::Counter` or `OpResult::NotAnInteger`.
+    Increment {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// Redis MSET (`only_if_all_absent: false`) and MSETNX (`true`): writes every pair at one
+    /// log index, all or nothing. Every key must be in one shard (the server refuses others).
+    PutMany {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        only_if_all_absent: bool,
+    },
+}
+
+/// When a `Set` writes (Redis SET's NX/XX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetCondition {
+    Always,
+    /// NX: only when the key is absent.
+    IfAbsent,
+    /// XX: only when the key exists.
+    IfPresent,
 }
 
 impl Operation {
@@ -68,8 +104,20 @@ impl Operation {
             | Operation::Put { key, .. }
             | Operation::Delete { key }
             | Operation::CompareAndSwap { key, .. }
-            | Operation::PutIfAbsent { key, .. } => Some(key),
+            | Operation::PutIfAbsent { key, .. }
+            | Operation::Set { key, .. }
+            | Operation::Append { key, .. }
+            | Operation::Increment { key, .. } => Some(key),
+            Operation::PutMany { pairs, .. } => pairs.first().map(|(key, _)| key.as_slice()),
             Operation::Scan { .. } | Operation::OpenSession => None,
+        }
+    }
+
+    /// Every key the operation touches (the server checks that all are in the shard asked).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            Operation::PutMany { pairs, .. } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
+            other => other.key().into_iter().collect(),
         }
     }
 }
@@ -144,6 +192,20 @@ pub enum OpResult {
     SessionExpired,
     /// The operation breaks a limit; nothing was applied.
     Invalid(InvalidOp),
+    /// `Set`: whether it wrote (the condition held), the new version if so, and the value
+    /// before when `return_previous` asked for it (else `None`).
+    Set {
+        written: bool,
+        version: Option<Version>,
+        previous: Option<Versioned>,
+    },
+    /// `Append`: the value's length after the append, and its new version.
+    Appended { len_bytes: u64, version: Version },
+    /// `Increment`: the value after the increment, and its new version.
+    Counter { value: i64, version: Version },
+    /// `Increment` on a value that is not a decimal i64, or whose sum overflows: nothing was
+    /// written.
+    NotAnInteger { overflow: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -154,6 +216,14 @@ pub enum InvalidOp {
     ValueTooLarge { len_bytes: usize, max_bytes: usize },
     #[error("scan limit {limit} is 0 or exceeds max_scan_limit {max}")]
     BadScanLimit { limit: u32, max: u32 },
+    /// A `PutMany` with no pairs, or whose keys and values together exceed
+    /// max_key_bytes + max_value_bytes (one command must fit one log entry).
+    #[error("batch of {pairs} pairs and {len_bytes} bytes is empty or exceeds {max_bytes} bytes")]
+    BadBatch {
+        pairs: usize,
+        len_bytes: usize,
+        max_bytes: usize,
+    },
 }
 
 fn codec() -> impl bincode::config::Config {

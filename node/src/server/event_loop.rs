@@ -926,8 +926,12 @@ impl EventLoop {
             return;
         }
         let shards = meta.placement().shards;
-        let key_shard = command.op.key().map(|key| shard_for_key(key, shards));
-        if shard >= shards || key_shard.is_some_and(|s| s != shard) {
+        let other_shard = command
+            .op
+            .keys()
+            .into_iter()
+            .any(|key| shard_for_key(key, shards) != shard);
+        if shard >= shards || other_shard {
             let _ = reply.send(ClientResponse::Refused(RefusedReason::BadShard {
                 shard,
                 shards,
@@ -1052,6 +1056,7 @@ impl EventLoop {
                     _ => admin,
                 }
             }),
+            redis_addr: self.config.redis_addr,
         }
     }
 }

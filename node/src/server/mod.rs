@@ -44,6 +44,7 @@ use crate::kv::KvConfig;
 use crate::meta::{GroupId, MetaState};
 use crate::metrics::Metrics;
 use crate::raft::{self, Membership};
+use crate::resp::{accept_redis_clients, RespContext};
 use crate::storage::{hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker};
 use crate::transport::peer::{accept_peers, InboundConfig};
 use crate::transport::PeerTransport;
@@ -107,6 +108,8 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     health: tokio::sync::watch::Receiver<Health>,
+    /// The Redis port, when `redis_addr` asks for one.
+    redis_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -221,6 +224,22 @@ impl Server {
             .and_then(|l| l.local_addr().ok())
             .or(config.admin_addr);
         config.admin_addr = admin_addr;
+        let redis_listener = match config.redis_addr {
+            Some(addr) => {
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: "redis",
+                            addr,
+                            source,
+                        })?;
+                // Report the bound port (the config may ask for port 0).
+                config.redis_addr = Some(listener.local_addr().unwrap_or(addr));
+                Some(listener)
+            }
+            None => None,
+        };
 
         let peers: BTreeMap<_, _> = config.members.iter().map(|m| (m.id, m.peer_addr)).collect();
         // Members that joined later are added from the map by the event loop.
@@ -241,6 +260,7 @@ impl Server {
             node_id = config.node_id,
             %peer_addr,
             %client_addr,
+            redis_addr = ?config.redis_addr,
             groups = groups.len(),
             joining = !bootstrap,
             "node recovered"
@@ -267,6 +287,7 @@ impl Server {
             admin_addr,
             metrics,
             health,
+            redis_listener,
         })
     }
 
@@ -296,6 +317,11 @@ impl Server {
         self.metrics.clone()
     }
 
+    /// The bound Redis port (None: not configured).
+    pub fn redis_addr(&self) -> Option<SocketAddr> {
+        self.config.redis_addr
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, fails in-flight requests and
     /// returns (every Ready was synced before it was acted on, so nothing is left to sync).
     pub async fn run(
@@ -310,6 +336,8 @@ impl Server {
             admin_listener,
             metrics,
             health,
+            client_addr,
+            redis_listener,
             ..
         } = self;
         let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX_MESSAGES);
@@ -335,6 +363,18 @@ impl Server {
             accept_tasks.push(tokio::spawn(
                 accept_admin(listener, state).in_current_span(),
             ));
+        }
+        if let (Some(listener), Some(redis_addr)) = (redis_listener, config.redis_addr) {
+            let others = config
+                .members
+                .iter()
+                .filter(|m| m.id != config.node_id)
+                .map(|m| m.client_addr);
+            let endpoints = std::iter::once(client_addr).chain(others).collect();
+            let context =
+                RespContext::new(config.node_id, endpoints, redis_addr, config.limits.clone());
+            let serve = accept_redis_clients(listener, Arc::new(context));
+            accept_tasks.push(tokio::spawn(serve.in_current_span()));
         }
         let result = event_loop.run(peer_rx, client_rx, shutdown).await;
         for task in accept_tasks {

@@ -209,6 +209,9 @@ pub struct ServerTuning {
     /// HTTP admin port (/metrics, /health/live, /health/ready), e.g. 0.0.0.0:9379; default: none.
     #[arg(long)]
     pub admin_addr: Option<SocketAddr>,
+    /// Serve the Redis protocol (RESP2/RESP3) on this address (default: no Redis port).
+    #[arg(long)]
+    pub redis_addr: Option<SocketAddr>,
     #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info" or "node=debug".
@@ -302,6 +305,9 @@ impl ServerTuning {
         }
         if let Some(addr) = self.admin_addr {
             set(table, "admin_addr", text(addr.to_string()));
+        }
+        if let Some(addr) = self.redis_addr {
+            set(table, "redis_addr", text(addr.to_string()));
         }
         Ok(())
     }
@@ -605,6 +611,7 @@ async fn status(conn: &ConnArgs) -> u8 {
                     "commit_index": s.commit_index, "applied_index": s.applied_index, "last_index": s.last_index,
                     "snapshot_index": s.snapshot_index, "voters": s.voters, "keys": s.keys, "reachable": true,
                     "metrics_url": s.admin_addr.map(|a| format!("http://{a}/metrics")),
+                    "redis_addr": s.redis_addr.map(|a| a.to_string()),
                 }),
                 Err(e) => json!({"node_id": m.id, "address": m.client_addr.to_string(), "reachable": false, "error": e.to_string()}),
             })
@@ -718,7 +725,7 @@ pub async fn serve(config: ServerConfig) -> u8 {
         }
     };
     let _entered = span.enter();
-    tracing::info!(client_addr = %server.client_addr(), peer_addr = %server.peer_addr(), data_dir = %data_dir.display(), pid = std::process::id(), "quorumkv server ready");
+    tracing::info!(client_addr = %server.client_addr(), redis_addr = ?server.redis_addr(), peer_addr = %server.peer_addr(), data_dir = %data_dir.display(), pid = std::process::id(), "quorumkv server ready");
     drop(_entered);
     let result = tracing::Instrument::instrument(server.run(shutdown_signal()), span).await;
     match result {

@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Args;
-use node::config::{MemberConfig, ServerConfig, LOCAL_CLIENT_PORT_BASE, LOCAL_PEER_PORT_BASE};
+use node::config::{
+    MemberConfig, ServerConfig, LOCAL_CLIENT_PORT_BASE, LOCAL_PEER_PORT_BASE, LOCAL_REDIS_PORT_BASE,
+};
 
 use crate::cli::{EXIT_OK, EXIT_SERVER, EXIT_USAGE};
 
@@ -18,7 +20,8 @@ pub struct LocalArgs {
     /// Directory for data, configs and logs (created if needed).
     #[arg(long, default_value = "quorumkv-local")]
     dir: PathBuf,
-    /// Client ports are BASE+1..BASE+N, peer ports BASE+101..BASE+100+N.
+    /// Client ports are BASE+1..BASE+N, peer ports BASE+101..BASE+100+N, Redis ports
+    /// BASE+201..BASE+200+N.
     #[arg(long, default_value_t = LOCAL_CLIENT_PORT_BASE)]
     base_port: u16,
     #[arg(long)]
@@ -58,6 +61,12 @@ pub async fn run(args: LocalArgs) -> u8 {
     } else {
         args.base_port.saturating_add(100)
     };
+    let redis_base = if args.base_port == LOCAL_CLIENT_PORT_BASE {
+        LOCAL_REDIS_PORT_BASE
+    } else {
+        args.base_port.saturating_add(200)
+    };
+    let redis_addr = |id: u64| SocketAddr::from(([127, 0, 0, 1], redis_base + id as u16));
     let members: Vec<MemberConfig> = (1..=args.nodes)
         .map(|i| MemberConfig {
             id: u64::from(i),
@@ -80,7 +89,7 @@ pub async fn run(args: LocalArgs) -> u8 {
     };
     let mut children = Children(Vec::new());
     for member in &members {
-        match spawn_node(&exe, &dir, member, &members, &args) {
+        match spawn_node(&exe, &dir, member, &members, redis_addr(member.id), &args) {
             Ok(child) => children.0.push((member.id, child)),
             Err(e) => {
                 eprintln!("error: cannot start node {}: {e}", member.id);
@@ -96,9 +105,10 @@ pub async fn run(args: LocalArgs) -> u8 {
     );
     for (member, (_, child)) in members.iter().zip(&children.0) {
         println!(
-            "  node {}  client {}  peer {}  pid {}  log {}",
+            "  node {}  client {}  redis {}  peer {}  pid {}  log {}",
             member.id,
             member.client_addr,
+            redis_addr(member.id),
             member.peer_addr,
             child.id(),
             dir.join(format!("node-{}.log", member.id)).display()
@@ -106,6 +116,10 @@ pub async fn run(args: LocalArgs) -> u8 {
     }
     println!("endpoints: {}", endpoints.join(","));
     println!("try: quorumkv put hello world && quorumkv get hello && quorumkv cluster status");
+    println!(
+        "redis: redis-cli -p {} SET a 1 (any node's redis port; every node answers every key)",
+        redis_addr(1).port()
+    );
     println!("grow: quorumkv cluster join (another terminal); shrink: quorumkv cluster leave --node-id N");
     println!("Ctrl-C stops all nodes.");
 
@@ -139,11 +153,13 @@ fn spawn_node(
     dir: &Path,
     me: &MemberConfig,
     members: &[MemberConfig],
+    redis_addr: SocketAddr,
     args: &LocalArgs,
 ) -> std::io::Result<Child> {
     let mut config = ServerConfig {
         node_id: me.id,
         members: members.to_vec(),
+        redis_addr: Some(redis_addr),
         data_dir: dir.join(format!("node-{}", me.id)),
         seed: me.id,
         ..ServerConfig::default()
