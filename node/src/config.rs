@@ -173,6 +173,8 @@ pub struct ServerConfig {
     pub heartbeat_interval_ticks: u32,
     /// A snapshot is taken after this many entries were applied since the last one.
     pub snapshot_interval_entries: u64,
+    /// The write-ahead log starts a new segment file once the newest holds this many bytes.
+    pub wal_segment_max_bytes: u64,
     pub limits: Limits,
     pub transport: TransportConfig,
     /// Simulation/test only: faults injected into this node's outgoing peer messages.
@@ -221,6 +223,7 @@ impl Default for ServerConfig {
             election_timeout_ticks_max: 30,
             heartbeat_interval_ticks: 3,
             snapshot_interval_entries: 10_000,
+            wal_segment_max_bytes: 64 << 20,
             limits: Limits::default(),
             transport: TransportConfig::default(),
             #[cfg(any(test, madsim))]
@@ -323,6 +326,9 @@ impl ServerConfig {
                 "heartbeat_interval_ticks",
                 "must be >= 1 and below election_timeout_ticks_min",
             ));
+        }
+        if self.wal_segment_max_bytes < 4096 {
+            return Err(bad("wal_segment_max_bytes", "must be >= 4096"));
         }
         if self.snapshot_interval_entries == 0 {
             return Err(bad("snapshot_interval_entries", "must be >= 1"));

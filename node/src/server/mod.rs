@@ -36,7 +36,9 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::kv::KvConfig;
 use crate::meta::{GroupId, MetaState};
 use crate::raft::{self, Membership};
-use crate::storage::{hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker};
+use crate::storage::{
+    hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker, StorageOptions, Wal,
+};
 use crate::transport::peer::{accept_peers, InboundConfig};
 use crate::transport::PeerTransport;
 
@@ -110,7 +112,11 @@ impl Server {
         // Groups to open: those on disk, plus at a bootstrap member's first start the ones the
         // config's map gives it. The marker is written after they exist, so a crash in between
         // just repeats this (opening a group is idempotent).
-        let mut group_ids = hosted_groups(&*disk).map_err(|e| storage_error(&e))?;
+        let wal =
+            Wal::open(disk.clone(), storage_options(&config)).map_err(|e| storage_error(&e))?;
+        #[cfg(any(test, madsim))]
+        wal.set_planted_bugs(config.planted_bugs);
+        let mut group_ids = hosted_groups(&*disk, &wal).map_err(|e| storage_error(&e))?;
         let first_start = marker.as_ref().is_none_or(|m| !m.initialized);
         if first_start && bootstrap {
             group_ids.extend(bootstrap_groups(&provisional, config.node_id));
@@ -128,7 +134,7 @@ impl Server {
                 Membership::default()
             };
             let floor = marker.tombstones.get(&group).copied().unwrap_or(0);
-            let opened = open_group(group, &disk, &config, &kv_config, initial, floor)?;
+            let opened = open_group(group, &disk, &wal, &config, &kv_config, initial, floor)?;
             groups.insert(group, opened);
         }
         if first_start {
@@ -186,6 +192,7 @@ impl Server {
             config.clone(),
             kv_config,
             disk,
+            wal,
             marker,
             groups,
             transport,
@@ -320,6 +327,14 @@ impl Drop for ServerHandle {
 fn node_seed(config: &ServerConfig) -> u64 {
     config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ config.node_id.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// The write-ahead log's options from the config (the rest keep their defaults).
+fn storage_options(config: &ServerConfig) -> StorageOptions {
+    StorageOptions {
+        segment_max_bytes: config.wal_segment_max_bytes,
+        ..StorageOptions::default()
+    }
 }
 
 fn kv_config(config: &ServerConfig) -> Result<KvConfig, ServerError> {
