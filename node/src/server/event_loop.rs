@@ -101,8 +101,7 @@ impl EventLoop {
     pub(super) fn new(
         config: ServerConfig,
         kv_config: KvConfig,
-        disk: Arc<dyn Disk>,
-        wal: Wal,
+        (disk, wal): (Arc<dyn Disk>, Wal),
         marker: NodeMarker,
         groups: BTreeMap<GroupId, Group>,
         transport: PeerTransport,

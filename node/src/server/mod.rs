@@ -191,8 +191,7 @@ impl Server {
         let event_loop = EventLoop::new(
             config.clone(),
             kv_config,
-            disk,
-            wal,
+            (disk, wal),
             marker,
             groups,
             transport,

@@ -258,7 +258,7 @@ fn file_disk_round_trip() {
 // Seeded crash-recovery: random persists, a crash at a random I/O call, reopen, compare.
 
 /// What a node's storage should hold: the reference the recovered state is checked against.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct Model {
     hard_state: HardState,
     snapshot: Option<Snapshot>,
@@ -1053,16 +1053,6 @@ fn wal_crash_run(seed: u64, mode: CrashMode) {
     }
 }
 
-impl Default for Model {
-    fn default() -> Self {
-        Model {
-            hard_state: HardState::default(),
-            snapshot: None,
-            log: Vec::new(),
-        }
-    }
-}
-
 #[test]
 fn wal_many_groups_crash_recovery_drop_mode_many_seeds() {
     for seed in 0..300 {
@@ -1175,11 +1165,10 @@ fn segment_recycling_never_drops_a_live_entry() {
             }
         }
         let (s, _) = stores.get_mut(&groups[0]).unwrap();
-        let mut next = s.last_index() + 1;
-        for _ in 0..40 {
+        let first = s.last_index() + 1;
+        for next in first..first + 40 {
             s.persist(None, &entries(next, next, 1000), None).unwrap();
             s.save_snapshot(&snap(next, 1000)).unwrap();
-            next += 1;
         }
         assert!(
             wal.segment_count() <= 3,
