@@ -266,8 +266,6 @@ struct WalCore {
     /// The newest segment whose head checkpoint is durable: older segments are needed only
     /// for live entries.
     head_durable_seq: u64,
-    /// Head written to the newest segment but not yet synced.
-    head_pending: bool,
     poisoned: Option<String>,
     #[cfg(any(test, madsim))]
     planted_bugs: crate::bugs::PlantedBugs,
@@ -317,7 +315,6 @@ impl Wal {
             sync_needed: false,
             dir_dirty: false,
             head_durable_seq: seqs.first().map_or(1, |(seq, _)| *seq),
-            head_pending: false,
             poisoned: None,
             #[cfg(any(test, madsim))]
             planted_bugs: Default::default(),
@@ -566,10 +563,6 @@ impl WalCore {
             self.dir_dirty = false;
         }
         self.sync_needed = false;
-        if self.head_pending {
-            self.head_pending = false;
-            self.head_durable_seq = self.active().seq;
-        }
         self.collect_garbage()?;
         if self.active().len_bytes >= self.options.segment_max_bytes {
             self.roll()?;
@@ -617,8 +610,8 @@ impl WalCore {
     }
 
     /// Starts a new segment with a head checkpoint of every group. Called only when nothing
-    /// is buffered and everything written is durable, so the head is the durable state. The
-    /// head and the directory entry become durable with the next sync.
+    /// is buffered and everything written is durable, so the head is the durable state; the
+    /// head and the directory entry are synced before it returns.
     fn roll(&mut self) -> Result<(), StorageError> {
         debug_assert!(self.pending.is_empty() && !self.sync_needed);
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
@@ -709,17 +702,23 @@ impl WalCore {
                 debug_assert_eq!(log.slots.len(), entries.len());
             }
         }
-        self.head_pending = true;
-        self.sync_needed = true;
-        // Write it now so the segment's length accounts for it; the next sync makes it durable.
+        // Made durable at once (one extra fsync per segment), so that nobody waits for a sync
+        // of records they did not write, and the older segments can go at the next sync.
         let pending = std::mem::take(&mut self.pending);
         let segment = self.segments.last_mut().expect("just pushed");
         let file = segment.file.as_mut().expect("just opened");
         file.write_at(0, &pending)
             .map_err(|e| StorageError::io(&segment.name, "write", e))?;
+        file.sync()
+            .map_err(|e| StorageError::io(&segment.name, "sync", e))?;
         segment.len_bytes = pending.len() as u64;
         self.pending = pending;
         self.pending.clear();
+        self.disk
+            .sync_dir()
+            .map_err(|e| StorageError::io(".", "sync_dir", e))?;
+        self.dir_dirty = false;
+        self.head_durable_seq = seq;
         tracing::debug!(seq, rewritten, "started a write-ahead log segment");
         Ok(())
     }
