@@ -165,7 +165,12 @@ struct GroupLog {
 
 impl GroupLog {
     fn truncate_from(&mut self, index: LogIndex) {
-        let keep = self.slots.iter().take_while(|s| s.index < index).count();
+        // Slots are contiguous: everything from `index` on is at and after this position.
+        let keep = self.slots.first().map_or(0, |first| {
+            usize::try_from(index.saturating_sub(first.index))
+                .unwrap_or(usize::MAX)
+                .min(self.slots.len())
+        });
         for slot in self.slots.drain(keep..) {
             self.live_bytes -= slot.bytes;
         }
@@ -735,10 +740,13 @@ impl WalCore {
                 }
             }
         }
+        // Slots are contiguous: the position is the distance from the first.
         let slot = log
             .slots
-            .iter()
-            .find(|s| s.index == index)
+            .first()
+            .and_then(|first| index.checked_sub(first.index))
+            .and_then(|at| log.slots.get(usize::try_from(at).ok()?))
+            .filter(|s| s.index == index)
             .copied()
             .ok_or_else(|| {
                 StorageError::InvalidAppend(format!("group {group} holds no entry {index}"))
