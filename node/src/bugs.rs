@@ -22,16 +22,20 @@ pub struct PlantedBugs {
     pub no_retry_dedup: bool,
     /// KV: snapshots omit the session table, so dedup is lost after restore.
     pub snapshot_drops_sessions: bool,
+    /// Storage: the WAL deletes old segments while a group still has live entries in them
+    /// (only the segment heads' hard states are taken into account).
+    pub wal_recycles_live_segment: bool,
 }
 
 impl PlantedBugs {
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "commit-counts-old-terms",
         "vote-not-persisted",
         "follower-local-reads",
         "ack-before-fsync",
         "no-retry-dedup",
         "snapshot-drops-sessions",
+        "wal-recycles-live-segment",
     ];
 
     pub fn any(&self) -> bool {
@@ -69,6 +73,7 @@ impl FromStr for PlantedBugs {
                 "ack-before-fsync" => bugs.ack_before_fsync = true,
                 "no-retry-dedup" => bugs.no_retry_dedup = true,
                 "snapshot-drops-sessions" => bugs.snapshot_drops_sessions = true,
+                "wal-recycles-live-segment" => bugs.wal_recycles_live_segment = true,
                 other => return Err(UnknownBug(other.to_string())),
             }
         }

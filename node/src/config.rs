@@ -205,6 +205,8 @@ pub struct ServerConfig {
     /// On SIGTERM the node hands the leadership of every group it leads to another voter and
     /// stops when none is left, or after this long at the latest.
     pub shutdown_handoff_timeout_ms: u64,
+    /// The write-ahead log starts a new segment file once the newest holds this many bytes.
+    pub wal_segment_max_bytes: u64,
     pub limits: Limits,
     pub transport: TransportConfig,
     /// Simulation/test only: faults injected into this node's outgoing peer messages.
@@ -257,6 +259,7 @@ impl Default for ServerConfig {
             heartbeat_interval_ticks: 3,
             snapshot_interval_entries: 10_000,
             shutdown_handoff_timeout_ms: 5_000,
+            wal_segment_max_bytes: 64 << 20,
             limits: Limits::default(),
             transport: TransportConfig::default(),
             #[cfg(any(test, madsim))]
@@ -366,6 +369,9 @@ impl ServerConfig {
                 "heartbeat_interval_ticks",
                 "must be >= 1 and below election_timeout_ticks_min",
             ));
+        }
+        if self.wal_segment_max_bytes < 4096 {
+            return Err(bad("wal_segment_max_bytes", "must be >= 4096"));
         }
         if self.snapshot_interval_entries == 0 {
             return Err(bad("snapshot_interval_entries", "must be >= 1"));

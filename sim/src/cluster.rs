@@ -187,6 +187,13 @@ fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
     // older term on a quorum while its own term's entries are not (Raft Figure 8).
     let append_entries = [Some(1), Some(2), None];
     config.max_append_entries = append_entries[rng.random_range(0..append_entries.len())];
+    // Small WAL segments: rolls, segment heads, rewrites and recycling happen within a run.
+    let wal_segment = [4096, 32 << 10, config.wal_segment_max_bytes];
+    config.wal_segment_max_bytes = wal_segment[rng.random_range(0..wal_segment.len())];
+    trace.log(format!(
+        "buggify: wal_segment_max_bytes={}",
+        config.wal_segment_max_bytes
+    ));
     trace.log(format!(
         "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={} election_timeout_ticks={}..{} max_append_entries={:?}",
         config.snapshot_interval_entries,

@@ -75,3 +75,13 @@ fn finds_commit_counts_old_terms() {
         common::ci_scenario("elections", s, 5, 10)
     });
 }
+
+/// The WAL deletes old segments while a group still has live entries in them: after a crash
+/// (BUGGIFY's small segments make rolls and recycling frequent) a restarted node's group has
+/// lost acknowledged entries or cannot recover at all.
+#[test]
+fn finds_wal_recycles_live_segment() {
+    hunt("wal-recycles-live-segment", MAX_SEEDS, |s| {
+        common::ci_scenario("crashes", s, 3, 10)
+    });
+}

@@ -37,7 +37,7 @@ use crate::raft::{
     LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId, Raft, Restored, Role,
 };
 use crate::storage::{
-    destroy_group, sync_stores, write_node_marker, Disk, GroupDisk, NodeMarker, NodeStorage,
+    destroy_group, write_node_marker, Disk, GroupDisk, NodeMarker, NodeStorage, Wal,
 };
 use crate::transport::{PeerMessage, PeerTransport};
 
@@ -67,6 +67,8 @@ pub(super) struct EventLoop {
     config: ServerConfig,
     kv_config: KvConfig,
     disk: Arc<dyn Disk>,
+    /// The node's one write-ahead log: every group's log records and hard states.
+    wal: Wal,
     /// The node marker as on disk (its tombstones are rewritten before a replica is deleted).
     marker: NodeMarker,
     groups: BTreeMap<GroupId, Group>,
@@ -101,7 +103,7 @@ impl EventLoop {
     pub(super) fn new(
         config: ServerConfig,
         kv_config: KvConfig,
-        disk: Arc<dyn Disk>,
+        (disk, wal): (Arc<dyn Disk>, Wal),
         marker: NodeMarker,
         groups: BTreeMap<GroupId, Group>,
         transport: PeerTransport,
@@ -113,6 +115,7 @@ impl EventLoop {
             config,
             kv_config,
             disk,
+            wal,
             marker,
             groups,
             transport,
@@ -371,6 +374,7 @@ impl EventLoop {
         let opened = open_group(
             group,
             &self.disk,
+            &self.wal,
             &self.config,
             &self.kv_config,
             membership,
@@ -396,21 +400,21 @@ impl EventLoop {
         if let Some(mut g) = self.groups.remove(&group) {
             g.fail_all_in_flight(&self.addrs);
             drop(g);
-            destroy_group(&*self.disk, group)
+            destroy_group(&*self.disk, &self.wal, group)
                 .map_err(|e| ServerError::Storage(format!("deleting group {group}: {e}")))?;
             info!(group, "replica deleted");
         }
         Ok(())
     }
 
-    /// Handles every group's Readys: stage them all (writes without sync), sync all groups'
-    /// logs at once (group commit across groups), then finish them (send, apply, answer);
+    /// Handles every group's Readys: stage them all (records buffered in the WAL), sync the
+    /// WAL once for all groups (one write, one fsync), then finish them (send, apply, answer);
     /// repeated while any group has more.
     fn handle_readys(&mut self) -> Result<(), ServerError> {
         let EventLoop {
             config,
             kv_config,
-            disk,
+            wal,
             groups,
             transport,
             addrs,
@@ -436,13 +440,8 @@ impl EventLoop {
             }
             // Leaders' early Appends leave before the sync (see group.rs).
             transport.send(std::mem::take(&mut outgoing));
-            let mut stores: Vec<&mut NodeStorage> = groups
-                .values_mut()
-                .map(|g| &mut g.storage)
-                .filter(|s| s.needs_sync())
-                .collect();
-            sync_stores(&**disk, &mut stores)
-                .map_err(|e| ServerError::Storage(format!("syncing group logs: {e}")))?;
+            wal.sync()
+                .map_err(|e| ServerError::Storage(format!("syncing the write-ahead log: {e}")))?;
             for (id, ready) in staged {
                 let (Some(group), Some(outcome)) = (groups.get_mut(&id), outcomes.get_mut(&id))
                 else {
@@ -1125,13 +1124,14 @@ pub(super) fn bootstrap_members(config: &ServerConfig) -> Vec<Member> {
 pub(super) fn open_group(
     group: GroupId,
     disk: &Arc<dyn Disk>,
+    wal: &Wal,
     config: &ServerConfig,
     kv_config: &KvConfig,
     initial_membership: Membership,
     vote_floor: LogIndex,
 ) -> Result<Group, ServerError> {
     let group_disk: Arc<dyn Disk> = Arc::new(GroupDisk::new(disk.clone(), group));
-    let (storage, recovered) = NodeStorage::open(group_disk)
+    let (storage, recovered) = NodeStorage::open(wal, group_disk, group)
         .map_err(|e| ServerError::Storage(format!("group {group}: {e}")))?;
     let machine = new_machine(group, kv_config, config, recovered.snapshot.as_ref())?;
     let restored = Restored {

@@ -45,7 +45,9 @@ use crate::meta::{GroupId, MetaState};
 use crate::metrics::Metrics;
 use crate::raft::{self, Membership};
 use crate::resp::{accept_redis_clients, RespContext};
-use crate::storage::{hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker};
+use crate::storage::{
+    hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker, StorageOptions, Wal,
+};
 use crate::transport::peer::{accept_peers, InboundConfig};
 use crate::transport::PeerTransport;
 
@@ -151,7 +153,11 @@ impl Server {
         } else {
             MetaState::uninitialized()
         };
-        let on_disk = hosted_groups(&*disk).map_err(|e| storage_error(&e))?;
+        let wal =
+            Wal::open(disk.clone(), storage_options(&config)).map_err(|e| storage_error(&e))?;
+        #[cfg(any(test, madsim))]
+        wal.set_planted_bugs(config.planted_bugs);
+        let on_disk = hosted_groups(&*disk, &wal).map_err(|e| storage_error(&e))?;
         let first_start = marker.as_ref().is_none_or(|m| !m.initialized);
         let mut marker = marker.unwrap_or(NodeMarker {
             node_id: config.node_id,
@@ -172,7 +178,7 @@ impl Server {
                 Membership::default()
             };
             let floor = marker.tombstones.get(&group).copied().unwrap_or(0);
-            let opened = open_group(group, &disk, &config, &kv_config, initial, floor)?;
+            let opened = open_group(group, &disk, &wal, &config, &kv_config, initial, floor)?;
             groups.insert(group, opened);
         }
         if first_start {
@@ -268,7 +274,7 @@ impl Server {
         let mut event_loop = EventLoop::new(
             config.clone(),
             kv_config,
-            disk,
+            (disk, wal),
             marker,
             groups,
             transport,
@@ -451,6 +457,14 @@ impl Drop for ServerHandle {
 fn node_seed(config: &ServerConfig) -> u64 {
     config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ config.node_id.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// The write-ahead log's options from the config (the rest keep their defaults).
+fn storage_options(config: &ServerConfig) -> StorageOptions {
+    StorageOptions {
+        segment_max_bytes: config.wal_segment_max_bytes,
+        ..StorageOptions::default()
+    }
 }
 
 fn kv_config(config: &ServerConfig) -> Result<KvConfig, ServerError> {

@@ -24,17 +24,6 @@ pub trait Disk: Send + Sync + 'static {
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes creations, renames and removals durable.
     fn sync_dir(&self) -> io::Result<()>;
-    /// Makes every write to each of `files` (opened from this disk or a view of it) durable,
-    /// as `DiskFile::sync` on each would: one call per turn for all of a node's groups. The
-    /// default syncs them one after another. (Syncing them from one thread each was measured
-    /// slower on this machine: spawning and waking the threads cost more than the overlap
-    /// saved; a long-lived sync thread or one shared log would be the next step.)
-    fn sync_files(&self, files: &mut [&mut dyn DiskFile]) -> io::Result<()> {
-        for file in files.iter_mut() {
-            file.sync()?;
-        }
-        Ok(())
-    }
 }
 
 pub trait DiskFile: Send {

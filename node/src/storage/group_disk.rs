@@ -1,6 +1,6 @@
-//! Many Raft groups on one disk: every group's files live in the node's one directory under
-//! the prefix `g<group>.`, so each group keeps its own `NodeStorage` (log, hard state,
-//! snapshot) while the node keeps one `Disk` and one place to fsync.
+//! Many Raft groups on one disk: every group's own files (its snapshot) live in the node's one
+//! directory under the prefix `g<group>.`; its log records and hard state live in the node's
+//! shared write-ahead log (`Wal`), tagged with the group.
 //!
 //! Invariants:
 //! - a `GroupDisk` only ever sees and touches names with its own prefix; `g1.` never matches
@@ -8,9 +8,10 @@
 //! - only canonical prefixes (`g0.`, `g17.`, never `g017.`) name a group: anything else on the
 //!   disk (the node marker, files of older layouts) is not a group and is left alone;
 //! - a group is destroyed crash-safely: a synced tombstone `g<group>.destroyed` is made durable
-//!   before any of its files is removed, and removed only after all of them are, durably. After
-//!   a crash at any point the group is therefore either whole (no tombstone, nothing removed)
-//!   or marked for destruction, which `hosted_groups` finishes before listing groups.
+//!   before the group's removal is written to the WAL (synced) and any of its files is removed,
+//!   and it is removed only after all of that is durable. After a crash at any point the group
+//!   is therefore either whole (no tombstone, nothing removed) or marked for destruction, which
+//!   `hosted_groups` finishes before listing groups.
 //!
 //! The node marker (`node.marker`) records which node owns the disk and whether it was ever
 //! created (bootstrapped or joined), so that a restarted node never bootstraps groups again.
@@ -27,6 +28,7 @@ use crate::raft::{LogIndex, NodeId};
 use super::disk::{Disk, DiskFile};
 use super::record;
 use super::snapshot::read_all;
+use super::wal::Wal;
 use super::StorageError;
 
 /// Suffix (after the group prefix) of the file that marks a group as being destroyed.
@@ -93,10 +95,6 @@ impl GroupDisk {
 }
 
 impl Disk for GroupDisk {
-    fn sync_files(&self, files: &mut [&mut dyn DiskFile]) -> io::Result<()> {
-        self.disk.sync_files(files)
-    }
-
     fn open(&self, name: &str) -> io::Result<Box<dyn DiskFile>> {
         self.disk.open(&self.full(name)?)
     }
@@ -129,11 +127,12 @@ impl Disk for GroupDisk {
     }
 }
 
-/// Groups with files on the disk, in id order. A group whose destruction was interrupted by a
-/// crash is finished off here (its files removed) and not returned.
-pub fn hosted_groups(disk: &dyn Disk) -> io::Result<BTreeSet<GroupId>> {
-    let names = disk.list()?;
+/// Groups with records in the WAL or files on the disk, in id order. A group whose destruction
+/// was interrupted by a crash is finished off here and not returned.
+pub fn hosted_groups(disk: &dyn Disk, wal: &Wal) -> Result<BTreeSet<GroupId>, StorageError> {
+    let names = disk.list().map_err(|e| StorageError::io(".", "list", e))?;
     let mut groups: BTreeSet<GroupId> = names.iter().filter_map(|n| group_of_name(n)).collect();
+    groups.extend(wal.groups());
     let doomed: Vec<GroupId> = groups
         .iter()
         .copied()
@@ -141,7 +140,7 @@ pub fn hosted_groups(disk: &dyn Disk) -> io::Result<BTreeSet<GroupId>> {
         .collect();
     for group in doomed {
         tracing::warn!(group, "finishing the interrupted destruction of a group");
-        destroy_group(disk, group)?;
+        destroy_group(disk, wal, group)?;
         groups.remove(&group);
     }
     Ok(groups)
@@ -151,32 +150,36 @@ fn tombstone_name(group: GroupId) -> String {
     format!("{}{TOMBSTONE}", group_prefix(group))
 }
 
-/// Crash-safely deletes every file of `group`: first a synced tombstone file "g{group}.destroyed"
-/// (dir synced), then the group's other files, then the tombstone, then sync_dir.
+/// Crash-safely deletes `group`: first a synced tombstone file "g{group}.destroyed" (dir
+/// synced), then its removal in the WAL (synced: its records become garbage), then the group's
+/// other files, then the tombstone, then sync_dir.
 ///
 /// The caller must have dropped the group's `NodeStorage` (its open handles) first. Running it
 /// again after a failure or crash is safe: it finishes what is left.
-pub fn destroy_group(disk: &dyn Disk, group: GroupId) -> io::Result<()> {
+pub fn destroy_group(disk: &dyn Disk, wal: &Wal, group: GroupId) -> Result<(), StorageError> {
     let tombstone = tombstone_name(group);
-    let mut file = disk.open(&tombstone)?;
-    file.sync()?;
+    let io = |op: &'static str| move |e: io::Error| StorageError::io(&tombstone_name(group), op, e);
+    let mut file = disk.open(&tombstone).map_err(io("open"))?;
+    file.sync().map_err(io("sync"))?;
     drop(file);
-    disk.sync_dir()?;
+    disk.sync_dir().map_err(io("sync_dir"))?;
+    wal.remove_group(group)?;
 
     let prefix = group_prefix(group);
     let doomed: Vec<String> = disk
-        .list()?
+        .list()
+        .map_err(io("list"))?
         .into_iter()
         .filter(|n| n.starts_with(&prefix) && *n != tombstone)
         .collect();
     for name in &doomed {
-        remove_if_present(disk, name)?;
+        remove_if_present(disk, name).map_err(|e| StorageError::io(name, "remove", e))?;
     }
     // The removals must be durable before the tombstone goes: a file system need not persist
     // directory changes in order.
-    disk.sync_dir()?;
-    remove_if_present(disk, &tombstone)?;
-    disk.sync_dir()?;
+    disk.sync_dir().map_err(io("sync_dir"))?;
+    remove_if_present(disk, &tombstone).map_err(io("remove"))?;
+    disk.sync_dir().map_err(io("sync_dir"))?;
     tracing::info!(group, files = doomed.len(), "group destroyed");
     Ok(())
 }

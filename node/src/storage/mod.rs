@@ -5,18 +5,19 @@
 //! - `FileDisk`: real files in one directory, fsync'd (production);
 //! - `CrashDisk` (test and simulation builds only): in memory, keeps durable and pending bytes
 //!   apart and drops or tears the pending part on a simulated crash, deterministically;
-//! - `NodeStorage`: the Raft log, hard state and snapshot of one Raft replica, with one sync
-//!   per `persist` call (group commit). File formats and recovery rules: docs/STORAGE.md;
-//! - `GroupDisk`: one group's files (prefix `g<group>.`) inside the node's shared disk, so a
-//!   node hosting many Raft groups opens one `NodeStorage` per group on one directory; plus
-//!   crash-safe group destruction and the node marker.
+//! - `Wal`: the node's one write-ahead log, shared by every Raft group: one write and one sync
+//!   per event-loop turn for all of them, segments deleted once no group needs them;
+//! - `NodeStorage`: the Raft log (in the WAL), hard state (in the WAL) and snapshot (a file of
+//!   its own) of one Raft replica. File formats and recovery rules: docs/STORAGE.md;
+//! - `GroupDisk`: one group's own files (prefix `g<group>.`: its snapshot) inside the node's
+//!   shared disk; plus crash-safe group destruction and the node marker.
 mod disk;
 mod file_disk;
 mod group_disk;
-mod log;
 mod node_storage;
 mod record;
 mod snapshot;
+mod wal;
 
 #[cfg(any(test, madsim))]
 mod crash_disk;
@@ -32,7 +33,8 @@ pub use group_disk::{
     destroy_group, hosted_groups, read_node_marker, write_node_marker, GroupDisk, NodeMarker,
     NODE_MARKER_FILE,
 };
-pub use node_storage::{sync_stores, NodeStorage, Recovered, StorageOptions};
+pub use node_storage::{NodeStorage, Recovered, StorageOptions};
+pub use wal::{Wal, FORMAT_FILE, FORMAT_VERSION};
 
 use std::io;
 
@@ -52,6 +54,9 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    /// The data directory was written in a format this version does not read; says what to do.
+    #[error("unsupported data directory: {0}")]
+    UnsupportedFormat(String),
     #[error("invalid storage options: {0}")]
     InvalidOptions(&'static str),
     #[error("invalid append: {0}")]

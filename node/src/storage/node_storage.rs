@@ -1,30 +1,41 @@
-//! `NodeStorage`: everything one Raft node must find again after a crash — hard state, log
-//! entries and the latest snapshot — behind one facade with group commit.
+//! `NodeStorage`: everything one Raft replica must find again after a crash — hard state, log
+//! entries and the latest snapshot — behind one facade. Its log records go to the node-wide
+//! write-ahead log (`Wal`) shared by every group, so that one sync per event-loop turn makes
+//! every group's writes durable; its snapshot is a file of its own (`snapshot` in the group's
+//! view of the disk).
 //!
 //! Invariants:
-//! - `persist` performs all its writes, then ONE log sync (plus a directory sync when it
-//!   started a new segment; a snapshot costs its own syncs, written before the log records
-//!   that depend on it). When `persist` returns Ok, everything it was given is durable.
-//! - Recovery returns exactly what the last successful `persist`s made durable, possibly plus
-//!   a prefix of a `persist` interrupted by the crash (never a torn record), as in Raft's
-//!   contract: hard state, entries contiguous from `snapshot.index + 1` (or 1), and a snapshot.
-//! - After any I/O error the store is poisoned: what reached the disk is unknown.
+//! - `persist` buffers its records in the WAL, then syncs the WAL (all groups at once);
+//!   `persist_deferred` leaves that sync to the caller (`Wal::sync`, once per turn). A snapshot
+//!   is written and synced to its own file before the log records that depend on it.
+//! - Recovery returns exactly what the last successful syncs made durable, possibly plus a
+//!   prefix of a group's records written by the interrupted turn (never a torn record), as in
+//!   Raft's contract: hard state, entries contiguous from `snapshot.index + 1` (or 1), and a
+//!   snapshot.
+//! - After any I/O error the store (and the WAL) is poisoned: what reached the disk is unknown.
 
 use std::sync::Arc;
 
+use crate::meta::GroupId;
 use crate::raft::{Entry, HardState, LogIndex, Snapshot, SnapshotMeta, Term};
 
-use super::disk::{Disk, DiskFile};
-use super::log::{encode_record, Located, LogRecord, SegmentLog};
+use super::disk::Disk;
 use super::snapshot::{self, SNAPSHOT_TMP_FILE};
+use super::wal::Wal;
 use super::StorageError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageOptions {
-    /// A segment is closed and a new one started once it holds this many bytes.
+    /// A WAL segment is closed and a new one started once it holds this many bytes.
     pub segment_max_bytes: u64,
-    /// Largest encoded log record (one entry or hard state).
+    /// Largest encoded log record (one entry, a hard state, or a rewritten group log).
     pub max_record_bytes: usize,
+    /// Groups whose live entries pin an old segment have them rewritten into the new segment's
+    /// head, oldest pins first, up to this many bytes per new segment; a group that does not
+    /// fit keeps its segments until it compacts. At most half of `max_record_bytes`.
+    pub rewrite_max_bytes: u64,
+    /// Memory for the newest entries of all groups together (reads of them need no disk I/O).
+    pub entry_cache_bytes: usize,
 }
 
 impl StorageOptions {
@@ -39,6 +50,11 @@ impl StorageOptions {
                 "max_record_bytes must be in 1..=u32::MAX",
             ));
         }
+        if self.rewrite_max_bytes.saturating_mul(2) > self.max_record_bytes as u64 {
+            return Err(StorageError::InvalidOptions(
+                "rewrite_max_bytes must be at most half of max_record_bytes",
+            ));
+        }
         Ok(())
     }
 }
@@ -48,12 +64,15 @@ impl Default for StorageOptions {
         StorageOptions {
             segment_max_bytes: 64 << 20,
             max_record_bytes: 16 << 20,
+            rewrite_max_bytes: 4 << 20,
+            entry_cache_bytes: 16 << 20,
         }
     }
 }
 
-/// What `NodeStorage::open` found on disk (all empty for a brand-new node). The runtime turns
-/// it into the Raft core's `Restored` and restores the state machine from `snapshot.data`.
+/// What `NodeStorage::open` found on disk (all empty for a brand-new replica). The runtime
+/// turns it into the Raft core's `Restored` and restores the state machine from
+/// `snapshot.data`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     pub hard_state: HardState,
@@ -63,17 +82,16 @@ pub struct Recovered {
 }
 
 pub struct NodeStorage {
+    /// The group's own files (its snapshot).
     disk: Arc<dyn Disk>,
-    options: StorageOptions,
-    log: SegmentLog,
+    wal: Wal,
+    group: GroupId,
     hard_state: HardState,
     snapshot_meta: Option<SnapshotMeta>,
     /// Terms of the live log entries; `terms[0]` is the term of entry `first_index`.
     first_index: LogIndex,
     terms: Vec<Term>,
     poisoned: Option<String>,
-    /// `persist_deferred` wrote records that need a sync before anyone relies on them.
-    sync_pending: bool,
 }
 
 impl std::fmt::Debug for NodeStorage {
@@ -83,21 +101,27 @@ impl std::fmt::Debug for NodeStorage {
             .field("snapshot_index", &self.snapshot_index())
             .field("first_index", &self.first_index)
             .field("last_index", &self.last_index())
-            .field("segments", &self.log.segment_count())
+            .field("group", &self.group)
             .finish()
     }
 }
 
 impl NodeStorage {
-    pub fn open(disk: Arc<dyn Disk>) -> Result<(NodeStorage, Recovered), StorageError> {
-        NodeStorage::open_with(disk, StorageOptions::default())
-    }
-
+    /// A node with one group: the WAL and the snapshot share `disk` (tests and benchmarks).
     pub fn open_with(
         disk: Arc<dyn Disk>,
         options: StorageOptions,
     ) -> Result<(NodeStorage, Recovered), StorageError> {
-        options.validate()?;
+        let wal = Wal::open(Arc::clone(&disk), options)?;
+        NodeStorage::open(&wal, disk, 0)
+    }
+
+    /// Opens `group`'s replica: its records in `wal`, its snapshot in `disk` (the group's view).
+    pub fn open(
+        wal: &Wal,
+        disk: Arc<dyn Disk>,
+        group: GroupId,
+    ) -> Result<(NodeStorage, Recovered), StorageError> {
         let tmp = SNAPSHOT_TMP_FILE;
         if disk
             .exists(tmp)
@@ -109,17 +133,20 @@ impl NodeStorage {
                 .map_err(|e| StorageError::io(".", "sync_dir", e))?;
         }
         let snapshot = snapshot::read(disk.as_ref())?;
-        let (log, records) = SegmentLog::open(Arc::clone(&disk), options.max_record_bytes)?;
-        let (hard_state, mut entries) = replay(records)?;
+        let recovered = wal.take_recovered(group);
+        let hard_state = recovered.hard_state;
+        let mut entries = recovered.entries;
         let snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
+
         let mut cleared = false;
         if let (Some(snap), Some(first)) = (&snapshot, entries.first()) {
             if first.index > snapshot_index + 1 {
                 let reason = format!(
-                    "log starts at index {} but the snapshot ends at {snapshot_index}",
-                    first.index
+                    "group {group}: log starts at index {} but the snapshot ends at \
+                     {snapshot_index} (log compacted through {})",
+                    first.index, recovered.compacted
                 );
-                return Err(StorageError::corrupt("log", 0, reason));
+                return Err(StorageError::corrupt("wal", 0, reason));
             }
             // Raft's InstallSnapshot rule: keep the entries after the snapshot only if the log
             // holds the snapshot's last entry with the same term (or starts right after it).
@@ -134,25 +161,32 @@ impl NodeStorage {
         }
         if let Some(first) = entries.first() {
             if first.index != snapshot_index + 1 {
-                let reason = format!("log starts at index {} without a snapshot", first.index);
-                return Err(StorageError::corrupt("log", 0, reason));
+                let reason = format!(
+                    "group {group}: log starts at index {} without a snapshot (compacted \
+                     through {})",
+                    first.index, recovered.compacted
+                );
+                return Err(StorageError::corrupt("wal", 0, reason));
             }
         }
         let mut storage = NodeStorage {
             disk,
-            options,
-            log,
+            wal: wal.clone(),
+            group,
             hard_state: hard_state.clone(),
             snapshot_meta: snapshot.as_ref().map(|s| s.meta.clone()),
             first_index: snapshot_index + 1,
             terms: entries.iter().map(|e| e.term).collect(),
             poisoned: None,
-            sync_pending: false,
         };
+        wal.forget_through(group, snapshot_index);
         if cleared {
-            // Make the file agree with what we return before anything is appended after it
+            // Make the log agree with what we return before anything is appended after it
             // (else later entries would follow conflicting or too short ones).
-            storage.append(&[LogRecord::ClearLog], 0, true)?;
+            storage.poison_on_error(|s| {
+                s.wal.clear_log(group)?;
+                s.wal.sync()
+            })?;
         }
         tracing::info!(storage = ?storage, "storage recovered");
         Ok((
@@ -192,11 +226,20 @@ impl NodeStorage {
     }
 
     pub fn segment_count(&self) -> usize {
-        self.log.segment_count()
+        self.wal.segment_count()
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// Entries `lo..hi` (all live), from the WAL's cache or read back from its segments.
+    pub fn entries(&self, lo: LogIndex, hi: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        self.wal.entries(self.group, lo, hi)
     }
 
     /// Makes durable, in this order, `snapshot` (if newer than the current one), `entries`
-    /// (replacing any suffix from `entries[0].index` on) and `hard_state`, with one log sync.
+    /// (replacing any suffix from `entries[0].index` on) and `hard_state`, with one WAL sync.
     /// Exception: a call that only advances the commit index (same term and vote, no entries,
     /// no snapshot) is written but not synced; it becomes durable with the next sync, and a
     /// crash before that recovers the previous commit index, which Raft tolerates.
@@ -210,9 +253,9 @@ impl NodeStorage {
         self.sync_deferred()
     }
 
-    /// As `persist`, but leaves the log's sync to the caller (`sync_deferred`, or
-    /// `sync_stores` for many stores at once): nothing written here may be relied on before
-    /// that. A snapshot is still written and synced here (rare and large).
+    /// As `persist`, but leaves the WAL's sync to the caller (`Wal::sync`, once per turn for
+    /// all groups): nothing buffered here may be relied on before that. A snapshot is still
+    /// written and synced here (rare and large).
     pub fn persist_deferred(
         &mut self,
         hard_state: Option<&HardState>,
@@ -231,7 +274,7 @@ impl NodeStorage {
             newer
         });
         self.validate_entries(entries, snapshot.map(|s| &s.meta))?;
-        let mut records = Vec::with_capacity(entries.len() + 2);
+        let group = self.group;
         if let Some(snap) = snapshot {
             self.poison_on_error(|s| snapshot::write(s.disk.as_ref(), snap))?;
             if self.term(snap.meta.index) == Some(snap.meta.term) {
@@ -239,9 +282,11 @@ impl NodeStorage {
                     .unwrap_or(usize::MAX)
                     .min(self.terms.len());
                 self.terms.drain(..keep_from);
+                // The entries it covers are void: the segments only they kept can go.
+                self.poison_on_error(|s| s.wal.compact(group, snap.meta.index))?;
             } else {
                 self.terms.clear();
-                records.push(LogRecord::ClearLog);
+                self.poison_on_error(|s| s.wal.clear_log(group))?;
             }
             self.first_index = snap.meta.index + 1;
             self.snapshot_meta = Some(snap.meta.clone());
@@ -250,14 +295,10 @@ impl NodeStorage {
             let keep = (first.index - self.first_index) as usize;
             self.terms.truncate(keep);
             self.terms.extend(entries.iter().map(|e| e.term));
-            records.extend(entries.iter().cloned().map(LogRecord::Entry));
+            self.poison_on_error(|s| s.wal.append_entries(group, entries))?;
         }
         let new_hard_state = hard_state.filter(|hs| **hs != self.hard_state);
         if let Some(hs) = new_hard_state {
-            records.push(LogRecord::HardState(hs.clone()));
-        }
-        if !records.is_empty() {
-            let max_index = entries.last().map_or(0, |e| e.index);
             // Raft needs term, vote, entries and snapshots durable before it acts on them, but
             // not the commit index (a restarted node relearns it from the leader). A record
             // that only advances the commit index is written without a sync of its own; the
@@ -265,42 +306,22 @@ impl NodeStorage {
             // appending the entry costs one, committing it costs none.
             let commit_only = snapshot.is_none()
                 && entries.is_empty()
-                && new_hard_state.is_some_and(|hs| {
-                    hs.term == self.hard_state.term && hs.vote == self.hard_state.vote
-                });
-            self.append(&records, max_index, false)?;
-            self.sync_pending |= !commit_only;
-        }
-        if snapshot.is_some() {
-            // The snapshot is durable; the log records before it must be too before segments
-            // are dropped below.
-            self.sync_deferred()?;
-        }
-        if let Some(hs) = new_hard_state {
-            // Only now: a segment rolled above must start with the previous hard state, or a
-            // crash could keep the new one without the entries written before it.
+                && hs.term == self.hard_state.term
+                && hs.vote == self.hard_state.vote;
+            self.poison_on_error(|s| s.wal.append_hard_state(group, hs, !commit_only))?;
             self.hard_state = hs.clone();
         }
-        if let Some(snap) = snapshot {
-            let removed = self.poison_on_error(|s| s.log.compact(snap.meta.index))?;
-            tracing::debug!(index = snap.meta.index, removed, "compacted log segments");
-        }
         Ok(())
     }
 
-    /// Whether writes of `persist_deferred` still wait for a sync.
+    /// Whether writes of `persist_deferred` (of any group) still wait for a sync.
     pub fn needs_sync(&self) -> bool {
-        self.sync_pending
+        self.wal.needs_sync()
     }
 
-    /// Syncs what `persist_deferred` wrote (nothing when nothing waits).
+    /// Syncs the WAL (every group's buffered records, not only this one's).
     pub fn sync_deferred(&mut self) -> Result<(), StorageError> {
-        if !self.sync_pending {
-            return Ok(());
-        }
-        self.poison_on_error(|s| s.log.sync())?;
-        self.sync_pending = false;
-        Ok(())
+        self.poison_on_error(|s| s.wal.sync())
     }
 
     /// Saves a snapshot the application took at `snapshot.meta.index` (<= applied) and drops
@@ -348,38 +369,10 @@ impl NodeStorage {
         Ok(())
     }
 
-    fn append(
-        &mut self,
-        records: &[LogRecord],
-        max_index: LogIndex,
-        sync: bool,
-    ) -> Result<(), StorageError> {
-        let max_record_bytes = self.log.max_record_bytes();
-        let mut framed = Vec::new();
-        for record in records {
-            encode_record(record, max_record_bytes, &mut framed)?;
-        }
-        self.poison_on_error(|s| {
-            if s.log.needs_roll(s.options.segment_max_bytes) {
-                s.log.sync()?;
-                s.log.roll()?;
-                let mut head = Vec::new();
-                let current = LogRecord::HardState(s.hard_state.clone());
-                encode_record(&current, max_record_bytes, &mut head)?;
-                s.log.write(&head, 0)?;
-            }
-            s.log.write(&framed, max_index)?;
-            if sync {
-                s.log.sync()?;
-            }
-            Ok(())
-        })
-    }
-
     fn check_poisoned(&self) -> Result<(), StorageError> {
         match &self.poisoned {
             Some(why) => Err(StorageError::Poisoned(why.clone())),
-            None => Ok(()),
+            None => self.wal.check_poisoned(),
         }
     }
 
@@ -394,71 +387,4 @@ impl NodeStorage {
         }
         result
     }
-}
-
-/// Replays log records into the last hard state and the entry sequence they describe.
-fn replay(records: Vec<Located>) -> Result<(HardState, Vec<Entry>), StorageError> {
-    let mut hard_state = HardState::default();
-    let mut entries: Vec<Entry> = Vec::new();
-    for Located {
-        file,
-        offset,
-        record,
-    } in records
-    {
-        match record {
-            LogRecord::HardState(hs) => hard_state = hs,
-            LogRecord::ClearLog => entries.clear(),
-            LogRecord::Entry(entry) => {
-                if let Some(first) = entries.first() {
-                    let last = first.index + entries.len() as u64 - 1;
-                    if entry.index > last + 1 {
-                        let why = format!("entry {} after entry {last}: gap", entry.index);
-                        return Err(StorageError::corrupt(&file, offset, why));
-                    }
-                    if entry.index < first.index {
-                        entries.clear();
-                    } else {
-                        entries.truncate((entry.index - first.index) as usize);
-                    }
-                }
-                if entry.index == 0 {
-                    return Err(StorageError::corrupt(&file, offset, "entry with index 0"));
-                }
-                entries.push(entry);
-            }
-        }
-    }
-    Ok((hard_state, entries))
-}
-
-/// Syncs the deferred writes of several stores on one disk at once (`Disk::sync_files`), so a
-/// node with many Raft groups pays about one sync per turn instead of one per group. A failure
-/// poisons every store involved (what reached the disk is unknown).
-pub fn sync_stores(disk: &dyn Disk, stores: &mut [&mut NodeStorage]) -> Result<(), StorageError> {
-    for store in stores.iter() {
-        store.check_poisoned()?;
-    }
-    let mut files: Vec<&mut dyn DiskFile> = stores
-        .iter_mut()
-        .filter(|s| s.sync_pending)
-        .filter_map(|s| s.log.active_file())
-        .collect();
-    if files.is_empty() {
-        return Ok(());
-    }
-    if let Err(e) = disk.sync_files(&mut files) {
-        drop(files);
-        let why = format!("sync of {} logs failed: {e}", stores.len());
-        for store in stores.iter_mut().filter(|s| s.sync_pending) {
-            store.poisoned = Some(why.clone());
-        }
-        return Err(StorageError::io("(group logs)", "sync", e));
-    }
-    drop(files);
-    for store in stores.iter_mut().filter(|s| s.sync_pending) {
-        store.poison_on_error(|s| s.log.sync_dir_if_needed())?;
-        store.sync_pending = false;
-    }
-    Ok(())
 }
