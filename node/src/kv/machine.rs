@@ -75,6 +75,30 @@ fn entry_bytes(key: &[u8], value: &Versioned) -> u64 {
     (key.len() + value.value.len()) as u64
 }
 
+/// The key space as the Redis string operations see it, keeping `stored_bytes` up to date
+/// like every other change of the data.
+struct AccountedKeys<'a> {
+    data: &'a mut BTreeMap<Vec<u8>, Versioned>,
+    stored_bytes: &'a mut u64,
+}
+
+impl string_ops::KeySpace for AccountedKeys<'_> {
+    fn read(&self, key: &[u8]) -> Option<Versioned> {
+        self.data.read(key)
+    }
+
+    fn write(&mut self, index: LogIndex, key: &[u8], value: Vec<u8>) {
+        let versioned = Versioned {
+            value,
+            version: index,
+        };
+        *self.stored_bytes += entry_bytes(key, &versioned);
+        if let Some(previous) = self.data.insert(key.to_vec(), versioned) {
+            *self.stored_bytes -= entry_bytes(key, &previous);
+        }
+    }
+}
+
 /// Snapshot layout (bincode, standard config). `format` guards against reading a snapshot
 /// written by an incompatible build.
 const SNAPSHOT_FORMAT: u32 = 1;
@@ -348,7 +372,7 @@ impl StateMachine {
                 condition,
                 return_previous,
             } => string_ops::set(
-                &mut self.data,
+                &mut self.accounted_keys(),
                 index,
                 key,
                 value,
@@ -357,15 +381,33 @@ impl StateMachine {
             ),
             Operation::Append { key, suffix } => {
                 let max_value_bytes = self.config.max_value_bytes;
-                string_ops::append(&mut self.data, index, key, suffix, max_value_bytes)
+                string_ops::append(
+                    &mut self.accounted_keys(),
+                    index,
+                    key,
+                    suffix,
+                    max_value_bytes,
+                )
             }
             Operation::Increment { key, delta } => {
-                string_ops::increment(&mut self.data, index, key, *delta)
+                string_ops::increment(&mut self.accounted_keys(), index, key, *delta)
             }
             Operation::PutMany {
                 pairs,
                 only_if_all_absent,
-            } => string_ops::put_many(&mut self.data, index, pairs, *only_if_all_absent),
+            } => string_ops::put_many(
+                &mut self.accounted_keys(),
+                index,
+                pairs,
+                *only_if_all_absent,
+            ),
+        }
+    }
+
+    fn accounted_keys(&mut self) -> AccountedKeys<'_> {
+        AccountedKeys {
+            data: &mut self.data,
+            stored_bytes: &mut self.stored_bytes,
         }
     }
 
