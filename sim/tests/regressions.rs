@@ -48,3 +48,16 @@ fn votes_seed1118_bootstrap_replicas_forgotten_after_an_early_crash() {
 fn votes_seed5186_bootstrap_replicas_forgotten_after_an_early_crash() {
     regression("votes-seed5186.toml");
 }
+
+/// A new metadata leader marked a node killed for good long before alive (its start counted as
+/// news from the member), so the map wanted the dead node's replicas back; with a second node
+/// killed for good the metadata group lost its leader.
+#[test]
+fn membership_seed345_new_meta_leader_revived_a_dead_node() {
+    regression("membership-seed345.toml");
+}
+
+#[test]
+fn membership_seed162_new_meta_leader_revived_a_dead_node() {
+    regression("membership-seed162.toml");
+}

@@ -699,20 +699,16 @@ impl EventLoop {
                 // A member that just joined or came back gets a full timeout from now.
                 self.last_heard.insert(m.id, self.ticks);
             }
-            let heard = self.last_heard.get(&m.id).copied().unwrap_or(0).max(since);
-            let silent_ticks = self.ticks.saturating_sub(heard);
-            match m.state {
-                MemberState::Active if silent_ticks > dead_ticks => {
-                    command = Some(MetaCommand::MarkDead(m.id));
-                    break;
-                }
-                MemberState::Dead
-                    if self.last_heard.contains_key(&m.id) && silent_ticks <= recent_ticks =>
-                {
-                    command = Some(MetaCommand::MarkAlive(m.id));
-                    break;
-                }
-                _ => {}
+            let last_heard = self.last_heard.get(&m.id).copied();
+            let timing = LivenessTiming {
+                now: self.ticks,
+                leader_since: since,
+                dead_ticks,
+                recent_ticks,
+            };
+            if let Some(c) = liveness_change(m.id, m.state, last_heard, timing) {
+                command = Some(c);
+                break;
             }
         }
         let Some(command) = command else {
@@ -1104,6 +1100,38 @@ fn admin_client_options(config: &ServerConfig) -> crate::client::ClientOptions {
     }
 }
 
+/// When the metadata leader's liveness watch runs, in ticks.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LivenessTiming {
+    pub now: u64,
+    /// When this node became the metadata leader.
+    pub leader_since: u64,
+    pub dead_ticks: u64,
+    pub recent_ticks: u64,
+}
+
+/// The liveness change the metadata leader proposes for one member, if any. A new leader gives
+/// every member a full timeout from its own start before calling it dead, but only a message
+/// really heard recently brings a dead member back: the leader's start is not news from the
+/// member (membership seed 345: a new metadata leader marked a node killed long before alive,
+/// and the map wanted its replicas back).
+pub(super) fn liveness_change(
+    member: NodeId,
+    state: MemberState,
+    last_heard: Option<u64>,
+    t: LivenessTiming,
+) -> Option<MetaCommand> {
+    let silent_ticks = t
+        .now
+        .saturating_sub(last_heard.unwrap_or(0).max(t.leader_since));
+    let heard_recently = last_heard.is_some_and(|h| t.now.saturating_sub(h) <= t.recent_ticks);
+    match state {
+        MemberState::Active if silent_ticks > t.dead_ticks => Some(MetaCommand::MarkDead(member)),
+        MemberState::Dead if heard_recently => Some(MetaCommand::MarkAlive(member)),
+        _ => None,
+    }
+}
+
 /// The members a bootstrap node's config lists, as the map records them.
 pub(super) fn bootstrap_members(config: &ServerConfig) -> Vec<Member> {
     config
@@ -1170,4 +1198,45 @@ pub(super) fn bootstrap_groups(meta: &MetaState, me: NodeId) -> BTreeSet<GroupId
         }
     }
     groups
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    const T: LivenessTiming = LivenessTiming {
+        now: 10_000,
+        leader_since: 9_990,
+        dead_ticks: 300,
+        recent_ticks: 20,
+    };
+
+    #[test]
+    fn a_new_leader_does_not_revive_a_member_heard_long_ago() {
+        // Heard at tick 100, dead since; this node became leader 10 ticks ago.
+        assert_eq!(liveness_change(4, MemberState::Dead, Some(100), T), None);
+        assert_eq!(liveness_change(4, MemberState::Dead, None, T), None);
+    }
+
+    #[test]
+    fn a_dead_member_heard_recently_is_marked_alive() {
+        assert_eq!(
+            liveness_change(4, MemberState::Dead, Some(9_995), T),
+            Some(MetaCommand::MarkAlive(4))
+        );
+    }
+
+    #[test]
+    fn an_active_member_gets_a_full_timeout_from_the_leaders_start() {
+        // Silent since tick 100, but the leader started at 9_990: not dead yet.
+        assert_eq!(liveness_change(4, MemberState::Active, Some(100), T), None);
+        let later = LivenessTiming {
+            now: T.leader_since + T.dead_ticks + 1,
+            ..T
+        };
+        assert_eq!(
+            liveness_change(4, MemberState::Active, Some(100), later),
+            Some(MetaCommand::MarkDead(4))
+        );
+    }
 }
