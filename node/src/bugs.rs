@@ -22,19 +22,27 @@ pub struct PlantedBugs {
     pub no_retry_dedup: bool,
     /// KV: snapshots omit the session table, so dedup is lost after restore.
     pub snapshot_drops_sessions: bool,
+    /// Engine: a checkpoint's applied index is made durable (token saved, log compacted
+    /// through it) while the data it covers is not (the checkpoint commit is not `Immediate`).
+    pub applied_before_data: bool,
+    /// Snapshot stream: the sender resumes each chunk after the first key it should send
+    /// (one key lost per chunk boundary).
+    pub snapshot_chunk_skips_key: bool,
     /// Storage: the WAL deletes old segments while a group still has live entries in them
     /// (only the segment heads' hard states are taken into account).
     pub wal_recycles_live_segment: bool,
 }
 
 impl PlantedBugs {
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 9] = [
         "commit-counts-old-terms",
         "vote-not-persisted",
         "follower-local-reads",
         "ack-before-fsync",
         "no-retry-dedup",
         "snapshot-drops-sessions",
+        "applied-before-data",
+        "snapshot-chunk-skips-key",
         "wal-recycles-live-segment",
     ];
 
@@ -73,6 +81,8 @@ impl FromStr for PlantedBugs {
                 "ack-before-fsync" => bugs.ack_before_fsync = true,
                 "no-retry-dedup" => bugs.no_retry_dedup = true,
                 "snapshot-drops-sessions" => bugs.snapshot_drops_sessions = true,
+                "applied-before-data" => bugs.applied_before_data = true,
+                "snapshot-chunk-skips-key" => bugs.snapshot_chunk_skips_key = true,
                 "wal-recycles-live-segment" => bugs.wal_recycles_live_segment = true,
                 other => return Err(UnknownBug(other.to_string())),
             }

@@ -42,7 +42,8 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Largest frame accepted on the client port (must hold a key and a value).
     pub max_client_frame_bytes: usize,
-    /// Largest frame accepted on the peer port (must hold a snapshot).
+    /// Largest frame accepted on the peer port (must hold the metadata group's snapshot and
+    /// one shard snapshot chunk; a shard's size is not bounded by it: its snapshots stream).
     pub max_peer_frame_bytes: usize,
     /// Client requests accepted by the event loop but not yet answered, over all connections.
     pub max_pending_requests: usize,
@@ -200,11 +201,24 @@ pub struct ServerConfig {
     pub election_timeout_ticks_min: u32,
     pub election_timeout_ticks_max: u32,
     pub heartbeat_interval_ticks: u32,
-    /// A snapshot is taken after this many entries were applied since the last one.
+    /// A snapshot is taken after this many entries were applied since the last one. For a
+    /// shard a snapshot is a durable checkpoint of its engine (no copy of the data): the
+    /// group's Raft log is then compacted through the checkpoint's applied index.
     pub snapshot_interval_entries: u64,
+    /// ... or after this many bytes of command payloads were applied since the last one. It
+    /// bounds the memory of a group's uncompacted log (the Raft core keeps it in memory).
+    pub snapshot_interval_log_bytes: u64,
     /// On SIGTERM the node hands the leadership of every group it leads to another voter and
     /// stops when none is left, or after this long at the latest.
     pub shutdown_handoff_timeout_ms: u64,
+    /// Page cache of each shard's engine (redb); a node's state-machine memory is about this
+    /// times the shards it hosts, whatever the data size.
+    pub engine_cache_bytes_per_group: usize,
+    /// Keys and values per chunk of a streamed snapshot (one peer frame each).
+    pub snapshot_chunk_bytes: usize,
+    /// A snapshot chunk not acknowledged after this many ticks is sent again; after
+    /// `SNAPSHOT_CHUNK_RETRIES` resends the transfer is abandoned (Raft asks again later).
+    pub snapshot_chunk_timeout_ticks: u32,
     /// The write-ahead log starts a new segment file once the newest holds this many bytes.
     pub wal_segment_max_bytes: u64,
     pub limits: Limits,
@@ -259,6 +273,10 @@ impl Default for ServerConfig {
             heartbeat_interval_ticks: 3,
             snapshot_interval_entries: 10_000,
             shutdown_handoff_timeout_ms: 5_000,
+            snapshot_interval_log_bytes: 8 * 1024 * 1024,
+            engine_cache_bytes_per_group: 16 * 1024 * 1024,
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_chunk_timeout_ticks: 50,
             wal_segment_max_bytes: 64 << 20,
             limits: Limits::default(),
             transport: TransportConfig::default(),
@@ -375,6 +393,20 @@ impl ServerConfig {
         }
         if self.snapshot_interval_entries == 0 {
             return Err(bad("snapshot_interval_entries", "must be >= 1"));
+        }
+        if self.snapshot_interval_log_bytes == 0 {
+            return Err(bad("snapshot_interval_log_bytes", "must be >= 1"));
+        }
+        if self.snapshot_chunk_bytes == 0
+            || self.snapshot_chunk_bytes.saturating_mul(2) > self.limits.max_peer_frame_bytes
+        {
+            return Err(bad(
+                "snapshot_chunk_bytes",
+                "must be >= 1 and at most half of limits.max_peer_frame_bytes",
+            ));
+        }
+        if self.snapshot_chunk_timeout_ticks == 0 {
+            return Err(bad("snapshot_chunk_timeout_ticks", "must be >= 1"));
         }
         if !self.join.is_empty() && self.members.len() != 1 {
             return Err(bad(

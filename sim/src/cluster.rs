@@ -224,6 +224,10 @@ fn server_configs(
     base.cluster.replication_factor = scenario.replication_factor;
     base.cluster.dead_node_timeout_ms = scenario.dead_node_timeout_ms;
     base.sim_busy_us_per_input = scenario.sim_busy_us_per_input;
+    // Simulated shards hold kilobytes: small chunks make every snapshot a multi-chunk stream,
+    // and a small cache keeps many nodes' engines in one process cheap.
+    base.snapshot_chunk_bytes = 512;
+    base.engine_cache_bytes_per_group = 256 * 1024;
     if scenario.buggify {
         buggify(&mut base, &mut knob_rng, trace);
     }
@@ -516,7 +520,9 @@ async fn vote_strikes(
                 continue;
             }
             ProtocolEvent::BecameLeader { term } => term,
-            ProtocolEvent::Applied { .. } | ProtocolEvent::LeaderCommitted { .. } => continue,
+            ProtocolEvent::Applied { .. }
+            | ProtocolEvent::LeaderCommitted { .. }
+            | ProtocolEvent::StateDigest { .. } => continue,
         };
         let voters = grants.remove(&(group, term, cue.node)).unwrap_or_default();
         grants.retain(|&(g, t, _), _| g != group || t > term);
@@ -611,7 +617,9 @@ async fn figure8_strikes(
                 ProtocolEvent::Applied { term, .. } => {
                     last_applied.insert((cue.node, cue.group), term);
                 }
-                ProtocolEvent::VoteGranted { .. } | ProtocolEvent::LeaderCommitted { .. } => {}
+                ProtocolEvent::VoteGranted { .. }
+                | ProtocolEvent::LeaderCommitted { .. }
+                | ProtocolEvent::StateDigest { .. } => {}
             }
         }
         for ((node, group), term) in last_applied {

@@ -39,6 +39,8 @@ struct MonitorState {
     leaders: BTreeMap<(GroupId, Term), NodeId>,
     /// (group, index) -> the term of the entry applied there, and the first node that applied it.
     applied: BTreeMap<(GroupId, LogIndex), (Term, NodeId)>,
+    /// (group, index) -> a shard replica's data digest there, and the first node that reported it.
+    digests: BTreeMap<(GroupId, LogIndex), (u64, NodeId)>,
     violations: Vec<String>,
     cues: Vec<UnboundedSender<StrikeCue>>,
 }
@@ -122,6 +124,21 @@ impl ProtocolObserver for SafetyMonitor {
                         "commit rule (Raft 5.4.2): group {group}: n{node}, leader of term {term}, \
                          committed index {index} of term {entry_term} by counting replicas"
                     ));
+                }
+            }
+            ProtocolEvent::StateDigest { index, digest } => {
+                match state.digests.get(&(group, index)).copied() {
+                    Some((other_digest, other)) if other_digest != digest => {
+                        state.violation(format!(
+                            "replica divergence: group {group}: n{node} and n{other} hold \
+                             different data at applied index {index} (digest {digest:016x} vs \
+                             {other_digest:016x})"
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        state.digests.insert((group, index), (digest, node));
+                    }
                 }
             }
             ProtocolEvent::VoteGranted { .. } => {}

@@ -4,18 +4,20 @@
 //! deterministically, so that every replica that applies the same log holds the same state.
 //!
 //! Invariants:
-//! - pure: no I/O, clock or randomness; all maps are `BTreeMap`, so iteration order never
-//!   depends on hashing;
+//! - no clock or randomness; all maps are `BTreeMap`, so iteration order never depends on
+//!   hashing; storage only through `Engine` (redb on the node's `Disk`, see `engine.rs`);
 //! - `apply` is called with strictly increasing log indexes; a key's version is the index of
 //!   its last write, so versions only grow;
 //! - exactly-once (Raft dissertation §6.3): a retried `(client_id, seq)` returns the response
 //!   recorded the first time and changes nothing; sessions expire only as a function of log
-//!   indexes, never of time, and the session table is part of the snapshot.
+//!   indexes, never of time, and the session table is stored with the data.
+pub mod engine;
 mod machine;
 mod sessions;
 pub mod string_ops;
 mod types;
 
+pub use engine::{Engine, ReadView};
 pub use machine::{KvConfig, StateMachine};
 pub use types::{
     decode_command, encode_command, Command, Expected, InvalidOp, KeyRange, OpResult, Operation,
@@ -34,7 +36,12 @@ pub enum KvError {
     NotARead(&'static str),
     #[error("invalid kv config: {0}")]
     Config(&'static str),
+    /// The engine (redb over the node's disk) failed or holds damaged data.
+    #[error("state machine storage: {0}")]
+    Storage(String),
 }
 
+#[cfg(test)]
+mod engine_tests;
 #[cfg(test)]
 mod tests;

@@ -19,11 +19,22 @@ pub struct Session {
     pub last_active_index: LogIndex,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Sessions {
     by_client: BTreeMap<u64, Session>,
     by_activity: BTreeSet<(LogIndex, u64)>,
+    /// Clients whose session changed (recorded or dropped) since `take_dirty`: what the
+    /// engine must write in the current batch.
+    dirty: BTreeSet<u64>,
 }
+
+impl PartialEq for Sessions {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_client == other.by_client
+    }
+}
+
+impl Eq for Sessions {}
 
 impl Sessions {
     pub fn from_map(by_client: BTreeMap<u64, Session>) -> Sessions {
@@ -34,15 +45,26 @@ impl Sessions {
         Sessions {
             by_client,
             by_activity,
+            dirty: BTreeSet::new(),
         }
     }
 
+    #[cfg(test)]
     pub fn as_map(&self) -> &BTreeMap<u64, Session> {
         &self.by_client
     }
 
     pub fn get(&self, client_id: u64) -> Option<&Session> {
         self.by_client.get(&client_id)
+    }
+
+    /// The clients changed since the last call, each with its session (None: dropped).
+    pub fn take_dirty(&mut self) -> Vec<(u64, Option<&Session>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .map(|c| (c, self.by_client.get(&c)))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -60,6 +82,7 @@ impl Sessions {
             self.by_activity.remove(&(old.last_active_index, client_id));
         }
         self.by_activity.insert((index, client_id));
+        self.dirty.insert(client_id);
         debug_assert_eq!(self.by_client.len(), self.by_activity.len());
     }
 
@@ -73,6 +96,7 @@ impl Sessions {
             }
             self.by_activity.pop_first();
             self.by_client.remove(&client);
+            self.dirty.insert(client);
         }
         assert_eq!(self.by_client.len(), self.by_activity.len());
     }

@@ -3,8 +3,9 @@
 //! the session table, exactly once under retries.
 //!
 //! Why a separate file: each operation is a small function over three primitives of the key
-//! space (`KeySpace`: read a key's versioned value, write, and nothing else), so that a storage
-//! engine other than the in-memory map only has to implement those primitives. Invariants: an
+//! space (`KeySpace`: read a key's versioned value, write, and nothing else), so that the
+//! state machine's engine (and the plain map the unit tests use) only has to implement those
+//! primitives. An error of the key space is a storage failure, passed up as is. Invariants: an
 //! operation either writes everything it names at version `index` or writes nothing; a refused
 //! operation (a condition that does not hold, a non-integer, a result over `max_value_bytes`)
 //! changes nothing.
@@ -12,20 +13,21 @@
 use std::collections::BTreeMap;
 
 use super::types::{InvalidOp, OpResult, SetCondition, Version, Versioned};
+use super::KvError;
 use crate::raft::LogIndex;
 
 /// The primitives the operations below are written against.
 pub trait KeySpace {
-    fn read(&self, key: &[u8]) -> Option<Versioned>;
-    fn write(&mut self, index: LogIndex, key: &[u8], value: Vec<u8>);
+    fn read(&self, key: &[u8]) -> Result<Option<Versioned>, KvError>;
+    fn write(&mut self, index: LogIndex, key: &[u8], value: Vec<u8>) -> Result<(), KvError>;
 }
 
 impl KeySpace for BTreeMap<Vec<u8>, Versioned> {
-    fn read(&self, key: &[u8]) -> Option<Versioned> {
-        self.get(key).cloned()
+    fn read(&self, key: &[u8]) -> Result<Option<Versioned>, KvError> {
+        Ok(self.get(key).cloned())
     }
 
-    fn write(&mut self, index: LogIndex, key: &[u8], value: Vec<u8>) {
+    fn write(&mut self, index: LogIndex, key: &[u8], value: Vec<u8>) -> Result<(), KvError> {
         self.insert(
             key.to_vec(),
             Versioned {
@@ -33,6 +35,7 @@ impl KeySpace for BTreeMap<Vec<u8>, Versioned> {
                 version: index,
             },
         );
+        Ok(())
     }
 }
 
@@ -44,22 +47,21 @@ pub fn set(
     value: &[u8],
     condition: SetCondition,
     return_previous: bool,
-) -> OpResult {
-    let previous = space.read(key);
+) -> Result<OpResult, KvError> {
+    let previous = space.read(key)?;
     let holds = match condition {
         SetCondition::Always => true,
         SetCondition::IfAbsent => previous.is_none(),
         SetCondition::IfPresent => previous.is_some(),
     };
-    let version = holds.then(|| {
-        space.write(index, key, value.to_vec());
-        index
-    });
-    OpResult::Set {
-        written: holds,
-        version,
-        previous: if return_previous { previous } else { None },
+    if holds {
+        space.write(index, key, value.to_vec())?;
     }
+    Ok(OpResult::Set {
+        written: holds,
+        version: holds.then_some(index),
+        previous: if return_previous { previous } else { None },
+    })
 }
 
 /// Redis APPEND: refused (nothing written) when the result would exceed `max_value_bytes`.
@@ -69,41 +71,46 @@ pub fn append(
     key: &[u8],
     suffix: &[u8],
     max_value_bytes: usize,
-) -> OpResult {
-    let mut value = space.read(key).map(|v| v.value).unwrap_or_default();
+) -> Result<OpResult, KvError> {
+    let mut value = space.read(key)?.map(|v| v.value).unwrap_or_default();
     let len_bytes = value.len() + suffix.len();
     if len_bytes > max_value_bytes {
-        return OpResult::Invalid(InvalidOp::ValueTooLarge {
+        return Ok(OpResult::Invalid(InvalidOp::ValueTooLarge {
             len_bytes,
             max_bytes: max_value_bytes,
-        });
+        }));
     }
     value.extend_from_slice(suffix);
-    space.write(index, key, value);
-    OpResult::Appended {
+    space.write(index, key, value)?;
+    Ok(OpResult::Appended {
         len_bytes: len_bytes as u64,
         version: index,
-    }
+    })
 }
 
 /// Redis INCRBY: the value must be a decimal i64 as Redis prints it (no sign `+`, no leading
 /// zeros or spaces); absent counts as 0.
-pub fn increment(space: &mut impl KeySpace, index: LogIndex, key: &[u8], delta: i64) -> OpResult {
-    let current = match space.read(key) {
+pub fn increment(
+    space: &mut impl KeySpace,
+    index: LogIndex,
+    key: &[u8],
+    delta: i64,
+) -> Result<OpResult, KvError> {
+    let current = match space.read(key)? {
         None => 0,
         Some(v) => match parse_i64(&v.value) {
             Some(n) => n,
-            None => return OpResult::NotAnInteger { overflow: false },
+            None => return Ok(OpResult::NotAnInteger { overflow: false }),
         },
     };
     let Some(value) = current.checked_add(delta) else {
-        return OpResult::NotAnInteger { overflow: true };
+        return Ok(OpResult::NotAnInteger { overflow: true });
     };
-    space.write(index, key, value.to_string().into_bytes());
-    OpResult::Counter {
+    space.write(index, key, value.to_string().into_bytes())?;
+    Ok(OpResult::Counter {
         value,
         version: index,
-    }
+    })
 }
 
 /// Redis MSET / MSETNX: every pair at version `index`, or (MSETNX with a key present) none.
@@ -112,20 +119,22 @@ pub fn put_many(
     index: LogIndex,
     pairs: &[(Vec<u8>, Vec<u8>)],
     only_if_all_absent: bool,
-) -> OpResult {
+) -> Result<OpResult, KvError> {
     if only_if_all_absent {
-        if let Some(current) = pairs.iter().find_map(|(key, _)| space.read(key)) {
-            return OpResult::ConditionFailed {
-                current: Some(current),
-            };
+        for (key, _) in pairs {
+            if let Some(current) = space.read(key)? {
+                return Ok(OpResult::ConditionFailed {
+                    current: Some(current),
+                });
+            }
         }
     }
     for (key, value) in pairs {
-        space.write(index, key, value.clone());
+        space.write(index, key, value.clone())?;
     }
-    OpResult::Written {
+    Ok(OpResult::Written {
         version: index as Version,
-    }
+    })
 }
 
 /// Parses a decimal i64 the way Redis's `string2ll` accepts it: an optional `-`, digits, no
@@ -156,7 +165,7 @@ mod tests {
     #[test]
     fn set_conditions_and_previous() {
         let mut space = Space::new();
-        let nx = set(&mut space, 1, b"k", b"a", SetCondition::IfAbsent, true);
+        let nx = set(&mut space, 1, b"k", b"a", SetCondition::IfAbsent, true).unwrap();
         assert_eq!(
             nx,
             OpResult::Set {
@@ -165,10 +174,10 @@ mod tests {
                 previous: None
             }
         );
-        let nx_again = set(&mut space, 2, b"k", b"b", SetCondition::IfAbsent, false);
+        let nx_again = set(&mut space, 2, b"k", b"b", SetCondition::IfAbsent, false).unwrap();
         assert!(matches!(nx_again, OpResult::Set { written: false, .. }));
         assert_eq!(value(&space, b"k"), Some(b"a".to_vec()));
-        let xx = set(&mut space, 3, b"k", b"c", SetCondition::IfPresent, true);
+        let xx = set(&mut space, 3, b"k", b"c", SetCondition::IfPresent, true).unwrap();
         let OpResult::Set {
             written: true,
             previous: Some(previous),
@@ -178,7 +187,7 @@ mod tests {
             panic!("{xx:?}")
         };
         assert_eq!(previous.value, b"a");
-        let xx_absent = set(&mut space, 4, b"z", b"c", SetCondition::IfPresent, false);
+        let xx_absent = set(&mut space, 4, b"z", b"c", SetCondition::IfPresent, false).unwrap();
         assert!(matches!(xx_absent, OpResult::Set { written: false, .. }));
         assert_eq!(value(&space, b"z"), None);
     }
@@ -187,15 +196,15 @@ mod tests {
     fn append_grows_and_respects_the_limit() {
         let mut space = Space::new();
         assert!(matches!(
-            append(&mut space, 1, b"k", b"ab", 4),
+            append(&mut space, 1, b"k", b"ab", 4).unwrap(),
             OpResult::Appended { len_bytes: 2, .. }
         ));
         assert!(matches!(
-            append(&mut space, 2, b"k", b"cd", 4),
+            append(&mut space, 2, b"k", b"cd", 4).unwrap(),
             OpResult::Appended { len_bytes: 4, .. }
         ));
         assert!(matches!(
-            append(&mut space, 3, b"k", b"e", 4),
+            append(&mut space, 3, b"k", b"e", 4).unwrap(),
             OpResult::Invalid(InvalidOp::ValueTooLarge { len_bytes: 5, .. })
         ));
         assert_eq!(value(&space, b"k"), Some(b"abcd".to_vec()));
@@ -206,22 +215,22 @@ mod tests {
     fn increment_parses_like_redis_and_refuses_overflow() {
         let mut space = Space::new();
         assert!(matches!(
-            increment(&mut space, 1, b"n", 5),
+            increment(&mut space, 1, b"n", 5).unwrap(),
             OpResult::Counter { value: 5, .. }
         ));
         assert!(matches!(
-            increment(&mut space, 2, b"n", -7),
+            increment(&mut space, 2, b"n", -7).unwrap(),
             OpResult::Counter { value: -2, .. }
         ));
         assert_eq!(value(&space, b"n"), Some(b"-2".to_vec()));
-        space.write(3, b"s", b"12a".to_vec());
+        space.write(3, b"s", b"12a".to_vec()).unwrap();
         assert_eq!(
-            increment(&mut space, 4, b"s", 1),
+            increment(&mut space, 4, b"s", 1).unwrap(),
             OpResult::NotAnInteger { overflow: false }
         );
-        space.write(5, b"m", i64::MAX.to_string().into_bytes());
+        space.write(5, b"m", i64::MAX.to_string().into_bytes()).unwrap();
         assert_eq!(
-            increment(&mut space, 6, b"m", 1),
+            increment(&mut space, 6, b"m", 1).unwrap(),
             OpResult::NotAnInteger { overflow: true }
         );
         assert_eq!(value(&space, b"m"), Some(i64::MAX.to_string().into_bytes()));
@@ -250,7 +259,7 @@ mod tests {
             (b"b".to_vec(), b"2".to_vec()),
         ];
         assert_eq!(
-            put_many(&mut space, 1, &pairs, true),
+            put_many(&mut space, 1, &pairs, true).unwrap(),
             OpResult::Written { version: 1 }
         );
         let more = vec![
@@ -258,13 +267,13 @@ mod tests {
             (b"b".to_vec(), b"9".to_vec()),
         ];
         assert!(matches!(
-            put_many(&mut space, 2, &more, true),
+            put_many(&mut space, 2, &more, true).unwrap(),
             OpResult::ConditionFailed { .. }
         ));
         assert_eq!(value(&space, b"c"), None);
         assert_eq!(value(&space, b"b"), Some(b"2".to_vec()));
         assert_eq!(
-            put_many(&mut space, 3, &more, false),
+            put_many(&mut space, 3, &more, false).unwrap(),
             OpResult::Written { version: 3 }
         );
         assert_eq!(value(&space, b"b"), Some(b"9".to_vec()));

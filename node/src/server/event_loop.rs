@@ -24,6 +24,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::client_port::ClientCall;
 use super::group::{new_machine, propose_meta, ClientAddrs, Group, PendingRead, ReadyOutcome};
+use super::snapshot_stream::{self, Streams};
 use super::{raft_config, ServerError};
 use crate::client::protocol::{ClientRequest, ClientResponse, NodeStatus, RefusedReason};
 use crate::config::ServerConfig;
@@ -97,6 +98,8 @@ pub(super) struct EventLoop {
     stop_reason: Option<String>,
     /// Metrics and readiness for the admin port (sampled on ticks; decides nothing).
     telemetry: Option<super::telemetry::Telemetry>,
+    /// Shard snapshot transfers in both directions (see snapshot_stream.rs).
+    streams: Streams,
 }
 
 impl EventLoop {
@@ -136,6 +139,7 @@ impl EventLoop {
             admin_in_flight: false,
             stop_reason: None,
             telemetry: None,
+            streams: Streams::default(),
         };
         event_loop.on_meta_changed();
         event_loop
@@ -257,6 +261,11 @@ impl EventLoop {
 
     fn on_tick(&mut self) {
         self.ticks += 1;
+        let groups = &self.groups;
+        let resend = self
+            .streams
+            .on_tick(self.ticks, &self.config, |g| groups.contains_key(&g));
+        self.transport.send(resend);
         for group in self.groups.values_mut() {
             group.raft.tick();
         }
@@ -320,7 +329,47 @@ impl EventLoop {
                     self.transport.send(vec![notice]);
                     return Ok(());
                 }
+                if let Err(reason) = snapshot_stream::admit(group, &message) {
+                    warn!(group, from, reason = %reason, "peer message refused");
+                    return Ok(());
+                }
                 g.raft.step(message);
+            }
+            PeerMessage::SnapshotChunk(chunk) => {
+                let Some(g) = self.groups.get_mut(&chunk.group) else {
+                    debug!(
+                        group = chunk.group,
+                        from, "snapshot chunk for a group not hosted here: dropped"
+                    );
+                    return Ok(());
+                };
+                let (ack, step) = self
+                    .streams
+                    .on_chunk(g, chunk, &self.config, &self.kv_config)?;
+                if let Some(message) = step {
+                    g.raft.step(message);
+                }
+                self.transport.send(vec![ack]);
+            }
+            PeerMessage::SnapshotAck {
+                group,
+                transfer,
+                seq,
+                accepted,
+                ..
+            } => {
+                let me = self.config.node_id;
+                let next = self.streams.on_ack(
+                    me,
+                    group,
+                    from,
+                    transfer,
+                    seq,
+                    accepted,
+                    &self.config,
+                    self.ticks,
+                );
+                self.transport.send(next.into_iter().collect());
             }
             PeerMessage::Removed {
                 group,
@@ -397,6 +446,7 @@ impl EventLoop {
                 ServerError::Storage(format!("recording group {group}'s tombstone: {e}"))
             })?;
         }
+        self.streams.forget_group(group);
         if let Some(mut g) = self.groups.remove(&group) {
             g.fail_all_in_flight(&self.addrs);
             drop(g);
@@ -418,6 +468,8 @@ impl EventLoop {
             groups,
             transport,
             addrs,
+            streams,
+            ticks,
             ..
         } = self;
         // Messages are gathered over all groups and handed to the transport together, so each
@@ -439,6 +491,7 @@ impl EventLoop {
                 break;
             }
             // Leaders' early Appends leave before the sync (see group.rs).
+            divert_snapshots(&mut outgoing, groups, streams, config, *ticks)?;
             transport.send(std::mem::take(&mut outgoing));
             wal.sync()
                 .map_err(|e| ServerError::Storage(format!("syncing the write-ahead log: {e}")))?;
@@ -449,6 +502,7 @@ impl EventLoop {
                 };
                 group.finish_ready(ready, config, kv_config, &mut outgoing, outcome)?;
             }
+            divert_snapshots(&mut outgoing, groups, streams, config, *ticks)?;
             transport.send(std::mem::take(&mut outgoing));
         }
         let mut meta_applied = false;
@@ -1132,6 +1186,40 @@ pub(super) fn liveness_change(
     }
 }
 
+/// Replaces each shard InstallSnapshot the cores want sent by a snapshot stream (its first
+/// chunk; nothing while a transfer to that peer runs): a shard's snapshot message carries only
+/// a token, the data follows in chunks.
+fn divert_snapshots(
+    outgoing: &mut Vec<PeerMessage>,
+    groups: &BTreeMap<GroupId, Group>,
+    streams: &mut Streams,
+    config: &ServerConfig,
+    ticks: u64,
+) -> Result<(), ServerError> {
+    let is_shard_snapshot = |m: &PeerMessage| {
+        matches!(m, PeerMessage::Raft { group, message }
+            if *group != META_GROUP && matches!(message.body, MessageBody::InstallSnapshot { .. }))
+    };
+    if !outgoing.iter().any(is_shard_snapshot) {
+        return Ok(());
+    }
+    let mut kept = Vec::with_capacity(outgoing.len());
+    for m in std::mem::take(outgoing) {
+        if !is_shard_snapshot(&m) {
+            kept.push(m);
+            continue;
+        }
+        let (group, to) = (m.group(), m.to());
+        if let Some(g) = groups.get(&group) {
+            if let Some(first) = streams.start(config.node_id, g, to, config, ticks)? {
+                kept.push(first);
+            }
+        }
+    }
+    *outgoing = kept;
+    Ok(())
+}
+
 /// The members a bootstrap node's config lists, as the map records them.
 pub(super) fn bootstrap_members(config: &ServerConfig) -> Vec<Member> {
     config
@@ -1159,9 +1247,15 @@ pub(super) fn open_group(
     vote_floor: LogIndex,
 ) -> Result<Group, ServerError> {
     let group_disk: Arc<dyn Disk> = Arc::new(GroupDisk::new(disk.clone(), group));
-    let (storage, recovered) = NodeStorage::open(wal, group_disk, group)
+    let (storage, recovered) = NodeStorage::open(wal, group_disk.clone(), group)
         .map_err(|e| ServerError::Storage(format!("group {group}: {e}")))?;
-    let machine = new_machine(group, kv_config, config, recovered.snapshot.as_ref())?;
+    let machine = new_machine(
+        group,
+        kv_config,
+        config,
+        recovered.snapshot.as_ref(),
+        &group_disk,
+    )?;
     let restored = Restored {
         hard_state: recovered.hard_state.clone(),
         snapshot: recovered.snapshot.as_ref().map(|s| s.meta.clone()),
@@ -1176,7 +1270,7 @@ pub(super) fn open_group(
         raft.snapshot_saved(snapshot);
     }
     debug!(group, shard = ?shard_of_group(group), "group opened");
-    Ok(Group::new(group, raft, machine, storage))
+    Ok(Group::new(group, raft, machine, storage, group_disk))
 }
 
 /// The membership a bootstrap node gives a group it creates at first start.

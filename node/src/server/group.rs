@@ -22,13 +22,15 @@ use tracing::{debug, error, info, warn};
 use super::ServerError;
 use crate::client::protocol::{ClientResponse, RefusedReason};
 use crate::config::ServerConfig;
-use crate::kv::{decode_command, Command, KvConfig, StateMachine};
+use std::sync::Arc;
+
+use crate::kv::{decode_command, Command, Engine, KvConfig, KvError, StateMachine};
 use crate::meta::{self, GroupId, GroupStatus, MetaCommand, MetaState, META_GROUP};
 use crate::raft::{
     Entry, EntryPayload, HardState, LogIndex, MembershipChange, Message, MessageBody, NodeId, Raft,
     Ready, Role, Snapshot, Term,
 };
-use crate::storage::NodeStorage;
+use crate::storage::{Disk, NodeStorage};
 use crate::transport::PeerMessage;
 
 /// Members' client addresses (for redirects), as the node's metadata knows them.
@@ -37,7 +39,9 @@ pub(super) struct ClientAddrs {
     pub(super) by_node: BTreeMap<NodeId, std::net::SocketAddr>,
 }
 
-/// What a group's state machine is.
+/// What a group's state machine is. (One per hosted group, replaced only when a snapshot is
+/// installed: the size difference of the variants costs nothing.)
+#[allow(clippy::large_enum_variant)]
 pub(super) enum GroupMachine {
     Meta(MetaState),
     Kv(StateMachine),
@@ -51,17 +55,13 @@ impl GroupMachine {
         }
     }
 
-    fn skip(&mut self, index: LogIndex) {
+    fn skip(&mut self, index: LogIndex) -> Result<(), KvError> {
         match self {
-            GroupMachine::Meta(m) => m.skip(index),
+            GroupMachine::Meta(m) => {
+                m.skip(index);
+                Ok(())
+            }
             GroupMachine::Kv(m) => m.skip(index),
-        }
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        match self {
-            GroupMachine::Meta(m) => m.snapshot(),
-            GroupMachine::Kv(m) => m.snapshot(),
         }
     }
 
@@ -80,12 +80,47 @@ impl GroupMachine {
     }
 }
 
-/// A state machine for `group`, empty or restored from a snapshot's data.
+/// The engine file of a shard's replica, inside its group's files (`g<group>.kv.redb`).
+pub(super) const ENGINE_FILE: &str = "kv.redb";
+/// What a shard's Raft snapshot carries instead of its data: "the engine file holds the state
+/// at this index" (the data stays in the engine; a peer gets it streamed, see
+/// `snapshot_stream.rs`). A snapshot whose data is not a token is the legacy in-memory image.
+const TOKEN_MAGIC: &[u8; 8] = b"QKVENG2\0";
+
+pub(super) fn checkpoint_token(index: LogIndex) -> Vec<u8> {
+    let mut token = TOKEN_MAGIC.to_vec();
+    token.extend_from_slice(&index.to_le_bytes());
+    token
+}
+
+/// The index a checkpoint token names; None when `data` is no token.
+pub(super) fn parse_token(data: &[u8]) -> Option<LogIndex> {
+    if data.len() != 16 || &data[..8] != TOKEN_MAGIC {
+        return None;
+    }
+    let mut index = [0u8; 8];
+    index.copy_from_slice(&data[8..]);
+    Some(LogIndex::from_le_bytes(index))
+}
+
+/// Opens a shard's engine file in its group's files.
+pub(super) fn open_engine(
+    group_disk: &Arc<dyn Disk>,
+    name: &str,
+    config: &ServerConfig,
+) -> Result<Engine, KvError> {
+    Engine::open(group_disk, name, config.engine_cache_bytes_per_group)
+}
+
+/// A state machine for `group`: the metadata restored from a snapshot's data, or a shard's
+/// engine opened from `group_disk` and checked against the snapshot (a legacy in-memory
+/// snapshot is upgraded into an empty engine).
 pub(super) fn new_machine(
     group: GroupId,
     kv_config: &KvConfig,
     config: &ServerConfig,
     snapshot: Option<&Snapshot>,
+    group_disk: &Arc<dyn Disk>,
 ) -> Result<GroupMachine, ServerError> {
     let context = |e: &dyn std::fmt::Display| {
         ServerError::Storage(format!(
@@ -99,14 +134,46 @@ pub(super) fn new_machine(
             None => MetaState::uninitialized(),
         }));
     }
+    let engine = open_engine(group_disk, ENGINE_FILE, config).map_err(|e| context(&e))?;
+    let applied = engine.committed_applied_index().map_err(|e| context(&e))?;
     #[allow(unused_mut)]
-    let mut machine = match snapshot {
-        Some(s) => StateMachine::restore(kv_config.clone(), &s.data).map_err(|e| context(&e))?,
-        None => StateMachine::new(kv_config.clone()).map_err(|e| context(&e))?,
+    let mut machine = match snapshot.map(|s| (s, parse_token(&s.data))) {
+        None => StateMachine::open(kv_config.clone(), engine).map_err(|e| context(&e))?,
+        Some((s, Some(index))) => {
+            if index != s.meta.index || applied < index {
+                return Err(context(&format!(
+                    "the engine file {ENGINE_FILE} holds applied index {applied}, behind the \
+                     checkpoint at {index} the log was compacted to: the replica is damaged, \
+                     re-seed it (remove its files and let it rejoin)"
+                )));
+            }
+            StateMachine::open(kv_config.clone(), engine).map_err(|e| context(&e))?
+        }
+        // A legacy snapshot (format 1, the whole shard in one image, written by an older
+        // build): upgraded into the empty engine once; the next checkpoint replaces it.
+        Some((s, None)) if applied == 0 => {
+            info!(
+                group,
+                index = s.meta.index,
+                "upgrading a legacy in-memory snapshot into the engine"
+            );
+            StateMachine::upgrade(kv_config.clone(), engine, &s.data).map_err(|e| context(&e))?
+        }
+        Some((s, None)) if applied >= s.meta.index => {
+            StateMachine::open(kv_config.clone(), engine).map_err(|e| context(&e))?
+        }
+        Some((s, None)) => {
+            return Err(context(&format!(
+                "a legacy snapshot (format 1, index {}) lies next to an engine file that holds \
+                 only applied index {applied}: this build cannot tell which to trust. Stop the \
+                 node, remove g{group}.{ENGINE_FILE} from its data directory and start it again \
+                 to upgrade from the snapshot",
+                s.meta.index
+            )));
+        }
     };
     #[cfg(any(test, madsim))]
     machine.set_planted_bugs(config.planted_bugs);
-    let _ = config;
     Ok(GroupMachine::Kv(machine))
 }
 
@@ -145,6 +212,10 @@ pub(super) struct Group {
     pub(super) machine: GroupMachine,
     pub(super) storage: NodeStorage,
     pub(super) last_snapshot_index: LogIndex,
+    /// Command payload bytes applied since the last snapshot (checkpoint).
+    log_bytes_since_snapshot: u64,
+    /// The group's files (a shard's engine file lives there).
+    pub(super) disk: Arc<dyn Disk>,
     /// The hard state last made durable (term and vote gate the leader's early sends).
     durable_hard_state: HardState,
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
@@ -162,6 +233,7 @@ impl Group {
         raft: Raft,
         machine: GroupMachine,
         storage: NodeStorage,
+        disk: Arc<dyn Disk>,
     ) -> Group {
         let last_snapshot_index = machine.applied_index();
         let durable_hard_state = raft.hard_state();
@@ -171,6 +243,8 @@ impl Group {
             machine,
             storage,
             last_snapshot_index,
+            log_bytes_since_snapshot: 0,
+            disk,
             durable_hard_state,
             pending_writes: BTreeMap::new(),
             reads_to_confirm: Vec::new(),
@@ -179,6 +253,10 @@ impl Group {
             next_read_ctx: 1,
             bootstrap_proposed_term: 0,
         }
+    }
+
+    pub(super) fn machine_applied_index(&self) -> LogIndex {
+        self.machine.applied_index()
     }
 
     pub(super) fn is_leader(&self) -> bool {
@@ -342,7 +420,17 @@ impl Group {
         let _ = commit_before;
         outbox.extend(self.wrap(std::mem::take(&mut ready.messages)));
         for entry in &ready.committed {
-            self.apply(entry, config.node_id, outcome);
+            self.apply(entry, config.node_id, outcome)?;
+        }
+        // One engine transaction for the turn's applies (not durable: the log is).
+        if let GroupMachine::Kv(machine) = &mut self.machine {
+            machine
+                .commit(false)
+                .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
+        }
+        #[cfg(any(test, madsim))]
+        if ready.snapshot.is_some() || !ready.committed.is_empty() {
+            self.observe_digest(config);
         }
         for read in &ready.reads {
             if let Some(reads) = self.reads_by_ctx.remove(&read.ctx) {
@@ -365,6 +453,20 @@ impl Group {
                 message,
             })
             .collect()
+    }
+
+    /// Simulation/test only: reports a shard replica's data digest at its applied index, so
+    /// that the harness can compare replicas (a snapshot stream that lost a key shows here).
+    #[cfg(any(test, madsim))]
+    fn observe_digest(&self, config: &ServerConfig) {
+        use super::probe::ProtocolEvent;
+        if let (Some(observer), GroupMachine::Kv(m)) = (&config.observer, &self.machine) {
+            let event = ProtocolEvent::StateDigest {
+                index: m.applied_index(),
+                digest: m.digest(),
+            };
+            observer.observe(config.node_id, self.id, event);
+        }
     }
 
     /// Simulation/test only: reports this Ready's leadership, granted votes and committed
@@ -439,11 +541,25 @@ impl Group {
         config: &ServerConfig,
         kv_config: &KvConfig,
     ) -> Result<(), ServerError> {
-        if snapshot.meta.index <= self.machine.applied_index() {
-            return Ok(());
+        match &self.machine {
+            GroupMachine::Meta(_) if snapshot.meta.index > self.machine.applied_index() => {
+                self.machine = new_machine(self.id, kv_config, config, Some(snapshot), &self.disk)?;
+            }
+            GroupMachine::Meta(_) => return Ok(()),
+            // A shard's engine was swapped in when its stream completed (before the core saw
+            // the token): it must already hold the snapshot's index.
+            GroupMachine::Kv(m) if m.applied_index() < snapshot.meta.index => {
+                return Err(ServerError::Storage(format!(
+                    "group {}: snapshot at {} installed without its data (engine at {})",
+                    self.id,
+                    snapshot.meta.index,
+                    m.applied_index()
+                )));
+            }
+            GroupMachine::Kv(_) => {}
         }
-        self.machine = new_machine(self.id, kv_config, config, Some(snapshot))?;
         self.last_snapshot_index = snapshot.meta.index;
+        self.log_bytes_since_snapshot = 0;
         let covered: Vec<LogIndex> = self
             .pending_writes
             .range(..=snapshot.meta.index)
@@ -468,17 +584,29 @@ impl Group {
         Ok(())
     }
 
-    fn apply(&mut self, entry: &Entry, me: NodeId, outcome: &mut ReadyOutcome) {
+    fn apply(
+        &mut self,
+        entry: &Entry,
+        me: NodeId,
+        outcome: &mut ReadyOutcome,
+    ) -> Result<(), ServerError> {
         if entry.index <= self.machine.applied_index() {
-            return; // already covered by the restored snapshot
+            return Ok(()); // already in the engine (or the restored snapshot)
+        }
+        let id = self.id;
+        let failed = |e: KvError| ServerError::Storage(format!("group {id}: applying: {e}"));
+        if let EntryPayload::Command(bytes) = &entry.payload {
+            self.log_bytes_since_snapshot += bytes.len() as u64;
         }
         let response = match (&entry.payload, &mut self.machine) {
             (EntryPayload::Command(bytes), GroupMachine::Kv(machine)) => {
                 match decode_command(bytes) {
-                    Ok(command) => Some(ClientResponse::Done(machine.apply(entry.index, &command))),
+                    Ok(command) => Some(ClientResponse::Done(
+                        machine.apply(entry.index, &command).map_err(failed)?,
+                    )),
                     Err(e) => {
                         error!(group = self.id, index = entry.index, error = %e, "undecodable command in the log: skipped");
-                        machine.skip(entry.index);
+                        machine.skip(entry.index).map_err(failed)?;
                         None
                     }
                 }
@@ -502,11 +630,11 @@ impl Group {
                 if *change == MembershipChange::Remove(me) {
                     outcome.removed_me = true;
                 }
-                machine.skip(entry.index);
+                machine.skip(entry.index).map_err(failed)?;
                 None
             }
             (EntryPayload::Noop, machine) => {
-                machine.skip(entry.index);
+                machine.skip(entry.index).map_err(failed)?;
                 None
             }
         };
@@ -521,6 +649,7 @@ impl Group {
                 let _ = reply.send(response);
             }
         }
+        Ok(())
     }
 
     fn serve_reads(&mut self) {
@@ -581,7 +710,9 @@ impl Group {
 
     fn maybe_snapshot(&mut self, config: &ServerConfig) -> Result<(), ServerError> {
         let applied = self.machine.applied_index();
-        if applied < self.last_snapshot_index + config.snapshot_interval_entries {
+        let by_entries = applied >= self.last_snapshot_index + config.snapshot_interval_entries;
+        let by_bytes = self.log_bytes_since_snapshot >= config.snapshot_interval_log_bytes;
+        if applied <= self.last_snapshot_index || !(by_entries || by_bytes) {
             return Ok(());
         }
         // The core knows the term and membership in force at `applied` (it has not compacted
@@ -594,10 +725,18 @@ impl Group {
             );
             return Ok(());
         };
-        let snapshot = Snapshot {
-            meta,
-            data: self.machine.snapshot(),
+        let data = match &mut self.machine {
+            GroupMachine::Meta(m) => m.snapshot(),
+            GroupMachine::Kv(m) => {
+                // A durable checkpoint of the engine: no copy of the data. Only once it is
+                // durable may the log be compacted through `applied`.
+                m.commit(true).map_err(|e| {
+                    ServerError::Storage(format!("group {}: checkpoint: {e}", self.id))
+                })?;
+                checkpoint_token(applied)
+            }
         };
+        let snapshot = Snapshot { meta, data };
         self.storage
             .save_snapshot(&snapshot)
             .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
@@ -608,6 +747,7 @@ impl Group {
             "snapshot saved"
         );
         self.last_snapshot_index = applied;
+        self.log_bytes_since_snapshot = 0;
         self.raft.snapshot_saved(snapshot);
         Ok(())
     }

@@ -14,9 +14,12 @@ mod client_port;
 mod event_loop;
 mod group;
 mod metered_disk;
+#[cfg(test)]
+mod migration_tests;
 #[cfg(any(test, madsim))]
 pub mod probe;
 mod telemetry;
+mod snapshot_stream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

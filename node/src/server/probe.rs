@@ -22,6 +22,9 @@ pub enum ProtocolEvent {
     VoteGranted { term: Term, candidate: NodeId },
     /// The node applied the entry at `index` of `term` to its state machine.
     Applied { index: LogIndex, term: Term },
+    /// A shard replica's data digest (`StateMachine::digest`) with everything through `index`
+    /// applied (reported after each turn's applies and after a received snapshot is swapped in).
+    StateDigest { index: LogIndex, digest: u64 },
     /// As leader of `term`, the node advanced its commit index to `index`, an entry of
     /// `entry_term` (Raft §5.4.2 allows this only for `entry_term == term`).
     LeaderCommitted {

@@ -16,6 +16,7 @@ mod file_disk;
 mod group_disk;
 mod node_storage;
 mod record;
+mod redb_backend;
 mod snapshot;
 mod wal;
 
@@ -34,6 +35,7 @@ pub use group_disk::{
     NODE_MARKER_FILE,
 };
 pub use node_storage::{NodeStorage, Recovered, StorageOptions};
+pub use redb_backend::DiskBackend;
 pub use wal::{Wal, FORMAT_FILE, FORMAT_VERSION};
 
 use std::io;

@@ -19,4 +19,4 @@ pub mod peer;
 #[cfg(any(test, madsim))]
 pub use faults::{FaultPlan, TransportFaults};
 pub use frame::FrameError;
-pub use peer::{PeerFrame, PeerMessage, PeerTransport};
+pub use peer::{PeerFrame, PeerMessage, PeerTransport, SnapshotChunk};

@@ -50,26 +50,61 @@ pub enum PeerMessage {
         term: crate::raft::Term,
         membership_index: LogIndex,
     },
+    /// One piece of a shard snapshot streamed from `from` (see server/snapshot_stream.rs).
+    SnapshotChunk(SnapshotChunk),
+    /// The receiver of a snapshot stream took chunk `seq` (or, `accepted == false`, refused
+    /// it: the sender abandons the transfer).
+    SnapshotAck {
+        group: GroupId,
+        from: NodeId,
+        to: NodeId,
+        transfer: u64,
+        seq: u64,
+        accepted: bool,
+    },
+}
+
+/// A chunk of a streamed shard snapshot: `payload` is bincode(`Vec<ChunkRecord>`), `crc` its
+/// crc32; the last chunk carries `total_crc`, the crc32 of every payload in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub group: GroupId,
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's term when the transfer started.
+    pub term: crate::raft::Term,
+    /// Identifies one transfer of the sender (a restart begins a new one at seq 0).
+    pub transfer: u64,
+    pub seq: u64,
+    pub meta: crate::raft::SnapshotMeta,
+    pub payload: Vec<u8>,
+    pub crc: u32,
+    pub total_crc: Option<u32>,
 }
 
 impl PeerMessage {
     pub fn from(&self) -> NodeId {
         match self {
             PeerMessage::Raft { message, .. } => message.from,
-            PeerMessage::Removed { from, .. } => *from,
+            PeerMessage::Removed { from, .. } | PeerMessage::SnapshotAck { from, .. } => *from,
+            PeerMessage::SnapshotChunk(c) => c.from,
         }
     }
 
     pub fn to(&self) -> NodeId {
         match self {
             PeerMessage::Raft { message, .. } => message.to,
-            PeerMessage::Removed { to, .. } => *to,
+            PeerMessage::Removed { to, .. } | PeerMessage::SnapshotAck { to, .. } => *to,
+            PeerMessage::SnapshotChunk(c) => c.to,
         }
     }
 
     pub fn group(&self) -> GroupId {
         match self {
-            PeerMessage::Raft { group, .. } | PeerMessage::Removed { group, .. } => *group,
+            PeerMessage::Raft { group, .. }
+            | PeerMessage::Removed { group, .. }
+            | PeerMessage::SnapshotAck { group, .. } => *group,
+            PeerMessage::SnapshotChunk(c) => c.group,
         }
     }
 }
