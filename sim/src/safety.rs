@@ -195,4 +195,20 @@ mod tests {
         assert!(v[1].contains("state machine safety: group 1"), "{v:?}");
         assert!(v[2].contains("commit rule (Raft 5.4.2): group 1"), "{v:?}");
     }
+
+    #[test]
+    fn replicas_with_different_data_at_one_index_are_reported() {
+        let m = SafetyMonitor::new();
+        let digest = |index, digest| ProtocolEvent::StateDigest { index, digest };
+        m.observe(1, 3, digest(10, 0xaa));
+        m.observe(2, 3, digest(10, 0xaa));
+        // Other indexes and other groups are compared separately.
+        m.observe(3, 3, digest(12, 0xbb));
+        m.observe(3, 4, digest(10, 0xcc));
+        assert!(m.violations().is_empty(), "{:?}", m.violations());
+        m.observe(3, 3, digest(10, 0xab));
+        let v = m.violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("replica divergence: group 3: n3 and n1"), "{v:?}");
+    }
 }

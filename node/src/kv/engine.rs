@@ -306,7 +306,12 @@ impl KvStore for ReadView {
         value.map(|v| decode_versioned(v.value())).transpose()
     }
 
-    fn put(&mut self, _key: &[u8], _value: &Versioned, _totals: &mut Totals) -> Result<(), KvError> {
+    fn put(
+        &mut self,
+        _key: &[u8],
+        _value: &Versioned,
+        _totals: &mut Totals,
+    ) -> Result<(), KvError> {
         Err(KvError::Storage("put on a read view".into()))
     }
 

@@ -228,7 +228,9 @@ mod tests {
             increment(&mut space, 4, b"s", 1).unwrap(),
             OpResult::NotAnInteger { overflow: false }
         );
-        space.write(5, b"m", i64::MAX.to_string().into_bytes()).unwrap();
+        space
+            .write(5, b"m", i64::MAX.to_string().into_bytes())
+            .unwrap();
         assert_eq!(
             increment(&mut space, 6, b"m", 1).unwrap(),
             OpResult::NotAnInteger { overflow: true }

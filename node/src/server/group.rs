@@ -259,6 +259,14 @@ impl Group {
         self.machine.applied_index()
     }
 
+    /// A received snapshot's engine, durable at `index`, replaced the group's: that is a
+    /// checkpoint at `index` (the core persists its token when it steps the InstallSnapshot;
+    /// status and the checkpoint triggers count from here already).
+    pub(super) fn engine_swapped_in(&mut self, index: LogIndex) {
+        self.last_snapshot_index = self.last_snapshot_index.max(index);
+        self.log_bytes_since_snapshot = 0;
+    }
+
     pub(super) fn is_leader(&self) -> bool {
         self.raft.role() == Role::Leader
     }

@@ -90,7 +90,10 @@ fn a_v2_snapshot_is_upgraded_into_the_engine_on_start_and_survives_a_crash() {
     let old = old_machine();
     let disk = v2_directory(&old);
     let engine_file = format!("g{GROUP}.{ENGINE_FILE}");
-    assert!(disk.contents(&engine_file).is_none(), "v2 has no engine file");
+    assert!(
+        disk.contents(&engine_file).is_none(),
+        "v2 has no engine file"
+    );
     {
         let group = start(&disk).expect("the upgrade");
         assert_eq!(*kv(&group), old);
@@ -119,5 +122,8 @@ fn a_v2_snapshot_next_to_a_partial_engine_file_is_refused_with_what_to_do() {
     }
     let err = start(&disk).err().expect("refused").to_string();
     assert!(err.contains("legacy snapshot"), "{err}");
-    assert!(err.contains(&format!("remove g{GROUP}.{ENGINE_FILE}")), "{err}");
+    assert!(
+        err.contains(&format!("remove g{GROUP}.{ENGINE_FILE}")),
+        "{err}"
+    );
 }

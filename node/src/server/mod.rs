@@ -18,8 +18,8 @@ mod metered_disk;
 mod migration_tests;
 #[cfg(any(test, madsim))]
 pub mod probe;
-mod telemetry;
 mod snapshot_stream;
+mod telemetry;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

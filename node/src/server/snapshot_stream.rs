@@ -568,6 +568,7 @@ fn finish(
     } else {
         swap_in(group, config, kv_config)
             .map_err(|e| format!("swapping in the received engine: {e}"))?;
+        group.engine_swapped_in(index);
         info!(
             group = group.id,
             index,

@@ -185,7 +185,10 @@ mod tests {
         new[11] = 0;
         assert_eq!(changed_runs(&new, &current, 0), vec![2..4, 11..12]);
         // Bytes past the file's end always count as changed.
-        assert_eq!(changed_runs(&new, &current[..6], 0), vec![2..4, 6..9, 10..12]);
+        assert_eq!(
+            changed_runs(&new, &current[..6], 0),
+            vec![2..4, 6..9, 10..12]
+        );
         // A write starting past the god byte has none.
         assert_eq!(changed_runs(&new[10..], &current[10..], 10), vec![1..2]);
     }
