@@ -31,3 +31,9 @@ deploy-test:
 .PHONY: bench-peers
 bench-peers:
 	bash workloads/bench/bench-peers.sh
+
+# Every cargo-fuzz target for FUZZ_SECONDS seconds each, one after another (fuzz/README.md).
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh

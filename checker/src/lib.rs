@@ -16,6 +16,8 @@
 pub mod edn;
 pub mod explain;
 pub mod final_state;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod history;
 pub mod html;
 pub mod jepsen;

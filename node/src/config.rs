@@ -47,8 +47,18 @@ pub struct Limits {
     pub max_peer_frame_bytes: usize,
     /// Client requests accepted by the event loop but not yet answered, over all connections.
     pub max_pending_requests: usize,
+    /// Client connections held at once; at the limit a new one evicts the connection idle the
+    /// longest, and is refused with a `TooManyConnections` frame only when all are busy.
     pub max_client_connections: usize,
+    /// Peer connections held at once that are not (yet) identified as a current member: in
+    /// their handshake, or from a node id this node does not know. A new one evicts the oldest.
+    /// Each current member has its own slot on top of these.
     pub max_peer_connections: usize,
+    /// Bytes of incomplete frames held at once over all client connections (a frame's buffer
+    /// grows as its bytes arrive and is charged so); a connection going over is closed.
+    pub max_client_inflight_frame_bytes: usize,
+    /// The same budget for the peer port (a snapshot travels as one frame).
+    pub max_peer_inflight_frame_bytes: usize,
     /// Largest number of items a scan returns.
     pub max_scan_items: usize,
     /// Connections the Redis (RESP) port serves at once; more are refused.
@@ -76,6 +86,8 @@ impl Default for Limits {
             max_pending_requests: 16 * 1024,
             max_client_connections: 1024,
             max_peer_connections: 64,
+            max_client_inflight_frame_bytes: 256 * 1024 * 1024,
+            max_peer_inflight_frame_bytes: 1024 * 1024 * 1024,
             max_scan_items: 10_000,
             max_redis_connections: 1024,
             max_redis_request_bytes: 4 * 1024 * 1024,
@@ -102,8 +114,10 @@ pub struct TransportConfig {
     pub reconnect_backoff_ms_max: u64,
     /// A new connection must send its first frame within this time.
     pub handshake_timeout_ms: u64,
-    /// A client connection idle for this long is closed.
+    /// A client connection with no request for this long is closed.
     pub client_idle_timeout_ms: u64,
+    /// A frame whose header has arrived must arrive whole within this (client and peer ports).
+    pub frame_read_timeout_ms: u64,
 }
 
 impl Default for TransportConfig {
@@ -117,7 +131,8 @@ impl Default for TransportConfig {
             reconnect_backoff_ms_min: 20,
             reconnect_backoff_ms_max: 1_000,
             handshake_timeout_ms: 2_000,
-            client_idle_timeout_ms: 300_000,
+            client_idle_timeout_ms: 60_000,
+            frame_read_timeout_ms: 30_000,
         }
     }
 }
@@ -485,6 +500,27 @@ impl ServerConfig {
                 "must be >= max_client_frame_bytes",
             ));
         }
+        // One largest frame must fit in its port's budget, or it could never be read.
+        for (field, budget, frame) in [
+            (
+                "limits.max_client_inflight_frame_bytes",
+                l.max_client_inflight_frame_bytes,
+                l.max_client_frame_bytes,
+            ),
+            (
+                "limits.max_peer_inflight_frame_bytes",
+                l.max_peer_inflight_frame_bytes,
+                l.max_peer_frame_bytes,
+            ),
+        ] {
+            let needed = frame + crate::transport::frame::READ_CHUNK_BYTES;
+            if budget < needed {
+                return Err(bad(
+                    field,
+                    format!("must be >= the port's max frame bytes + 64 KiB = {needed}"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -504,6 +540,7 @@ impl ServerConfig {
             ),
             ("transport.handshake_timeout_ms", t.handshake_timeout_ms),
             ("transport.client_idle_timeout_ms", t.client_idle_timeout_ms),
+            ("transport.frame_read_timeout_ms", t.frame_read_timeout_ms),
         ] {
             if value == 0 {
                 return Err(bad(field, "must be >= 1"));

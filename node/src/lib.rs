@@ -26,6 +26,8 @@ pub mod bugs;
 pub mod client;
 pub mod config;
 pub mod config_layers;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod kv;
 pub mod meta;
 pub mod metrics;

@@ -27,6 +27,9 @@ mod health;
 #[cfg(not(madsim))]
 #[path = "quorumkv/local.rs"]
 mod local;
+#[cfg(not(madsim))]
+#[path = "quorumkv/output.rs"]
+mod output;
 
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::debug;
 
-use super::protocol::{ClientFrame, ClientRequest, ClientResponse, ServerFrame};
+use super::protocol::{ClientFrame, ClientRequest, ClientResponse, RefusedReason, ServerFrame};
 use super::ClientError;
 use crate::transport::frame::{encode_frame, read_frame};
 
@@ -122,6 +122,17 @@ impl Connections {
         };
         let response = match timeout(request_timeout, exchange).await {
             Ok(Ok(Some(frame))) if frame.id == id => return Ok(frame.response),
+            Ok(Ok(Some(ServerFrame {
+                id: 0,
+                response:
+                    ClientResponse::Refused(RefusedReason::TooManyConnections { max_connections }),
+            }))) => {
+                // Sent before our request was read: nothing of it was applied.
+                self.open.remove(&addr);
+                return Err(AttemptError::NotSent(format!(
+                    "{addr} refused the connection: too many connections (max_client_connections = {max_connections})"
+                )));
+            }
             Ok(Ok(Some(frame))) => format!("{addr} answered frame {} to request {id}", frame.id),
             Ok(Ok(None)) => format!("{addr} closed the connection"),
             Ok(Err(e)) => format!("{addr}: {e}"),

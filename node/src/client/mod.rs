@@ -158,6 +158,9 @@ struct Attempts {
     heard_from_a_node: bool,
     maybe_delivered: bool,
     last_problem: String,
+    /// The last problem a node that answered reported: what the error leads with, so that a
+    /// default endpoint nothing listens on does not hide what the cluster said.
+    heard_problem: Option<String>,
     backoff: Duration,
 }
 
@@ -169,6 +172,7 @@ impl Attempts {
             heard_from_a_node: false,
             maybe_delivered: false,
             last_problem: String::from("operation timed out"),
+            heard_problem: None,
             backoff,
         }
     }
@@ -179,18 +183,30 @@ impl Attempts {
 
     fn heard(&mut self, problem: String) {
         self.heard_from_a_node = true;
+        self.heard_problem = Some(problem.clone());
         self.last_problem = problem;
+    }
+
+    /// What went wrong: the last answer a node gave, then the last attempt if that differs.
+    fn problem(&self) -> String {
+        match &self.heard_problem {
+            Some(heard) if *heard != self.last_problem => {
+                format!("{heard} (then: {})", self.last_problem)
+            }
+            Some(heard) => heard.clone(),
+            None => self.last_problem.clone(),
+        }
     }
 
     /// The error after the deadline: Unknown if a write may have been delivered.
     fn into_error(self, tried: &[SocketAddr]) -> ClientError {
         if self.maybe_delivered {
             ClientError::Unknown {
-                reason: self.last_problem,
+                reason: self.problem(),
             }
         } else if self.heard_from_a_node {
             ClientError::NoQuorum {
-                reason: self.last_problem,
+                reason: self.problem(),
             }
         } else {
             let tried: Vec<String> = tried.iter().map(ToString::to_string).collect();
@@ -813,9 +829,11 @@ impl Client {
                     }
                 }
                 Ok(ClientResponse::Refused(RefusedReason::ResponseTooLarge { len_bytes })) => {
-                    return Err(ClientError::Failed {
-                        reason: format!("response of {len_bytes} bytes exceeds the frame limit; use a smaller scan limit"),
-                    })
+                    // Over a limit, like a too-large value: the caller's request must change.
+                    return Err(ClientError::InvalidArgument(format!(
+                        "the response of {len_bytes} bytes exceeds the client frame limit \
+                         (limits.max_client_frame_bytes); use a smaller scan limit"
+                    )));
                 }
                 Ok(ClientResponse::Refused(RefusedReason::NotReady)) => {
                     attempts.heard(format!("{target} has not learned the cluster map yet"));

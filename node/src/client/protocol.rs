@@ -86,6 +86,12 @@ pub enum RefusedReason {
     ResponseTooLarge {
         len_bytes: u64,
     },
+    /// Sent (with frame id 0) on a new connection the node cannot take: all its
+    /// `limits.max_client_connections` connections are busy with requests. Try another node
+    /// or later.
+    TooManyConnections {
+        max_connections: u64,
+    },
 }
 
 /// What `quorumkv status` shows for one node. `role`, `term`, `leader_*`, the indexes, `voters`

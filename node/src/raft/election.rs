@@ -8,7 +8,9 @@
 //!   ignores (pre)vote requests unless they come from a leadership transfer, and a leader that
 //!   did not hear from a quorum within that period steps down;
 //! - a vote is granted at most once per term, only to a candidate whose log is at least as up
-//!   to date, and the vote is persisted (Ready.hard_state) before the response is sent.
+//!   to date, and the vote is persisted (Ready.hard_state) before the response is sent;
+//! - a term more than `MAX_TERM_JUMP` above ours is never adopted from one message: the node
+//!   moves up by `MAX_TERM_JUMP` (as if it had timed out that many times) and drops the message.
 
 use super::membership::{apply_change, bootstrap_change};
 use super::progress::ProgressState;
@@ -18,6 +20,17 @@ use super::{NotLeader, ProposeError, Raft};
 /// Terms and indexes above this are treated as corrupt input (a real log or term counter
 /// never gets near it), which also keeps every `+ 1` on them free of overflow.
 const MAX_SANE_NUMBER: u64 = u64::MAX / 4;
+
+/// The most one message can raise this node's term. Peers are not authenticated (yet), so a
+/// single forged frame claiming a term near `MAX_SANE_NUMBER` used to be adopted, persisted and
+/// spread by this node's replies; once every term was that high the next election's term was
+/// "absurd" and dropped everywhere, and the group stayed leaderless for good, across restarts.
+/// A message further ahead raises our term by this much (always safe: a higher term is what a
+/// node gets by timing out, it never un-commits anything) and is dropped; a genuine leader or
+/// candidate far ahead (a node back after a long absence, a fresh replica at term 0) is caught
+/// up with in `gap / MAX_TERM_JUMP` of its messages, while a forger now needs about
+/// `MAX_SANE_NUMBER / MAX_TERM_JUMP` = 2^46 frames to exhaust the term space.
+pub(crate) const MAX_TERM_JUMP: u64 = 1 << 16;
 
 fn numbers_are_sane(m: &Message) -> bool {
     let ok = |n: u64| n <= MAX_SANE_NUMBER;
@@ -96,6 +109,22 @@ impl Raft {
                     term = m.term,
                     "lease: ignoring vote request"
                 );
+                return;
+            }
+            let changes_term = !matches!(
+                &m.body,
+                MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true }
+            );
+            if changes_term && m.term - self.term > MAX_TERM_JUMP {
+                let term = self.term + MAX_TERM_JUMP;
+                tracing::warn!(
+                    id = self.id(),
+                    from = m.from,
+                    claimed = m.term,
+                    term,
+                    "message term too far ahead: moving up by MAX_TERM_JUMP only, message dropped"
+                );
+                self.become_follower(term, None);
                 return;
             }
             match &m.body {

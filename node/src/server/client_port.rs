@@ -3,16 +3,25 @@
 //! One task per connection reads a frame, hands the request to the event loop through a bounded
 //! channel together with a one-shot reply slot, and writes the answer back before reading the
 //! next frame (one request in flight per connection, answers in order). Invariants: a frame error
-//! closes that connection only (logged with the client address); the number of connections is
-//! capped by `limits.max_client_connections`; a full event-loop queue is answered `Busy`.
+//! closes that connection only (logged with the client address); a full event-loop queue is
+//! answered `Busy`; at most `limits.max_client_connections` connections are held
+//! (`ClientSlots`): at the limit a new connection evicts the connection idle the longest (no
+//! request in flight), and only when every connection is busy is it refused, with a
+//! `TooManyConnections` frame rather than a silent close. Idle connections therefore cannot
+//! keep anyone out, in particular not the other nodes' Redis ports and admin requests, which
+//! reach this node through this port. A connection idle for `transport.client_idle_timeout_ms`
+//! is closed; a frame once begun must arrive within `transport.frame_read_timeout_ms`, and the
+//! bytes of incomplete frames over all connections are bounded by
+//! `limits.max_client_inflight_frame_bytes`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::BufReader;
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::Instrument;
 use tracing::{debug, warn};
@@ -21,7 +30,9 @@ use crate::client::protocol::{
     ClientFrame, ClientRequest, ClientResponse, RefusedReason, ServerFrame,
 };
 use crate::metrics::{op_name, Metrics};
-use crate::transport::frame::{encode_frame, read_frame, FrameError};
+use crate::transport::frame::{
+    encode_frame, read_frame_limited, FrameBudget, FrameError, ReadLimits,
+};
 use tokio::io::AsyncWriteExt;
 
 /// One client request on its way to the event loop.
@@ -37,6 +48,82 @@ pub struct ClientPortConfig {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    pub frame_read_timeout: Duration,
+    pub budget: FrameBudget,
+}
+
+/// The connections held, and which of them are idle (oldest idle first). A connection holds
+/// its slot through the sending half of a oneshot: dropping it tells the connection to close.
+struct ClientSlots {
+    max_connections: usize,
+    next_stamp: u64,
+    /// By connection id: the eviction notice and, when idle, since which stamp.
+    held: BTreeMap<u64, (oneshot::Sender<()>, Option<u64>)>,
+    /// Idle connections by the stamp of when they became idle.
+    idle: BTreeMap<u64, u64>,
+}
+
+impl ClientSlots {
+    fn new(max_connections: usize) -> ClientSlots {
+        ClientSlots {
+            max_connections: max_connections.max(1),
+            next_stamp: 0,
+            held: BTreeMap::new(),
+            idle: BTreeMap::new(),
+        }
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    /// A slot for a new connection (idle until its first request), evicting the connection
+    /// idle the longest when all are taken; `None` when every connection is busy.
+    fn admit(&mut self) -> Option<(u64, oneshot::Receiver<()>, bool)> {
+        let mut evicted = false;
+        if self.held.len() >= self.max_connections {
+            let (_, victim) = self.idle.pop_first()?;
+            self.held.remove(&victim);
+            evicted = true;
+        }
+        let id = self.stamp();
+        let (tx, rx) = oneshot::channel();
+        let since = self.stamp();
+        self.held.insert(id, (tx, Some(since)));
+        self.idle.insert(since, id);
+        Some((id, rx, evicted))
+    }
+
+    fn set_busy(&mut self, id: u64) {
+        if let Some((_, since)) = self.held.get_mut(&id) {
+            if let Some(stamp) = since.take() {
+                self.idle.remove(&stamp);
+            }
+        }
+    }
+
+    fn set_idle(&mut self, id: u64) {
+        let stamp = self.stamp();
+        if let Some((_, since)) = self.held.get_mut(&id) {
+            if since.is_none() {
+                *since = Some(stamp);
+                self.idle.insert(stamp, id);
+            }
+        }
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Some((_, Some(stamp))) = self.held.remove(&id) {
+            self.idle.remove(&stamp);
+        }
+    }
+}
+
+type SharedSlots = Arc<Mutex<ClientSlots>>;
+
+fn lock(slots: &SharedSlots) -> std::sync::MutexGuard<'_, ClientSlots> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub async fn accept_clients(
@@ -44,7 +131,7 @@ pub async fn accept_clients(
     config: ClientPortConfig,
     calls: mpsc::Sender<ClientCall>,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let slots: SharedSlots = Arc::new(Mutex::new(ClientSlots::new(config.max_connections)));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -54,23 +141,65 @@ pub async fn accept_clients(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            warn!(%addr, max_connections = config.max_connections, "too many client connections: refused");
+        let admitted = lock(&slots).admit();
+        let Some((id, evicted, evicted_one)) = admitted else {
+            warn!(%addr, max_connections = config.max_connections, "too many client connections, all busy: refused");
+            let max_connections = config.max_connections as u64;
+            tokio::spawn(refuse(stream, max_connections, config.max_frame_bytes).in_current_span());
             continue;
         };
+        if evicted_one {
+            debug!(%addr, max_connections = config.max_connections, "client connections at the limit: the longest idle one is closed");
+        }
         let config = config.clone();
         let calls = calls.clone();
+        let slots = slots.clone();
         tokio::spawn(
             async move {
-                match serve_client(stream, addr, &config, &calls).await {
+                let served = tokio::select! {
+                    result = serve_client(stream, addr, &config, &calls, &slots, id) => result,
+                    _ = evicted => {
+                        debug!(%addr, "idle client connection evicted for a new one");
+                        Ok(())
+                    }
+                };
+                lock(&slots).release(id);
+                match served {
                     Ok(()) => debug!(%addr, "client connection closed"),
                     Err(e) => warn!(%addr, error = %e, "client connection closed with error"),
                 }
-                drop(permit);
             }
             .in_current_span(),
         );
     }
+}
+
+/// How long a refused connection is read from (and its bytes discarded) after the refusal,
+/// so that closing it does not reset the connection before the client reads the refusal.
+const REFUSAL_LINGER_MS: u64 = 200;
+
+/// Tells a connection the node cannot take it, then closes it.
+async fn refuse(stream: TcpStream, max_connections: u64, max_frame_bytes: usize) {
+    let frame = ServerFrame {
+        id: 0,
+        response: ClientResponse::Refused(RefusedReason::TooManyConnections { max_connections }),
+    };
+    let Ok(bytes) = encode_frame(&frame, max_frame_bytes) else {
+        return;
+    };
+    let (mut read_half, mut writer) = tokio::io::split(stream);
+    let linger = Duration::from_millis(REFUSAL_LINGER_MS);
+    let _ = timeout(linger, async {
+        writer.write_all(&bytes).await?;
+        writer.flush().await?;
+        writer.shutdown().await
+    })
+    .await;
+    let _ = timeout(linger, async {
+        let mut sink = [0u8; 4096];
+        while matches!(read_half.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 async fn serve_client(
@@ -78,26 +207,34 @@ async fn serve_client(
     addr: SocketAddr,
     config: &ClientPortConfig,
     calls: &mpsc::Sender<ClientCall>,
+    slots: &SharedSlots,
+    slot: u64,
 ) -> Result<(), FrameError> {
     let _ = stream.set_nodelay(true);
     let (read_half, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(read_half);
+    let limits = ReadLimits {
+        max_frame_bytes: config.max_frame_bytes,
+        budget: Some(&config.budget),
+        payload_timeout: Some(config.frame_read_timeout),
+    };
     loop {
         let frame = match timeout(
             config.idle_timeout,
-            read_frame::<_, ClientFrame>(&mut reader, config.max_frame_bytes),
+            read_frame_limited::<_, ClientFrame>(&mut reader, &limits),
         )
         .await
         {
             Ok(frame) => frame?,
             Err(_) => {
-                debug!(%addr, "idle client connection closed");
+                debug!(%addr, idle_timeout_ms = config.idle_timeout.as_millis() as u64, "idle client connection closed");
                 return Ok(());
             }
         };
         let Some(ClientFrame { id, request }) = frame else {
             return Ok(());
         };
+        lock(slots).set_busy(slot);
         let op = op_name(&request);
         let started = Instant::now();
         config.metrics.pending_requests.inc();
@@ -129,5 +266,84 @@ async fn serve_client(
         };
         writer.write_all(&frame).await?;
         writer.flush().await?;
+        lock(slots).set_idle(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(rx: &mut oneshot::Receiver<()>) -> bool {
+        matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed))
+    }
+
+    #[test]
+    fn at_the_limit_the_longest_idle_connection_makes_room() {
+        let mut slots = ClientSlots::new(3);
+        let (a, mut a_rx, _) = slots.admit().unwrap();
+        let (b, mut b_rx, _) = slots.admit().unwrap();
+        let (c, _c_rx, _) = slots.admit().unwrap();
+        slots.set_busy(a);
+        slots.set_busy(c);
+        // b is the only idle one: it goes.
+        let (_d, _d_rx, evicted) = slots.admit().unwrap();
+        assert!(evicted);
+        assert!(closed(&mut b_rx) && !slots.held.contains_key(&b));
+        assert!(matches!(
+            a_rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        // d is idle now: the next newcomer takes its place; then a, once idle, is oldest.
+        slots.set_idle(a);
+        let (_e, _e_rx, _) = slots.admit().unwrap();
+        let (_f, _f_rx, evicted) = slots.admit().unwrap();
+        assert!(evicted);
+        assert!(closed(&mut a_rx), "a was the longest idle");
+        // Every connection busy: refused.
+        let busy: Vec<u64> = slots.held.keys().copied().collect();
+        for id in busy {
+            slots.set_busy(id);
+        }
+        assert!(slots.admit().is_none());
+        slots.release(c);
+        assert!(slots.admit().is_some(), "a released slot is free again");
+    }
+
+    /// Issue 16: a connection the node cannot take is told so, not silently closed; the
+    /// client library names the reason (and tries elsewhere: nothing was applied).
+    #[tokio::test]
+    async fn a_refused_connection_gets_a_too_many_connections_frame() {
+        use crate::client::protocol::ClientFrame;
+        use crate::transport::frame::read_frame;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let node = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            refuse(stream, 7, 1 << 20).await;
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // The client has sent its request already: the refusal must still be readable.
+        let request = ClientFrame {
+            id: 5,
+            request: crate::client::protocol::ClientRequest::Status,
+        };
+        stream
+            .write_all(&encode_frame(&request, 1 << 20).unwrap())
+            .await
+            .unwrap();
+        let frame = read_frame::<_, ServerFrame>(&mut stream, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            frame,
+            Some(ServerFrame {
+                id: 0,
+                response: ClientResponse::Refused(RefusedReason::TooManyConnections {
+                    max_connections: 7
+                }),
+            })
+        );
+        node.await.unwrap();
     }
 }

@@ -296,7 +296,7 @@ impl EventLoop {
         }
     }
 
-    fn on_peer(&mut self, message: PeerMessage) -> Result<(), ServerError> {
+    pub(super) fn on_peer(&mut self, message: PeerMessage) -> Result<(), ServerError> {
         self.inputs += 1;
         let from = message.from();
         self.last_heard.insert(from, self.ticks);
@@ -306,6 +306,16 @@ impl EventLoop {
                     (&self.telemetry, &message.body)
                 {
                     t.metrics.snapshots_received.inc();
+                }
+                if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                    // Checked before the core sees it: once accepted, the snapshot is
+                    // persisted and a node that cannot restore it fails on every restart.
+                    if let Err(e) =
+                        new_machine(group, &self.kv_config, &self.config, Some(snapshot))
+                    {
+                        warn!(group, from, index = snapshot.meta.index, error = %e, "undecodable snapshot from a peer: dropped");
+                        return Ok(());
+                    }
                 }
                 if !self.groups.contains_key(&group) {
                     if !self.may_create(group) {
@@ -460,7 +470,7 @@ impl EventLoop {
     /// Handles every group's Readys: stage them all (records buffered in the WAL), sync the
     /// WAL once for all groups (one write, one fsync), then finish them (send, apply, answer);
     /// repeated while any group has more.
-    fn handle_readys(&mut self) -> Result<(), ServerError> {
+    pub(super) fn handle_readys(&mut self) -> Result<(), ServerError> {
         let EventLoop {
             config,
             kv_config,

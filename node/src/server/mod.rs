@@ -51,7 +51,8 @@ use crate::resp::{accept_redis_clients, RespContext};
 use crate::storage::{
     hosted_groups, read_node_marker, write_node_marker, Disk, NodeMarker, StorageOptions, Wal,
 };
-use crate::transport::peer::{accept_peers, InboundConfig};
+use crate::transport::frame::FrameBudget;
+use crate::transport::peer::{accept_peers, InboundConfig, KnownPeers};
 use crate::transport::PeerTransport;
 
 /// Client requests queued for the event loop; beyond this a request is answered `Busy`.
@@ -115,6 +116,8 @@ pub struct Server {
     health: tokio::sync::watch::Receiver<Health>,
     /// The Redis port, when `redis_addr` asks for one.
     redis_listener: Option<TcpListener>,
+    /// The peer transport's current peers (who gets a member slot on the peer port).
+    known_peers: KnownPeers,
 }
 
 impl Server {
@@ -261,6 +264,7 @@ impl Server {
             &config.transport,
             config.limits.max_peer_frame_bytes,
         );
+        let known_peers = transport.known_peers();
         #[cfg(any(test, madsim))]
         if let Some(faults) = &config.faults {
             transport.set_faults(faults.clone(), node_seed(&config) ^ 0x5eed_fa17);
@@ -297,6 +301,7 @@ impl Server {
             metrics,
             health,
             redis_listener,
+            known_peers,
         })
     }
 
@@ -347,6 +352,7 @@ impl Server {
             health,
             client_addr,
             redis_listener,
+            known_peers,
             ..
         } = self;
         let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX_MESSAGES);
@@ -356,12 +362,16 @@ impl Server {
             transport: config.transport.clone(),
             max_frame_bytes: config.limits.max_peer_frame_bytes,
             max_connections: config.limits.max_peer_connections,
+            members: known_peers,
+            budget: FrameBudget::new(config.limits.max_peer_inflight_frame_bytes),
         };
         let client_port = ClientPortConfig {
             metrics: metrics.clone(),
             max_frame_bytes: config.limits.max_client_frame_bytes,
             max_connections: config.limits.max_client_connections,
             idle_timeout: Duration::from_millis(config.transport.client_idle_timeout_ms),
+            frame_read_timeout: Duration::from_millis(config.transport.frame_read_timeout_ms),
+            budget: FrameBudget::new(config.limits.max_client_inflight_frame_bytes),
         };
         let mut accept_tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(accept_peers(peer_listener, inbound, peer_tx).in_current_span()),
@@ -638,5 +648,112 @@ mod tests {
             after, before,
             "the same replicas with the bootstrap memberships"
         );
+    }
+
+    /// Issue 16: a forged InstallSnapshot with garbage data was persisted before it was
+    /// checked: the node failed at once and on every restart. It is now dropped unread.
+    #[tokio::test]
+    async fn a_garbage_snapshot_from_a_peer_is_dropped_before_it_is_persisted() {
+        use crate::raft::{Message, MessageBody, Snapshot, SnapshotMeta};
+        use crate::transport::PeerMessage;
+        let disk = CrashDisk::new(16);
+        let mut server = Server::new(bootstrap_config(), Arc::new(disk.clone()))
+            .await
+            .expect("first start");
+        let shard = *server
+            .event_loop
+            .memberships()
+            .keys()
+            .find(|g| **g != META_GROUP)
+            .expect("a shard replica");
+        for group in [META_GROUP, shard] {
+            let voters = server.event_loop.memberships()[&group].clone();
+            let forged = PeerMessage::Raft {
+                group,
+                message: Message {
+                    from: 2,
+                    to: 1,
+                    term: 7,
+                    body: MessageBody::InstallSnapshot {
+                        snapshot: Snapshot {
+                            meta: SnapshotMeta {
+                                index: 50,
+                                term: 7,
+                                membership: voters,
+                            },
+                            data: b"not a snapshot at all".to_vec(),
+                        },
+                    },
+                },
+            };
+            server
+                .event_loop
+                .on_peer(forged)
+                .expect("the node keeps running");
+            server
+                .event_loop
+                .handle_readys()
+                .expect("the node keeps running");
+        }
+        drop(server);
+        Server::new(bootstrap_config(), Arc::new(disk.clone()))
+            .await
+            .expect("the node restarts");
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// Issue 16: 1,025 idle client connections kept a node out of service (new connections
+    /// were closed without a word, also those of the other nodes' Redis ports). At the limit
+    /// a new connection now takes the place of the longest idle one.
+    #[tokio::test]
+    async fn idle_client_connections_do_not_keep_a_client_out() {
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut config = ServerConfig {
+            node_id: 1,
+            members: vec![MemberConfig {
+                id: 1,
+                peer_addr: loopback(free_port()),
+                client_addr: loopback(free_port()),
+                zone: None,
+            }],
+            seed: 3,
+            ..ServerConfig::default()
+        };
+        config.cluster.shards = 2;
+        config.cluster.replication_factor = 1;
+        config.limits.max_client_connections = 4;
+        let node = Server::start_with(config, Arc::new(CrashDisk::new(3)))
+            .await
+            .expect("start");
+        let mut idle = Vec::new();
+        for _ in 0..12 {
+            idle.push(
+                tokio::net::TcpStream::connect(node.client_addr)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let options = crate::client::ClientOptions {
+            operation_timeout: Duration::from_secs(20),
+            rng_seed: Some(1),
+            ..Default::default()
+        };
+        let mut client = crate::client::Client::new(vec![node.client_addr], options).unwrap();
+        client
+            .put(b"k", b"v")
+            .await
+            .expect("served despite idle connections");
+        assert_eq!(
+            client.get(b"k").await.unwrap().map(|v| v.value),
+            Some(b"v".to_vec())
+        );
+        drop(idle);
+        node.shutdown().await.unwrap();
     }
 }

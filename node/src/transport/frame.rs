@@ -6,13 +6,21 @@
 //!   is read or any buffer is allocated for it;
 //! - decoding is bounded twice: by the frame length and by bincode's own claimed-size limit
 //!   (`DECODE_LIMIT_BYTES`), so a hostile length field inside the payload cannot make us allocate;
-//! - a frame must decode to exactly its payload: trailing bytes are an error, not ignored.
+//! - a frame must decode to exactly its payload: trailing bytes are an error, not ignored;
+//! - the payload buffer grows as bytes arrive (`READ_CHUNK_BYTES` at a time), never to the
+//!   declared length up front, so a peer that announces 4 MiB and sends 10 bytes costs 10
+//!   bytes; a server also charges what it holds to a port-wide `FrameBudget` and gives a frame
+//!   in progress `payload_timeout` to arrive (`ReadLimits`).
 //!
 //! Any error on a connection closes that connection only; callers log it with the peer address.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
 /// First bytes of every frame: "QKV" + a format byte.
 pub const FRAME_MAGIC: [u8; 4] = *b"QKV\x01";
@@ -22,6 +30,8 @@ pub const PROTOCOL_VERSION: u16 = 2;
 pub const FRAME_HEADER_BYTES: usize = 10;
 /// Absolute ceiling on any configured `max_frame_bytes` (bincode's decode limit is a constant).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
+/// A payload buffer grows by at most this much per read (and is charged to the budget so).
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 type WireConfig = bincode::config::Configuration<
     bincode::config::LittleEndian,
@@ -59,6 +69,83 @@ pub enum FrameError {
     TrailingBytes { trailing_bytes: usize },
     #[error("cannot encode frame: {0}")]
     Encode(String),
+    #[error(
+        "the port's budget of {budget_bytes} bytes for incomplete frames is used up by other connections"
+    )]
+    BudgetExhausted { budget_bytes: usize },
+    #[error("a frame of {expected_bytes} bytes did not arrive within {timeout_ms} ms ({read_bytes} bytes read)")]
+    SlowFrame {
+        read_bytes: usize,
+        expected_bytes: usize,
+        timeout_ms: u64,
+    },
+}
+
+/// Bytes of incomplete frames held at once over all the connections of one port: a frame's
+/// buffer is charged as it grows and released once the frame is decoded or dropped. A
+/// connection that would go over it fails (`BudgetExhausted`) instead of waiting.
+#[derive(Clone, Debug)]
+pub struct FrameBudget {
+    permits: Arc<Semaphore>,
+    budget_bytes: usize,
+}
+
+impl FrameBudget {
+    pub fn new(budget_bytes: usize) -> FrameBudget {
+        let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
+        FrameBudget {
+            permits: Arc::new(Semaphore::new(budget_bytes)),
+            budget_bytes,
+        }
+    }
+
+    /// Bytes not charged to any frame right now.
+    pub fn available_bytes(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+/// What one charge holds; given back when dropped.
+struct BudgetCharge<'a> {
+    budget: Option<&'a FrameBudget>,
+    bytes: usize,
+}
+
+impl BudgetCharge<'_> {
+    fn grow(&mut self, bytes: usize) -> Result<(), FrameError> {
+        let Some(budget) = self.budget else {
+            return Ok(());
+        };
+        let exhausted = || FrameError::BudgetExhausted {
+            budget_bytes: budget.budget_bytes,
+        };
+        let n = u32::try_from(bytes).map_err(|_| exhausted())?;
+        budget
+            .permits
+            .try_acquire_many(n)
+            .map_err(|_| exhausted())?
+            .forget();
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for BudgetCharge<'_> {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget {
+            budget.permits.add_permits(self.bytes);
+        }
+    }
+}
+
+/// How a server reads a frame from an untrusted connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits<'a> {
+    pub max_frame_bytes: usize,
+    /// Charged for the payload buffer while it fills (None: not charged).
+    pub budget: Option<&'a FrameBudget>,
+    /// Once a header has arrived, the whole payload must arrive within this (None: no limit).
+    pub payload_timeout: Option<Duration>,
 }
 
 /// Encodes `value` as one complete frame (header included).
@@ -124,6 +211,24 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    let limits = ReadLimits {
+        max_frame_bytes,
+        budget: None,
+        payload_timeout: None,
+    };
+    read_frame_limited(reader, &limits).await
+}
+
+/// Reads one frame under `limits`. `Ok(None)` is a clean end of stream at a frame boundary.
+pub async fn read_frame_limited<R, T>(
+    reader: &mut R,
+    limits: &ReadLimits<'_>,
+) -> Result<Option<T>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let max_frame_bytes = limits.max_frame_bytes;
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let got = read_fully(reader, &mut header).await?;
     if got == 0 {
@@ -136,15 +241,53 @@ where
         });
     }
     let len_bytes = parse_header(&header, max_frame_bytes)?;
-    let mut payload = vec![0u8; len_bytes];
-    let got = read_fully(reader, &mut payload).await?;
-    if got < len_bytes {
-        return Err(FrameError::Truncated {
-            read_bytes: FRAME_HEADER_BYTES + got,
-            expected_bytes: FRAME_HEADER_BYTES + len_bytes,
-        });
+    let mut charge = BudgetCharge {
+        budget: limits.budget,
+        bytes: 0,
+    };
+    let mut payload = Vec::new();
+    let read = read_payload(reader, len_bytes, &mut payload, &mut charge);
+    let finished = match limits.payload_timeout {
+        None => Some(read.await),
+        Some(limit) => tokio::time::timeout(limit, read).await.ok(),
+    };
+    match finished {
+        Some(result) => result?,
+        None => {
+            return Err(FrameError::SlowFrame {
+                read_bytes: FRAME_HEADER_BYTES + payload.len(),
+                expected_bytes: FRAME_HEADER_BYTES + len_bytes,
+                timeout_ms: limits
+                    .payload_timeout
+                    .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            })
+        }
     }
     decode_payload(&payload).map(Some)
+}
+
+/// Fills `payload` with `len_bytes` bytes, one chunk at a time, charging each before it is
+/// allocated.
+async fn read_payload<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len_bytes: usize,
+    payload: &mut Vec<u8>,
+    charge: &mut BudgetCharge<'_>,
+) -> Result<(), FrameError> {
+    while payload.len() < len_bytes {
+        let start = payload.len();
+        let chunk = READ_CHUNK_BYTES.min(len_bytes - start);
+        charge.grow(chunk)?;
+        payload.resize(start + chunk, 0);
+        let got = read_fully(reader, &mut payload[start..]).await?;
+        if got < chunk {
+            return Err(FrameError::Truncated {
+                read_bytes: FRAME_HEADER_BYTES + start + got,
+                expected_bytes: FRAME_HEADER_BYTES + len_bytes,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks magic, version and length; returns the payload length.
@@ -321,5 +464,82 @@ mod tests {
             encode_frame(&big, 1024),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    /// Issue 16: 200 connections each holding an incomplete 4 MiB frame grew a node by 800 MB.
+    /// The buffer now follows the bytes that arrived, and the budget refuses what is over it.
+    #[tokio::test]
+    async fn an_incomplete_big_frame_holds_only_what_arrived_and_is_charged() {
+        let budget = FrameBudget::new(1 << 20);
+        let limits = ReadLimits {
+            max_frame_bytes: 4 << 20,
+            budget: Some(&budget),
+            payload_timeout: Some(Duration::from_millis(200)),
+        };
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut header = FRAME_MAGIC.to_vec();
+        header.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        header.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        client.write_all(&header).await.unwrap();
+        client.write_all(&[0u8; 10]).await.unwrap();
+        let mut server = server;
+        let read = read_frame_limited::<_, Sample>(&mut server, &limits);
+        tokio::pin!(read);
+        // While the frame is in progress, one chunk is charged, not 4 MiB.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut read)
+                .await
+                .is_err(),
+            "a frame missing bytes completed"
+        );
+        assert_eq!(budget.available_bytes(), (1 << 20) - READ_CHUNK_BYTES);
+        let err = read.await.unwrap_err();
+        assert!(matches!(err, FrameError::SlowFrame { .. }), "{err}");
+        assert_eq!(
+            budget.available_bytes(),
+            1 << 20,
+            "the charge is given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_budget_is_refused_and_the_budget_restored() {
+        let budget = FrameBudget::new(READ_CHUNK_BYTES * 2);
+        let limits = ReadLimits {
+            max_frame_bytes: 4 << 20,
+            budget: Some(&budget),
+            payload_timeout: None,
+        };
+        let big = Sample {
+            id: 1,
+            data: vec![5; READ_CHUNK_BYTES * 3],
+        };
+        let frame = encode_frame(&big, 4 << 20).unwrap();
+        let mut reader = &frame[..];
+        let err = read_frame_limited::<_, Sample>(&mut reader, &limits)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::BudgetExhausted { .. }), "{err}");
+        assert_eq!(budget.available_bytes(), READ_CHUNK_BYTES * 2);
+        // A frame within the budget still decodes, at every size around a chunk.
+        for len in [
+            0,
+            1,
+            READ_CHUNK_BYTES - 20,
+            READ_CHUNK_BYTES,
+            READ_CHUNK_BYTES + 1,
+        ] {
+            let small = Sample {
+                id: 2,
+                data: vec![6; len],
+            };
+            let frame = encode_frame(&small, 4 << 20).unwrap();
+            let mut reader = &frame[..];
+            let got = read_frame_limited::<_, Sample>(&mut reader, &limits)
+                .await
+                .unwrap();
+            assert_eq!(got, Some(small));
+        }
+        assert_eq!(budget.available_bytes(), READ_CHUNK_BYTES * 2);
     }
 }

@@ -15,8 +15,16 @@
 //! in no static member list, so the inbound side accepts a `Hello` from any node id but 0 and
 //! its own. An inbound connection only carries messages *to* this node *from* the peer named in
 //! its `Hello`; anything else closes the connection with a logged error.
+//!
+//! Inbound slots (`InboundSlots`): a connection whose `Hello` names a current peer of this
+//! node (`KnownPeers`, the transport's links) takes that peer's own slot, one per node id,
+//! and replaces an older connection of the same id (a restarted member always gets back in).
+//! Every other connection (still in its handshake, or from a node id this node does not know
+//! yet) is a guest: at most `max_connections` guests are held, and a new connection evicts the
+//! oldest guest. Idle strangers therefore can neither lock members out nor each other for long.
+//! Peers are not authenticated (TLS is a separate layer): anyone may claim a member's id.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,13 +32,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tracing::Instrument;
 use tracing::{debug, info, warn};
 
-use super::frame::{encode_frame, read_frame, FrameError};
+use super::frame::{
+    encode_frame, read_frame, read_frame_limited, FrameBudget, FrameError, ReadLimits,
+};
 use crate::config::TransportConfig;
 use crate::meta::GroupId;
 use crate::metrics::{Metrics, PeerLabels};
@@ -132,6 +142,35 @@ pub enum PeerError {
     Protocol(String),
     #[error("connection closed by peer")]
     Closed,
+    #[error("evicted: {0}")]
+    Evicted(&'static str),
+}
+
+/// The node ids this node has a link to (its current peers), shared by the outbound side,
+/// which keeps it up to date, and the accepting side, which reserves each of them a slot.
+#[derive(Clone, Debug, Default)]
+pub struct KnownPeers(Arc<Mutex<BTreeSet<NodeId>>>);
+
+impl KnownPeers {
+    pub fn new(ids: impl IntoIterator<Item = NodeId>) -> KnownPeers {
+        KnownPeers(Arc::new(Mutex::new(ids.into_iter().collect())))
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.lock().contains(&id)
+    }
+
+    fn insert(&self, id: NodeId) {
+        self.lock().insert(id);
+    }
+
+    fn remove(&self, id: NodeId) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<NodeId>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One peer's outbound queue and the task that drains it onto its connection.
@@ -156,6 +195,8 @@ pub struct PeerTransport {
     /// Host names to look up again before each connect, by peer (see `ServerConfig::peer_names`).
     names: BTreeMap<NodeId, String>,
     metrics: Option<Arc<Metrics>>,
+    /// The ids in `links`, for the accepting side.
+    known: KnownPeers,
     /// Messages refused because a peer's queue was full or the peer is unknown.
     pub dropped_messages: u64,
     #[cfg(any(test, madsim))]
@@ -191,6 +232,7 @@ impl PeerTransport {
             links: BTreeMap::new(),
             names: names.clone(),
             metrics,
+            known: KnownPeers::default(),
             dropped_messages: 0,
             #[cfg(any(test, madsim))]
             faults: None,
@@ -221,13 +263,20 @@ impl PeerTransport {
         info!(peer = id, %addr, "peer added");
         // Replacing a link drops the old one, which stops its task.
         self.links.insert(id, PeerLink { addr, queue, task });
+        self.known.insert(id);
     }
 
     /// Stops sending to `id` (its task ends, its queued messages are discarded).
     pub fn remove_peer(&mut self, id: NodeId) {
         if self.links.remove(&id).is_some() {
+            self.known.remove(id);
             info!(peer = id, "peer removed");
         }
+    }
+
+    /// The peers' ids as the accepting side sees them (kept up to date by this transport).
+    pub fn known_peers(&self) -> KnownPeers {
+        self.known.clone()
     }
 
     /// The peers this transport sends to, in id order.
@@ -605,7 +654,65 @@ pub struct InboundConfig {
     pub me: NodeId,
     pub transport: TransportConfig,
     pub max_frame_bytes: usize,
+    /// Guest connections held at once (see `InboundSlots`); members' slots come on top.
     pub max_connections: usize,
+    /// Who gets a member slot.
+    pub members: KnownPeers,
+    /// Bytes of incomplete peer frames held over all connections (`frame::FrameBudget`).
+    pub budget: FrameBudget,
+}
+
+/// Who holds the accepting side's connection slots: one per known peer id, and at most
+/// `max_guests` others (handshaking, or unknown ids), the oldest evicted first. A slot is
+/// held through the sending half of a oneshot: dropping it tells the connection to close.
+struct InboundSlots {
+    max_guests: usize,
+    next_seq: u64,
+    guests: BTreeMap<u64, oneshot::Sender<()>>,
+    members: BTreeMap<NodeId, (u64, oneshot::Sender<()>)>,
+}
+
+impl InboundSlots {
+    fn new(max_guests: usize) -> InboundSlots {
+        InboundSlots {
+            max_guests: max_guests.max(1),
+            next_seq: 0,
+            guests: BTreeMap::new(),
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// A new connection's guest slot (its sequence number and eviction notice); the oldest
+    /// guest is evicted when all are taken. Returns whether one was.
+    fn admit(&mut self) -> (u64, oneshot::Receiver<()>, bool) {
+        let evicted = self.guests.len() >= self.max_guests && self.guests.pop_first().is_some();
+        self.next_seq += 1;
+        let (tx, rx) = oneshot::channel();
+        self.guests.insert(self.next_seq, tx);
+        (self.next_seq, rx, evicted)
+    }
+
+    /// Connection `seq` said it is member `id`: it leaves the guests for `id`'s slot and the
+    /// connection that held that slot, if any, is told to close (the newest one wins: a member
+    /// that restarted must get back in at once).
+    fn promote(&mut self, seq: u64, id: NodeId) -> bool {
+        let Some(tx) = self.guests.remove(&seq) else {
+            return false;
+        };
+        self.members.insert(id, (seq, tx)).is_some()
+    }
+
+    /// Connection `seq` ended: frees its slot (unless someone took it already).
+    fn release(&mut self, seq: u64) {
+        self.guests.remove(&seq);
+        self.members.retain(|_, (held, _)| *held != seq);
+    }
+}
+
+type SharedSlots = Arc<Mutex<InboundSlots>>;
+
+fn lock_slots(slots: &SharedSlots) -> std::sync::MutexGuard<'_, InboundSlots> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Accepts peer connections forever, delivering their messages to `inbox` (with back-pressure).
@@ -614,7 +721,7 @@ pub async fn accept_peers(
     config: InboundConfig,
     inbox: mpsc::Sender<PeerMessage>,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let slots: SharedSlots = Arc::new(Mutex::new(InboundSlots::new(config.max_connections)));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -624,19 +731,24 @@ pub async fn accept_peers(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            warn!(%addr, max_connections = config.max_connections, "too many peer connections: refused");
-            continue;
-        };
+        let (seq, evicted, evicted_one) = lock_slots(&slots).admit();
+        if evicted_one {
+            warn!(%addr, max_connections = config.max_connections, "peer guest slots full: the oldest guest connection is evicted");
+        }
         let config = config.clone();
         let inbox = inbox.clone();
+        let slots = slots.clone();
         tokio::spawn(
             async move {
-                match serve_inbound(stream, &config, &inbox).await {
+                let served = tokio::select! {
+                    result = serve_inbound(stream, &config, &inbox, &slots, seq) => result,
+                    _ = evicted => Err(PeerError::Evicted("its slot was given to a newer connection")),
+                };
+                lock_slots(&slots).release(seq);
+                match served {
                     Ok(()) => debug!(%addr, "peer connection closed"),
                     Err(e) => warn!(%addr, error = %e, "peer connection closed with error"),
                 }
-                drop(permit);
             }
             .in_current_span(),
         );
@@ -647,17 +759,29 @@ async fn serve_inbound(
     stream: TcpStream,
     config: &InboundConfig,
     inbox: &mpsc::Sender<PeerMessage>,
+    slots: &SharedSlots,
+    seq: u64,
 ) -> Result<(), PeerError> {
     let _ = stream.set_nodelay(true);
     let (read_half, mut write_half) = tokio::io::split(stream);
     let mut reader = BufReader::new(read_half);
     let max = config.max_frame_bytes;
+    let limits = ReadLimits {
+        max_frame_bytes: max,
+        budget: Some(&config.budget),
+        payload_timeout: Some(Duration::from_millis(
+            config.transport.frame_read_timeout_ms,
+        )),
+    };
     let handshake = Duration::from_millis(config.transport.handshake_timeout_ms);
-    let first = timeout(handshake, read_frame::<_, PeerFrame>(&mut reader, max))
-        .await
-        .map_err(|_| PeerError::Silent {
-            silence_ms: config.transport.handshake_timeout_ms,
-        })??;
+    let first = timeout(
+        handshake,
+        read_frame_limited::<_, PeerFrame>(&mut reader, &limits),
+    )
+    .await
+    .map_err(|_| PeerError::Silent {
+        silence_ms: config.transport.handshake_timeout_ms,
+    })??;
     let from = match first {
         // Any node may call (a joining node is in no member list); what it may send is checked
         // per message below.
@@ -680,14 +804,30 @@ async fn serve_inbound(
         }
         None => return Ok(()),
     };
+    if config.members.contains(from) {
+        if lock_slots(slots).promote(seq, from) {
+            info!(
+                peer = from,
+                "a new connection from this peer replaces its older one"
+            );
+        }
+    } else {
+        debug!(
+            peer = from,
+            "connection from a node id not (yet) known here: held as a guest"
+        );
+    }
     debug!(peer = from, "peer connected");
     let silence = Duration::from_millis(config.transport.silence_timeout_ms);
     loop {
-        let frame = timeout(silence, read_frame::<_, PeerFrame>(&mut reader, max))
-            .await
-            .map_err(|_| PeerError::Silent {
-                silence_ms: config.transport.silence_timeout_ms,
-            })??;
+        let frame = timeout(
+            silence,
+            read_frame_limited::<_, PeerFrame>(&mut reader, &limits),
+        )
+        .await
+        .map_err(|_| PeerError::Silent {
+            silence_ms: config.transport.silence_timeout_ms,
+        })??;
         match frame {
             Some(PeerFrame::Messages(messages)) => {
                 for message in messages {
@@ -783,15 +923,23 @@ mod tests {
             transport: fast_config(),
             max_frame_bytes: 1 << 20,
             max_connections: 4,
+            members: KnownPeers::new([1]),
+            budget: FrameBudget::new(4 << 20),
         }
     }
 
     /// Node 2 listens; returns its address and the messages it receives.
     async fn listening_node() -> (SocketAddr, mpsc::Receiver<PeerMessage>, JoinHandle<()>) {
+        listening_node_with(inbound_config()).await
+    }
+
+    async fn listening_node_with(
+        config: InboundConfig,
+    ) -> (SocketAddr, mpsc::Receiver<PeerMessage>, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel(1024);
-        let server = tokio::spawn(accept_peers(listener, inbound_config(), tx));
+        let server = tokio::spawn(accept_peers(listener, config, tx));
         (addr, rx, server)
     }
 
@@ -934,6 +1082,65 @@ mod tests {
         assert!(timeout(Duration::from_millis(100), rx.recv())
             .await
             .is_err());
+    }
+
+    /// Issue 16: idle connections from unknown node ids filled `max_peer_connections`, and a
+    /// restarted member could not get back in. Members have their own slot; strangers are
+    /// guests, the oldest evicted first.
+    #[tokio::test]
+    async fn strangers_cannot_lock_a_member_out() {
+        // Silent connections stay open for the whole test unless evicted.
+        let mut config = inbound_config();
+        config.transport.silence_timeout_ms = 30_000;
+        let (addr, mut rx, _server) = listening_node_with(config).await;
+        let max_guests = inbound_config().max_connections;
+        let mut strangers = Vec::new();
+        for i in 0..(2 * max_guests as u64) {
+            let from = 100 + i;
+            strangers.push(raw_peer(addr, PeerFrame::Hello { from, to: 2 }, vec![]).await);
+        }
+        // The member (node 1) gets in and is heard.
+        let _member = raw_peer(
+            addr,
+            PeerFrame::Hello { from: 1, to: 2 },
+            vec![heartbeat(1, 2, 42)],
+        )
+        .await;
+        assert_eq!(recv(&mut rx).await, Some(heartbeat(1, 2, 42)));
+        // The oldest strangers were evicted to make room for the newer ones.
+        let oldest = strangers.remove(0);
+        assert_closed_by_node(oldest).await;
+        // A new connection of the same member replaces its older one.
+        let again = raw_peer(
+            addr,
+            PeerFrame::Hello { from: 1, to: 2 },
+            vec![heartbeat(1, 2, 43)],
+        )
+        .await;
+        assert_eq!(recv(&mut rx).await, Some(heartbeat(1, 2, 43)));
+        assert_closed_by_node(_member).await;
+        drop(again);
+    }
+
+    #[test]
+    fn inbound_slots_keep_one_per_member_and_evict_the_oldest_guest() {
+        let mut slots = InboundSlots::new(2);
+        let (a, _a_rx, evicted) = slots.admit();
+        assert!(!evicted);
+        let (b, mut b_rx, _) = slots.admit();
+        assert!(!slots.promote(a, 1), "a takes member 1's free slot");
+        let (_c, _c_rx, evicted) = slots.admit();
+        assert!(!evicted, "a member's slot is not a guest's");
+        let (d, _d_rx, evicted) = slots.admit();
+        assert!(evicted, "b, the oldest guest, made room");
+        assert!(matches!(
+            b_rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(slots.promote(d, 1), "d replaces a in member 1's slot");
+        slots.release(a);
+        assert_eq!(slots.members.get(&1).map(|(seq, _)| *seq), Some(d));
+        let _ = b;
     }
 
     #[test]

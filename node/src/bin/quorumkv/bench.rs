@@ -5,31 +5,32 @@
 //! into the HdrHistogram recorder the YCSB driver (`quorumkv-ycsb`) uses too. The output is one
 //! stable line of figures so runs can be compared.
 
+use crate::output::out;
 use std::time::Duration;
 
 use clap::Args;
 use node::client::latency::LatencyRecorder;
-use node::client::Client;
+use node::client::{Client, ClientError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::cli::{ConnArgs, EXIT_OK, EXIT_UNREACHABLE};
+use crate::cli::{ConnArgs, EXIT_NO_QUORUM, EXIT_OK, EXIT_UNREACHABLE};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Concurrent closed-loop clients.
-    #[arg(long, default_value_t = 1)]
-    clients: usize,
-    /// Number of distinct keys.
-    #[arg(long, default_value_t = 1000)]
+    /// Concurrent closed-loop clients (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    clients: u64,
+    /// Number of distinct keys (at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
     /// Fraction of operations that are reads (0.0 = write-only).
     #[arg(long, default_value_t = 0.0)]
     read_fraction: f64,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     duration_s: u64,
     #[arg(long, default_value_t = 1)]
     warmup_s: u64,
@@ -47,7 +48,7 @@ struct Tally {
     writes: u64,
     errors: u64,
     unknown: u64,
-    first_error: Option<String>,
+    first_error: Option<ClientError>,
 }
 
 pub async fn run(args: BenchArgs) -> u8 {
@@ -68,12 +69,12 @@ pub async fn run(args: BenchArgs) -> u8 {
     let measure_from = start + Duration::from_secs(args.warmup_s);
     let end = measure_from + Duration::from_secs(args.duration_s);
     let mut tasks = Vec::new();
-    for i in 0..args.clients.max(1) {
+    for i in 0..args.clients {
         // Client ids stay random: a fixed seed would reuse a previous run's sessions.
         let options = args.conn.options();
         let endpoints = endpoints.clone();
         let (keys, value_bytes) = (args.keys.max(1), args.value_bytes);
-        let seed = args.seed ^ ((i as u64) << 32);
+        let seed = args.seed ^ (i << 32);
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut tally = Tally::default();
@@ -94,6 +95,10 @@ pub async fn run(args: BenchArgs) -> u8 {
                     client.put(key.as_bytes(), &value).await.map(|_| ())
                 };
                 let done = Instant::now();
+                if let Err(e) = &result {
+                    // Kept even outside the window: it explains a run with no result at all.
+                    tally.first_error.get_or_insert_with(|| e.clone());
+                }
                 if now < measure_from || done > end {
                     continue;
                 }
@@ -112,7 +117,6 @@ pub async fn run(args: BenchArgs) -> u8 {
                         } else {
                             tally.unknown += 1;
                         }
-                        tally.first_error.get_or_insert_with(|| e.to_string());
                     }
                 }
             }
@@ -134,7 +138,7 @@ pub async fn run(args: BenchArgs) -> u8 {
     }
     let ops = total.latencies.count() as f64;
     let latency = total.latencies.summary();
-    println!(
+    out!(
         "bench clients={} keys={} value_bytes={} read_fraction={:.2} duration_s={} | ops={} reads={} writes={} errors={} unknown={} ops_per_s={:.0} p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2}",
         args.clients,
         args.keys,
@@ -155,5 +159,18 @@ pub async fn run(args: BenchArgs) -> u8 {
     if let Some(e) = &total.first_error {
         eprintln!("first error: {e}");
     }
-    EXIT_OK
+    if total.latencies.count() > 0 {
+        return EXIT_OK;
+    }
+    // Nothing succeeded: the run measured nothing, and a script must not read it as a result.
+    match &total.first_error {
+        Some(e) => {
+            eprintln!("error: every operation failed");
+            crate::cli::exit_code(e)
+        }
+        None => {
+            eprintln!("error: no operation completed within the measured window");
+            EXIT_NO_QUORUM
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Command-line parsing and the client commands.
 
+use crate::output::out;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,10 +47,15 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Set a key.
+    /// Set a key (the value from the argument, or from `--value-file`: a path, or `-` for
+    /// standard input, e.g. for values larger than a command line allows).
     Put {
         key: String,
-        value: String,
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input), byte for byte.
+        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        value_file: Option<PathBuf>,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -121,8 +127,8 @@ pub struct ConnArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// Give up on an operation after this long.
-    #[arg(long, default_value_t = 5000)]
+    /// Give up on an operation after this long (at least 1).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
 }
 
@@ -337,7 +343,19 @@ async fn run(cli: Cli) -> u8 {
         Command::Get { key, conn } => {
             client_command(&conn, |c| Box::pin(get(c, key, conn.json))).await
         }
-        Command::Put { key, value, conn } => {
+        Command::Put {
+            key,
+            value,
+            value_file,
+            conn,
+        } => {
+            let value = match read_value(value, value_file.as_deref()) {
+                Ok(value) => value,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_USAGE;
+                }
+            };
             client_command(&conn, |c| Box::pin(put(c, key, value, conn.json))).await
         }
         Command::Del { key, conn } => {
@@ -439,12 +457,12 @@ fn versioned_json(v: &Option<Versioned>) -> serde_json::Value {
 async fn get(client: &mut Client, key: String, as_json: bool) -> Result<u8, ClientError> {
     let found = client.get(key.as_bytes()).await?;
     if as_json {
-        println!(
+        out!(
             "{}",
             json!({"key": key, "found": found.is_some(), "value": found.as_ref().map(|v| text(&v.value)), "version": found.as_ref().map(|v| v.version)})
         );
     } else if let Some(v) = &found {
-        println!("{}", text(&v.value));
+        out!("{}", text(&v.value));
     } else {
         eprintln!("(not found)");
     }
@@ -460,11 +478,11 @@ async fn mget(client: &mut Client, keys: Vec<String>, as_json: bool) -> Result<u
             .zip(&found)
             .map(|(key, v)| json!({"key": key, "found": v.is_some(), "value": v.as_ref().map(|v| text(&v.value)), "version": v.as_ref().map(|v| v.version)}))
             .collect();
-        println!("{}", json!({ "items": items }));
+        out!("{}", json!({ "items": items }));
     } else {
         for (key, value) in keys.iter().zip(&found) {
             match value {
-                Some(v) => println!("{key}\t{}", text(&v.value)),
+                Some(v) => out!("{key}\t{}", text(&v.value)),
                 None => eprintln!("{key}: (not found)"),
             }
         }
@@ -476,17 +494,33 @@ async fn mget(client: &mut Client, keys: Vec<String>, as_json: bool) -> Result<u
     })
 }
 
+/// The value of `put`: the argument, or the bytes of `--value-file` (`-`: standard input).
+fn read_value(value: Option<String>, file: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+    match (value, file) {
+        (Some(value), None) => Ok(value.into_bytes()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+                .map_err(|e| format!("cannot read the value from standard input: {e}"))?;
+            Ok(bytes)
+        }
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|e| format!("cannot read --value-file {}: {e}", path.display())),
+        _ => Err("give the value either as an argument or with --value-file".into()),
+    }
+}
+
 async fn put(
     client: &mut Client,
     key: String,
-    value: String,
+    value: Vec<u8>,
     as_json: bool,
 ) -> Result<u8, ClientError> {
-    let version = client.put(key.as_bytes(), value.as_bytes()).await?;
+    let version = client.put(key.as_bytes(), &value).await?;
     if as_json {
-        println!("{}", json!({"key": key, "version": version}));
+        out!("{}", json!({"key": key, "version": version}));
     } else {
-        println!("OK (version {version})");
+        out!("OK (version {version})");
     }
     Ok(EXIT_OK)
 }
@@ -494,14 +528,14 @@ async fn put(
 async fn del(client: &mut Client, key: String, as_json: bool) -> Result<u8, ClientError> {
     let previous = client.delete(key.as_bytes()).await?;
     if as_json {
-        println!(
+        out!(
             "{}",
             json!({"key": key, "deleted": previous.is_some(), "previous": versioned_json(&previous)})
         );
     } else if previous.is_some() {
-        println!("OK (deleted)");
+        out!("OK (deleted)");
     } else {
-        println!("OK (was absent)");
+        out!("OK (was absent)");
     }
     Ok(EXIT_OK)
 }
@@ -525,29 +559,29 @@ async fn cas(
     match outcome {
         CasOutcome::Written { version } => {
             if as_json {
-                println!(
+                out!(
                     "{}",
                     json!({"key": key, "written": true, "version": version})
                 );
             } else {
-                println!("OK (version {version})");
+                out!("OK (version {version})");
             }
             Ok(EXIT_OK)
         }
         CasOutcome::ConditionFailed { current } => {
             if as_json {
-                println!(
+                out!(
                     "{}",
                     json!({"key": key, "written": false, "current": versioned_json(&current)})
                 );
             } else {
                 match &current {
-                    Some(v) => println!(
+                    Some(v) => out!(
                         "condition failed: current value {:?} (version {})",
                         text(&v.value),
                         v.version
                     ),
-                    None => println!("condition failed: key is absent"),
+                    None => out!("condition failed: key is absent"),
                 }
             }
             Ok(EXIT_NO)
@@ -567,10 +601,10 @@ async fn scan(
             .iter()
             .map(|i| json!({"key": text(&i.key), "value": text(&i.value), "version": i.version}))
             .collect();
-        println!("{}", json!({"items": items, "more": more}));
+        out!("{}", json!({"items": items, "more": more}));
     } else {
         for item in &items {
-            println!("{}\t{}", text(&item.key), text(&item.value));
+            out!("{}\t{}", text(&item.key), text(&item.value));
         }
         if more {
             eprintln!("(more keys: raise --limit)");
@@ -616,15 +650,23 @@ async fn status(conn: &ConnArgs) -> u8 {
                 Err(e) => json!({"node_id": m.id, "address": m.client_addr.to_string(), "reachable": false, "error": e.to_string()}),
             })
             .collect();
-        println!("{}", json!({"nodes": nodes, "has_leader": has_leader}));
+        out!("{}", json!({"nodes": nodes, "has_leader": has_leader}));
     } else {
-        println!(
+        out!(
             "{:<4} {:<21} {:<8} {:<13} {:<6} {:<7} {:<9} {:<9} {:<8}",
-            "ID", "ADDRESS", "PID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "KEYS"
+            "ID",
+            "ADDRESS",
+            "PID",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "COMMIT",
+            "APPLIED",
+            "KEYS"
         );
         for (m, r) in &rows {
             match r {
-                Ok(s) => println!(
+                Ok(s) => out!(
                     "{:<4} {:<21} {:<8} {:<13} {:<6} {:<7} {:<9} {:<9} {:<8}",
                     s.node_id,
                     s.client_addr.to_string(),
@@ -638,7 +680,7 @@ async fn status(conn: &ConnArgs) -> u8 {
                     s.applied_index,
                     s.keys
                 ),
-                Err(_) => println!("{:<4} {:<21} unreachable", m.id, m.client_addr.to_string()),
+                Err(_) => out!("{:<4} {:<21} unreachable", m.id, m.client_addr.to_string()),
             }
         }
         if !has_leader {

@@ -6,6 +6,7 @@
 //! waits until the node is `Removed` (it then stops by itself). The planning and the printing are
 //! pure functions, tested below.
 
+use crate::output::out;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -112,14 +113,14 @@ async fn status(conn: &ConnArgs) -> u8 {
     };
     if conn.json {
         match serde_json::to_string(&status) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => out!("{text}"),
             Err(e) => {
                 eprintln!("error: cannot encode the status: {e}");
                 return EXIT_USAGE;
             }
         }
     } else {
-        print!("{}", status_table(&status));
+        crate::output::write(format_args!("{}", status_table(&status)));
     }
     let leaderless = status.leaderless_groups();
     if leaderless.is_empty() {
@@ -378,7 +379,7 @@ async fn join(args: JoinArgs) -> u8 {
     } else {
         "joining as"
     };
-    println!(
+    out!(
         "quorumkv cluster join: {verb} node {}  client {}  peer {}  zone {}  data {}",
         plan.member.id,
         plan.member.client_addr,
@@ -387,7 +388,7 @@ async fn join(args: JoinArgs) -> u8 {
         plan.data_dir.display()
     );
     let via_text: Vec<String> = via.iter().map(ToString::to_string).collect();
-    println!(
+    out!(
         "asking {} for admission; watch with `quorumkv cluster status`, Ctrl-C stops this node",
         via_text.join(",")
     );
@@ -434,7 +435,7 @@ async fn leave(args: LeaveArgs) -> u8 {
     };
     match client.admin(MetaCommand::Leave(node)).await {
         Ok(MetaResult::Applied { epoch }) => {
-            println!("node {node} is leaving (map epoch {epoch}); moving its replicas away");
+            out!("node {node} is leaving (map epoch {epoch}); moving its replicas away");
         }
         Ok(MetaResult::Rejected { reason }) => {
             eprintln!("error: the cluster refused to let node {node} leave: {reason}");
@@ -449,7 +450,7 @@ async fn leave(args: LeaveArgs) -> u8 {
     loop {
         match client.cluster_status().await {
             Ok(status) if is_gone(&status, node) => {
-                println!(
+                out!(
                     "node {node} removed after {} s",
                     started.elapsed().as_secs()
                 );
@@ -459,7 +460,7 @@ async fn leave(args: LeaveArgs) -> u8 {
                 last_error = None;
                 let line = leave_progress(&status, node);
                 if line != last_line {
-                    println!("[{:>4} s] {line}", started.elapsed().as_secs());
+                    out!("[{:>4} s] {line}", started.elapsed().as_secs());
                     last_line = line;
                 }
             }

@@ -69,7 +69,7 @@ pub async fn run(args: HealthArgs) -> u8 {
     let status = answer.split_whitespace().nth(1).unwrap_or("");
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     if status == "200" {
-        print!("{body}");
+        crate::output::write(format_args!("{body}"));
         EXIT_OK
     } else {
         eprint!("{addr}{path}: HTTP {status}\n{body}");

@@ -1,5 +1,6 @@
 //! `quorumkv local`: a whole cluster on loopback, as child `quorumkv server` processes.
 
+use crate::output::out;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -98,13 +99,13 @@ pub async fn run(args: LocalArgs) -> u8 {
         }
     }
     let endpoints: Vec<String> = members.iter().map(|m| m.client_addr.to_string()).collect();
-    println!(
+    out!(
         "quorumkv local: {} nodes, data and logs in {}",
         args.nodes,
         dir.display()
     );
     for (member, (_, child)) in members.iter().zip(&children.0) {
-        println!(
+        out!(
             "  node {}  client {}  redis {}  peer {}  pid {}  log {}",
             member.id,
             member.client_addr,
@@ -114,14 +115,14 @@ pub async fn run(args: LocalArgs) -> u8 {
             dir.join(format!("node-{}.log", member.id)).display()
         );
     }
-    println!("endpoints: {}", endpoints.join(","));
-    println!("try: quorumkv put hello world && quorumkv get hello && quorumkv cluster status");
-    println!(
+    out!("endpoints: {}", endpoints.join(","));
+    out!("try: quorumkv put hello world && quorumkv get hello && quorumkv cluster status");
+    out!(
         "redis: redis-cli -p {} SET a 1 (any node's redis port; every node answers every key)",
         redis_addr(1).port()
     );
-    println!("grow: quorumkv cluster join (another terminal); shrink: quorumkv cluster leave --node-id N");
-    println!("Ctrl-C stops all nodes.");
+    out!("grow: quorumkv cluster join (another terminal); shrink: quorumkv cluster leave --node-id N");
+    out!("Ctrl-C stops all nodes.");
 
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let signal = crate::cli::shutdown_signal();
@@ -143,7 +144,7 @@ pub async fn run(args: LocalArgs) -> u8 {
             }
         }
     }
-    println!("stopping {} nodes...", children.0.len());
+    out!("stopping {} nodes...", children.0.len());
     stop_all(&mut children).await;
     EXIT_OK
 }

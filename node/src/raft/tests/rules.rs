@@ -1182,3 +1182,84 @@ fn replica_holding_a_prefix_of_the_bootstrap_log_never_elects_itself() {
         }
     }
 }
+
+/// Issue 16: one forged Heartbeat claiming a member's leadership at a term near the sanity
+/// limit left a group leaderless for good (its term was adopted, persisted and spread, and the
+/// next election's term was "absurd"). The node now moves up by `MAX_TERM_JUMP` at most.
+#[test]
+fn a_forged_absurd_term_does_not_wedge_the_group() {
+    use crate::raft::election::MAX_TERM_JUMP;
+    for forged_term in [(1u64 << 62) - 1, 1 << 62, 1 << 40] {
+        let mut c = cluster(3);
+        let l = elect(&mut c);
+        let before = c.raft(l).unwrap().term();
+        let f = *c.ids().iter().find(|&&id| id != l).unwrap();
+        let other = *c.ids().iter().find(|&&id| id != l && id != f).unwrap();
+        let forged = msg(
+            other,
+            f,
+            forged_term,
+            MessageBody::Heartbeat {
+                commit: 0,
+                read_seq: 0,
+            },
+        );
+        c.raft_mut(f).unwrap().step(forged);
+        settle(&mut c);
+        // The group elects a leader again and commits.
+        let mut leader = None;
+        for _ in 0..400 {
+            run_ticks(&mut c, 1);
+            if let Some(l) = c.leader() {
+                if c.raft_mut(l).unwrap().propose(b"after".to_vec()).is_ok() {
+                    leader = Some(l);
+                    break;
+                }
+            }
+        }
+        let l = leader.unwrap_or_else(|| panic!("leaderless after term {forged_term}"));
+        let (index, _) = c.raft_mut(l).unwrap().propose(b"x".to_vec()).unwrap();
+        run_ticks(&mut c, 20);
+        assert!(
+            c.ids()
+                .iter()
+                .all(|&id| c.raft(id).unwrap().commit_index() >= index),
+            "not committed after forged term {forged_term}: {}",
+            c.describe()
+        );
+        for id in c.ids() {
+            let term = c.raft(id).unwrap().term();
+            assert!(
+                term <= before + MAX_TERM_JUMP + 10,
+                "node {id} adopted term {term} from one forged frame"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_far_ahead_leader_is_followed_after_a_few_messages() {
+    use crate::raft::election::MAX_TERM_JUMP;
+    // A replica back after a long absence (or a fresh one at term 0) is far behind the
+    // leader's term: each message raises it by MAX_TERM_JUMP until it follows.
+    let mut r = core(2, &[1, 2, 3], HardState::default(), vec![]);
+    let leader_term = 3 * MAX_TERM_JUMP + 5;
+    let heartbeat = || {
+        msg(
+            1,
+            2,
+            leader_term,
+            MessageBody::Heartbeat {
+                commit: 0,
+                read_seq: 0,
+            },
+        )
+    };
+    for step in 1..=3 {
+        r.step(heartbeat());
+        assert_eq!(r.term(), step * MAX_TERM_JUMP);
+        assert_eq!(r.leader(), None);
+    }
+    r.step(heartbeat());
+    assert_eq!((r.term(), r.leader()), (leader_term, Some(1)));
+}
