@@ -4,14 +4,15 @@
 //! channel together with a one-shot reply slot, and writes the answer back before reading the
 //! next frame (one request in flight per connection, answers in order). Invariants: a frame error
 //! closes that connection only (logged with the client address); the number of connections is
-//! capped by `limits.max_client_connections`; a full event-loop queue is answered `Busy`.
+//! capped by `limits.max_client_connections`; a full event-loop queue is answered `Busy`; on a
+//! TLS port a plaintext client's first request is answered `TlsRequired`, then it is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::BufReader;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::Instrument;
@@ -22,6 +23,7 @@ use crate::client::protocol::{
 };
 use crate::metrics::{op_name, Metrics};
 use crate::transport::frame::{encode_frame, read_frame, FrameError};
+use crate::transport::stream::{Accepted, Acceptor, Stream};
 use tokio::io::AsyncWriteExt;
 
 /// One client request on its way to the event loop.
@@ -37,6 +39,11 @@ pub struct ClientPortConfig {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Plaintext or TLS.
+    pub acceptor: Acceptor,
+    /// A TLS handshake (or a plaintext client's first request on a TLS port) must be done
+    /// within this.
+    pub handshake_timeout_ms: u64,
 }
 
 pub async fn accept_clients(
@@ -62,7 +69,7 @@ pub async fn accept_clients(
         let calls = calls.clone();
         tokio::spawn(
             async move {
-                match serve_client(stream, addr, &config, &calls).await {
+                match handshake_and_serve(stream, addr, &config, &calls).await {
                     Ok(()) => debug!(%addr, "client connection closed"),
                     Err(e) => warn!(%addr, error = %e, "client connection closed with error"),
                 }
@@ -73,13 +80,55 @@ pub async fn accept_clients(
     }
 }
 
-async fn serve_client(
-    stream: TcpStream,
+async fn handshake_and_serve(
+    tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     config: &ClientPortConfig,
     calls: &mpsc::Sender<ClientCall>,
 ) -> Result<(), FrameError> {
-    let _ = stream.set_nodelay(true);
+    match config
+        .acceptor
+        .accept(tcp, config.handshake_timeout_ms)
+        .await
+    {
+        Ok(Accepted::Ready { stream, .. }) => serve_client(stream, addr, config, calls).await,
+        Ok(Accepted::Plaintext(stream)) => {
+            warn!(%addr, "plaintext client on the TLS client port: refused");
+            refuse_plaintext(stream, config).await
+        }
+        Err(e) => {
+            warn!(%addr, error = %e, "client connection refused");
+            Ok(())
+        }
+    }
+}
+
+/// Answers a plaintext client's first request `TlsRequired` (so that it can say why), then
+/// closes; a client that sends no decodable request in time is just closed.
+async fn refuse_plaintext(stream: Stream, config: &ClientPortConfig) -> Result<(), FrameError> {
+    let (read_half, mut writer) = tokio::io::split(stream);
+    let mut reader = BufReader::new(read_half);
+    let within = Duration::from_millis(config.handshake_timeout_ms);
+    let first = read_frame::<_, ClientFrame>(&mut reader, config.max_frame_bytes);
+    let Ok(Ok(Some(ClientFrame { id, .. }))) = timeout(within, first).await else {
+        return Ok(());
+    };
+    let response = ClientResponse::Refused(RefusedReason::TlsRequired);
+    let frame = encode_frame(&ServerFrame { id, response }, config.max_frame_bytes)?;
+    let _ = timeout(within, async {
+        writer.write_all(&frame).await?;
+        writer.flush().await
+    })
+    .await;
+    Ok(())
+}
+
+async fn serve_client(
+    stream: Stream,
+    addr: SocketAddr,
+    config: &ClientPortConfig,
+    calls: &mpsc::Sender<ClientCall>,
+) -> Result<(), FrameError> {
     let (read_half, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(read_half);
     loop {
