@@ -137,6 +137,30 @@ impl Default for TransportConfig {
     }
 }
 
+/// TLS on every port of the node (client, peer, Redis, admin): all three files or none.
+/// Certificates are PEM; the node's certificate must name it `node-<id>.quorumkv` (a DNS subject
+/// alternative name) and allow both server and client authentication, since peers use mutual
+/// TLS with it (docs/SECURITY.md). The files are read again when they change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// This node's certificate chain (leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// The CA certificates that sign every member's (and client's) certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Clients of the client, Redis and admin ports must present a certificate signed by
+    /// `ca_file` (peers always must).
+    pub client_cert_required: bool,
+}
+
+impl TlsConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some() || self.ca_file.is_some()
+    }
+}
+
 /// How the cluster spreads and moves shards. `shards`, `replication_factor`, `vnodes_per_node`
 /// and `load_factor` are fixed when the cluster bootstraps (a joining node takes the cluster's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -238,6 +262,7 @@ pub struct ServerConfig {
     pub wal_segment_max_bytes: u64,
     pub limits: Limits,
     pub transport: TransportConfig,
+    pub tls: TlsConfig,
     /// Simulation/test only: faults injected into this node's outgoing peer messages.
     #[cfg(any(test, madsim))]
     #[serde(skip)]
@@ -295,6 +320,7 @@ impl Default for ServerConfig {
             wal_segment_max_bytes: 64 << 20,
             limits: Limits::default(),
             transport: TransportConfig::default(),
+            tls: TlsConfig::default(),
             #[cfg(any(test, madsim))]
             faults: None,
             #[cfg(any(test, madsim))]
@@ -431,7 +457,37 @@ impl ServerConfig {
         }
         self.validate_cluster()?;
         self.validate_limits()?;
-        self.validate_transport()
+        self.validate_transport()?;
+        self.validate_tls()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        if !t.is_enabled() {
+            if t.client_cert_required {
+                return Err(bad(
+                    "tls.client_cert_required",
+                    "needs tls.cert_file, tls.key_file and tls.ca_file",
+                ));
+            }
+            return Ok(());
+        }
+        if cfg!(madsim) {
+            return Err(bad("tls", "TLS is not part of simulation builds"));
+        }
+        for (field, value) in [
+            ("tls.cert_file", &t.cert_file),
+            ("tls.key_file", &t.key_file),
+            ("tls.ca_file", &t.ca_file),
+        ] {
+            if value.is_none() {
+                return Err(bad(
+                    field,
+                    "missing: TLS needs tls.cert_file, tls.key_file and tls.ca_file together",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {

@@ -19,7 +19,14 @@ use crate::raft::NodeId;
 pub const ENV_PREFIX: &str = "QUORUMKV_";
 
 /// Fields that are absent from the default config's table (`None` by default) but settable.
-const OPTIONAL_ADDRESS_FIELDS: [&str; 3] = ["listen_peer_addr", "listen_client_addr", "admin_addr"];
+const OPTIONAL_TEXT_FIELDS: [&str; 6] = [
+    "listen_peer_addr",
+    "listen_client_addr",
+    "admin_addr",
+    "tls.cert_file",
+    "tls.key_file",
+    "tls.ca_file",
+];
 
 fn bad(field: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -49,7 +56,7 @@ fn fields() -> Vec<(String, Kind)> {
         collect(&table, "", &mut out);
     }
     out.extend(
-        OPTIONAL_ADDRESS_FIELDS
+        OPTIONAL_TEXT_FIELDS
             .iter()
             .map(|f| (f.to_string(), Kind::Text)),
     );
@@ -242,6 +249,10 @@ mod tests {
             "QUORUMKV_CLUSTER_LOAD_FACTOR",
             "QUORUMKV_LIMITS_MAX_VALUE_BYTES",
             "QUORUMKV_TRANSPORT_CONNECT_TIMEOUT_MS",
+            "QUORUMKV_TLS_CERT_FILE",
+            "QUORUMKV_TLS_KEY_FILE",
+            "QUORUMKV_TLS_CA_FILE",
+            "QUORUMKV_TLS_CLIENT_CERT_REQUIRED",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected} missing");
         }

@@ -17,7 +17,10 @@
 //! (`FileDisk` in production, the simulator's own disk in simulation). It reads no wall clock
 //! (only `tokio::time`), starts no OS threads, keeps no node state in statics (simulated nodes
 //! share one process), and lets no `HashMap` order decide behaviour. Fault hooks and planted
-//! bugs compile only under `cfg(any(test, madsim))`.
+//! bugs compile only under `cfg(any(test, madsim))`. The one exception, `tls`, reads
+//! certificate files and the wall clock (certificate validity) and is therefore not part of
+//! simulation builds: simulated nodes run the same port code over plaintext streams
+//! (`transport::stream`).
 #![forbid(unsafe_code)]
 
 pub mod addr;
@@ -36,4 +39,6 @@ pub mod raft;
 pub mod resp;
 pub mod server;
 pub mod storage;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod transport;

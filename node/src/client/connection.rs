@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::debug;
 
 use super::protocol::{ClientFrame, ClientRequest, ClientResponse, RefusedReason, ServerFrame};
 use super::ClientError;
 use crate::transport::frame::{encode_frame, read_frame};
+use crate::transport::stream::{ConnectError, Connector, Stream};
 
 /// Connections one client keeps open (one per node; the oldest-addressed goes first when full).
 pub(crate) const OPEN_CONNECTIONS_MAX: usize = 16;
@@ -26,8 +26,8 @@ pub(crate) const OPEN_CONNECTIONS_MAX: usize = 16;
 pub(crate) const CONNECT_RACE_STAGGER_MS: u64 = 50;
 
 struct Connection {
-    reader: BufReader<ReadHalf<TcpStream>>,
-    writer: WriteHalf<TcpStream>,
+    reader: BufReader<ReadHalf<Stream>>,
+    writer: WriteHalf<Stream>,
 }
 
 /// Why one attempt did not produce a response.
@@ -46,6 +46,7 @@ pub(crate) struct Connections {
     connect_timeout: Duration,
     request_timeout: Duration,
     max_frame_bytes: usize,
+    connector: Connector,
 }
 
 impl Connections {
@@ -53,6 +54,7 @@ impl Connections {
         connect_timeout: Duration,
         request_timeout: Duration,
         max_frame_bytes: usize,
+        connector: Connector,
     ) -> Connections {
         Connections {
             open: BTreeMap::new(),
@@ -60,6 +62,7 @@ impl Connections {
             connect_timeout,
             request_timeout,
             max_frame_bytes,
+            connector,
         }
     }
 
@@ -78,7 +81,14 @@ impl Connections {
             return Some(*open);
         }
         let stagger = Duration::from_millis(CONNECT_RACE_STAGGER_MS);
-        let (addr, connection) = race(addrs, self.connect_timeout, stagger, deadline).await?;
+        let (addr, connection) = race(
+            addrs,
+            &self.connector,
+            self.connect_timeout,
+            stagger,
+            deadline,
+        )
+        .await?;
         while self.open.len() >= OPEN_CONNECTIONS_MAX {
             self.open.pop_first();
         }
@@ -102,7 +112,8 @@ impl Connections {
                 )))
             })?;
         if !self.open.contains_key(&addr) {
-            let connection = connect(self.connect_timeout, addr, deadline).await?;
+            let connector = self.connector.clone();
+            let connection = connect(&connector, self.connect_timeout, addr, deadline).await?;
             while self.open.len() >= OPEN_CONNECTIONS_MAX {
                 self.open.pop_first();
             }
@@ -121,6 +132,15 @@ impl Connections {
             read_frame::<_, ServerFrame>(&mut connection.reader, max).await
         };
         let response = match timeout(request_timeout, exchange).await {
+            Ok(Ok(Some(ServerFrame {
+                response: ClientResponse::Refused(RefusedReason::TlsRequired),
+                ..
+            }))) => {
+                self.open.remove(&addr);
+                return Err(AttemptError::Fatal(ClientError::Tls(format!(
+                    "{addr} serves TLS only: give the cluster's CA certificate (--ca or QUORUMKV_CA)"
+                ))));
+            }
             Ok(Ok(Some(frame))) if frame.id == id => return Ok(frame.response),
             Ok(Ok(Some(ServerFrame {
                 id: 0,
@@ -155,6 +175,7 @@ type Attempt = std::pin::Pin<
 /// as soon as it fails; the first connection made wins and the other attempts are dropped.
 async fn race(
     addrs: &[SocketAddr],
+    connector: &Connector,
     connect_timeout: Duration,
     stagger: Duration,
     deadline: Instant,
@@ -170,8 +191,12 @@ async fn race(
         }
         if next < addrs.len() && now >= next_start {
             let addr = addrs[next];
+            let connector = connector.clone();
             pending.push(Box::pin(async move {
-                (addr, connect(connect_timeout, addr, deadline).await)
+                (
+                    addr,
+                    connect(&connector, connect_timeout, addr, deadline).await,
+                )
             }));
             next += 1;
             next_start = now + stagger;
@@ -207,27 +232,23 @@ async fn race(
 
 /// Opens one connection (a free function: the `Connections` it serves is not `Sync` in
 /// simulation builds, so no reference to it may be held across this await).
+/// A failed TLS handshake is `Fatal`: the certificates or settings are wrong, and trying again
+/// (or elsewhere in the same cluster) would fail the same way.
 async fn connect(
+    connector: &Connector,
     connect_timeout_max: Duration,
     addr: SocketAddr,
     deadline: Instant,
 ) -> Result<Connection, AttemptError> {
     let connect_timeout =
         connect_timeout_max.min(deadline.saturating_duration_since(Instant::now()));
-    let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            return Err(AttemptError::NotSent(format!(
-                "cannot connect to {addr}: {e}"
-            )))
+    let stream = match connector.connect(addr, None, connect_timeout).await {
+        Ok(stream) => stream,
+        Err(e @ ConnectError::Tls { .. }) => {
+            return Err(AttemptError::Fatal(ClientError::Tls(e.to_string())))
         }
-        Err(_) => {
-            return Err(AttemptError::NotSent(format!(
-                "connecting to {addr} timed out"
-            )))
-        }
+        Err(e) => return Err(AttemptError::NotSent(e.to_string())),
     };
-    let _ = stream.set_nodelay(true);
     let (read_half, write_half) = tokio::io::split(stream);
     Ok(Connection {
         reader: BufReader::new(read_half),

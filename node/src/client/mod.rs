@@ -70,6 +70,8 @@ pub struct ClientOptions {
     /// Seeds the client's RNG (client ids, backoff jitter); `None`: seeded from `rand::rng()`.
     /// Two clients with the same seed share sessions: give every client its own seed.
     pub rng_seed: Option<u64>,
+    /// How to reach nodes: plaintext (the default) or TLS (`Connector::tls`).
+    pub connector: crate::transport::stream::Connector,
 }
 
 impl Default for ClientOptions {
@@ -82,6 +84,7 @@ impl Default for ClientOptions {
             retry_backoff_max: Duration::from_millis(500),
             max_frame_bytes: crate::config::Limits::default().max_client_frame_bytes,
             rng_seed: None,
+            connector: crate::transport::stream::Connector::plaintext(),
         }
     }
 }
@@ -105,6 +108,10 @@ pub enum ClientError {
     TooLarge(InvalidOp),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A TLS handshake failed, or a node serves TLS only; definitely not applied. The
+    /// certificates or the TLS settings need fixing: retrying cannot help.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -271,6 +278,7 @@ impl Client {
             options.connect_timeout,
             options.request_timeout,
             options.max_frame_bytes,
+            options.connector.clone(),
         );
         Ok(Client {
             endpoints,
@@ -461,6 +469,7 @@ impl Client {
         let deadline = Instant::now() + self.options.operation_timeout;
         let mut uninitialized = None;
         let mut problems = Vec::new();
+        let mut tls_failed = false;
         for addr in self.known_addrs() {
             if Instant::now() >= deadline {
                 break;
@@ -473,11 +482,20 @@ impl Client {
                 Ok(view) => {
                     uninitialized.get_or_insert(view);
                 }
+                Err(ClientError::Tls(reason)) => {
+                    tls_failed = true;
+                    problems.push(reason);
+                }
                 Err(e) => problems.push(problem_at(addr, &e)),
             }
         }
-        uninitialized.ok_or_else(|| ClientError::Unreachable {
-            reason: problems.join("; "),
+        uninitialized.ok_or_else(|| {
+            let reason = problems.join("; ");
+            if tls_failed {
+                ClientError::Tls(reason)
+            } else {
+                ClientError::Unreachable { reason }
+            }
         })
     }
 
@@ -911,6 +929,7 @@ impl Client {
         }
         let mut newest: Option<ClusterView> = None;
         let mut heard = false;
+        let mut tls_failed = false;
         let mut problems = Vec::new();
         for addr in order {
             if Instant::now() >= deadline {
@@ -934,6 +953,11 @@ impl Client {
                 Err(e @ (ClientError::InvalidArgument(_) | ClientError::TooLarge(_))) => {
                     return Err(e)
                 }
+                // Another node may still answer; if none does, the TLS reason is the error.
+                Err(ClientError::Tls(reason)) => {
+                    tls_failed = true;
+                    problems.push(reason);
+                }
                 Err(e) => {
                     heard |= !matches!(e, ClientError::Unreachable { .. });
                     problems.push(problem_at(addr, &e));
@@ -945,6 +969,7 @@ impl Client {
                 self.learn(&view);
                 Ok(())
             }
+            None if tls_failed => Err(ClientError::Tls(problems.join("; "))),
             None if heard => Err(ClientError::NoQuorum {
                 reason: format!(
                     "no node knows the cluster map yet ({})",

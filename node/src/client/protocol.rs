@@ -92,6 +92,9 @@ pub enum RefusedReason {
     TooManyConnections {
         max_connections: u64,
     },
+    /// The port serves TLS only and this request came in plaintext (the client needs the
+    /// cluster's CA certificate).
+    TlsRequired,
 }
 
 /// What `quorumkv status` shows for one node. `role`, `term`, `leader_*`, the indexes, `voters`

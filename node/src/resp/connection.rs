@@ -7,7 +7,8 @@
 //! parser refuses longer requests as soon as their headers say so).
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::transport::stream::Stream;
 
 use super::frame::{parse_request, FrameLimits, ProtocolError, Reply};
 
@@ -23,7 +24,7 @@ pub enum ConnectionError {
 }
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     limits: FrameLimits,
     input: Vec<u8>,
     /// Bytes of `input` already parsed.
@@ -32,8 +33,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, limits: FrameLimits) -> Connection {
-        let _ = stream.set_nodelay(true);
+    pub fn new(stream: Stream, limits: FrameLimits) -> Connection {
         Connection {
             stream,
             limits,

@@ -11,7 +11,8 @@
 //! pipelining), `cmd/` (one file per command group, the command table), this file (accept loop,
 //! connection limit, shared state). Invariants: a malformed or oversized request is answered
 //! with Redis's error and closes only that connection; at most `max_redis_connections` are
-//! served (more are refused); replies are written in request order.
+//! served (more are refused); replies are written in request order. With TLS the port speaks
+//! TLS only (`redis-cli --tls --cacert CA`); a plaintext client is told so and closed.
 mod cmd;
 mod connection;
 pub mod frame;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::sleep;
 use tracing::{debug, warn, Instrument};
@@ -33,6 +34,7 @@ use self::frame::{FrameLimits, Reply};
 use crate::client::{Client, ClientOptions};
 use crate::config::Limits;
 use crate::raft::NodeId;
+use crate::transport::stream::{Accepted, Acceptor, Connector, Stream};
 
 /// Longest one Redis command may take over all its attempts (then it answers an error).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,6 +47,13 @@ pub struct RespContext {
     pub redis_addr: SocketAddr,
     pub limits: Limits,
     pub stats: Stats,
+    /// This port's side: plaintext or TLS.
+    pub acceptor: Acceptor,
+    /// How the routing clients reach the client ports (TLS with the node's certificate when
+    /// the node has one).
+    pub connector: Connector,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout_ms: u64,
     clients: Mutex<Vec<Client>>,
     cursors: Mutex<ScanCursors>,
 }
@@ -70,6 +79,9 @@ impl RespContext {
             redis_addr,
             limits,
             stats: Stats::default(),
+            acceptor: Acceptor::plaintext(),
+            connector: Connector::plaintext(),
+            handshake_timeout_ms: crate::config::TransportConfig::default().handshake_timeout_ms,
             clients: Mutex::new(Vec::new()),
             cursors: Mutex::new(ScanCursors::default()),
         }
@@ -82,6 +94,7 @@ impl RespContext {
             let options = ClientOptions {
                 operation_timeout: OPERATION_TIMEOUT,
                 max_frame_bytes: self.limits.max_client_frame_bytes,
+                connector: self.connector.clone(),
                 ..ClientOptions::default()
             };
             Client::new(self.endpoints.clone(), options)
@@ -136,12 +149,52 @@ pub async fn accept_redis_clients(listener: TcpListener, context: Arc<RespContex
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(%addr, max_redis_connections = context.limits.max_redis_connections,
                 "too many redis connections: refused");
-            tokio::spawn(refuse(stream).in_current_span());
+            let context = context.clone();
+            tokio::spawn(
+                async move {
+                    let accepted = context
+                        .acceptor
+                        .accept(stream, context.handshake_timeout_ms)
+                        .await;
+                    if let Ok(Accepted::Ready { stream, .. } | Accepted::Plaintext(stream)) =
+                        accepted
+                    {
+                        refuse(
+                            stream,
+                            "ERR max number of clients reached (max_redis_connections)",
+                        )
+                        .await;
+                    }
+                }
+                .in_current_span(),
+            );
             continue;
         };
         let context = context.clone();
         tokio::spawn(
             async move {
+                let stream = match context
+                    .acceptor
+                    .accept(stream, context.handshake_timeout_ms)
+                    .await
+                {
+                    Ok(Accepted::Ready { stream, .. }) => stream,
+                    Ok(Accepted::Plaintext(stream)) => {
+                        warn!(%addr, "plaintext client on the TLS redis port: refused");
+                        refuse(
+                            stream,
+                            "ERR this port serves TLS only (redis-cli --tls --cacert CA_FILE)",
+                        )
+                        .await;
+                        drop(permit);
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(%addr, error = %e, "redis connection refused");
+                        drop(permit);
+                        return;
+                    }
+                };
                 context.stats.connected.fetch_add(1, Ordering::Relaxed);
                 context
                     .stats
@@ -159,21 +212,18 @@ pub async fn accept_redis_clients(listener: TcpListener, context: Arc<RespContex
     }
 }
 
-/// Tells a client over the connection limit why it is dropped (as Redis does).
-async fn refuse(stream: TcpStream) {
+/// Tells a client why it is dropped (as Redis does for the connection limit).
+async fn refuse(stream: Stream, error: &str) {
     let limits = FrameLimits {
         max_request_bytes: 0,
         max_args: 0,
     };
     let mut connection = Connection::new(stream, limits);
-    connection.queue(
-        Reply::error("ERR max number of clients reached (max_redis_connections)"),
-        false,
-    );
+    connection.queue(Reply::error(error), false);
     let _ = tokio::time::timeout(Duration::from_secs(1), connection.flush()).await;
 }
 
-async fn serve(stream: TcpStream, context: &RespContext) -> Result<(), ConnectionError> {
+async fn serve(stream: Stream, context: &RespContext) -> Result<(), ConnectionError> {
     let limits = FrameLimits {
         max_request_bytes: context.limits.max_redis_request_bytes,
         max_args: context.limits.max_redis_args,

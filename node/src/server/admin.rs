@@ -4,7 +4,8 @@
 //! connection (`Connection: close`), GET or HEAD only, the request head capped at
 //! `REQUEST_HEAD_BYTES_MAX` and read within `REQUEST_TIMEOUT_MS`, at most
 //! `ADMIN_CONNECTIONS_MAX` connections at once. Anything else gets a 4xx and the port keeps
-//! serving. Liveness answers 200 while the event loop runs (its task publishes readiness; a
+//! serving. With TLS the port speaks HTTPS only; a plaintext request is answered 400 saying
+//! so. Liveness answers 200 while the event loop runs (its task publishes readiness; a
 //! stopped loop closes the port with the node).
 
 use std::net::SocketAddr;
@@ -12,13 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+#[cfg(test)]
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep, timeout};
 use tracing::{debug, warn, Instrument};
 
 use super::telemetry::Health;
 use crate::metrics::Metrics;
+use crate::transport::stream::{Accepted, Acceptor, Stream};
 
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
@@ -31,6 +35,8 @@ const DRAIN_TIMEOUT_MS: u64 = 500;
 pub(super) struct AdminState {
     pub(super) metrics: Arc<Metrics>,
     pub(super) health: watch::Receiver<Health>,
+    /// Plaintext (HTTP) or TLS (HTTPS).
+    pub(super) acceptor: Acceptor,
 }
 
 pub(super) async fn accept_admin(listener: TcpListener, state: AdminState) {
@@ -51,8 +57,14 @@ pub(super) async fn accept_admin(listener: TcpListener, state: AdminState) {
         let state = state.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = serve(stream, addr, &state).await {
-                    debug!(%addr, error = %e, "admin connection failed");
+                match state.acceptor.accept(stream, REQUEST_TIMEOUT_MS).await {
+                    Ok(Accepted::Ready { stream, .. }) => {
+                        if let Err(e) = serve(stream, addr, &state).await {
+                            debug!(%addr, error = %e, "admin connection failed");
+                        }
+                    }
+                    Ok(Accepted::Plaintext(stream)) => refuse_plaintext(stream).await,
+                    Err(e) => debug!(%addr, error = %e, "admin connection refused"),
                 }
                 drop(permit);
             }
@@ -61,7 +73,22 @@ pub(super) async fn accept_admin(listener: TcpListener, state: AdminState) {
     }
 }
 
-async fn serve(mut stream: TcpStream, addr: SocketAddr, state: &AdminState) -> std::io::Result<()> {
+/// Answers an HTTP request on the HTTPS port with 400 and the reason.
+async fn refuse_plaintext(mut stream: Stream) {
+    let response = Response::text(
+        400,
+        "Bad Request",
+        "this port serves HTTPS only (TLS is configured): use https:// and the cluster's CA\n",
+    );
+    let answer = async {
+        stream.write_all(&response.encode(false)).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    let _ = timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), answer).await;
+}
+
+async fn serve(mut stream: Stream, addr: SocketAddr, state: &AdminState) -> std::io::Result<()> {
     let head = match timeout(
         Duration::from_millis(REQUEST_TIMEOUT_MS),
         read_head(&mut stream),
@@ -97,7 +124,7 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, state: &AdminState) -> s
 }
 
 /// Reads up to the blank line ending the request head; `None` if it exceeds the cap.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+async fn read_head(stream: &mut Stream) -> std::io::Result<Option<String>> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -206,6 +233,7 @@ mod tests {
         AdminState {
             metrics: Metrics::new(1),
             health: rx,
+            acceptor: Acceptor::plaintext(),
         }
     }
 

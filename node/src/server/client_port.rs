@@ -12,7 +12,8 @@
 //! reach this node through this port. A connection idle for `transport.client_idle_timeout_ms`
 //! is closed; a frame once begun must arrive within `transport.frame_read_timeout_ms`, and the
 //! bytes of incomplete frames over all connections are bounded by
-//! `limits.max_client_inflight_frame_bytes`.
+//! `limits.max_client_inflight_frame_bytes`. On a TLS port a plaintext client's first request
+//! is answered `TlsRequired`, then it is closed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,8 +32,9 @@ use crate::client::protocol::{
 };
 use crate::metrics::{op_name, Metrics};
 use crate::transport::frame::{
-    encode_frame, read_frame_limited, FrameBudget, FrameError, ReadLimits,
+    encode_frame, read_frame, read_frame_limited, FrameBudget, FrameError, ReadLimits,
 };
+use crate::transport::stream::{Accepted, Acceptor, Stream};
 use tokio::io::AsyncWriteExt;
 
 /// One client request on its way to the event loop.
@@ -124,6 +126,11 @@ type SharedSlots = Arc<Mutex<ClientSlots>>;
 
 fn lock(slots: &SharedSlots) -> std::sync::MutexGuard<'_, ClientSlots> {
     slots.lock().unwrap_or_else(|p| p.into_inner())
+    /// Plaintext or TLS.
+    pub acceptor: Acceptor,
+    /// A TLS handshake (or a plaintext client's first request on a TLS port) must be done
+    /// within this.
+    pub handshake_timeout_ms: u64,
 }
 
 pub async fn accept_clients(
@@ -157,7 +164,7 @@ pub async fn accept_clients(
         tokio::spawn(
             async move {
                 let served = tokio::select! {
-                    result = serve_client(stream, addr, &config, &calls, &slots, id) => result,
+                    result = handshake_and_serve(stream, addr, &config, &calls, &slots, id) => result,
                     _ = evicted => {
                         debug!(%addr, "idle client connection evicted for a new one");
                         Ok(())
@@ -202,15 +209,59 @@ async fn refuse(stream: TcpStream, max_connections: u64, max_frame_bytes: usize)
     .await;
 }
 
-async fn serve_client(
-    stream: TcpStream,
+async fn handshake_and_serve(
+    tcp: TcpStream,
     addr: SocketAddr,
     config: &ClientPortConfig,
     calls: &mpsc::Sender<ClientCall>,
     slots: &SharedSlots,
     slot: u64,
 ) -> Result<(), FrameError> {
-    let _ = stream.set_nodelay(true);
+    match config
+        .acceptor
+        .accept(tcp, config.handshake_timeout_ms)
+        .await
+    {
+        Ok(Accepted::Ready { stream, .. }) => serve_client(stream, addr, config, calls, slots, slot).await
+        Ok(Accepted::Plaintext(stream)) => {
+            warn!(%addr, "plaintext client on the TLS client port: refused");
+            refuse_plaintext(stream, config).await
+        }
+        Err(e) => {
+            warn!(%addr, error = %e, "client connection refused");
+            Ok(())
+        }
+    }
+}
+
+/// Answers a plaintext client's first request `TlsRequired` (so that it can say why), then
+/// closes; a client that sends no decodable request in time is just closed.
+async fn refuse_plaintext(stream: Stream, config: &ClientPortConfig) -> Result<(), FrameError> {
+    let (read_half, mut writer) = tokio::io::split(stream);
+    let mut reader = BufReader::new(read_half);
+    let within = Duration::from_millis(config.handshake_timeout_ms);
+    let first = read_frame::<_, ClientFrame>(&mut reader, config.max_frame_bytes);
+    let Ok(Ok(Some(ClientFrame { id, .. }))) = timeout(within, first).await else {
+        return Ok(());
+    };
+    let response = ClientResponse::Refused(RefusedReason::TlsRequired);
+    let frame = encode_frame(&ServerFrame { id, response }, config.max_frame_bytes)?;
+    let _ = timeout(within, async {
+        writer.write_all(&frame).await?;
+        writer.flush().await
+    })
+    .await;
+    Ok(())
+}
+
+async fn serve_client(
+    stream: Stream,
+    addr: SocketAddr,
+    config: &ClientPortConfig,
+    calls: &mpsc::Sender<ClientCall>,
+    slots: &SharedSlots,
+    slot: u64,
+) -> Result<(), FrameError> {
     let (read_half, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(read_half);
     let limits = ReadLimits {

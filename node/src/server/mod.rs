@@ -53,6 +53,8 @@ use crate::storage::{
 };
 use crate::transport::frame::FrameBudget;
 use crate::transport::peer::{accept_peers, InboundConfig, KnownPeers};
+use crate::transport::peer::{accept_peers, InboundConfig};
+use crate::transport::stream::{Acceptor, Connector};
 use crate::transport::PeerTransport;
 
 /// Client requests queued for the event loop; beyond this a request is answered `Busy`.
@@ -76,6 +78,39 @@ pub enum ServerError {
     Raft(String),
     #[error("event loop task failed: {0}")]
     Task(String),
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+/// How each port accepts and how the node dials (peers, its own client port): plaintext, or
+/// TLS from the node's certificate files (real builds only; see `transport::stream`).
+#[derive(Clone, Debug, Default)]
+struct PortSecurity {
+    peer: Acceptor,
+    client: Acceptor,
+    connector: Connector,
+    #[cfg(not(madsim))]
+    files: Option<Arc<crate::tls::TlsFiles>>,
+}
+
+impl PortSecurity {
+    fn from_config(config: &ServerConfig) -> Result<PortSecurity, ServerError> {
+        #[cfg(not(madsim))]
+        if let Some(files) = crate::tls::TlsFiles::from_config(&config.tls)
+            .map_err(|e| ServerError::Tls(e.to_string()))?
+        {
+            use crate::tls::PortKind;
+            return Ok(PortSecurity {
+                peer: Acceptor::tls(files.clone(), PortKind::Peer),
+                client: Acceptor::tls(files.clone(), PortKind::Client),
+                connector: Connector::node(files.clone()),
+                files: Some(files),
+            });
+        }
+        // `validate` refuses TLS settings in simulation builds.
+        let _ = config;
+        Ok(PortSecurity::default())
+    }
 }
 
 /// The groups a node opens at start: those on its disk, plus every group of its bootstrap
@@ -118,6 +153,7 @@ pub struct Server {
     redis_listener: Option<TcpListener>,
     /// The peer transport's current peers (who gets a member slot on the peer port).
     known_peers: KnownPeers,
+    security: PortSecurity,
 }
 
 impl Server {
@@ -126,6 +162,7 @@ impl Server {
     pub async fn new(mut config: ServerConfig, disk: Arc<dyn Disk>) -> Result<Server, ServerError> {
         config.validate()?;
         let kv_config = kv_config(&config)?;
+        let security = PortSecurity::from_config(&config)?;
         let metrics = Metrics::new(config.node_id);
         let disk: Arc<dyn Disk> = Arc::new(MeteredDisk {
             inner: disk,
@@ -261,6 +298,7 @@ impl Server {
             &peers,
             &config.peer_names,
             Some(metrics.clone()),
+            security.connector.clone(),
             &config.transport,
             config.limits.max_peer_frame_bytes,
         );
@@ -302,7 +340,14 @@ impl Server {
             health,
             redis_listener,
             known_peers,
+            security,
         })
+    }
+
+    /// The node's certificate files when TLS is on (the binary reloads them on SIGHUP).
+    #[cfg(not(madsim))]
+    pub fn tls_files(&self) -> Option<Arc<crate::tls::TlsFiles>> {
+        self.security.files.clone()
     }
 
     /// Opens (creating it if needed) the data directory with real files.
@@ -353,6 +398,7 @@ impl Server {
             client_addr,
             redis_listener,
             known_peers,
+            security,
             ..
         } = self;
         let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX_MESSAGES);
@@ -364,6 +410,7 @@ impl Server {
             max_connections: config.limits.max_peer_connections,
             members: known_peers,
             budget: FrameBudget::new(config.limits.max_peer_inflight_frame_bytes),
+            acceptor: security.peer.clone(),
         };
         let client_port = ClientPortConfig {
             metrics: metrics.clone(),
@@ -372,13 +419,19 @@ impl Server {
             idle_timeout: Duration::from_millis(config.transport.client_idle_timeout_ms),
             frame_read_timeout: Duration::from_millis(config.transport.frame_read_timeout_ms),
             budget: FrameBudget::new(config.limits.max_client_inflight_frame_bytes),
+            acceptor: security.client.clone(),
+            handshake_timeout_ms: config.transport.handshake_timeout_ms,
         };
         let mut accept_tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(accept_peers(peer_listener, inbound, peer_tx).in_current_span()),
             tokio::spawn(accept_clients(client_listener, client_port, client_tx).in_current_span()),
         ];
         if let Some(listener) = admin_listener {
-            let state = AdminState { metrics, health };
+            let state = AdminState {
+                metrics,
+                health,
+                acceptor: security.client.clone(),
+            };
             accept_tasks.push(tokio::spawn(
                 accept_admin(listener, state).in_current_span(),
             ));
@@ -390,8 +443,11 @@ impl Server {
                 .filter(|m| m.id != config.node_id)
                 .map(|m| m.client_addr);
             let endpoints = std::iter::once(client_addr).chain(others).collect();
-            let context =
+            let mut context =
                 RespContext::new(config.node_id, endpoints, redis_addr, config.limits.clone());
+            context.acceptor = security.client.clone();
+            context.connector = security.connector.clone();
+            context.handshake_timeout_ms = config.transport.handshake_timeout_ms;
             let serve = accept_redis_clients(listener, Arc::new(context));
             accept_tasks.push(tokio::spawn(serve.in_current_span()));
         }

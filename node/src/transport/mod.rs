@@ -6,6 +6,8 @@
 //!   bounded queue, batching that coalesces every group's messages to a peer into one frame,
 //!   pings and a silence timeout, because a partition does not break an open connection),
 //!   peers added and removed at run time, and the inbound accept side;
+//! - `stream`: the seam between protocols and bytes: `Acceptor`/`Connector` hand every port a
+//!   `Stream`, plain TCP or (real builds only) TLS over it (docs/SECURITY.md);
 //! - `faults` (test and simulation builds only): drop, delay, duplicate, reorder and partition
 //!   peer messages on request, since madsim itself only loses packets at connection setup.
 //!
@@ -15,6 +17,7 @@
 mod faults;
 pub mod frame;
 pub mod peer;
+pub mod stream;
 
 #[cfg(any(test, madsim))]
 pub use faults::{FaultPlan, TransportFaults};

@@ -22,7 +22,12 @@
 //! Every other connection (still in its handshake, or from a node id this node does not know
 //! yet) is a guest: at most `max_connections` guests are held, and a new connection evicts the
 //! oldest guest. Idle strangers therefore can neither lock members out nor each other for long.
-//! Peers are not authenticated (TLS is a separate layer): anyone may claim a member's id.
+//! Without TLS peers are not authenticated: anyone may claim a member's id.
+//! With TLS (real builds, `tls` configured) both directions are mutual TLS through
+//! `stream::{Acceptor, Connector}`: the caller checks that the callee's certificate names the
+//! member dialled, the callee that the caller's certificate names the member its `Hello` claims
+//! to be. A refused caller is told why (`PeerFrame::Refused`) before the connection closes, so
+//! both sides log the same reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -41,6 +46,7 @@ use tracing::{debug, info, warn};
 use super::frame::{
     encode_frame, read_frame, read_frame_limited, FrameBudget, FrameError, ReadLimits,
 };
+use super::stream::{member_name, Accepted, Acceptor, Connector, PeerCertificate, Stream};
 use crate::config::TransportConfig;
 use crate::meta::GroupId;
 use crate::metrics::{Metrics, PeerLabels};
@@ -130,6 +136,11 @@ pub enum PeerFrame {
     Messages(Vec<PeerMessage>),
     Ping,
     Pong,
+    /// The callee's last word before it closes a connection it will not serve (e.g. the
+    /// caller's certificate names another member).
+    Refused {
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +182,8 @@ impl KnownPeers {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<NodeId>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+    #[error("refused by the peer: {0}")]
+    Refused(String),
 }
 
 /// One peer's outbound queue and the task that drains it onto its connection.
@@ -197,6 +210,8 @@ pub struct PeerTransport {
     metrics: Option<Arc<Metrics>>,
     /// The ids in `links`, for the accepting side.
     known: KnownPeers,
+    /// Dials peers: plaintext, or mutual TLS with this node's certificate.
+    connector: Connector,
     /// Messages refused because a peer's queue was full or the peer is unknown.
     pub dropped_messages: u64,
     #[cfg(any(test, madsim))]
@@ -211,17 +226,27 @@ impl PeerTransport {
         config: &TransportConfig,
         max_frame_bytes: usize,
     ) -> PeerTransport {
-        PeerTransport::start_named(me, peers, &BTreeMap::new(), None, config, max_frame_bytes)
+        let plain = Connector::plaintext();
+        PeerTransport::start_named(
+            me,
+            peers,
+            &BTreeMap::new(),
+            None,
+            plain,
+            config,
+            max_frame_bytes,
+        )
     }
 
     /// As `start`; a peer in `names` is looked up by that name before each connect (its
     /// address in `peers` is the fallback while the name does not resolve); traffic is counted
-    /// in `metrics` if given.
+    /// in `metrics` if given; connections are made by `connector` (TLS or not).
     pub fn start_named(
         me: NodeId,
         peers: &BTreeMap<NodeId, SocketAddr>,
         names: &BTreeMap<NodeId, String>,
         metrics: Option<Arc<Metrics>>,
+        connector: Connector,
         config: &TransportConfig,
         max_frame_bytes: usize,
     ) -> PeerTransport {
@@ -233,6 +258,7 @@ impl PeerTransport {
             names: names.clone(),
             metrics,
             known: KnownPeers::default(),
+            connector,
             dropped_messages: 0,
             #[cfg(any(test, madsim))]
             faults: None,
@@ -256,6 +282,7 @@ impl PeerTransport {
             addr,
             name: self.names.get(&id).cloned(),
             metrics: self.metrics.clone(),
+            connector: self.connector.clone(),
             config: self.config.clone(),
             max_frame_bytes: self.max_frame_bytes,
         };
@@ -416,6 +443,7 @@ struct OutboundLink {
     /// Looked up before each connect when set (falls back to the last address it gave).
     name: Option<String>,
     metrics: Option<Arc<Metrics>>,
+    connector: Connector,
     config: TransportConfig,
     max_frame_bytes: usize,
 }
@@ -459,19 +487,30 @@ impl OutboundLink {
         let backoff_min = Duration::from_millis(self.config.reconnect_backoff_ms_min);
         let backoff_max = Duration::from_millis(self.config.reconnect_backoff_ms_max);
         let mut backoff = backoff_min;
+        // A refusal repeats at every reconnect: logged as a warning when it changes only.
+        let mut last_refusal = String::new();
         loop {
             let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
             addr = self.current_addr(addr).await;
-            match timeout(connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    info!(peer = self.peer, %addr, "connected to peer");
+            match self
+                .connector
+                .connect(addr, Some(self.peer), connect_timeout)
+                .await
+            {
+                Ok(stream) => {
+                    info!(peer = self.peer, %addr, tls = stream.is_tls(), "connected to peer");
                     let started = Instant::now();
                     self.set_connected(1);
                     let result = self.drive(stream, &mut queue).await;
                     self.set_connected(0);
                     match result {
                         Ok(()) => return, // the event loop is gone
+                        Err(PeerError::Refused(reason)) => {
+                            if reason != last_refusal {
+                                warn!(peer = self.peer, %addr, %reason, "peer refused the connection");
+                                last_refusal = reason;
+                            }
+                        }
                         Err(e) => {
                             warn!(peer = self.peer, %addr, error = %e, "peer connection lost")
                         }
@@ -480,10 +519,14 @@ impl OutboundLink {
                         backoff = backoff_min;
                     }
                 }
-                Ok(Err(e)) => {
-                    debug!(peer = self.peer, %addr, error = %e, "connect failed")
+                Err(e @ super::stream::ConnectError::Tls { .. }) => {
+                    let reason = e.to_string();
+                    if reason != last_refusal {
+                        warn!(peer = self.peer, %addr, error = %reason, "cannot connect to peer");
+                        last_refusal = reason;
+                    }
                 }
-                Err(_) => debug!(peer = self.peer, %addr, "connect timed out"),
+                Err(e) => debug!(peer = self.peer, %addr, error = %e, "connect failed"),
             }
             // Whatever queued up while we were not connected is stale.
             loop {
@@ -501,7 +544,7 @@ impl OutboundLink {
     /// Runs one connection until it fails (`Err`) or the queue is closed (`Ok`).
     async fn drive(
         &self,
-        stream: TcpStream,
+        stream: Stream,
         queue: &mut mpsc::Receiver<PeerMessage>,
     ) -> Result<(), PeerError> {
         let (read_half, mut write_half) = tokio::io::split(stream);
@@ -513,11 +556,17 @@ impl OutboundLink {
         self.write(&mut write_half, &hello, write_timeout).await?;
 
         let last_heard = Arc::new(Mutex::new(Instant::now()));
-        let reader = tokio::spawn(
+        let mut reader = tokio::spawn(
             read_pongs(read_half, last_heard.clone(), self.max_frame_bytes).in_current_span(),
         );
         let result = self
-            .pump(&mut write_half, queue, &last_heard, &reader, write_timeout)
+            .pump(
+                &mut write_half,
+                queue,
+                &last_heard,
+                &mut reader,
+                write_timeout,
+            )
             .await;
         reader.abort();
         result
@@ -528,7 +577,7 @@ impl OutboundLink {
         writer: &mut W,
         queue: &mut mpsc::Receiver<PeerMessage>,
         last_heard: &Mutex<Instant>,
-        reader: &JoinHandle<Result<(), PeerError>>,
+        reader: &mut JoinHandle<Result<(), PeerError>>,
         write_timeout: Duration,
     ) -> Result<(), PeerError> {
         let silence = Duration::from_millis(self.config.silence_timeout_ms);
@@ -547,10 +596,14 @@ impl OutboundLink {
                     }
                     self.write_batch(writer, batch, write_timeout).await?;
                 }
+                // The reader ends only on an error (a refusal, a closed connection).
+                ended = &mut *reader => {
+                    return Err(match ended {
+                        Ok(Err(e)) => e,
+                        _ => PeerError::Closed,
+                    });
+                }
                 _ = ping.tick() => {
-                    if reader.is_finished() {
-                        return Err(PeerError::Closed);
-                    }
                     let heard = *last_heard.lock().unwrap_or_else(|p| p.into_inner());
                     if heard.elapsed() > silence {
                         return Err(PeerError::Silent { silence_ms: self.config.silence_timeout_ms });
@@ -638,6 +691,7 @@ async fn read_pongs<R: tokio::io::AsyncRead + Unpin>(
             Some(PeerFrame::Pong) => {
                 *last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now()
             }
+            Some(PeerFrame::Refused { reason }) => return Err(PeerError::Refused(reason)),
             Some(other) => {
                 return Err(PeerError::Protocol(format!(
                     "unexpected {other:?} on outbound link"
@@ -713,6 +767,8 @@ type SharedSlots = Arc<Mutex<InboundSlots>>;
 
 fn lock_slots(slots: &SharedSlots) -> std::sync::MutexGuard<'_, InboundSlots> {
     slots.lock().unwrap_or_else(|p| p.into_inner())
+    /// Plaintext, or mutual TLS (a caller must present a member's certificate).
+    pub acceptor: Acceptor,
 }
 
 /// Accepts peer connections forever, delivering their messages to `inbox` (with back-pressure).
@@ -741,7 +797,7 @@ pub async fn accept_peers(
         tokio::spawn(
             async move {
                 let served = tokio::select! {
-                    result = serve_inbound(stream, &config, &inbox, &slots, seq) => result,
+                    result = handshake_and_serve(stream, &config, &inbox, &slots, seq) => result,
                     _ = evicted => Err(PeerError::Evicted("its slot was given to a newer connection")),
                 };
                 lock_slots(&slots).release(seq);
@@ -755,14 +811,71 @@ pub async fn accept_peers(
     }
 }
 
-async fn serve_inbound(
-    stream: TcpStream,
+async fn handshake_and_serve(
+    tcp: TcpStream,
     config: &InboundConfig,
     inbox: &mpsc::Sender<PeerMessage>,
     slots: &SharedSlots,
     seq: u64,
 ) -> Result<(), PeerError> {
-    let _ = stream.set_nodelay(true);
+    let handshake_ms = config.transport.handshake_timeout_ms;
+    let accepted = config
+        .acceptor
+        .accept(tcp, handshake_ms)
+        .await
+        .map_err(|e| PeerError::Protocol(e.to_string()))?;
+    match accepted {
+        Accepted::Ready {
+            stream,
+            client_cert,
+        } => serve_inbound(stream, client_cert, config, inbox, slots, seq).await,
+        Accepted::Plaintext(mut stream) => {
+            let reason = format!(
+                "node {} requires TLS on its peer port (configure tls.cert_file, tls.key_file and tls.ca_file)",
+                config.me
+            );
+            let refusal = encode_frame(
+                &PeerFrame::Refused {
+                    reason: reason.clone(),
+                },
+                config.max_frame_bytes,
+            )?;
+            let _ = write_bytes(&mut stream, &refusal, Duration::from_millis(handshake_ms)).await;
+            Err(PeerError::Protocol(format!(
+                "plaintext caller refused: {reason}"
+            )))
+        }
+    }
+}
+
+/// Whether the caller may speak as `from`: always on a plaintext port, else only with a
+/// certificate that names member `from`.
+fn check_identity(
+    acceptor: &Acceptor,
+    client_cert: Option<&PeerCertificate>,
+    from: NodeId,
+) -> Result<(), String> {
+    if !acceptor.is_tls() {
+        return Ok(());
+    }
+    match client_cert {
+        Some(cert) if cert.names_member(from) => Ok(()),
+        Some(_) => Err(format!(
+            "the caller says it is node {from} but its certificate does not name {}",
+            member_name(from)
+        )),
+        None => Err(format!("node {from} presented no certificate")),
+    }
+}
+
+async fn serve_inbound(
+    stream: Stream,
+    client_cert: Option<PeerCertificate>,
+    config: &InboundConfig,
+    inbox: &mpsc::Sender<PeerMessage>,
+    slots: &SharedSlots,
+    seq: u64,
+) -> Result<(), PeerError> {
     let (read_half, mut write_half) = tokio::io::split(stream);
     let mut reader = BufReader::new(read_half);
     let max = config.max_frame_bytes;
@@ -804,6 +917,16 @@ async fn serve_inbound(
         }
         None => return Ok(()),
     };
+    if let Err(reason) = check_identity(&config.acceptor, client_cert.as_ref(), from) {
+        let refusal = encode_frame(
+            &PeerFrame::Refused {
+                reason: reason.clone(),
+            },
+            max,
+        )?;
+        let _ = write_bytes(&mut write_half, &refusal, handshake).await;
+        return Err(PeerError::Protocol(format!("refused: {reason}")));
+    }
     if config.members.contains(from) {
         if lock_slots(slots).promote(seq, from) {
             info!(
@@ -868,6 +991,7 @@ fn frame_kind(frame: &PeerFrame) -> &'static str {
         PeerFrame::Messages(_) => "Messages",
         PeerFrame::Ping => "Ping",
         PeerFrame::Pong => "Pong",
+        PeerFrame::Refused { .. } => "Refused",
     }
 }
 
@@ -875,6 +999,7 @@ fn frame_kind(frame: &PeerFrame) -> &'static str {
 mod tests {
     use super::*;
     use crate::raft::MessageBody;
+    use tokio::net::TcpStream;
 
     fn group_heartbeat(group: GroupId, from: NodeId, to: NodeId, commit: u64) -> PeerMessage {
         PeerMessage::Raft {
@@ -925,6 +1050,7 @@ mod tests {
             max_connections: 4,
             members: KnownPeers::new([1]),
             budget: FrameBudget::new(4 << 20),
+            acceptor: Acceptor::plaintext(),
         }
     }
 

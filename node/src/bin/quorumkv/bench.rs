@@ -57,7 +57,11 @@ pub async fn run(args: BenchArgs) -> u8 {
         Err(e) => return crate::cli::report(e),
     };
     let read_fraction = args.read_fraction.clamp(0.0, 1.0);
-    let mut probe = match Client::new(endpoints.clone(), args.conn.options()) {
+    let options = match args.conn.options() {
+        Ok(options) => options,
+        Err(e) => return crate::cli::report(e),
+    };
+    let mut probe = match Client::new(endpoints.clone(), options.clone()) {
         Ok(c) => c,
         Err(e) => return crate::cli::report(e),
     };
@@ -71,7 +75,7 @@ pub async fn run(args: BenchArgs) -> u8 {
     let mut tasks = Vec::new();
     for i in 0..args.clients {
         // Client ids stay random: a fixed seed would reuse a previous run's sessions.
-        let options = args.conn.options();
+        let options = options.clone();
         let endpoints = endpoints.clone();
         let (keys, value_bytes) = (args.keys.max(1), args.value_bytes);
         let seed = args.seed ^ (i << 32);

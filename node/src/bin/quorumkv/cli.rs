@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use node::addr::{resolve_all, HostPort};
 use node::client::{CasOutcome, Client, ClientError, ClientOptions, NodeStatus};
@@ -13,6 +15,8 @@ use node::config::{MemberConfig, ServerConfig, DEFAULT_CLIENT_PORT, LOCAL_CLIENT
 use node::config_layers::{apply_env, parse_member_spec, resolve_names, set};
 use node::kv::{Expected, KeyRange, Versioned};
 use node::server::Server;
+use node::tls::ClientTls;
+use node::transport::stream::Connector;
 use serde_json::json;
 
 pub const EXIT_OK: u8 = 0;
@@ -130,6 +134,67 @@ pub struct ConnArgs {
     /// Give up on an operation after this long (at least 1).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// How a client reaches nodes that serve TLS.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// The cluster's CA certificate (PEM): connect with TLS and trust nodes it signed.
+    #[arg(long = "ca", id = "client_ca", env = "QUORUMKV_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present, for nodes that require one (with --key).
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        env = "QUORUMKV_CERT",
+        requires = "client_ca"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        id = "client_key",
+        env = "QUORUMKV_KEY",
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
+    /// Check every node's certificate against this name (default: the address dialled, or any
+    /// member's name `node-<id>.quorumkv`).
+    #[arg(
+        long = "tls-server-name",
+        id = "client_tls_server_name",
+        env = "QUORUMKV_TLS_SERVER_NAME",
+        requires = "client_ca"
+    )]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// Plaintext without --ca; else TLS with the files read now.
+    pub fn connector(&self) -> Result<Connector, ClientError> {
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() || self.key.is_some() {
+                return Err(ClientError::InvalidArgument(
+                    "--cert and --key need --ca".into(),
+                ));
+            }
+            return Ok(Connector::plaintext());
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => {
+                return Err(ClientError::InvalidArgument(
+                    "--cert and --key go together".into(),
+                ))
+            }
+        };
+        let tls = ClientTls::from_files(ca, identity, self.tls_server_name.clone())
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        Ok(Connector::tls(Arc::new(tls)))
+    }
 }
 
 impl ConnArgs {
@@ -154,16 +219,18 @@ impl ConnArgs {
 
     /// A client on the resolved endpoints.
     pub async fn client(&self) -> Result<Client, ClientError> {
-        Client::new(self.resolved_endpoints().await?, self.options())
+        Client::new(self.resolved_endpoints().await?, self.options()?)
     }
 
-    pub fn options(&self) -> ClientOptions {
-        ClientOptions {
+    /// The client's options; reads the TLS files if any are given.
+    pub fn options(&self) -> Result<ClientOptions, ClientError> {
+        Ok(ClientOptions {
             operation_timeout: Duration::from_millis(self.timeout_ms),
             request_timeout: Duration::from_millis(self.timeout_ms.min(3000)),
             connect_timeout: Duration::from_millis(500),
+            connector: self.tls.connector()?,
             ..ClientOptions::default()
-        }
+        })
     }
 }
 
@@ -218,6 +285,19 @@ pub struct ServerTuning {
     /// Serve the Redis protocol (RESP2/RESP3) on this address (default: no Redis port).
     #[arg(long)]
     pub redis_addr: Option<SocketAddr>,
+    /// This node's certificate chain (PEM; must name `node-<id>.quorumkv`): TLS on every port
+    /// (with --tls-key and --tls-ca).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that sign every member's certificate.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Clients of the client, Redis and admin ports must present a certificate from --tls-ca.
+    #[arg(long)]
+    pub tls_client_cert_required: bool,
     #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info" or "node=debug".
@@ -226,11 +306,15 @@ pub struct ServerTuning {
 }
 
 /// `QUORUMKV_*` variables that belong to the CLI, not to a config field.
-const CLI_VARIABLES: [&str; 4] = [
+const CLI_VARIABLES: [&str; 8] = [
     "QUORUMKV_ENDPOINTS",
     "QUORUMKV_LOG",
     "QUORUMKV_LOG_FORMAT",
     "QUORUMKV_HEALTH_ADDR",
+    "QUORUMKV_CA",
+    "QUORUMKV_CERT",
+    "QUORUMKV_KEY",
+    "QUORUMKV_TLS_SERVER_NAME",
 ];
 /// How long a starting server waits for the members' host names to resolve (the containers
 /// of a cluster's other members may not exist yet).
@@ -314,6 +398,23 @@ impl ServerTuning {
         }
         if let Some(addr) = self.redis_addr {
             set(table, "redis_addr", text(addr.to_string()));
+        }
+        let path = |p: &PathBuf| text(p.display().to_string());
+        for (field, value) in [
+            ("tls.cert_file", &self.tls_cert),
+            ("tls.key_file", &self.tls_key),
+            ("tls.ca_file", &self.tls_ca),
+        ] {
+            if let Some(file) = value {
+                set(table, field, path(file));
+            }
+        }
+        if self.tls_client_cert_required {
+            set(
+                table,
+                "tls.client_cert_required",
+                toml::Value::Boolean(true),
+            );
         }
         Ok(())
     }
@@ -438,7 +539,9 @@ pub fn exit_code(error: &ClientError) -> u8 {
         ClientError::Unknown { .. } => EXIT_UNKNOWN,
         ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
         ClientError::NoQuorum { .. } => EXIT_NO_QUORUM,
-        ClientError::TooLarge(_) | ClientError::InvalidArgument(_) => EXIT_USAGE,
+        ClientError::TooLarge(_) | ClientError::InvalidArgument(_) | ClientError::Tls(_) => {
+            EXIT_USAGE
+        }
         ClientError::Failed { .. } => EXIT_NO_QUORUM,
     }
 }
@@ -766,6 +869,9 @@ pub async fn serve(config: ServerConfig) -> u8 {
             };
         }
     };
+    if let Some(files) = server.tls_files() {
+        tokio::spawn(reload_on_sighup(files));
+    }
     let _entered = span.enter();
     tracing::info!(client_addr = %server.client_addr(), redis_addr = ?server.redis_addr(), peer_addr = %server.peer_addr(), data_dir = %data_dir.display(), pid = std::process::id(), "quorumkv server ready");
     drop(_entered);
@@ -775,6 +881,23 @@ pub async fn serve(config: ServerConfig) -> u8 {
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_SERVER
+        }
+    }
+}
+
+/// Reads the TLS files again at every SIGHUP (they are also read again when they change).
+async fn reload_on_sighup(files: Arc<node::tls::TlsFiles>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: TLS files are reloaded when they change only");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match files.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS files reloaded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: TLS files not reloaded; the previous certificates stay in use")
+            }
         }
     }
 }

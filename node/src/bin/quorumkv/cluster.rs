@@ -84,6 +84,8 @@ pub struct LeaveArgs {
     /// Stop waiting after this long (the leave goes on in the cluster).
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    #[command(flatten)]
+    tls: crate::cli::TlsArgs,
 }
 
 pub async fn run(command: ClusterCommand) -> u8 {
@@ -99,6 +101,7 @@ fn conn_via(via: &[SocketAddr]) -> ConnArgs {
         endpoints: via.iter().copied().map(HostPort::from).collect(),
         json: false,
         timeout_ms: 5000,
+        tls: crate::cli::TlsArgs::default(),
     }
 }
 
@@ -324,8 +327,25 @@ async fn join(args: JoinArgs) -> u8 {
             }
         }
     };
-    let conn = conn_via(&via);
-    let view = match Client::new(via.clone(), conn.options()) {
+    // The node's own settings first: with TLS, the admission client presents its certificate.
+    let mut config = match args.tuning.layered_config(|_| Ok(())).await {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut conn = conn_via(&via);
+    conn.tls = crate::cli::TlsArgs {
+        ca: config.tls.ca_file.clone(),
+        cert: config.tls.cert_file.clone(),
+        key: config.tls.key_file.clone(),
+        tls_server_name: None,
+    };
+    let view = match conn
+        .options()
+        .and_then(|options| Client::new(via.clone(), options))
+    {
         Ok(mut client) => client.cluster_info().await,
         Err(e) => Err(e),
     };
@@ -351,13 +371,6 @@ async fn join(args: JoinArgs) -> u8 {
     );
     let plan = match plan {
         Ok(plan) => plan,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let mut config = match args.tuning.layered_config(|_| Ok(())).await {
-        Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_USAGE;
@@ -428,7 +441,8 @@ fn is_gone(status: &ClusterStatus, node: NodeId) -> bool {
 
 async fn leave(args: LeaveArgs) -> u8 {
     let node = args.node_id;
-    let conn = conn_via(&args.via);
+    let mut conn = conn_via(&args.via);
+    conn.tls = args.tls.clone();
     let mut client = match conn.client().await {
         Ok(client) => client,
         Err(e) => return report(e),

@@ -7,10 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use node::addr::HostPort;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::cli::{EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
+use crate::cli::{TlsArgs, EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 
 /// Largest answer read (the health bodies are a few lines).
 const ANSWER_BYTES_MAX: u64 = 64 * 1024;
@@ -25,6 +24,9 @@ pub struct HealthArgs {
     live: bool,
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
+    /// HTTPS: --ca (and --cert/--key where the node requires client certificates).
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 pub async fn run(args: HealthArgs) -> u8 {
@@ -41,8 +43,18 @@ pub async fn run(args: HealthArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    let connector = match args.tls.connector() {
+        Ok(connector) => connector,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = connector
+            .connect(addr, None, wait)
+            .await
+            .map_err(std::io::Error::other)?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut answer = String::new();

@@ -36,6 +36,34 @@ pub struct LocalArgs {
     /// A node silent this long is marked dead and its replicas are re-created elsewhere.
     #[arg(long)]
     dead_node_timeout_ms: Option<u64>,
+    /// TLS on every port: generates a throwaway CA and certificates in DIR/tls (a new CA at
+    /// every start) and gives each node its own.
+    #[arg(long)]
+    tls: bool,
+}
+
+/// Node certificates made beyond `--nodes`, for nodes added with `cluster join`.
+const SPARE_NODE_CERTS: u16 = 4;
+/// How long the throwaway certificates are valid, in days.
+const LOCAL_CERT_DAYS: i64 = 30;
+
+/// Writes DIR/tls/ca.crt, node-ID.crt/.key for ids 1..=last_id and client.crt/.key.
+fn make_certs(dir: &Path, last_id: u16) -> std::io::Result<PathBuf> {
+    use node::tls::certs::{LocalCa, Validity};
+    let tls_dir = dir.join("tls");
+    fs::create_dir_all(&tls_dir)?;
+    let validity = Validity::around_now(1, LOCAL_CERT_DAYS);
+    let ca = LocalCa::generate("quorumkv local CA", validity)?;
+    ca.write_cert(&tls_dir)?;
+    let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+    for id in 1..=last_id {
+        let id = u64::from(id);
+        ca.issue_node(id, &hosts, validity)?
+            .write(&tls_dir, &format!("node-{id}"))?;
+    }
+    ca.issue_client("quorumkv local client", validity)?
+        .write(&tls_dir, "client")?;
+    Ok(tls_dir)
 }
 
 struct Children(Vec<(u64, Child)>);
@@ -81,6 +109,20 @@ pub async fn run(args: LocalArgs) -> u8 {
         return EXIT_SERVER;
     }
     let dir = fs::canonicalize(&args.dir).unwrap_or(args.dir.clone());
+    let tls_dir = if args.tls {
+        match make_certs(&dir, args.nodes.saturating_add(SPARE_NODE_CERTS)) {
+            Ok(tls_dir) => Some(tls_dir),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot make TLS certificates in {}: {e}",
+                    dir.display()
+                );
+                return EXIT_SERVER;
+            }
+        }
+    } else {
+        None
+    };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -90,7 +132,16 @@ pub async fn run(args: LocalArgs) -> u8 {
     };
     let mut children = Children(Vec::new());
     for member in &members {
-        match spawn_node(&exe, &dir, member, &members, redis_addr(member.id), &args) {
+        let tls = tls_dir.as_deref();
+        match spawn_node(
+            &exe,
+            &dir,
+            member,
+            &members,
+            redis_addr(member.id),
+            tls,
+            &args,
+        ) {
             Ok(child) => children.0.push((member.id, child)),
             Err(e) => {
                 eprintln!("error: cannot start node {}: {e}", member.id);
@@ -116,11 +167,26 @@ pub async fn run(args: LocalArgs) -> u8 {
         );
     }
     out!("endpoints: {}", endpoints.join(","));
-    out!("try: quorumkv put hello world && quorumkv get hello && quorumkv cluster status");
-    out!(
-        "redis: redis-cli -p {} SET a 1 (any node's redis port; every node answers every key)",
-        redis_addr(1).port()
-    );
+    if let Some(tls_dir) = &tls_dir {
+        let ca = tls_dir.join("ca.crt");
+        out!(
+            "TLS on every port (client, peer, redis, admin); peers use mutual TLS; certificates in {}",
+            tls_dir.display()
+        );
+        out!("try: export QUORUMKV_CA={}", ca.display());
+        out!("     quorumkv put hello world && quorumkv get hello && quorumkv cluster status");
+        out!(
+            "redis: redis-cli --tls --cacert {} -p {} SET a 1",
+            ca.display(),
+            redis_addr(1).port()
+        );
+    } else {
+        out!("try: quorumkv put hello world && quorumkv get hello && quorumkv cluster status");
+        out!(
+            "redis: redis-cli -p {} SET a 1 (any node's redis port; every node answers every key)",
+            redis_addr(1).port()
+        );
+    }
     out!("grow: quorumkv cluster join (another terminal); shrink: quorumkv cluster leave --node-id N");
     out!("Ctrl-C stops all nodes.");
 
@@ -155,6 +221,7 @@ fn spawn_node(
     me: &MemberConfig,
     members: &[MemberConfig],
     redis_addr: SocketAddr,
+    tls_dir: Option<&Path>,
     args: &LocalArgs,
 ) -> std::io::Result<Child> {
     let mut config = ServerConfig {
@@ -176,6 +243,11 @@ fn spawn_node(
     }
     if let Some(ms) = args.dead_node_timeout_ms {
         config.cluster.dead_node_timeout_ms = ms;
+    }
+    if let Some(tls_dir) = tls_dir {
+        config.tls.cert_file = Some(tls_dir.join(format!("node-{}.crt", me.id)));
+        config.tls.key_file = Some(tls_dir.join(format!("node-{}.key", me.id)));
+        config.tls.ca_file = Some(tls_dir.join("ca.crt"));
     }
     let text = toml::to_string(&config).map_err(std::io::Error::other)?;
     let config_path = dir.join(format!("node-{}.toml", me.id));

@@ -396,6 +396,7 @@ pub fn client_error(error: ClientError) -> Reply {
         }
         ClientError::Failed { reason } => Reply::error(format!("ERR {reason}")),
         ClientError::InvalidArgument(reason) => Reply::error(format!("ERR {reason}")),
+        ClientError::Tls(reason) => Reply::error(format!("ERR TLS: {reason}")),
     }
 }
 

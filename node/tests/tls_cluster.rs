@@ -1,0 +1,169 @@
+//! `quorumkv local --tls` end to end, real processes on loopback: three nodes whose peers talk
+//! mutual TLS serve puts and gets through the CLI given the generated CA; the CLI without the
+//! CA, or with another CA, exits 2 at once with the reason, and the node logs its side of it.
+#![cfg(not(madsim))]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the cluster may take to serve its first write.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct LocalCluster {
+    child: Child,
+    base_port: u16,
+    dir: PathBuf,
+}
+
+impl LocalCluster {
+    fn start() -> LocalCluster {
+        // Spread by pid, away from the ranges of tests/redis.rs and tests/cluster.rs.
+        let base_port = 40_000 + (std::process::id() % 200) as u16 * 100 + 30;
+        let dir = std::env::temp_dir().join(format!("quorumkv-tls-local-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+            .args(["local", "--tls", "--nodes", "3", "--base-port"])
+            .arg(base_port.to_string())
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start quorumkv local --tls");
+        LocalCluster {
+            child,
+            base_port,
+            dir,
+        }
+    }
+
+    fn endpoint(&self, node: u16) -> String {
+        format!("127.0.0.1:{}", self.base_port + node)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("tls").join("ca.crt")
+    }
+
+    fn log(&self, node: u16) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node-{node}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI with `args`, the endpoints of `nodes` and, if given, `--ca ca`.
+fn cli(cluster: &LocalCluster, nodes: &[u16], ca: Option<&Path>, args: &[&str]) -> Output {
+    let endpoints: Vec<String> = nodes.iter().map(|&n| cluster.endpoint(n)).collect();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quorumkv"));
+    command
+        .args(args)
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(["--timeout-ms", "5000"])
+        .env_remove("QUORUMKV_CA")
+        .stdin(Stdio::null());
+    if let Some(ca) = ca {
+        command.arg("--ca").arg(ca);
+    }
+    command.output().expect("run quorumkv")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Waits until `node`'s log holds `needle` (the node writes it asynchronously).
+fn wait_for_log(cluster: &LocalCluster, node: u16, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if cluster.log(node).contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn a_local_tls_cluster_serves_the_cli_with_the_ca_and_refuses_it_without() {
+    let cluster = LocalCluster::start();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let put = cli(
+            &cluster,
+            &[1, 2, 3],
+            Some(&cluster.ca()),
+            &["put", "ready", "yes"],
+        );
+        if put.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write within {READY_TIMEOUT:?}: {}; logs in {:?}",
+            text(&put.stderr),
+            cluster.dir
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Through each node: the shards' leaders replicate over mutual TLS.
+    for node in 1..=3u16 {
+        let key = format!("k{node}");
+        let put = cli(&cluster, &[node], Some(&cluster.ca()), &["put", &key, "v"]);
+        assert!(put.status.success(), "{}", text(&put.stderr));
+    }
+    let get = cli(&cluster, &[3], Some(&cluster.ca()), &["get", "k1"]);
+    assert_eq!(text(&get.stdout).trim(), "v", "{}", text(&get.stderr));
+
+    // No CA: exit 2 at once, the reason on stderr, the node logs its side.
+    let started = Instant::now();
+    let plain = cli(&cluster, &[1], None, &["get", "ready"]);
+    assert_eq!(plain.status.code(), Some(2), "{}", text(&plain.stderr));
+    assert!(
+        text(&plain.stderr).contains("serves TLS only"),
+        "{}",
+        text(&plain.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(wait_for_log(
+        &cluster,
+        1,
+        "plaintext client on the TLS client port"
+    ));
+
+    // Another CA: exit 2, the client names the cause, the node logs the refused handshake.
+    let other =
+        node::tls::certs::LocalCa::generate("other", node::tls::certs::Validity::around_now(1, 30))
+            .unwrap();
+    let other_dir = cluster.dir.join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other_ca = other.write_cert(&other_dir).unwrap();
+    let wrong = cli(&cluster, &[2], Some(&other_ca), &["get", "ready"]);
+    assert_eq!(wrong.status.code(), Some(2), "{}", text(&wrong.stderr));
+    assert!(
+        text(&wrong.stderr).contains("not signed by the CA"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    assert!(wait_for_log(&cluster, 2, "client connection refused"));
+}
