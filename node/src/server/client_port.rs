@@ -52,6 +52,11 @@ pub struct ClientPortConfig {
     pub idle_timeout: Duration,
     pub frame_read_timeout: Duration,
     pub budget: FrameBudget,
+    /// Plaintext or TLS.
+    pub acceptor: Acceptor,
+    /// A TLS handshake (or a plaintext client's first request on a TLS port) must be done
+    /// within this.
+    pub handshake_timeout_ms: u64,
 }
 
 /// The connections held, and which of them are idle (oldest idle first). A connection holds
@@ -126,11 +131,6 @@ type SharedSlots = Arc<Mutex<ClientSlots>>;
 
 fn lock(slots: &SharedSlots) -> std::sync::MutexGuard<'_, ClientSlots> {
     slots.lock().unwrap_or_else(|p| p.into_inner())
-    /// Plaintext or TLS.
-    pub acceptor: Acceptor,
-    /// A TLS handshake (or a plaintext client's first request on a TLS port) must be done
-    /// within this.
-    pub handshake_timeout_ms: u64,
 }
 
 pub async fn accept_clients(
@@ -222,7 +222,7 @@ async fn handshake_and_serve(
         .accept(tcp, config.handshake_timeout_ms)
         .await
     {
-        Ok(Accepted::Ready { stream, .. }) => serve_client(stream, addr, config, calls, slots, slot).await
+        Ok(Accepted::Ready { stream, .. }) => serve_client(stream, addr, config, calls, slots, slot).await,
         Ok(Accepted::Plaintext(stream)) => {
             warn!(%addr, "plaintext client on the TLS client port: refused");
             refuse_plaintext(stream, config).await

@@ -307,16 +307,6 @@ impl EventLoop {
                 {
                     t.metrics.snapshots_received.inc();
                 }
-                if let MessageBody::InstallSnapshot { snapshot } = &message.body {
-                    // Checked before the core sees it: once accepted, the snapshot is
-                    // persisted and a node that cannot restore it fails on every restart.
-                    if let Err(e) =
-                        new_machine(group, &self.kv_config, &self.config, Some(snapshot))
-                    {
-                        warn!(group, from, index = snapshot.meta.index, error = %e, "undecodable snapshot from a peer: dropped");
-                        return Ok(());
-                    }
-                }
                 if !self.groups.contains_key(&group) {
                     if !self.may_create(group) {
                         debug!(group, from, "message for a group not hosted here: dropped");

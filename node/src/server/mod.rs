@@ -53,7 +53,6 @@ use crate::storage::{
 };
 use crate::transport::frame::FrameBudget;
 use crate::transport::peer::{accept_peers, InboundConfig, KnownPeers};
-use crate::transport::peer::{accept_peers, InboundConfig};
 use crate::transport::stream::{Acceptor, Connector};
 use crate::transport::PeerTransport;
 

@@ -155,6 +155,8 @@ pub enum PeerError {
     Closed,
     #[error("evicted: {0}")]
     Evicted(&'static str),
+    #[error("refused by the peer: {0}")]
+    Refused(String),
 }
 
 /// The node ids this node has a link to (its current peers), shared by the outbound side,
@@ -182,8 +184,6 @@ impl KnownPeers {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<NodeId>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
-    #[error("refused by the peer: {0}")]
-    Refused(String),
 }
 
 /// One peer's outbound queue and the task that drains it onto its connection.
@@ -714,6 +714,8 @@ pub struct InboundConfig {
     pub members: KnownPeers,
     /// Bytes of incomplete peer frames held over all connections (`frame::FrameBudget`).
     pub budget: FrameBudget,
+    /// Plaintext, or mutual TLS (a caller must present a member's certificate).
+    pub acceptor: Acceptor,
 }
 
 /// Who holds the accepting side's connection slots: one per known peer id, and at most
@@ -767,8 +769,6 @@ type SharedSlots = Arc<Mutex<InboundSlots>>;
 
 fn lock_slots(slots: &SharedSlots) -> std::sync::MutexGuard<'_, InboundSlots> {
     slots.lock().unwrap_or_else(|p| p.into_inner())
-    /// Plaintext, or mutual TLS (a caller must present a member's certificate).
-    pub acceptor: Acceptor,
 }
 
 /// Accepts peer connections forever, delivering their messages to `inbox` (with back-pressure).
