@@ -16,8 +16,8 @@ use node::raft::NodeId;
 use node::server::Server;
 use node::tls::certs::{date_time_ymd, Issued, LocalCa, Validity};
 use node::tls::{ClientTls, PortKind, TlsFiles};
-use node::transport::frame::{encode_frame, read_frame};
-use node::transport::peer::{accept_peers, InboundConfig, PeerFrame};
+use node::transport::frame::{encode_frame, read_frame, FrameBudget};
+use node::transport::peer::{accept_peers, InboundConfig, KnownPeers, PeerFrame};
 use node::transport::stream::{
     Accepted, Acceptor, ConnectError, Connector, HandshakeError, Stream,
 };
@@ -330,6 +330,8 @@ async fn tls_peer_port(
         },
         max_frame_bytes: 1 << 20,
         max_connections: 8,
+        members: KnownPeers::new([1, 3]),
+        budget: FrameBudget::new(4 << 20),
         acceptor: Acceptor::tls(files, PortKind::Peer),
     };
     tokio::spawn(accept_peers(listener, config, inbox));
