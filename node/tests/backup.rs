@@ -45,7 +45,14 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("create test dir");
         let ports = free_ports(3 * count);
         let members = (0..count)
-            .map(|i| format!("{}=127.0.0.1:{},127.0.0.1:{}", i + 1, ports[3 * i], ports[3 * i + 1]))
+            .map(|i| {
+                format!(
+                    "{}=127.0.0.1:{},127.0.0.1:{}",
+                    i + 1,
+                    ports[3 * i],
+                    ports[3 * i + 1]
+                )
+            })
             .collect::<Vec<_>>()
             .join(";");
         let mut cluster = Cluster {
@@ -185,7 +192,10 @@ async fn backup_while_writing_then_restore_into_a_fresh_cluster() {
             let mut written = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("during-{w}-{written:05}");
-                client.put(key.as_bytes(), b"during").await.expect("put during");
+                client
+                    .put(key.as_bytes(), b"during")
+                    .await
+                    .expect("put during");
                 written += 1;
             }
             written
@@ -224,7 +234,12 @@ async fn backup_while_writing_then_restore_into_a_fresh_cluster() {
     }
 
     let verified = quorumkv(&["backup", "verify", dir.to_str().expect("utf-8")]);
-    assert_eq!(verified.status.code(), Some(0), "verify: {}", text(&verified));
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "verify: {}",
+        text(&verified)
+    );
 
     // A fresh cluster with another shard count.
     let target = Cluster::start("target", 3, 2);
@@ -242,19 +257,27 @@ async fn backup_while_writing_then_restore_into_a_fresh_cluster() {
         let key = format!("pre-{i:04}").into_bytes();
         assert_eq!(map.get(&key), Some(&value_of(i)), "key pre-{i:04}");
     }
-    assert!(!map.keys().any(|k| k.starts_with(b"post-")), "nothing written after the backup");
-    assert!(map.keys().all(|k| k.starts_with(b"pre-") || k.starts_with(b"during-")));
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("manifest.json")).expect("manifest"),
-    )
-    .expect("manifest json");
+    assert!(
+        !map.keys().any(|k| k.starts_with(b"post-")),
+        "nothing written after the backup"
+    );
+    assert!(map
+        .keys()
+        .all(|k| k.starts_with(b"pre-") || k.starts_with(b"during-")));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("manifest json");
     let backed_up: u64 = manifest["shard_files"]
         .as_array()
         .expect("shard files")
         .iter()
         .map(|s| s["keys"].as_u64().expect("keys"))
         .sum();
-    assert_eq!(restored.len() as u64, backed_up, "every backed-up key restored");
+    assert_eq!(
+        restored.len() as u64,
+        backed_up,
+        "every backed-up key restored"
+    );
 
     // The target now holds data: a second restore is refused.
     let again = quorumkv(&[
@@ -294,8 +317,16 @@ fn damaged_backups_are_refused(good: &Path, endpoints: &str) {
             endpoints,
         ]);
         assert_eq!(restore.status.code(), Some(1), "{what}: {}", text(&restore));
-        assert!(text(&restore).contains("refusing to restore"), "{}", text(&restore));
-        assert!(text(&restore).contains(needle), "{what}: {}", text(&restore));
+        assert!(
+            text(&restore).contains("refusing to restore"),
+            "{}",
+            text(&restore)
+        );
+        assert!(
+            text(&restore).contains(needle),
+            "{what}: {}",
+            text(&restore)
+        );
     };
 
     copy(good, &damaged);

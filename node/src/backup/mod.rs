@@ -89,10 +89,7 @@ pub enum BackupError {
     #[error("{}: {problem}", path.display())]
     Mismatch { path: PathBuf, problem: String },
     #[error("{what}: {error}")]
-    Io {
-        what: String,
-        error: std::io::Error,
-    },
+    Io { what: String, error: std::io::Error },
 }
 
 /// Writes the manifest atomically: a temporary file, fsynced, renamed into place, directory
@@ -131,7 +128,11 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
         problem,
     };
     let len = std::fs::metadata(&path)
-        .map_err(|e| problem(format!("cannot read ({e}): not a complete backup directory")))?
+        .map_err(|e| {
+            problem(format!(
+                "cannot read ({e}): not a complete backup directory"
+            ))
+        })?
         .len();
     if len > MANIFEST_BYTES_MAX {
         return Err(problem(format!("{len} bytes is too long")));

@@ -56,14 +56,19 @@ fn write_backup(dir: &Path) -> Vec<BackupItem> {
 }
 
 fn verify_error(dir: &Path) -> String {
-    verify_dir(dir).expect_err("damage must be found").to_string()
+    verify_dir(dir)
+        .expect_err("damage must be found")
+        .to_string()
 }
 
 #[test]
 fn round_trip_keeps_every_record_in_order() {
     let dir = temp_dir("round-trip");
     let written = write_backup(&dir);
-    assert!(600 * 1000 > 2 * BLOCK_PAYLOAD_BYTES_TARGET, "several blocks");
+    assert!(
+        600 * 1000 > 2 * BLOCK_PAYLOAD_BYTES_TARGET,
+        "several blocks"
+    );
     let manifest = verify_dir(&dir).expect("verify");
     assert_eq!(manifest.shard_files[0].keys, 600);
     assert_eq!(manifest.shard_files[1].keys, 0);
@@ -132,7 +137,11 @@ fn truncation_missing_manifest_and_wrong_versions_are_refused() {
     // A manifest of another format, then none at all.
     let manifest_path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest_path).expect("manifest");
-    std::fs::write(&manifest_path, text.replace("\"format\": 1", "\"format\": 9")).expect("w");
+    std::fs::write(
+        &manifest_path,
+        text.replace("\"format\": 1", "\"format\": 9"),
+    )
+    .expect("w");
     assert!(verify_error(&dir).contains("manifest format Some(9)"));
     std::fs::remove_file(&manifest_path).expect("remove");
     assert!(verify_error(&dir).contains("not a complete backup directory"));

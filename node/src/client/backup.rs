@@ -146,7 +146,11 @@ impl Client {
         request: ClientRequest,
         deadline: Instant,
     ) -> Result<BackupResponse, ClientError> {
-        match self.connections.exchange(cursor.node, request, deadline).await {
+        match self
+            .connections
+            .exchange(cursor.node, request, deadline)
+            .await
+        {
             Ok(ClientResponse::Backup(response)) => Ok(response),
             Ok(other) => Err(view_lost(cursor, &format!("{other:?}"))),
             Err(AttemptError::Fatal(e)) => Err(e),

@@ -46,7 +46,10 @@ pub enum ClientRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum BackupRequest {
     /// `nonce`: chosen by the client, names the view in later requests (refused if in use).
-    Open { shard: ShardId, nonce: u64 },
+    Open {
+        shard: ShardId,
+        nonce: u64,
+    },
     /// Items after `after` (None: from the first key), about `max_bytes` of keys and values
     /// (the server caps it at `server::backup::BACKUP_CHUNK_BYTES_MAX`; at least one item).
     Next {
@@ -55,7 +58,10 @@ pub enum BackupRequest {
         after: Option<Vec<u8>>,
         max_bytes: u64,
     },
-    Close { shard: ShardId, nonce: u64 },
+    Close {
+        shard: ShardId,
+        nonce: u64,
+    },
 }
 
 /// One key of a backup as stored: its last write's log index (`version`) and value.
@@ -81,7 +87,9 @@ pub enum BackupResponse {
     /// This node holds no open view under that nonce (expired, leadership lost, restarted).
     Gone,
     /// Too many views are open on this node (`server::backup::MAX_OPEN_BACKUPS`): retry later.
-    TooMany { open: usize },
+    TooMany {
+        open: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -279,7 +279,8 @@ async fn copy_view(
 ) -> Result<node::backup::format::ShardFileSummary, String> {
     let path = out.join(shard_file_name(cursor.shard));
     let io = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut writer = ShardFileWriter::create(&path, cursor.shard, cursor.applied_index).map_err(io)?;
+    let mut writer =
+        ShardFileWriter::create(&path, cursor.shard, cursor.applied_index).map_err(io)?;
     loop {
         let items = client
             .backup_next(cursor, chunk_bytes)
@@ -311,7 +312,10 @@ async fn scheduled(args: &BackupArgs, out: &Path, every_s: u64) -> u8 {
         ticker.tick().await;
         let dir = out.join(format!("backup-{}", utc_stamp(unix_ms() / 1000)));
         if backup_once(args, &dir).await.is_err() {
-            eprintln!("scheduled backup into {} failed; next in {every_s} s", dir.display());
+            eprintln!(
+                "scheduled backup into {} failed; next in {every_s} s",
+                dir.display()
+            );
         }
         if let Err(e) = prune(out, args.keep.max(1)) {
             eprintln!("error: pruning {}: {e}", out.display());
