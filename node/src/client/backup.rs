@@ -35,7 +35,7 @@ impl Client {
     pub async fn backup_open(&mut self, shard: ShardId) -> Result<BackupCursor, ClientError> {
         let deadline = Instant::now() + self.options.operation_timeout;
         self.ensure_map(deadline).await?;
-        let nonce = self.rng.random_range(1..u64::MAX);
+        let mut nonce = self.rng.random_range(1..u64::MAX);
         let mut attempts = Attempts::new(deadline, self.options.retry_backoff_min);
         while attempts.running() {
             let Some(target) = self
@@ -87,12 +87,20 @@ impl Client {
                     })
                 }
                 Ok(other) => {
+                    // (Busy: a lost answer's open holds this nonce there; it expires.)
+                    nonce = self.rng.random_range(1..u64::MAX);
                     attempts.heard(format!("{target} answered {other:?} to a backup open"));
                     self.forget_leader(shard, target);
                     self.backoff(&mut attempts).await;
                 }
                 Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::NotSent(e) | AttemptError::AfterSend(e)) => {
+                Err(AttemptError::NotSent(e)) => {
+                    attempts.last_problem = e;
+                    self.forget_leader(shard, target);
+                }
+                Err(AttemptError::AfterSend(e)) => {
+                    // A view may have been opened under this nonce: it expires unused.
+                    nonce = self.rng.random_range(1..u64::MAX);
                     attempts.last_problem = e;
                     self.forget_leader(shard, target);
                 }

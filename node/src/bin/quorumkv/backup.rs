@@ -555,7 +555,45 @@ async fn write_batch(client: &mut Client, batch: Batch) -> Result<(), ClientErro
 
 #[cfg(test)]
 mod tests {
-    use super::utc_stamp;
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_complete_backups_and_a_run_in_progress() {
+        let out = std::env::temp_dir().join(format!("qkv-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            written_by: "test".into(),
+            members: Vec::new(),
+            map_epoch: 1,
+            shards: 0,
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            shard_files: Vec::new(),
+        };
+        for (name, complete) in [
+            ("backup-1", false),
+            ("backup-2", true),
+            ("backup-3", true),
+            ("backup-4", true),
+            ("backup-5", false),
+        ] {
+            let dir = out.join(name);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            if complete {
+                write_manifest(&dir, &manifest).expect("manifest");
+            }
+        }
+        std::fs::create_dir_all(out.join("other")).expect("mkdir");
+        prune(&out, 2).expect("prune");
+        let mut left: Vec<String> = std::fs::read_dir(&out)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["backup-3", "backup-4", "backup-5", "other"]);
+        let _ = std::fs::remove_dir_all(&out);
+    }
 
     #[test]
     fn utc_stamps() {
