@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod backup;
 #[cfg(any(test, madsim))]
 pub mod bugs;
 pub mod client;

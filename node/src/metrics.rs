@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::client::protocol::{ClientRequest, ClientResponse};
+use crate::client::protocol::{BackupRequest, BackupResponse, ClientRequest, ClientResponse};
 use crate::kv::Operation;
 
 /// Histogram buckets for request latency: 100 µs doubling to ~3.3 s.
@@ -256,6 +256,9 @@ pub fn op_name(request: &ClientRequest) -> &'static str {
         ClientRequest::Status => "status",
         ClientRequest::ClusterInfo => "cluster_info",
         ClientRequest::Admin(_) => "admin",
+        ClientRequest::Backup(BackupRequest::Open { .. }) => "backup_open",
+        ClientRequest::Backup(BackupRequest::Next { .. }) => "backup_next",
+        ClientRequest::Backup(BackupRequest::Close { .. }) => "backup_close",
     }
 }
 
@@ -265,6 +268,8 @@ fn result_name(response: &ClientResponse) -> &'static str {
         | ClientResponse::Status(_)
         | ClientResponse::Cluster(_)
         | ClientResponse::Admin(_) => "ok",
+        ClientResponse::Backup(BackupResponse::Gone | BackupResponse::TooMany { .. }) => "refused",
+        ClientResponse::Backup(_) => "ok",
         ClientResponse::Redirect { .. } | ClientResponse::WrongNode { .. } => "redirect",
         ClientResponse::Refused(_) => "refused",
         ClientResponse::Unknown { .. } => "unknown",

@@ -13,6 +13,9 @@
 #![forbid(unsafe_code)]
 
 #[cfg(not(madsim))]
+#[path = "quorumkv/backup.rs"]
+mod backup;
+#[cfg(not(madsim))]
 #[path = "quorumkv/bench.rs"]
 mod bench;
 #[cfg(not(madsim))]

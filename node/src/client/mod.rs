@@ -18,6 +18,7 @@
 //!
 //! Cross-shard reads (`scan`, `get_many`) read the shards one after another: each shard's part
 //! is linearizable, the whole is not one atomic snapshot.
+pub mod backup;
 mod connection;
 pub mod latency;
 pub mod protocol;

@@ -34,6 +34,62 @@ pub enum ClientRequest {
     ClusterInfo,
     /// A metadata command (join, leave, ...), applied by the metadata group's leader.
     Admin(MetaCommand),
+    /// Reading a shard's data at one consistent point (`quorumkv backup`).
+    Backup(BackupRequest),
+}
+
+/// An online backup of one shard: `Open` at the shard's leader (after a ReadIndex round, so
+/// the view holds every write acknowledged before the open), then `Next` pages through the
+/// view on the SAME node, then `Close`. A view idle for `server::backup::BACKUP_IDLE_TIMEOUT_MS`,
+/// a leadership change or a restart of the node forgets it (`BackupGone`): the client starts
+/// that shard again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BackupRequest {
+    /// `nonce`: chosen by the client, names the view in later requests (refused if in use).
+    Open {
+        shard: ShardId,
+        nonce: u64,
+    },
+    /// Items after `after` (None: from the first key), about `max_bytes` of keys and values
+    /// (the server caps it at `server::backup::BACKUP_CHUNK_BYTES_MAX`; at least one item).
+    Next {
+        shard: ShardId,
+        nonce: u64,
+        after: Option<Vec<u8>>,
+        max_bytes: u64,
+    },
+    Close {
+        shard: ShardId,
+        nonce: u64,
+    },
+}
+
+/// One key of a backup as stored: its last write's log index (`version`) and value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupItem {
+    pub key: Vec<u8>,
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BackupResponse {
+    /// The view is open at `applied_index`; it holds `keys` keys of `stored_bytes` key plus
+    /// value bytes.
+    Opened {
+        applied_index: LogIndex,
+        keys: u64,
+        stored_bytes: u64,
+    },
+    /// The next items in key order; empty: the view is exhausted.
+    Items(Vec<BackupItem>),
+    Closed,
+    /// This node holds no open view under that nonce (expired, leadership lost, restarted).
+    Gone,
+    /// Too many views are open on this node (`server::backup::MAX_OPEN_BACKUPS`): retry later.
+    TooMany {
+        open: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +123,7 @@ pub enum ClientResponse {
     },
     Cluster(ClusterView),
     Admin(MetaResult),
+    Backup(BackupResponse),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -93,7 +93,9 @@ impl Fake {
                 ClientResponse::Admin(MetaResult::Applied { epoch: self.epoch })
             }
             ClientRequest::Execute { shard, command } => self.execute(node, shard, command),
-            ClientRequest::Status => ClientResponse::Refused(RefusedReason::NotReady),
+            ClientRequest::Status | ClientRequest::Backup(_) => {
+                ClientResponse::Refused(RefusedReason::NotReady)
+            }
         }
     }
 

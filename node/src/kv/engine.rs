@@ -281,6 +281,15 @@ impl ReadView {
         Ok(items)
     }
 
+    /// Keys in the view.
+    pub fn key_count(&self) -> Result<u64, KvError> {
+        let table = self
+            .txn
+            .open_table(DATA)
+            .map_err(|e| storage_error("open data", e))?;
+        table.len().map_err(|e| storage_error("count keys", e))
+    }
+
     /// Every stored session (bounded by `max_sessions`), encoded as stored.
     pub fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>, KvError> {
         let table = self

@@ -23,10 +23,14 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn, Instrument};
 
 use super::client_port::ClientCall;
-use super::group::{new_machine, propose_meta, ClientAddrs, Group, PendingRead, ReadyOutcome};
+use super::group::{
+    new_machine, propose_meta, ClientAddrs, Group, PendingRead, ReadRequest, ReadyOutcome,
+};
 use super::snapshot_stream::{self, Streams};
 use super::{raft_config, ServerError};
-use crate::client::protocol::{ClientRequest, ClientResponse, NodeStatus, RefusedReason};
+use crate::client::protocol::{
+    BackupRequest, BackupResponse, ClientRequest, ClientResponse, NodeStatus, RefusedReason,
+};
 use crate::config::ServerConfig;
 use crate::kv::{encode_command, Command, KvConfig, OpResult};
 use crate::meta::{
@@ -266,8 +270,11 @@ impl EventLoop {
             .streams
             .on_tick(self.ticks, &self.config, |g| groups.contains_key(&g));
         self.transport.send(resend);
+        let backup_idle_ticks_max =
+            super::backup::BACKUP_IDLE_TIMEOUT_MS / self.config.tick_interval_ms;
         for group in self.groups.values_mut() {
             group.raft.tick();
+            group.backups.on_tick(backup_idle_ticks_max);
         }
         let every =
             (self.config.cluster.reconcile_interval_ms / self.config.tick_interval_ms).max(1);
@@ -932,7 +939,65 @@ impl EventLoop {
             }
             ClientRequest::Admin(command) => self.on_admin(command, reply),
             ClientRequest::Execute { shard, command } => self.on_execute(shard, command, reply),
+            ClientRequest::Backup(request) => self.on_backup(request, reply),
         }
+    }
+
+    /// A backup request (see backup.rs): `Open` only at the shard's leader, through a read
+    /// round; `Next` and `Close` on whichever node holds the view.
+    fn on_backup(&mut self, request: BackupRequest, reply: oneshot::Sender<ClientResponse>) {
+        let (BackupRequest::Open { shard, nonce }
+        | BackupRequest::Next { shard, nonce, .. }
+        | BackupRequest::Close { shard, nonce }) = &request;
+        let (shard, nonce) = (*shard, *nonce);
+        let meta = self.meta();
+        if !meta.is_initialized() {
+            let _ = reply.send(ClientResponse::Refused(RefusedReason::NotReady));
+            return;
+        }
+        let shards = meta.placement().shards;
+        if shard >= shards {
+            let _ = reply.send(ClientResponse::Refused(RefusedReason::BadShard {
+                shard,
+                shards,
+            }));
+            return;
+        }
+        let open_total: usize = self.groups.values().map(|g| g.backups.count()).sum();
+        let Some(group) = self.groups.get_mut(&group_of_shard(shard)) else {
+            let _ = reply.send(ClientResponse::Backup(BackupResponse::Gone));
+            return;
+        };
+        let response = match request {
+            BackupRequest::Open { .. } if !group.is_leader() => group.redirect(&self.addrs),
+            BackupRequest::Open { .. } if group.backups.in_use(nonce) => {
+                ClientResponse::Refused(RefusedReason::Busy)
+            }
+            BackupRequest::Open { .. } if open_total >= super::backup::MAX_OPEN_BACKUPS => {
+                ClientResponse::Backup(BackupResponse::TooMany { open: open_total })
+            }
+            BackupRequest::Open { .. } => {
+                group.backups.reserve(nonce);
+                group.queue_read(PendingRead {
+                    request: ReadRequest::BackupOpen { nonce },
+                    reply,
+                });
+                return;
+            }
+            BackupRequest::Next {
+                after, max_bytes, ..
+            } => match group.backups.next(nonce, after.as_deref(), max_bytes) {
+                Ok(items) => ClientResponse::Backup(items),
+                Err(e) => {
+                    warn!(shard, error = %e, "backup read failed");
+                    ClientResponse::Unknown {
+                        reason: format!("backup read: {e}"),
+                    }
+                }
+            },
+            BackupRequest::Close { .. } => ClientResponse::Backup(group.backups.close(nonce)),
+        };
+        let _ = reply.send(response);
     }
 
     fn on_admin(&mut self, command: MetaCommand, reply: oneshot::Sender<ClientResponse>) {
@@ -1025,7 +1090,10 @@ impl EventLoop {
                 let _ = reply.send(group.redirect(&self.addrs));
                 return;
             }
-            group.queue_read(PendingRead { command, reply });
+            group.queue_read(PendingRead {
+                request: ReadRequest::Op(command),
+                reply,
+            });
             return;
         }
         if !group.is_leader() {

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use super::backup::Backups;
 use super::ServerError;
 use crate::client::protocol::{ClientResponse, RefusedReason};
 use crate::config::ServerConfig;
@@ -185,8 +186,14 @@ pub(super) struct PendingWrite {
 }
 
 pub(super) struct PendingRead {
-    pub(super) command: Command,
+    pub(super) request: ReadRequest,
     pub(super) reply: oneshot::Sender<ClientResponse>,
+}
+
+/// What waits for a ReadIndex round: a read, or the opening of a backup view.
+pub(super) enum ReadRequest {
+    Op(Command),
+    BackupOpen { nonce: u64 },
 }
 
 /// A Ready written to storage but not yet synced (see `Group::stage_ready`).
@@ -225,6 +232,8 @@ pub(super) struct Group {
     next_read_ctx: u64,
     /// Term in which this node, as metadata leader, last proposed `Bootstrap`.
     pub(super) bootstrap_proposed_term: Term,
+    /// Open backup views of this shard (leader only; see backup.rs).
+    pub(super) backups: Backups,
 }
 
 impl Group {
@@ -252,6 +261,7 @@ impl Group {
             reads_by_index: BTreeMap::new(),
             next_read_ctx: 1,
             bootstrap_proposed_term: 0,
+            backups: Backups::default(),
         }
     }
 
@@ -358,6 +368,9 @@ impl Group {
             }
             Err(_) => {
                 for read in reads {
+                    if let ReadRequest::BackupOpen { nonce } = read.request {
+                        self.backups.cancel(nonce);
+                    }
                     let _ = read.reply.send(self.redirect(addrs));
                 }
             }
@@ -568,6 +581,7 @@ impl Group {
         }
         self.last_snapshot_index = snapshot.meta.index;
         self.log_bytes_since_snapshot = 0;
+        self.backups.clear();
         let covered: Vec<LogIndex> = self
             .pending_writes
             .range(..=snapshot.meta.index)
@@ -665,8 +679,30 @@ impl Group {
         let later = self.reads_by_index.split_off(&(applied + 1));
         let ready = std::mem::replace(&mut self.reads_by_index, later);
         for read in ready.into_values().flatten() {
-            let response = self.read_now(&read.command);
+            let response = match read.request {
+                ReadRequest::Op(command) => self.read_now(&command),
+                ReadRequest::BackupOpen { nonce } => self.open_backup(nonce),
+            };
             let _ = read.reply.send(response);
+        }
+    }
+
+    fn open_backup(&mut self, nonce: u64) -> ClientResponse {
+        let GroupMachine::Kv(machine) = &self.machine else {
+            self.backups.cancel(nonce);
+            return ClientResponse::Refused(RefusedReason::NotReady);
+        };
+        match self.backups.open(nonce, machine) {
+            Ok(opened) => {
+                info!(group = self.id, nonce, "backup view opened");
+                ClientResponse::Backup(opened)
+            }
+            Err(e) => {
+                warn!(group = self.id, error = %e, "cannot open a backup view");
+                ClientResponse::Unknown {
+                    reason: format!("backup view: {e}"),
+                }
+            }
         }
     }
 
@@ -698,6 +734,7 @@ impl Group {
         for read in self.take_all_reads() {
             let _ = read.reply.send(self.redirect(addrs));
         }
+        self.backups.clear();
     }
 
     /// Node shutting down: writes are in doubt, reads are refused.
@@ -714,6 +751,7 @@ impl Group {
                 .reply
                 .send(ClientResponse::Refused(RefusedReason::ShuttingDown));
         }
+        self.backups.clear();
     }
 
     fn maybe_snapshot(&mut self, config: &ServerConfig) -> Result<(), ServerError> {

@@ -10,6 +10,7 @@
 //! Tasks: the event loop (owns everything mutable), the two accept loops (one task per
 //! connection) and one outbound task per peer. Only bounded channels connect them.
 mod admin;
+pub mod backup;
 mod client_port;
 mod event_loop;
 mod group;

@@ -112,6 +112,12 @@ enum Command {
     },
     /// Closed-loop benchmark: ops/s and latency percentiles.
     Bench(crate::bench::BenchArgs),
+    /// Online backup of every shard into a directory (`backup --out DIR`), or check one
+    /// (`backup verify DIR`).
+    Backup(crate::backup::BackupArgs),
+    /// Write a backup's keys into a running cluster (verified first; refuses a cluster that
+    /// holds data unless --force).
+    Restore(crate::backup::RestoreArgs),
     /// Node-local health check over the admin port (for container healthchecks): exit 0 when
     /// the node answers 200, 1 when it answers otherwise, 3 when it cannot be reached.
     Health(crate::health::HealthArgs),
@@ -441,6 +447,8 @@ async fn run(cli: Cli) -> u8 {
         Command::Server(args) => run_server(args).await,
         Command::Local(args) => crate::local::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Backup(args) => crate::backup::run_backup(args).await,
+        Command::Restore(args) => crate::backup::run_restore(args).await,
         Command::Get { key, conn } => {
             client_command(&conn, |c| Box::pin(get(c, key, conn.json))).await
         }
