@@ -26,6 +26,7 @@ pub mod bugs;
 pub mod client;
 pub mod config;
 pub mod config_layers;
+pub mod deadline;
 pub mod kv;
 pub mod meta;
 pub mod metrics;
@@ -33,5 +34,7 @@ pub mod placement;
 pub mod raft;
 pub mod resp;
 pub mod server;
+#[cfg(any(test, madsim))]
+pub mod sim_hooks;
 pub mod storage;
 pub mod transport;

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
+
+use crate::deadline::timeout;
 use tracing::debug;
 
 use super::protocol::{ClientFrame, ClientRequest, ClientResponse, ServerFrame};
@@ -174,6 +176,7 @@ async fn race(
             deadline
         };
         let finished = tokio::select! {
+            biased;
             done = std::future::poll_fn(|cx| {
                 for (i, attempt) in pending.iter_mut().enumerate() {
                     if let Poll::Ready(result) = attempt.as_mut().poll(cx) {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, Instant};
+
+use crate::deadline::timeout;
 use tracing::Instrument;
 use tracing::{debug, warn};
 
@@ -37,6 +39,9 @@ pub struct ClientPortConfig {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Simulation/test only: BUGGIFY may refuse a connection.
+    #[cfg(any(test, madsim))]
+    pub sim: crate::sim_hooks::SimHooks,
 }
 
 pub async fn accept_clients(
@@ -54,6 +59,11 @@ pub async fn accept_clients(
                 continue;
             }
         };
+        // BUGGIFY: a connection closed as soon as it is accepted (the client must retry).
+        if crate::buggify!(config.sim, "refuse-connection") {
+            debug!(%addr, "buggify: client connection refused");
+            continue;
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(%addr, max_connections = config.max_connections, "too many client connections: refused");
             continue;
