@@ -466,7 +466,8 @@ async fn find_leader(status: &mut Client, fleet: &Fleet) -> Option<u32> {
 
 /// What a started fault must undo at its end.
 enum Undo {
-    Links(BTreeSet<(u32, u32)>),
+    /// Links to unclog, and the server whose clock to restart (a stale leader).
+    Links(BTreeSet<(u32, u32)>, Option<u32>),
     Transport(Fault),
     Restart(u32),
     Resume(u32),
@@ -511,10 +512,12 @@ async fn crash_storm(fleet: Fleet, interval_ms: u64, end: Instant, seed: u64, tr
 /// new leader is cut off from everyone for `isolate_ms`. A node that never heard of the new
 /// term may then campaign in that same term, asking the restarted voters again: only a durable
 /// vote makes them refuse. One strike at a time; cues arriving meanwhile are dropped.
+#[allow(clippy::too_many_arguments)]
 async fn vote_strikes(
     monitor: Arc<SafetyMonitor>,
     fleet: Fleet,
     (restart_ms_max, isolate_ms): (u64, u64),
+    leader: Option<u32>,
     end: Instant,
     seed: u64,
     trace: Trace,
@@ -528,6 +531,21 @@ async fn vote_strikes(
     };
     let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
     monitor.add_cues(cues_tx);
+    // The first election: the leader when the fault starts is cut off, so that the others
+    // elect (and are struck) even when nothing else in this period moves leadership.
+    let kick = leader.map(|n| {
+        let id = fleet.sim_id(n);
+        net.clog_node(id);
+        trace.log(format!(
+            "vote strike: cut off the leader n{} to start an election",
+            n + 1
+        ));
+        let until = (Instant::now() + Duration::from_millis(isolate_ms)).min(end);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until).await;
+            NetSim::current().unclog_node(id);
+        })
+    });
     // (group, term, candidate) -> voters that granted it: terms are per Raft group.
     let mut grants: BTreeMap<(GroupId, u64, u64), BTreeSet<u64>> = BTreeMap::new();
     loop {
@@ -573,6 +591,11 @@ async fn vote_strikes(
         net.unclog_node(leader);
         while cues.try_recv().is_ok() {}
         grants.clear();
+    }
+    if let Some(task) = kick {
+        if let Err(e) = task.await {
+            panic!("vote strike kick task failed: {e}");
+        }
     }
 }
 
@@ -759,6 +782,7 @@ async fn run_nemesis(
         let needs_leader = matches!(
             fault,
             Fault::IsolateLeader
+                | Fault::StaleLeader
                 | Fault::LeaderMinority { .. }
                 | Fault::Crash {
                     target: Target::Leader
@@ -767,6 +791,7 @@ async fn run_nemesis(
                     target: Target::Leader
                 }
                 | Fault::Figure8 { .. }
+                | Fault::VoteStrike { .. }
         );
         let leader = if needs_leader {
             find_leader(&mut status, &fleet).await
@@ -795,7 +820,15 @@ async fn run_nemesis(
                     "start {f:?} (leader {leader:?}): {} links cut",
                     links.len()
                 ));
-                Undo::Links(links)
+                let stalled = match (f, leader) {
+                    (Fault::StaleLeader, Some(l)) => fleet.clock(l).map(|clock| {
+                        clock.set_stalled(true);
+                        trace.log(format!("clock of n{} stalls (stale leader)", l + 1));
+                        l
+                    }),
+                    _ => None,
+                };
+                Undo::Links(links, stalled)
             }
             Fault::MessageLoss { percent } => {
                 let mut plan: FaultPlan = transport.plan();
@@ -876,6 +909,7 @@ async fn run_nemesis(
                     monitor.clone(),
                     fleet.clone(),
                     (*restart_ms_max, *isolate_ms),
+                    leader,
                     end,
                     seed,
                     trace.clone(),
@@ -1036,6 +1070,14 @@ async fn run_nemesis(
     }
     // Everything is healed by the schedule; make sure of it.
     transport.clear();
+    for n in 0..fleet.len() {
+        if let Some(clock) = fleet.clock(n) {
+            clock.reset();
+        }
+        if let Some(disk) = fleet.disk_faults(n) {
+            disk.set_slow(0, 0);
+        }
+    }
     for &id in &ids {
         net.unclog_node(id);
     }
@@ -1067,9 +1109,12 @@ async fn heal(
     let ids = fleet.sim_ids();
     let node_of = |i: u32| -> SimNodeId { ids[i as usize % ids.len()] };
     match action {
-        Undo::Links(links) => {
+        Undo::Links(links, stalled) => {
             for (a, b) in &links {
                 net.unclog_link(node_of(*a), node_of(*b));
+            }
+            if let Some(clock) = stalled.and_then(|n| fleet.clock(n)) {
+                clock.reset();
             }
             trace.log(format!("heal {fault:?}"));
         }

@@ -88,6 +88,10 @@ pub enum FaultKind {
     FlakyLinks,
     /// One direction of one link drops everything; the other direction works.
     AsymmetricLink,
+    /// The leader is cut off from the other servers (clients still reach it) and its clock
+    /// stalls, so it does not notice (CheckQuorum never fires): a stale leader that believes
+    /// it leads while the others elect a successor. Only quorum-checked reads stay correct.
+    StaleLeader,
 }
 
 impl FaultKind {
@@ -145,10 +149,11 @@ impl FaultKind {
     ];
 
     /// Gray failures of disks and links. Not in `ALL`; the swarm draws them.
-    pub const GRAY: [FaultKind; 3] = [
+    pub const GRAY: [FaultKind; 4] = [
         FaultKind::SlowDisk,
         FaultKind::FlakyLinks,
         FaultKind::AsymmetricLink,
+        FaultKind::StaleLeader,
     ];
 
     /// Every kind the swarm may enable (membership kinds only with spare servers).
@@ -163,7 +168,7 @@ impl FaultKind {
 
     /// Faults that occupy the network topology; two of them at once would undo each other.
     fn is_partition(self) -> bool {
-        FaultKind::PARTITIONS.contains(&self)
+        FaultKind::PARTITIONS.contains(&self) || self == FaultKind::StaleLeader
     }
 }
 
@@ -299,6 +304,9 @@ pub enum Fault {
         from: u32,
         to: u32,
     },
+    /// The leader when the period starts is cut off from every other server (both
+    /// directions; clients still reach it) and its clock stands still until the period ends.
+    StaleLeader,
 }
 
 impl Fault {
@@ -325,7 +333,7 @@ impl Fault {
                     }
                 }
             }
-            Fault::IsolateLeader => {
+            Fault::IsolateLeader | Fault::StaleLeader => {
                 if let Some(leader) = leader {
                     cut_between(&[leader], &all);
                 }
@@ -379,6 +387,7 @@ impl Fault {
             self,
             Fault::Partition { .. }
                 | Fault::IsolateLeader
+                | Fault::StaleLeader
                 | Fault::LeaderMinority { .. }
                 | Fault::Bridge { .. }
                 | Fault::OneWay { .. }
@@ -494,6 +503,7 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
             Fault::Partition { groups }
         }
         FaultKind::IsolateLeader => Fault::IsolateLeader,
+        FaultKind::StaleLeader => Fault::StaleLeader,
         FaultKind::LeaderMinority => Fault::LeaderMinority {
             minority_size: minority,
             companions: shuffled_nodes(rng, nodes),

@@ -24,6 +24,8 @@ pub const SWARM: &str = "swarm";
 const SWARM_SALT: u64 = 0x7377_6172_6d21;
 /// One seed in this many runs without any fault (the baseline corner).
 const NO_FAULT_ONE_IN: u32 = 20;
+/// One seed in this many enables only a few fault kinds.
+const FOCUSED_ONE_IN: u32 = 4;
 
 /// The swarm template: the knobs a campaign may set (duration, operations, planted bugs,
 /// BUGGIFY); the rest is drawn per seed.
@@ -43,8 +45,13 @@ pub fn draw(template: &Scenario, seed: u64) -> Scenario {
     let mut rng = StdRng::seed_from_u64(seed ^ SWARM_SALT);
     let nodes = *[3u32, 5, 5, 7].choose(&mut rng).unwrap_or(&5);
     // Which fault kinds exist in this run at all: each with a probability that is itself drawn,
-    // so that some seeds have one or two kinds and others most of them.
-    let enable_percent = rng.random_range(10..=60);
+    // so that some seeds have one or two kinds and others most of them; one seed in
+    // FOCUSED_ONE_IN is focused (a few kinds alone, the corners a crowd of faults blurs).
+    let enable_percent = if rng.random_range(0..FOCUSED_ONE_IN) == 0 {
+        rng.random_range(3..=10)
+    } else {
+        rng.random_range(10..=60)
+    };
     let mut kinds: Vec<FaultKind> = FaultKind::swarm()
         .into_iter()
         .filter(|_| rng.random_range(0..100) < enable_percent)
