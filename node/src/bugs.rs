@@ -31,10 +31,22 @@ pub struct PlantedBugs {
     /// Storage: the WAL deletes old segments while a group still has live entries in them
     /// (only the segment heads' hard states are taken into account).
     pub wal_recycles_live_segment: bool,
+    /// Raft read path: a ReadIndex round is released without a quorum's heartbeat
+    /// acknowledgements, so a deposed leader that does not know it yet serves stale reads.
+    pub read_skips_quorum: bool,
+    /// Raft read path: a new leader starts ReadIndex rounds before it has committed an entry of
+    /// its own term, so its read index may lie below what earlier leaders committed.
+    pub read_before_term_commit: bool,
+    /// Raft election rules: a vote is granted without checking that the candidate's log is at
+    /// least as up to date as the voter's (§5.4.1), so a leader may lack committed entries.
+    pub vote_ignores_log: bool,
+    /// Raft membership: a candidate counts votes from nodes that are not voters of its
+    /// configuration (learners, removed or not yet promoted replicas).
+    pub votes_from_non_voters: bool,
 }
 
 impl PlantedBugs {
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 13] = [
         "commit-counts-old-terms",
         "vote-not-persisted",
         "follower-local-reads",
@@ -44,6 +56,10 @@ impl PlantedBugs {
         "applied-before-data",
         "snapshot-chunk-skips-key",
         "wal-recycles-live-segment",
+        "read-skips-quorum",
+        "read-before-term-commit",
+        "vote-ignores-log",
+        "votes-from-non-voters",
     ];
 
     pub fn any(&self) -> bool {
@@ -84,6 +100,10 @@ impl FromStr for PlantedBugs {
                 "applied-before-data" => bugs.applied_before_data = true,
                 "snapshot-chunk-skips-key" => bugs.snapshot_chunk_skips_key = true,
                 "wal-recycles-live-segment" => bugs.wal_recycles_live_segment = true,
+                "read-skips-quorum" => bugs.read_skips_quorum = true,
+                "read-before-term-commit" => bugs.read_before_term_commit = true,
+                "vote-ignores-log" => bugs.vote_ignores_log = true,
+                "votes-from-non-voters" => bugs.votes_from_non_voters = true,
                 other => return Err(UnknownBug(other.to_string())),
             }
         }

@@ -286,6 +286,10 @@ pub struct ServerConfig {
     #[cfg(any(test, madsim))]
     #[serde(skip)]
     pub sim_busy_us_per_input: u64,
+    /// Simulation/test only: the clock, slow-disk and BUGGIFY hooks (`sim_hooks`).
+    #[cfg(any(test, madsim))]
+    #[serde(skip)]
+    pub sim: crate::sim_hooks::SimHooks,
 }
 
 impl Default for ServerConfig {
@@ -331,6 +335,8 @@ impl Default for ServerConfig {
             max_append_entries: None,
             #[cfg(any(test, madsim))]
             sim_busy_us_per_input: 0,
+            #[cfg(any(test, madsim))]
+            sim: crate::sim_hooks::SimHooks::default(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod bugs;
 pub mod client;
 pub mod config;
 pub mod config_layers;
+pub mod deadline;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod kv;
@@ -39,6 +40,8 @@ pub mod placement;
 pub mod raft;
 pub mod resp;
 pub mod server;
+#[cfg(any(test, madsim))]
+pub mod sim_hooks;
 pub mod storage;
 #[cfg(not(madsim))]
 pub mod tls;

@@ -25,6 +25,7 @@ use node::config::{MemberConfig, ServerConfig};
 use node::meta::GroupId;
 use node::raft::Role;
 use node::server::ProtocolEvent;
+use node::sim_hooks::{Buggify, SimHooks};
 use node::transport::{FaultPlan, TransportFaults};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -231,6 +232,19 @@ fn server_configs(
     if scenario.buggify {
         buggify(&mut base, &mut knob_rng, trace);
     }
+    if let Some(t) = &scenario.raft_timing {
+        base.tick_interval_ms = t.tick_interval_ms;
+        base.election_timeout_ticks_min = t.election_timeout_ticks_min;
+        base.election_timeout_ticks_max = t.election_timeout_ticks_max;
+        base.heartbeat_interval_ticks = t.heartbeat_interval_ticks;
+        trace.log(format!("raft timing: {t:?}"));
+    }
+    if scenario.buggify_percent > 0 {
+        trace.log(format!(
+            "buggify: code paths fire {}% when enabled",
+            scenario.buggify_percent
+        ));
+    }
     base.faults = Some(transport.clone());
     base.planted_bugs = planted;
     base.observer = Some(monitor.clone());
@@ -238,6 +252,18 @@ fn server_configs(
         .map(|i| {
             let mut config = base.clone();
             config.node_id = u64::from(i) + 1;
+            // Each server its own clock, disk debt and BUGGIFY draws.
+            config.sim = SimHooks {
+                buggify: if scenario.buggify_percent > 0 {
+                    Buggify::enabled(
+                        scenario.seed ^ 0xb0c_1f1e ^ (config.node_id << 32),
+                        scenario.buggify_percent,
+                    )
+                } else {
+                    Buggify::default()
+                },
+                ..SimHooks::default()
+            };
             let spare = i >= scenario.nodes;
             if spare {
                 // A joining node lists only itself; `join` is filled in when it starts.
@@ -444,11 +470,16 @@ async fn find_leader(status: &mut Client, fleet: &Fleet) -> Option<u32> {
 
 /// What a started fault must undo at its end.
 enum Undo {
-    Links(BTreeSet<(u32, u32)>),
+    /// Links to unclog, and the server whose clock to restart (a stale leader).
+    Links(BTreeSet<(u32, u32)>, Option<u32>),
     Transport(Fault),
     Restart(u32),
     Resume(u32),
     DiskErrors(u32),
+    /// Reset a server's clock to exact.
+    Clock(u32),
+    /// Make a server's disk fast again.
+    SlowDisk(u32),
     /// A task that runs the fault until its end (storms, strikes, an admin request).
     Task(madsim::task::JoinHandle<()>),
     RestartAll,
@@ -485,10 +516,12 @@ async fn crash_storm(fleet: Fleet, interval_ms: u64, end: Instant, seed: u64, tr
 /// new leader is cut off from everyone for `isolate_ms`. A node that never heard of the new
 /// term may then campaign in that same term, asking the restarted voters again: only a durable
 /// vote makes them refuse. One strike at a time; cues arriving meanwhile are dropped.
+#[allow(clippy::too_many_arguments)]
 async fn vote_strikes(
     monitor: Arc<SafetyMonitor>,
     fleet: Fleet,
     (restart_ms_max, isolate_ms): (u64, u64),
+    leader: Option<u32>,
     end: Instant,
     seed: u64,
     trace: Trace,
@@ -502,10 +535,26 @@ async fn vote_strikes(
     };
     let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
     monitor.add_cues(cues_tx);
+    // The first election: the leader when the fault starts is cut off, so that the others
+    // elect (and are struck) even when nothing else in this period moves leadership.
+    let kick = leader.map(|n| {
+        let id = fleet.sim_id(n);
+        net.clog_node(id);
+        trace.log(format!(
+            "vote strike: cut off the leader n{} to start an election",
+            n + 1
+        ));
+        let until = (Instant::now() + Duration::from_millis(isolate_ms)).min(end);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until).await;
+            NetSim::current().unclog_node(id);
+        })
+    });
     // (group, term, candidate) -> voters that granted it: terms are per Raft group.
     let mut grants: BTreeMap<(GroupId, u64, u64), BTreeSet<u64>> = BTreeMap::new();
     loop {
         let cue = tokio::select! {
+            biased;
             cue = cues.recv() => cue,
             _ = tokio::time::sleep_until(end) => None,
         };
@@ -548,6 +597,61 @@ async fn vote_strikes(
         net.unclog_node(leader);
         while cues.try_recv().is_ok() {}
         grants.clear();
+    }
+    if let Some(task) = kick {
+        if let Err(e) = task.await {
+            panic!("vote strike kick task failed: {e}");
+        }
+    }
+}
+
+/// The `PauseNewLeader` fault until `end`: a node that reports it became leader of a group is
+/// paused (its tasks and timers stop) for `pause_ms` with probability `strike_percent`%, right
+/// after its election, before it has asserted its leadership; one pause at a time.
+async fn pause_new_leaders(
+    monitor: Arc<SafetyMonitor>,
+    fleet: Fleet,
+    (pause_ms, strike_percent): (u64, u32),
+    end: Instant,
+    seed: u64,
+    trace: Trace,
+) {
+    let handle = Handle::current();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
+    monitor.add_cues(cues_tx);
+    loop {
+        let cue = tokio::select! {
+            biased;
+            cue = cues.recv() => cue,
+            _ = tokio::time::sleep_until(end) => None,
+        };
+        let Some(cue) = cue else { break };
+        let ProtocolEvent::BecameLeader { term } = cue.event else {
+            continue;
+        };
+        let Some(index) = cue
+            .node
+            .checked_sub(1)
+            .and_then(|i| u32::try_from(i).ok())
+            .filter(|&i| fleet.is_up(i))
+        else {
+            continue;
+        };
+        if rng.random_range(0..100) >= strike_percent {
+            continue;
+        }
+        let id = fleet.sim_id(index);
+        handle.pause(id);
+        let until = (Instant::now() + Duration::from_millis(pause_ms)).min(end);
+        trace.log(format!(
+            "pause n{} as it became leader of term {term} of group {}",
+            cue.node, cue.group
+        ));
+        tokio::time::sleep_until(until).await;
+        handle.resume(id);
+        trace.log(format!("resume n{}", cue.node));
+        while cues.try_recv().is_ok() {}
     }
 }
 
@@ -593,6 +697,7 @@ async fn figure8_strikes(
     }
     loop {
         let first = tokio::select! {
+            biased;
             cue = cues.recv() => cue,
             _ = tokio::time::sleep_until(end) => None,
         };
@@ -685,6 +790,7 @@ async fn run_nemesis(
         let needs_leader = matches!(
             fault,
             Fault::IsolateLeader
+                | Fault::StaleLeader
                 | Fault::LeaderMinority { .. }
                 | Fault::Crash {
                     target: Target::Leader
@@ -693,6 +799,7 @@ async fn run_nemesis(
                     target: Target::Leader
                 }
                 | Fault::Figure8 { .. }
+                | Fault::VoteStrike { .. }
         );
         let leader = if needs_leader {
             find_leader(&mut status, &fleet).await
@@ -721,7 +828,15 @@ async fn run_nemesis(
                     "start {f:?} (leader {leader:?}): {} links cut",
                     links.len()
                 ));
-                Undo::Links(links)
+                let stalled = match (f, leader) {
+                    (Fault::StaleLeader, Some(l)) => fleet.clock(l).map(|clock| {
+                        clock.set_stalled(true);
+                        trace.log(format!("clock of n{} stalls (stale leader)", l + 1));
+                        l
+                    }),
+                    _ => None,
+                };
+                Undo::Links(links, stalled)
             }
             Fault::MessageLoss { percent } => {
                 let mut plan: FaultPlan = transport.plan();
@@ -802,6 +917,7 @@ async fn run_nemesis(
                     monitor.clone(),
                     fleet.clone(),
                     (*restart_ms_max, *isolate_ms),
+                    leader,
                     end,
                     seed,
                     trace.clone(),
@@ -818,6 +934,98 @@ async fn run_nemesis(
                     ids.clone(),
                     (*isolate_ms, *strike_percent),
                     leader,
+                    end,
+                    seed,
+                    trace.clone(),
+                )))
+            }
+            Fault::ClockDrift { node, rate_percent } => {
+                match fleet
+                    .pick_up(node % nodes)
+                    .and_then(|n| Some((n, fleet.clock(n)?)))
+                {
+                    Some((n, clock)) => {
+                        clock.set_rate_percent(*rate_percent);
+                        trace.log(format!("clock of n{} runs at {rate_percent}%", n + 1));
+                        Undo::Clock(n)
+                    }
+                    None => skip(&trace, fault, "no server is up"),
+                }
+            }
+            Fault::ClockJump { node, ticks } => {
+                match fleet
+                    .pick_up(node % nodes)
+                    .and_then(|n| Some((n, fleet.clock(n)?)))
+                {
+                    Some((n, clock)) => {
+                        clock.jump(*ticks);
+                        trace.log(format!("clock of n{} jumps {ticks} ticks ahead", n + 1));
+                        Undo::Nothing
+                    }
+                    None => skip(&trace, fault, "no server is up"),
+                }
+            }
+            Fault::ClockStall { node } => {
+                match fleet
+                    .pick_up(node % nodes)
+                    .and_then(|n| Some((n, fleet.clock(n)?)))
+                {
+                    Some((n, clock)) => {
+                        clock.set_stalled(true);
+                        trace.log(format!("clock of n{} stalls", n + 1));
+                        Undo::Clock(n)
+                    }
+                    None => skip(&trace, fault, "no server is up"),
+                }
+            }
+            Fault::SlowDisk {
+                node,
+                sync_ms_max,
+                read_ms_max,
+            } => {
+                match fleet
+                    .pick_up(node % nodes)
+                    .and_then(|n| Some((n, fleet.disk_faults(n)?)))
+                {
+                    Some((n, disk)) => {
+                        disk.set_slow(*sync_ms_max, *read_ms_max);
+                        trace.log(format!(
+                            "slow disk on n{}: sync <= {sync_ms_max} ms, read <= {read_ms_max} ms",
+                            n + 1
+                        ));
+                        Undo::SlowDisk(n)
+                    }
+                    None => skip(&trace, fault, "no server is up"),
+                }
+            }
+            Fault::FlakyLinks { links, percent } => {
+                let mut plan = transport.plan();
+                for &(a, b) in links {
+                    plan.link_drop_percent
+                        .insert((u64::from(a) + 1, u64::from(b) + 1), *percent);
+                }
+                transport.set(plan);
+                trace.log(format!("start {fault:?}"));
+                Undo::Transport(fault.clone())
+            }
+            Fault::AsymmetricLink { from, to } => {
+                let mut plan = transport.plan();
+                plan.link_drop_percent
+                    .insert((u64::from(*from) + 1, u64::from(*to) + 1), 100);
+                transport.set(plan);
+                trace.log(format!("start {fault:?}"));
+                Undo::Transport(fault.clone())
+            }
+            Fault::PauseNewLeader {
+                pause_ms,
+                strike_percent,
+            } => {
+                let seed = rng.random::<u64>();
+                trace.log(format!("start {fault:?}"));
+                Undo::Task(tokio::spawn(pause_new_leaders(
+                    monitor.clone(),
+                    fleet.clone(),
+                    (*pause_ms, *strike_percent),
                     end,
                     seed,
                     trace.clone(),
@@ -870,6 +1078,14 @@ async fn run_nemesis(
     }
     // Everything is healed by the schedule; make sure of it.
     transport.clear();
+    for n in 0..fleet.len() {
+        if let Some(clock) = fleet.clock(n) {
+            clock.reset();
+        }
+        if let Some(disk) = fleet.disk_faults(n) {
+            disk.set_slow(0, 0);
+        }
+    }
     for &id in &ids {
         net.unclog_node(id);
     }
@@ -901,19 +1117,32 @@ async fn heal(
     let ids = fleet.sim_ids();
     let node_of = |i: u32| -> SimNodeId { ids[i as usize % ids.len()] };
     match action {
-        Undo::Links(links) => {
+        Undo::Links(links, stalled) => {
             for (a, b) in &links {
                 net.unclog_link(node_of(*a), node_of(*b));
+            }
+            if let Some(clock) = stalled.and_then(|n| fleet.clock(n)) {
+                clock.reset();
             }
             trace.log(format!("heal {fault:?}"));
         }
         Undo::Transport(f) => {
             let mut plan = transport.plan();
-            match f {
+            match &f {
                 Fault::MessageLoss { .. } => plan.drop_probability = 0.0,
                 Fault::MessageDelay { .. } => plan.delay_probability = 0.0,
                 Fault::MessageDuplicate { .. } => plan.duplicate_probability = 0.0,
                 Fault::MessageReorder { .. } => plan.reorder_probability = 0.0,
+                Fault::FlakyLinks { links, .. } => {
+                    for &(a, b) in links {
+                        plan.link_drop_percent
+                            .remove(&(u64::from(a) + 1, u64::from(b) + 1));
+                    }
+                }
+                Fault::AsymmetricLink { from, to } => {
+                    plan.link_drop_percent
+                        .remove(&(u64::from(*from) + 1, u64::from(*to) + 1));
+                }
                 _ => {}
             }
             transport.set(plan);
@@ -925,6 +1154,18 @@ async fn heal(
             } else {
                 trace.log(format!("n{} stays down ({:?})", n + 1, fleet.life(n)));
             }
+        }
+        Undo::Clock(n) => {
+            if let Some(clock) = fleet.clock(n) {
+                clock.reset();
+            }
+            trace.log(format!("clock of n{} exact again", n + 1));
+        }
+        Undo::SlowDisk(n) => {
+            if let Some(disk) = fleet.disk_faults(n) {
+                disk.set_slow(0, 0);
+            }
+            trace.log(format!("disk of n{} fast again", n + 1));
         }
         Undo::Resume(n) => {
             handle.resume(node_of(n));

@@ -4,13 +4,17 @@
 //!
 //! Invariants: an injected error happens instead of the operation (a failed write writes
 //! nothing, a failed sync makes nothing durable), so the disk never lies about success; error
-//! decisions come from a seeded rng, so a run stays a function of its seed. Latency cannot be
-//! injected here because the `Disk` trait is synchronous (simulated time does not pass inside
-//! a call); the transport's delay faults stand in for slow replicas.
+//! decisions come from a seeded rng, so a run stays a function of its seed.
+//!
+//! Latency (a slow disk, the gray failure): the `Disk` trait is synchronous, so simulated time
+//! cannot pass inside a call; a slow operation instead adds its latency to the node's
+//! `DiskStall`, which the node's event loop sleeps off right after the sync that incurred it
+//! (before the acknowledgements that wait for the sync leave) and at the end of its turn.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use node::sim_hooks::DiskStall;
 use node::storage::{CrashDisk, CrashMode, Disk, DiskFile};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,6 +24,10 @@ struct ErrorState {
     error_percent: u32,
     rng: StdRng,
     injected: u64,
+    /// Upper bounds of a slow disk's latency per sync and per read; 0: fast.
+    sync_ms_max: u64,
+    read_ms_max: u64,
+    stall: DiskStall,
 }
 
 /// The run-time switch for one disk's injected errors (shared with the nemesis).
@@ -29,13 +37,34 @@ pub struct DiskFaults {
 }
 
 impl DiskFaults {
-    pub fn new(seed: u64) -> DiskFaults {
+    pub fn new(seed: u64, stall: DiskStall) -> DiskFaults {
         DiskFaults {
             state: Arc::new(Mutex::new(ErrorState {
                 error_percent: 0,
                 rng: StdRng::seed_from_u64(seed),
                 injected: 0,
+                sync_ms_max: 0,
+                read_ms_max: 0,
+                stall,
             })),
+        }
+    }
+
+    /// From now on each sync takes up to `sync_ms_max` and each read up to `read_ms_max`
+    /// simulated milliseconds (0, 0: a fast disk again).
+    pub fn set_slow(&self, sync_ms_max: u64, read_ms_max: u64) {
+        let mut st = self.lock();
+        st.sync_ms_max = sync_ms_max;
+        st.read_ms_max = read_ms_max;
+    }
+
+    /// A slow disk's latency for one sync (or read), owed to the node's event loop.
+    fn delay(&self, sync: bool) {
+        let mut st = self.lock();
+        let max_ms = if sync { st.sync_ms_max } else { st.read_ms_max };
+        if max_ms > 0 {
+            let us = st.rng.random_range(0..=max_ms * 1000);
+            st.stall.add(std::time::Duration::from_micros(us));
         }
     }
 
@@ -50,12 +79,14 @@ impl DiskFaults {
         self.lock().injected
     }
 
-    fn check(&self, what: &str) -> io::Result<()> {
+    /// Fails the operation (`what` names it) if an error is due; the name is only built then.
+    fn check(&self, what: impl FnOnce() -> String) -> io::Result<()> {
         let mut st = self.lock();
         if st.error_percent > 0 && st.rng.random_range(0..100) < st.error_percent {
             st.injected += 1;
             return Err(io::Error::other(format!(
-                "{what}: injected I/O error (simulation)"
+                "{}: injected I/O error (simulation)",
+                what()
             )));
         }
         Ok(())
@@ -74,10 +105,11 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
-    pub fn new(seed: u64) -> SimDisk {
+    /// A disk whose slow operations are owed to `stall` (the node's `SimHooks::disk_stall`).
+    pub fn new(seed: u64, stall: DiskStall) -> SimDisk {
         SimDisk {
             inner: CrashDisk::new(seed),
-            faults: DiskFaults::new(seed ^ 0x0d15_c0de),
+            faults: DiskFaults::new(seed ^ 0x0d15_c0de, stall),
         }
     }
 
@@ -110,17 +142,18 @@ impl Disk for SimDisk {
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        self.faults.check(&format!("remove {name}"))?;
+        self.faults.check(|| format!("remove {name}"))?;
         self.inner.remove(name)
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.faults.check(&format!("rename {from} -> {to}"))?;
+        self.faults.check(|| format!("rename {from} -> {to}"))?;
         self.inner.rename(from, to)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        self.faults.check("sync_dir")?;
+        self.faults.check(|| "sync_dir".to_string())?;
+        self.faults.delay(true);
         self.inner.sync_dir()
     }
 }
@@ -137,23 +170,25 @@ impl DiskFile for SimFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.faults.delay(false);
         self.inner.read_at(offset, buf)
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.faults
-            .check(&format!("write {} at {offset}", self.name))?;
+            .check(|| format!("write {} at {offset}", self.name))?;
         self.inner.write_at(offset, data)
     }
 
     fn set_len(&mut self, len_bytes: u64) -> io::Result<()> {
         self.faults
-            .check(&format!("set_len {} {len_bytes}", self.name))?;
+            .check(|| format!("set_len {} {len_bytes}", self.name))?;
         self.inner.set_len(len_bytes)
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.faults.check(&format!("sync {}", self.name))?;
+        self.faults.check(|| format!("sync {}", self.name))?;
+        self.faults.delay(true);
         self.inner.sync()
     }
 }

@@ -27,6 +27,7 @@ use node::config::{MemberConfig, ServerConfig};
 use node::meta::{ClusterView, MetaCommand, MetaResult};
 use node::raft::NodeId;
 use node::server::Server;
+use node::sim_hooks::ClockFaults;
 use node::storage::{CrashMode, Disk};
 use tokio::time::Instant;
 
@@ -80,6 +81,8 @@ struct Slot {
     sim_id: SimNodeId,
     client_addr: SocketAddr,
     disk_faults: DiskFaults,
+    /// The server's clock as the nemesis bends it (survives restarts, like hardware).
+    clock: ClockFaults,
     /// What the next start of this server runs; None: a spare that must not start yet.
     config: Arc<Mutex<Option<ServerConfig>>>,
     /// A spare's config until `join` starts it.
@@ -110,7 +113,11 @@ impl Fleet {
         let mut slots = Vec::new();
         for (i, (config, spare)) in configs.into_iter().enumerate() {
             let index = i as u32;
-            let disk = SimDisk::new(seed.wrapping_mul(1000).wrapping_add(u64::from(index)));
+            let disk = SimDisk::new(
+                seed.wrapping_mul(1000).wrapping_add(u64::from(index)),
+                config.sim.disk_stall.clone(),
+            );
+            let clock = config.sim.clock.clone();
             let (life, config, spare_config) = if spare {
                 (Life::Spare, None, Some(config))
             } else {
@@ -135,6 +142,7 @@ impl Fleet {
                 sim_id: node.id(),
                 client_addr: member_config(index).client_addr,
                 disk_faults: disk.faults(),
+                clock,
                 config,
                 spare_config,
                 finished,
@@ -181,6 +189,10 @@ impl Fleet {
         self.lock()
             .get(index as usize)
             .map(|s| s.disk_faults.clone())
+    }
+
+    pub fn clock(&self, index: u32) -> Option<ClockFaults> {
+        self.lock().get(index as usize).map(|s| s.clock.clone())
     }
 
     pub fn life(&self, index: u32) -> Option<Life> {

@@ -5,6 +5,7 @@
 //! - `scenario`: the serializable description of a run (a run is a function of it).
 //! - `nemesis`: every injectable fault, named in one place, and the fault/heal schedule.
 //! - `report`: verdicts (checker + liveness) and failure artifacts.
+//! - `swarm`: swarm testing: each seed draws its own configuration (the default campaign).
 //! - `shrink`: reduce a failing scenario to a smaller one that still fails.
 //! - `campaign`: seeds over worker processes, progress, summary.
 //! - `convergence`: the end-of-run check that replication was restored after the final heal.
@@ -28,7 +29,8 @@ pub mod report;
 pub mod safety;
 pub mod scenario;
 pub mod shrink;
+pub mod swarm;
 
 pub use nemesis::{Fault, FaultKind, NemesisSpec, ScheduledFault, Target};
 pub use report::{judge, RunReport, RunVerdict};
-pub use scenario::Scenario;
+pub use scenario::{RaftTiming, Scenario};

@@ -1,6 +1,8 @@
 //! `sim`: seeded simulation campaigns, one-seed replays and shrinking.
 //!
+//!     cargo run -p sim --release -- --seeds 1..1000                       # the swarm (default)
 //!     cargo run -p sim --release -- --seeds 1..1000 --scenario partitions --nodes 5 --duration-s 60
+//!     cargo run -p sim --release -- --mutation --seeds 1..100              # every planted bug
 //!     cargo run -p sim --release -- --seed 42 --scenario partitions        # replay with logs
 //!     cargo run -p sim --release -- --scenario-file shrunk.toml             # replay a file
 //!     cargo run -p sim --release -- --seed 42 --scenario mixed --bugs ack-before-fsync --shrink
@@ -26,10 +28,15 @@ struct Args {
     /// Replay one seed with full logs.
     #[arg(long)]
     seed: Option<u64>,
-    /// Preset scenario: none, partitions, messages, crashes, elections, votes, figure8, mixed,
-    /// set, ycsb, membership.
-    #[arg(long, default_value = "mixed")]
+    /// Scenario: swarm (each seed draws its own configuration: the default), or a preset for
+    /// replay and targeted hunts: none, partitions, messages, crashes, elections, votes,
+    /// figure8, mixed, set, ycsb, membership.
+    #[arg(long, default_value = "swarm")]
     scenario: String,
+    /// Mutation score: run the campaign (`--seeds`, default 1..100) once per planted bug and
+    /// once without, and print per bug the seeds to the first failure and the share failing.
+    #[arg(long, conflicts_with_all = ["seed", "bench", "bugs"])]
+    mutation: bool,
     /// Replay this scenario file (TOML, or JSON by extension) exactly.
     #[arg(long)]
     scenario_file: Option<PathBuf>,
@@ -149,6 +156,19 @@ mod simulation {
             Some(path) => return Scenario::from_file(path),
             None => Scenario::preset(&args.scenario)?,
         };
+        if scenario.swarm {
+            let drawn = [
+                ("--nodes", args.nodes.is_some()),
+                ("--spare-nodes", args.spare_nodes.is_some()),
+                ("--shards", args.shards.is_some()),
+                ("--clients", args.clients.is_some()),
+            ];
+            if let Some((flag, _)) = drawn.iter().find(|(_, given)| *given) {
+                anyhow::bail!(
+                    "{flag}: the swarm draws it per seed; pick a preset with --scenario to fix it"
+                );
+            }
+        }
         if let Some(n) = args.nodes {
             scenario.nodes = n;
         }
@@ -188,6 +208,9 @@ mod simulation {
         if args.worker {
             return worker(&args, base);
         }
+        if args.mutation {
+            return mutation(&args, &base);
+        }
         if let Some(seeds) = &args.seeds {
             let seeds = SeedRange::parse(seeds)?;
             let workers = args.workers.unwrap_or_else(|| {
@@ -204,7 +227,9 @@ mod simulation {
             return Ok(if summary.failures().is_empty() { 0 } else { 1 });
         }
         let mut scenario = base;
-        if let Some(seed) = args.seed {
+        if scenario.swarm {
+            scenario = scenario.for_seed(args.seed.unwrap_or(0));
+        } else if let Some(seed) = args.seed {
             scenario.seed = seed;
         }
         single(&args, scenario)
@@ -388,14 +413,93 @@ mod simulation {
             .count() as u64
     }
 
+    /// Seeds of a mutation run unless `--seeds` says otherwise.
+    const MUTATION_SEEDS: &str = "1..100";
+    /// A verdict quoted in the mutation table is cut to this many characters.
+    const MUTATION_VERDICT_CHARS: usize = 70;
+
+    /// The mutation score: the campaign once without planted bugs (the baseline must pass) and
+    /// once per planted bug (node/src/bugs.rs); per bug, the seeds to the first failure and the
+    /// share of seeds that fail. Exit 0 when the baseline passes and every bug is found.
+    fn mutation(args: &Args, base: &Scenario) -> anyhow::Result<i32> {
+        let seeds = SeedRange::parse(args.seeds.as_deref().unwrap_or(MUTATION_SEEDS))?;
+        let workers = args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u64)
+                .unwrap_or(1)
+        });
+        let started = std::time::Instant::now();
+        let mut rows = Vec::new();
+        let mut all_found = true;
+        let bugs = std::iter::once("").chain(node::bugs::PlantedBugs::NAMES);
+        for bug in bugs {
+            let scenario = Scenario {
+                planted_bugs: bug.to_string(),
+                ..base.clone()
+            };
+            let label = if bug.is_empty() {
+                "(none: baseline)"
+            } else {
+                bug
+            };
+            eprintln!("mutation: {label}, seeds {}..={}", seeds.first, seeds.last);
+            let out = args
+                .out
+                .join("mutation")
+                .join(if bug.is_empty() { "none" } else { bug });
+            let summary = run_campaign(&scenario, seeds, workers, &out)?;
+            let mut failures = summary.failures();
+            failures.sort_by_key(|r| r.seed);
+            let first = failures.first().map(|r| r.seed);
+            let verdict: String = failures
+                .first()
+                .map(|r| r.verdict.summary())
+                .unwrap_or_default()
+                .chars()
+                .take(MUTATION_VERDICT_CHARS)
+                .collect();
+            let found = first.is_some();
+            if bug.is_empty() == found {
+                all_found = false;
+            }
+            rows.push(format!(
+                "| {label} | {} | {}/{} ({:.0} %) | {} |",
+                first.map_or("not found".to_string(), |s| (s - seeds.first + 1)
+                    .to_string()),
+                failures.len(),
+                summary.results.len(),
+                100.0 * failures.len() as f64 / summary.results.len().max(1) as f64,
+                verdict.replace('|', "/"),
+            ));
+        }
+        println!(
+            "mutation score: scenario {}, seeds {}..={}, duration {} s, {:.0} s wall",
+            base.name,
+            seeds.first,
+            seeds.last,
+            base.duration_s,
+            started.elapsed().as_secs_f64()
+        );
+        println!("| planted bug | seeds to first failure | seeds failing | first failure |");
+        println!("|---|---:|---:|---|");
+        for row in rows {
+            println!("{row}");
+        }
+        println!(
+            "verdict: {}",
+            if all_found {
+                "PASS (baseline clean, every planted bug found)"
+            } else {
+                "FAIL (a planted bug not found, or the baseline failed)"
+            }
+        );
+        Ok(if all_found { 0 } else { 1 })
+    }
+
     fn worker(args: &Args, base: Scenario) -> anyhow::Result<i32> {
         let seeds = SeedRange::parse(args.seeds.as_deref().unwrap_or("0"))?;
         for seed in seeds.for_worker(args.worker_index, args.worker_count.max(1)) {
-            let scenario = Scenario {
-                seed,
-                faults: None,
-                ..base.clone()
-            };
+            let scenario = base.for_seed(seed);
             let report = cluster::run(&scenario, RunOptions::default());
             let artifacts = if report.verdict.passed() {
                 None

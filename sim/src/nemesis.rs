@@ -73,6 +73,25 @@ pub enum FaultKind {
     /// Kill a node and never restart it: the cluster must mark it dead and re-create its
     /// replicas elsewhere (the scenario sets a short `dead_node_timeout_ms`).
     KillForever,
+    /// A node's clock runs fast or slow (within a bound) for the period.
+    ClockDrift,
+    /// A node's clock leaps forward (many ticks at once: timeouts fire together).
+    ClockJump,
+    /// A node's clock stands still for the period (its timers do not fire; it still handles
+    /// messages).
+    ClockStall,
+    /// Targeted: a node is paused the instant it becomes leader of a group, for a while.
+    PauseNewLeader,
+    /// Gray failure: one node's disk is slow (fsyncs and reads take simulated time) but works.
+    SlowDisk,
+    /// Some directed links drop a share of their messages (intermittent, per direction).
+    FlakyLinks,
+    /// One direction of one link drops everything; the other direction works.
+    AsymmetricLink,
+    /// The leader is cut off from the other servers (clients still reach it) and its clock
+    /// stalls, so it does not notice (CheckQuorum never fires): a stale leader that believes
+    /// it leads while the others elect a successor. Only quorum-checked reads stay correct.
+    StaleLeader,
 }
 
 impl FaultKind {
@@ -120,9 +139,36 @@ impl FaultKind {
     pub const PROCESSES: [FaultKind; 3] =
         [FaultKind::Crash, FaultKind::CrashLeader, FaultKind::Pause];
 
+    /// Faults of a node's clock and its scheduling. Not in `ALL` (the presets' plans stay
+    /// what they were); the swarm draws them.
+    pub const TIME: [FaultKind; 4] = [
+        FaultKind::ClockDrift,
+        FaultKind::ClockJump,
+        FaultKind::ClockStall,
+        FaultKind::PauseNewLeader,
+    ];
+
+    /// Gray failures of disks and links. Not in `ALL`; the swarm draws them.
+    pub const GRAY: [FaultKind; 4] = [
+        FaultKind::SlowDisk,
+        FaultKind::FlakyLinks,
+        FaultKind::AsymmetricLink,
+        FaultKind::StaleLeader,
+    ];
+
+    /// Every kind the swarm may enable (membership kinds only with spare servers).
+    pub fn swarm() -> Vec<FaultKind> {
+        let mut kinds = FaultKind::ALL.to_vec();
+        kinds.extend(FaultKind::TARGETED);
+        kinds.extend(FaultKind::TIME);
+        kinds.extend(FaultKind::GRAY);
+        kinds.extend(FaultKind::MEMBERSHIP);
+        kinds
+    }
+
     /// Faults that occupy the network topology; two of them at once would undo each other.
     fn is_partition(self) -> bool {
-        FaultKind::PARTITIONS.contains(&self)
+        FaultKind::PARTITIONS.contains(&self) || self == FaultKind::StaleLeader
     }
 }
 
@@ -220,6 +266,47 @@ pub enum Fault {
     KillForever {
         node: u32,
     },
+    /// Server `node`'s clock runs at `rate_percent` of simulated time.
+    ClockDrift {
+        node: u32,
+        rate_percent: u32,
+    },
+    /// Server `node`'s clock leaps forward by `ticks` ticks when the period starts.
+    ClockJump {
+        node: u32,
+        ticks: u64,
+    },
+    /// Server `node`'s clock stands still for the period.
+    ClockStall {
+        node: u32,
+    },
+    /// While active: a node that becomes leader of a group is paused for `pause_ms` with
+    /// probability `strike_percent`% (one pause at a time).
+    PauseNewLeader {
+        pause_ms: u64,
+        strike_percent: u32,
+    },
+    /// Server `node`'s fsyncs take up to `sync_ms_max` and its reads up to `read_ms_max`
+    /// simulated milliseconds (uniform).
+    SlowDisk {
+        node: u32,
+        sync_ms_max: u64,
+        read_ms_max: u64,
+    },
+    /// Messages on each directed link `(from, to)` are dropped with `percent`% probability.
+    FlakyLinks {
+        links: Vec<(u32, u32)>,
+        percent: u32,
+    },
+    /// Messages from `from` to `to` are all dropped (on open connections too); `to` to `from`
+    /// works.
+    AsymmetricLink {
+        from: u32,
+        to: u32,
+    },
+    /// The leader when the period starts is cut off from every other server (both
+    /// directions; clients still reach it) and its clock stands still until the period ends.
+    StaleLeader,
 }
 
 impl Fault {
@@ -246,7 +333,7 @@ impl Fault {
                     }
                 }
             }
-            Fault::IsolateLeader => {
+            Fault::IsolateLeader | Fault::StaleLeader => {
                 if let Some(leader) = leader {
                     cut_between(&[leader], &all);
                 }
@@ -300,6 +387,7 @@ impl Fault {
             self,
             Fault::Partition { .. }
                 | Fault::IsolateLeader
+                | Fault::StaleLeader
                 | Fault::LeaderMinority { .. }
                 | Fault::Bridge { .. }
                 | Fault::OneWay { .. }
@@ -415,6 +503,7 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
             Fault::Partition { groups }
         }
         FaultKind::IsolateLeader => Fault::IsolateLeader,
+        FaultKind::StaleLeader => Fault::StaleLeader,
         FaultKind::LeaderMinority => Fault::LeaderMinority {
             minority_size: minority,
             companions: shuffled_nodes(rng, nodes),
@@ -487,6 +576,50 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
         FaultKind::KillForever => Fault::KillForever {
             node: rng.random_range(0..nodes),
         },
+        FaultKind::ClockDrift => Fault::ClockDrift {
+            node: rng.random_range(0..nodes),
+            rate_percent: if rng.random_bool(0.5) {
+                rng.random_range(50..=95)
+            } else {
+                rng.random_range(105..=200)
+            },
+        },
+        FaultKind::ClockJump => Fault::ClockJump {
+            node: rng.random_range(0..nodes),
+            ticks: rng.random_range(5..=200),
+        },
+        FaultKind::ClockStall => Fault::ClockStall {
+            node: rng.random_range(0..nodes),
+        },
+        FaultKind::PauseNewLeader => Fault::PauseNewLeader {
+            pause_ms: rng.random_range(50..=1_500),
+            strike_percent: rng.random_range(30..=100),
+        },
+        FaultKind::SlowDisk => Fault::SlowDisk {
+            node: rng.random_range(0..nodes),
+            sync_ms_max: rng.random_range(5..=500),
+            read_ms_max: rng.random_range(1..=50),
+        },
+        FaultKind::FlakyLinks => {
+            let count = rng.random_range(1..=nodes.max(2));
+            let mut links = BTreeSet::new();
+            for _ in 0..count {
+                let from = rng.random_range(0..nodes);
+                let to = rng.random_range(0..nodes);
+                if from != to {
+                    links.insert((from, to));
+                }
+            }
+            Fault::FlakyLinks {
+                links: links.into_iter().collect(),
+                percent: rng.random_range(10..=90),
+            }
+        }
+        FaultKind::AsymmetricLink => {
+            let from = rng.random_range(0..nodes);
+            let to = (from + rng.random_range(1..nodes.max(2))) % nodes.max(1);
+            Fault::AsymmetricLink { from, to }
+        }
     }
 }
 

@@ -96,10 +96,32 @@ pub struct Scenario {
     /// a node's capacity is finite (benchmarks); 0: free.
     #[serde(default)]
     pub sim_busy_us_per_input: u64,
+    /// A swarm template (`swarm` preset): each seed draws its own configuration from it
+    /// (`Scenario::for_seed`); a drawn scenario has this off and records what was drawn.
+    #[serde(default)]
+    pub swarm: bool,
+    /// Code-path BUGGIFY (`node::buggify!`): an enabled site fires in this percent of its
+    /// evaluations; 0: off.
+    #[serde(default)]
+    pub buggify_percent: u32,
+    /// Raft timing in place of the node's defaults (and of the BUGGIFY election window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_timing: Option<RaftTiming>,
+}
+
+/// The node's Raft timing knobs, as a scenario may set them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftTiming {
+    pub tick_interval_ms: u64,
+    pub election_timeout_ticks_min: u32,
+    pub election_timeout_ticks_max: u32,
+    pub heartbeat_interval_ticks: u32,
 }
 
 impl Scenario {
-    pub const PRESETS: [&'static str; 10] = [
+    pub const PRESETS: [&'static str; 12] = [
+        "swarm",
+        "elections",
         "none",
         "partitions",
         "messages",
@@ -114,6 +136,9 @@ impl Scenario {
 
     /// A built-in scenario by name, with seed 0 (callers set the seed).
     pub fn preset(name: &str) -> anyhow::Result<Scenario> {
+        if name == "swarm" {
+            return Ok(crate::swarm::template());
+        }
         let (workload, kinds): (WorkloadSpec, Vec<FaultKind>) = match name {
             "none" => (WorkloadSpec::register(), Vec::new()),
             "partitions" => (WorkloadSpec::register(), FaultKind::PARTITIONS.to_vec()),
@@ -208,7 +233,23 @@ impl Scenario {
             },
             convergence_bound_s: DEFAULT_CONVERGENCE_BOUND_S,
             sim_busy_us_per_input: 0,
+            swarm: false,
+            buggify_percent: 0,
+            raft_timing: None,
         })
+    }
+
+    /// The scenario of one seed of a campaign: a swarm template draws the seed's whole
+    /// configuration; any other scenario just takes the seed (faults planned from it).
+    pub fn for_seed(&self, seed: u64) -> Scenario {
+        if self.swarm {
+            return crate::swarm::draw(self, seed);
+        }
+        Scenario {
+            seed,
+            faults: None,
+            ..self.clone()
+        }
     }
 
     /// Every server of the run: the bootstrap cluster and the spares.
@@ -251,6 +292,18 @@ impl Scenario {
         }
         if self.duration_s == 0 {
             bail!("duration_s must be at least 1");
+        }
+        if self.buggify_percent > 100 {
+            bail!("buggify_percent = {} exceeds 100", self.buggify_percent);
+        }
+        if let Some(t) = &self.raft_timing {
+            if t.tick_interval_ms == 0
+                || t.heartbeat_interval_ticks == 0
+                || t.heartbeat_interval_ticks >= t.election_timeout_ticks_min
+                || t.election_timeout_ticks_min > t.election_timeout_ticks_max
+            {
+                bail!("raft_timing {t:?}: need tick > 0 and 0 < heartbeat < election min <= max");
+            }
         }
         for fault in self.faults.iter().flatten() {
             if fault.start_ms >= fault.end_ms || fault.end_ms > self.duration_s * 1000 {
@@ -308,6 +361,17 @@ impl Scenario {
 
     /// The one-line command that replays this run (preset form, when it is one).
     pub fn replay_command(&self) -> String {
+        if self.name == crate::swarm::SWARM && !self.swarm {
+            // A drawn swarm seed: the seed and the template's own knobs redraw it exactly.
+            let mut cmd = format!(
+                "cargo run -p sim --release -- --seed {} --scenario swarm --ops {} --duration-s {}",
+                self.seed, self.ops_per_client, self.duration_s
+            );
+            if !self.planted_bugs.is_empty() {
+                cmd.push_str(&format!(" --bugs {}", self.planted_bugs));
+            }
+            return cmd;
+        }
         let mut cmd = format!(
             "cargo run -p sim --release -- --seed {} --scenario {} --nodes {} --spare-nodes {} --shards {} --clients {} --ops {} --duration-s {}",
             self.seed,
@@ -361,6 +425,8 @@ mod tests {
             "dead_node_timeout_ms",
             "convergence_bound_s",
             "sim_busy_us_per_input",
+            "swarm",
+            "buggify_percent",
         ] {
             assert!(value.remove(field).is_some(), "{field}");
         }

@@ -20,7 +20,7 @@ fn same_seed_same_history_and_trace() {
         let line = a.lines().zip(b.lines()).position(|(x, y)| x != y);
         panic!("histories differ (first differing line {line:?})");
     }
-    assert_eq!(first.trace, second.trace, "event traces differ");
+    same_lines("event traces", &first.trace, &second.trace);
     assert_eq!(first.verdict, second.verdict);
     println!(
         "verdict: deterministic ({} ops, {} trace lines)",
@@ -43,14 +43,93 @@ fn membership_faults_replay_exactly() {
         );
     }
     let second = common::run_and_report(&scenario);
-    assert_eq!(first.history.to_jsonl(), second.history.to_jsonl());
-    assert_eq!(first.trace, second.trace, "event traces differ");
+    same_lines(
+        "histories",
+        &first.history.to_jsonl(),
+        &second.history.to_jsonl(),
+    );
+    same_lines("event traces", &first.trace, &second.trace);
     assert_eq!(first.verdict, second.verdict);
     println!(
         "verdict: deterministic with membership faults ({} ops, {} trace lines)",
         first.history.len(),
         first.trace.lines().count()
     );
+}
+
+/// A swarm seed draws its configuration from the seed: the same seed draws the same
+/// configuration and replays bit for bit, with the time, disk and link faults and code-path
+/// BUGGIFY of its draw (the first seed whose draw has at least two of those kinds and BUGGIFY
+/// on), and its concretized file (what a failure writes) replays the same run.
+#[test]
+fn swarm_seed_replays_exactly() {
+    let mut template = sim::Scenario::preset("swarm").expect("swarm");
+    template.duration_s = 12;
+    let gray_kinds = |s: &sim::Scenario| {
+        sim::FaultKind::TIME
+            .iter()
+            .chain(sim::FaultKind::GRAY.iter())
+            .filter(|k| s.nemesis.kinds.contains(k))
+            .count()
+    };
+    let scenario = (1..=SWARM_SEEDS_SEARCHED)
+        .map(|seed| template.for_seed(seed))
+        .find(|s| gray_kinds(s) >= 2 && s.buggify_percent > 0 && s.spare_nodes == 0)
+        .expect("some seed draws time/gray faults and BUGGIFY");
+    assert_eq!(
+        scenario,
+        template.for_seed(scenario.seed),
+        "the draw is not a function of the seed"
+    );
+    let first = common::run_and_report(&scenario);
+    let second = common::run_and_report(&scenario);
+    assert!(
+        first.history.len() > 20,
+        "too few operations: {}",
+        first.history.len()
+    );
+    same_lines(
+        "histories",
+        &first.history.to_jsonl(),
+        &second.history.to_jsonl(),
+    );
+    same_lines("event traces", &first.trace, &second.trace);
+    assert_eq!(first.verdict, second.verdict);
+    let replayed = common::run_and_report(&scenario.concretize());
+    same_lines(
+        "replayed histories",
+        &first.history.to_jsonl(),
+        &replayed.history.to_jsonl(),
+    );
+    same_lines("replayed traces", &first.trace, &replayed.trace);
+    println!(
+        "verdict: swarm seed {} deterministic ({} ops, {} trace lines, kinds {:?})",
+        scenario.seed,
+        first.history.len(),
+        first.trace.lines().count(),
+        scenario.nemesis.kinds
+    );
+}
+
+const SWARM_SEEDS_SEARCHED: u64 = 200;
+
+/// Panics naming the first line where `a` and `b` differ.
+fn same_lines(what: &str, a: &str, b: &str) {
+    if a != b {
+        let at = a.lines().zip(b.lines()).position(|(x, y)| x != y);
+        let line = |t: &str| {
+            at.and_then(|i| t.lines().nth(i))
+                .unwrap_or("(end)")
+                .to_string()
+        };
+        panic!(
+            "{what} differ at line {at:?}:\n  {}\n  {}\n({} vs {} lines)",
+            line(a),
+            line(b),
+            a.lines().count(),
+            b.lines().count()
+        );
+    }
 }
 
 /// A `membership` seed (5 nodes, 16 s, CI settings) whose plan joins, leaves and kills.

@@ -107,3 +107,26 @@ fn finds_snapshot_chunk_skips_key() {
         common::ci_scenario("crashes", s, 3, 10)
     });
 }
+
+/// The bugs planted for the swarm (issue 12) are hunted by the swarm itself, the default
+/// campaign, not by a preset tailored to each: 10 simulated seconds per seed here (the mutation
+/// score, `make mutation`, runs 20).
+fn hunt_in_swarm(bug: &str) {
+    hunt(bug, MAX_SEEDS, |s| common::swarm_scenario(s, 10));
+}
+
+// `read-skips-quorum` and `read-before-term-commit` are not hunted here: the swarm did not
+// find them in 100 seeds (docs/SIMULATION.md, "Mutation score"); they stay planted as the
+// testbed's known blind spots until a fault finds them.
+
+/// Votes granted without the log comparison: a leader without committed entries.
+#[test]
+fn swarm_finds_vote_ignores_log() {
+    hunt_in_swarm("vote-ignores-log");
+}
+
+/// A candidate canvasses and counts learners: leaders without a majority of voters.
+#[test]
+fn swarm_finds_votes_from_non_voters() {
+    hunt_in_swarm("votes-from-non-voters");
+}

@@ -85,3 +85,12 @@ fn membership_7_nodes() {
         common::ci_scenario("membership", s, 7, 20)
     });
 }
+
+/// Seeds of the swarm (the default campaign): each draws its own cluster, workload, faults
+/// (time, disk-latency and link faults included) and BUGGIFY; 10 simulated seconds each.
+const SWARM_SEEDS: u64 = 40;
+
+#[test]
+fn swarm() {
+    common::run_seeds(1..=SWARM_SEEDS, |s| common::swarm_scenario(s, 10));
+}

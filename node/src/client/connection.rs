@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
+
+use crate::deadline::timeout;
 use tracing::debug;
 
 use super::protocol::{ClientFrame, ClientRequest, ClientResponse, RefusedReason, ServerFrame};
@@ -210,6 +212,7 @@ async fn race(
             deadline
         };
         let finished = tokio::select! {
+            biased;
             done = std::future::poll_fn(|cx| {
                 for (i, attempt) in pending.iter_mut().enumerate() {
                     if let Poll::Ready(result) = attempt.as_mut().poll(cx) {

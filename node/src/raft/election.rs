@@ -263,8 +263,12 @@ impl Raft {
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre && msg_term > self.term);
-        let granted =
-            can_vote && self.past_vote_floor() && self.log.is_up_to_date(last_index, last_term);
+        #[cfg(any(test, madsim))]
+        let log_ok =
+            self.config.bugs.vote_ignores_log || self.log.is_up_to_date(last_index, last_term);
+        #[cfg(not(any(test, madsim)))]
+        let log_ok = self.log.is_up_to_date(last_index, last_term);
+        let granted = can_vote && self.past_vote_floor() && log_ok;
         tracing::debug!(id = self.id(), from, msg_term, pre, granted, "vote request");
         if pre {
             let term = if granted { msg_term } else { self.term };
@@ -285,7 +289,12 @@ impl Raft {
         } else {
             self.role == Role::Candidate
         };
-        if !counts || !self.membership.voters.contains(&from) {
+        #[cfg(any(test, madsim))]
+        let from_voter =
+            self.config.bugs.votes_from_non_voters || self.membership.voters.contains(&from);
+        #[cfg(not(any(test, madsim)))]
+        let from_voter = self.membership.voters.contains(&from);
+        if !counts || !from_voter {
             return;
         }
         self.votes.insert(from, granted);
@@ -295,7 +304,14 @@ impl Raft {
     /// Counts the (pre)votes of current voters: wins, loses, or keeps waiting.
     fn tally_election(&mut self, pre: bool) {
         let voters = &self.membership.voters;
-        let counted = self.votes.iter().filter(|(id, _)| voters.contains(id));
+        #[cfg(any(test, madsim))]
+        let any_voter = self.config.bugs.votes_from_non_voters;
+        #[cfg(not(any(test, madsim)))]
+        let any_voter = false;
+        let counted = self
+            .votes
+            .iter()
+            .filter(|(id, _)| any_voter || voters.contains(id));
         let (yes, no) = counted.fold(
             (0, 0),
             |(y, n), (_, g)| if *g { (y + 1, n) } else { (y, n + 1) },
@@ -306,7 +322,7 @@ impl Raft {
             } else {
                 self.become_leader();
             }
-        } else if voters.len() - no < self.quorum() {
+        } else if voters.len().saturating_sub(no) < self.quorum() {
             self.become_follower(self.term, None);
         }
     }
@@ -466,6 +482,15 @@ impl Raft {
     }
 
     fn other_voters(&self) -> Vec<NodeId> {
+        #[cfg(any(test, madsim))]
+        if self.config.bugs.votes_from_non_voters {
+            // The planted bug canvasses learners as well (and counts their votes).
+            return (self.membership.voters.iter())
+                .chain(self.membership.learners.iter())
+                .copied()
+                .filter(|v| *v != self.config.id)
+                .collect();
+        }
         self.membership
             .voters
             .iter()

@@ -73,7 +73,12 @@ impl Raft {
     /// Leader: puts every waiting read into one new round, once an entry of this term is
     /// committed.
     pub(super) fn start_read_round(&mut self) {
-        if self.reads.waiting.is_empty() || !self.committed_current_term() {
+        #[cfg(any(test, madsim))]
+        let term_committed =
+            self.committed_current_term() || self.config.bugs.read_before_term_commit;
+        #[cfg(not(any(test, madsim)))]
+        let term_committed = self.committed_current_term();
+        if self.reads.waiting.is_empty() || !term_committed {
             return;
         }
         self.reads.seq += 1;
@@ -109,7 +114,12 @@ impl Raft {
             return;
         }
         acks.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed_seq = acks[self.quorum() - 1];
+        #[allow(unused_mut)]
+        let mut confirmed_seq = acks[self.quorum() - 1];
+        #[cfg(any(test, madsim))]
+        if self.config.bugs.read_skips_quorum {
+            confirmed_seq = u64::MAX;
+        }
         while self
             .reads
             .rounds

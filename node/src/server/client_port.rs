@@ -23,7 +23,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, Instant};
+
+use crate::deadline::timeout;
 use tracing::Instrument;
 use tracing::{debug, warn};
 
@@ -57,6 +59,9 @@ pub struct ClientPortConfig {
     /// A TLS handshake (or a plaintext client's first request on a TLS port) must be done
     /// within this.
     pub handshake_timeout_ms: u64,
+    /// Simulation/test only: BUGGIFY may refuse a connection.
+    #[cfg(any(test, madsim))]
+    pub sim: crate::sim_hooks::SimHooks,
 }
 
 /// The connections held, and which of them are idle (oldest idle first). A connection holds
@@ -148,6 +153,11 @@ pub async fn accept_clients(
                 continue;
             }
         };
+        // BUGGIFY: a connection closed as soon as it is accepted (the client must retry).
+        if crate::buggify!(config.sim, "refuse-connection") {
+            debug!(%addr, "buggify: client connection refused");
+            continue;
+        }
         let admitted = lock(&slots).admit();
         let Some((id, evicted, evicted_one)) = admitted else {
             warn!(%addr, max_connections = config.max_connections, "too many client connections, all busy: refused");

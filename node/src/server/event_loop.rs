@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn, Instrument};
 
 use super::client_port::ClientCall;
@@ -118,6 +117,8 @@ impl EventLoop {
     ) -> EventLoop {
         let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
         let me = config.node_id;
+        #[cfg(any(test, madsim))]
+        let sim = config.sim.clone();
         let mut event_loop = EventLoop {
             config,
             kv_config,
@@ -130,6 +131,8 @@ impl EventLoop {
             addrs: ClientAddrs {
                 me,
                 by_node: BTreeMap::new(),
+                #[cfg(any(test, madsim))]
+                sim,
             },
             pid: std::process::id(),
             ticks: 0,
@@ -155,8 +158,8 @@ impl EventLoop {
         mut client_calls: mpsc::Receiver<ClientCall>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServerError> {
-        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_interval_ms));
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticker =
+            crate::deadline::Ticker::new(Duration::from_millis(self.config.tick_interval_ms));
         let mut internal = self
             .internal_rx
             .take()
@@ -184,9 +187,11 @@ impl EventLoop {
                     self.hand_off_leaderships();
                 }
                 _ = ticker.tick() => {
-                    self.on_tick();
-                    if handoff_until_tick.is_some() {
-                        self.hand_off_leaderships();
+                    for _ in 0..self.ticks_due() {
+                        self.on_tick();
+                        if handoff_until_tick.is_some() {
+                            self.hand_off_leaderships();
+                        }
                     }
                 }
                 Some(message) = peer_inbox.recv() => self.on_peer(message)?,
@@ -194,19 +199,38 @@ impl EventLoop {
                 Some(notice) = internal.recv() => self.on_internal(notice),
                 else => break,
             }
-            for _ in 0..MAX_DRAIN_PER_TURN {
+            // BUGGIFY: a turn of one input (no batching), or a turn whose peer messages are
+            // handled in the reverse of their arrival order.
+            let drain_max = if crate::buggify!(self.config.sim, "split-turn") {
+                0
+            } else {
+                MAX_DRAIN_PER_TURN
+            };
+            if crate::buggify!(self.config.sim, "reorder-turn-inputs") {
+                let mut messages = Vec::new();
+                while messages.len() < drain_max {
+                    match peer_inbox.try_recv() {
+                        Ok(message) => messages.push(message),
+                        Err(_) => break,
+                    }
+                }
+                for message in messages.into_iter().rev() {
+                    self.on_peer(message)?;
+                }
+            }
+            for _ in 0..drain_max {
                 match peer_inbox.try_recv() {
                     Ok(message) => self.on_peer(message)?,
                     Err(_) => break,
                 }
             }
-            for _ in 0..MAX_DRAIN_PER_TURN {
+            for _ in 0..drain_max {
                 match client_calls.try_recv() {
                     Ok(call) => self.on_client(call),
                     Err(_) => break,
                 }
             }
-            self.handle_readys()?;
+            self.handle_readys().await?;
             if let Some(until) = handoff_until_tick {
                 let left = self.leaderships_to_hand_off();
                 if left.is_empty() || self.ticks >= until {
@@ -219,11 +243,15 @@ impl EventLoop {
                 }
             }
             #[cfg(any(test, madsim))]
-            simulate_busy(
-                self.config.sim_busy_us_per_input,
-                self.inputs - inputs_before,
-            )
-            .await;
+            {
+                simulate_busy(
+                    self.config.sim_busy_us_per_input,
+                    self.inputs - inputs_before,
+                )
+                .await;
+                // Slow reads of this turn (a slow disk): the node was blocked meanwhile.
+                pay_disk_stall(&self.config).await;
+            }
         }
         if let Some(reason) = &self.stop_reason {
             info!(node_id = self.config.node_id, reason = %reason, "node stopping by itself");
@@ -467,7 +495,18 @@ impl EventLoop {
     /// Handles every group's Readys: stage them all (records buffered in the WAL), sync the
     /// WAL once for all groups (one write, one fsync), then finish them (send, apply, answer);
     /// repeated while any group has more.
-    pub(super) fn handle_readys(&mut self) -> Result<(), ServerError> {
+    /// Protocol ticks for one timer tick: one, unless the simulator bends this node's clock.
+    #[cfg(any(test, madsim))]
+    fn ticks_due(&self) -> u64 {
+        self.config.sim.clock.ticks_due()
+    }
+
+    #[cfg(not(any(test, madsim)))]
+    fn ticks_due(&self) -> u64 {
+        1
+    }
+
+    pub(super) async fn handle_readys(&mut self) -> Result<(), ServerError> {
         let EventLoop {
             config,
             kv_config,
@@ -502,6 +541,16 @@ impl EventLoop {
             transport.send(std::mem::take(&mut outgoing));
             wal.sync()
                 .map_err(|e| ServerError::Storage(format!("syncing the write-ahead log: {e}")))?;
+            // A slow disk's sync, or (BUGGIFY) a slow apply: the acknowledgements and applies
+            // that wait for this sync wait for it too.
+            #[cfg(any(test, madsim))]
+            {
+                pay_disk_stall(config).await;
+                if crate::buggify!(config.sim, "delay-apply") {
+                    let ms = config.sim.buggify.draw(1..=50);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            }
             for (id, ready) in staged {
                 let (Some(group), Some(outcome)) = (groups.get_mut(&id), outcomes.get_mut(&id))
                 else {
@@ -1184,6 +1233,15 @@ impl EventLoop {
 async fn simulate_busy(per_input_us: u64, handled: u64) {
     if per_input_us > 0 && handled > 0 {
         tokio::time::sleep(Duration::from_micros(per_input_us * handled)).await;
+    }
+}
+
+/// Simulation/test only: sleeps off the simulated time this node's slow disk owes.
+#[cfg(any(test, madsim))]
+async fn pay_disk_stall(config: &ServerConfig) {
+    let owed = config.sim.disk_stall.take();
+    if !owed.is_zero() {
+        tokio::time::sleep(owed).await;
     }
 }
 

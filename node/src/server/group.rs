@@ -38,6 +38,9 @@ use crate::transport::PeerMessage;
 pub(super) struct ClientAddrs {
     pub(super) me: NodeId,
     pub(super) by_node: BTreeMap<NodeId, std::net::SocketAddr>,
+    /// Simulation/test only: BUGGIFY may drop the leader hint of a redirect.
+    #[cfg(any(test, madsim))]
+    pub(super) sim: crate::sim_hooks::SimHooks,
 }
 
 /// What a group's state machine is. (One per hosted group, replaced only when a snapshot is
@@ -334,7 +337,11 @@ impl Group {
 
     /// The answer for requests this node cannot serve: who leads this group, if known.
     pub(super) fn redirect(&self, addrs: &ClientAddrs) -> ClientResponse {
-        let leader_id = self.raft.leader().filter(|&id| id != addrs.me);
+        // BUGGIFY: a redirect that names no leader (the client must search for it).
+        let leader_id = self
+            .raft
+            .leader()
+            .filter(|&id| id != addrs.me && !crate::buggify!(addrs.sim, "drop-leader-hint"));
         ClientResponse::Redirect {
             leader_id,
             leader_addr: leader_id.and_then(|id| addrs.by_node.get(&id).copied()),

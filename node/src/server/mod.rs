@@ -421,6 +421,8 @@ impl Server {
             budget: FrameBudget::new(config.limits.max_client_inflight_frame_bytes),
             acceptor: security.client.clone(),
             handshake_timeout_ms: config.transport.handshake_timeout_ms,
+            #[cfg(any(test, madsim))]
+            sim: config.sim.clone(),
         };
         let mut accept_tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(accept_peers(peer_listener, inbound, peer_tx).in_current_span()),
@@ -749,6 +751,7 @@ mod tests {
             server
                 .event_loop
                 .handle_readys()
+                .await
                 .expect("the node keeps running");
         }
         drop(server);

@@ -6,7 +6,7 @@
 //! it holds no node state) and changes its `FaultPlan` at run time. Each node draws its decisions
 //! from its own seeded RNG, so a run stays a function of the seed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use crate::raft::NodeId;
@@ -23,6 +23,9 @@ pub struct FaultPlan {
     pub reorder_probability: f64,
     /// Directed links (from, to) whose messages are all dropped (a partition filter).
     pub blocked_links: BTreeSet<(NodeId, NodeId)>,
+    /// Directed links (from, to) that drop this percent of their messages (a flaky link; 100:
+    /// one direction of the link is dead, the other works).
+    pub link_drop_percent: BTreeMap<(NodeId, NodeId), u32>,
 }
 
 impl FaultPlan {
@@ -34,7 +37,8 @@ impl FaultPlan {
 /// A shared, run-time settable `FaultPlan`.
 #[derive(Clone, Debug, Default)]
 pub struct TransportFaults {
-    plan: Arc<Mutex<FaultPlan>>,
+    /// Shared as an `Arc` so that routing a message reads the plan without copying it.
+    plan: Arc<Mutex<Arc<FaultPlan>>>,
 }
 
 impl TransportFaults {
@@ -43,27 +47,35 @@ impl TransportFaults {
     }
 
     pub fn set(&self, plan: FaultPlan) {
-        *self.lock() = plan;
+        *self.lock() = Arc::new(plan);
     }
 
     pub fn plan(&self) -> FaultPlan {
+        FaultPlan::clone(&self.lock())
+    }
+
+    /// The plan in force, shared (no copy).
+    pub fn current(&self) -> Arc<FaultPlan> {
         self.lock().clone()
     }
 
     /// Blocks both directions between `a` and `b`.
     pub fn cut(&self, a: NodeId, b: NodeId) {
         let mut plan = self.lock();
+        let plan = Arc::make_mut(&mut plan);
         plan.blocked_links.insert((a, b));
         plan.blocked_links.insert((b, a));
     }
 
     /// Blocks one direction only.
     pub fn block(&self, from: NodeId, to: NodeId) {
-        self.lock().blocked_links.insert((from, to));
+        Arc::make_mut(&mut self.lock())
+            .blocked_links
+            .insert((from, to));
     }
 
     pub fn heal_links(&self) {
-        self.lock().blocked_links.clear();
+        Arc::make_mut(&mut self.lock()).blocked_links.clear();
     }
 
     /// Back to a perfect network.
@@ -71,7 +83,7 @@ impl TransportFaults {
         self.set(FaultPlan::default());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, FaultPlan> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<FaultPlan>> {
         // A panic while holding this lock cannot leave the plan inconsistent (plain data).
         self.plan
             .lock()

@@ -39,7 +39,9 @@ use tokio::io::{AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, Instant};
+
+use crate::deadline::{timeout, Ticker};
 use tracing::Instrument;
 use tracing::{debug, info, warn};
 
@@ -386,9 +388,14 @@ struct FaultInjector {
 impl FaultInjector {
     fn route(&mut self, transport: &mut PeerTransport, message: PeerMessage) {
         use rand::Rng;
-        let plan = self.faults.plan();
-        if plan.is_blocked(message.from(), message.to())
+        let plan = self.faults.current();
+        let link = (message.from(), message.to());
+        if plan.is_blocked(link.0, link.1)
             || self.rng.random_bool(clamp(plan.drop_probability))
+            || plan
+                .link_drop_percent
+                .get(&link)
+                .is_some_and(|&percent| self.rng.random_range(0..100) < percent)
         {
             transport.dropped_messages += 1;
             return;
@@ -581,10 +588,10 @@ impl OutboundLink {
         write_timeout: Duration,
     ) -> Result<(), PeerError> {
         let silence = Duration::from_millis(self.config.silence_timeout_ms);
-        let mut ping =
-            tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
+        let mut ping = Ticker::new(Duration::from_millis(self.config.heartbeat_interval_ms));
         loop {
             tokio::select! {
+                biased;
                 first = queue.recv() => {
                     let Some(first) = first else { return Ok(()) };
                     let mut batch = vec![first];

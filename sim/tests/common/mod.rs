@@ -63,6 +63,13 @@ pub fn ci_scenario(preset: &str, seed: u64, nodes: u32, duration_s: u64) -> Scen
     scenario
 }
 
+/// The swarm's draw for `seed`, `duration_s` simulated seconds long.
+pub fn swarm_scenario(seed: u64, duration_s: u64) -> Scenario {
+    let mut template = Scenario::preset("swarm").expect("swarm");
+    template.duration_s = duration_s;
+    template.for_seed(seed)
+}
+
 /// Runs `seeds` of a scenario built by `make`; panics listing every failing seed.
 pub fn run_seeds(seeds: impl Iterator<Item = u64>, make: impl Fn(u64) -> Scenario) {
     let mut failures = Vec::new();
