@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod bounded_decode;
 #[cfg(any(test, madsim))]
 pub mod bugs;
 pub mod client;
