@@ -25,6 +25,7 @@
 
 pub mod addr;
 pub mod backup;
+pub mod bounded_decode;
 #[cfg(any(test, madsim))]
 pub mod bugs;
 pub mod client;

@@ -176,7 +176,8 @@ pub fn encode_frame<T: Serialize>(
 
 /// Decodes one frame payload (header already stripped).
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(payload, wire_config())
+    // Bounded by the payload's size, not only by DECODE_LIMIT_BYTES (crate::bounded_decode).
+    let (value, used) = crate::bounded_decode::decode_bounded::<T>(payload)
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(FrameError::TrailingBytes {
