@@ -232,7 +232,9 @@ async fn handshake_and_serve(
         .accept(tcp, config.handshake_timeout_ms)
         .await
     {
-        Ok(Accepted::Ready { stream, .. }) => serve_client(stream, addr, config, calls, slots, slot).await,
+        Ok(Accepted::Ready { stream, .. }) => {
+            serve_client(stream, addr, config, calls, slots, slot).await
+        }
         Ok(Accepted::Plaintext(stream)) => {
             warn!(%addr, "plaintext client on the TLS client port: refused");
             refuse_plaintext(stream, config).await
