@@ -39,8 +39,8 @@ pub struct ClientPortConfig {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
-    /// Simulation/test only: BUGGIFY may refuse a connection.
-    #[cfg(any(test, madsim))]
+    /// Simulation only: BUGGIFY may refuse a connection.
+    #[cfg(madsim)]
     pub sim: crate::sim_hooks::SimHooks,
 }
 

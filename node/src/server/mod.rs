@@ -359,7 +359,7 @@ impl Server {
             max_frame_bytes: config.limits.max_client_frame_bytes,
             max_connections: config.limits.max_client_connections,
             idle_timeout: Duration::from_millis(config.transport.client_idle_timeout_ms),
-            #[cfg(any(test, madsim))]
+            #[cfg(madsim)]
             sim: config.sim.clone(),
         };
         let mut accept_tasks: Vec<JoinHandle<()>> = vec![
