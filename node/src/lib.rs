@@ -23,6 +23,20 @@
 //! (`transport::stream`).
 #![forbid(unsafe_code)]
 
+/// `buggify!(hooks, "site")`: true when the simulator wants this code path to misbehave now
+/// (FoundationDB's BUGGIFY). Always `false` outside `cfg(madsim)`: production and plain test
+/// builds never take a buggified branch, and the hooks expression is not even compiled there.
+#[macro_export]
+macro_rules! buggify {
+    ($hooks:expr, $site:literal) => {{
+        #[cfg(madsim)]
+        let fire = $hooks.buggify.fire($site);
+        #[cfg(not(madsim))]
+        let fire = false;
+        fire
+    }};
+}
+
 pub mod addr;
 pub mod backup;
 pub mod bounded_decode;

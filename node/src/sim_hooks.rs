@@ -28,20 +28,6 @@ pub struct SimHooks {
     pub buggify: Buggify,
 }
 
-/// `buggify!(hooks, "site")`: true when the simulator wants this code path to misbehave now
-/// (FoundationDB's BUGGIFY). Always `false` outside `cfg(madsim)`: production and plain test
-/// builds never take a buggified branch, and the hooks expression is not even compiled there.
-#[macro_export]
-macro_rules! buggify {
-    ($hooks:expr, $site:literal) => {{
-        #[cfg(madsim)]
-        let fire = $hooks.buggify.fire($site);
-        #[cfg(not(madsim))]
-        let fire = false;
-        fire
-    }};
-}
-
 /// Most ticks one clock jump may deliver at once.
 pub const CLOCK_JUMP_TICKS_MAX: u64 = 10_000;
 /// Bounds of a drifting clock's rate, in percent of real (simulated) time.
@@ -272,6 +258,7 @@ mod tests {
             ..SimHooks::default()
         };
         let fired = (0..64).filter(|_| crate::buggify!(hooks, "site")).count();
+        drop(hooks);
         if cfg!(madsim) {
             assert!(fired == 0 || fired == 64);
         } else {

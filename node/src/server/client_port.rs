@@ -59,8 +59,8 @@ pub struct ClientPortConfig {
     /// A TLS handshake (or a plaintext client's first request on a TLS port) must be done
     /// within this.
     pub handshake_timeout_ms: u64,
-    /// Simulation/test only: BUGGIFY may refuse a connection.
-    #[cfg(any(test, madsim))]
+    /// Simulation only: BUGGIFY may refuse a connection.
+    #[cfg(madsim)]
     pub sim: crate::sim_hooks::SimHooks,
 }
 

@@ -117,7 +117,7 @@ impl EventLoop {
     ) -> EventLoop {
         let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
         let me = config.node_id;
-        #[cfg(any(test, madsim))]
+        #[cfg(madsim)]
         let sim = config.sim.clone();
         let mut event_loop = EventLoop {
             config,
@@ -131,7 +131,7 @@ impl EventLoop {
             addrs: ClientAddrs {
                 me,
                 by_node: BTreeMap::new(),
-                #[cfg(any(test, madsim))]
+                #[cfg(madsim)]
                 sim,
             },
             pid: std::process::id(),

@@ -38,8 +38,8 @@ use crate::transport::PeerMessage;
 pub(super) struct ClientAddrs {
     pub(super) me: NodeId,
     pub(super) by_node: BTreeMap<NodeId, std::net::SocketAddr>,
-    /// Simulation/test only: BUGGIFY may drop the leader hint of a redirect.
-    #[cfg(any(test, madsim))]
+    /// Simulation only: BUGGIFY may drop the leader hint of a redirect.
+    #[cfg(madsim)]
     pub(super) sim: crate::sim_hooks::SimHooks,
 }
 

@@ -421,7 +421,7 @@ impl Server {
             budget: FrameBudget::new(config.limits.max_client_inflight_frame_bytes),
             acceptor: security.client.clone(),
             handshake_timeout_ms: config.transport.handshake_timeout_ms,
-            #[cfg(any(test, madsim))]
+            #[cfg(madsim)]
             sim: config.sim.clone(),
         };
         let mut accept_tasks: Vec<JoinHandle<()>> = vec![
