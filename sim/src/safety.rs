@@ -209,6 +209,9 @@ mod tests {
         m.observe(3, 3, digest(10, 0xab));
         let v = m.violations();
         assert_eq!(v.len(), 1, "{v:?}");
-        assert!(v[0].contains("replica divergence: group 3: n3 and n1"), "{v:?}");
+        assert!(
+            v[0].contains("replica divergence: group 3: n3 and n1"),
+            "{v:?}"
+        );
     }
 }
