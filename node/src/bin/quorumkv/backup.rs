@@ -164,7 +164,8 @@ async fn backup_once(args: &BackupArgs, out: &Path) -> Result<(), u8> {
     for _ in 0..args.parallel.min(shards as usize).max(1) {
         let queue = queue.clone();
         let endpoints = args.conn.resolved_endpoints().await.map_err(report)?;
-        let mut client = Client::new(endpoints, args.conn.options()).map_err(report)?;
+        let options = args.conn.options().map_err(report)?;
+        let mut client = Client::new(endpoints, options).map_err(report)?;
         let (out, chunk_bytes) = (out.to_path_buf(), args.chunk_bytes);
         tasks.spawn(async move {
             let mut done = Vec::new();
@@ -418,7 +419,11 @@ pub async fn run_restore(args: RestoreArgs) -> u8 {
             Ok(endpoints) => endpoints,
             Err(e) => return report(e),
         };
-        let mut client = match Client::new(endpoints, args.conn.options()) {
+        let options = match args.conn.options() {
+            Ok(options) => options,
+            Err(e) => return report(e),
+        };
+        let mut client = match Client::new(endpoints, options) {
             Ok(client) => client,
             Err(e) => return report(e),
         };
