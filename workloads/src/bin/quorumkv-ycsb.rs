@@ -32,6 +32,7 @@ mod cli {
     use workloads::ycsb::driver::{self, LoadOutcome, LoadSpec, RunResult, RunSpec};
     use workloads::ycsb::report;
     use workloads::ycsb::workload::Workload;
+    use workloads::ycsb::writers::{self, WriteSpec, WriteTotal};
 
     const EXIT_FAILED: u8 = 1;
     const EXIT_USAGE: u8 = 2;
@@ -75,6 +76,41 @@ mod cli {
             #[arg(long, default_value_t = 1)]
             seed: u64,
             /// Append the result as one JSON line to this file.
+            #[arg(long)]
+            out: Option<PathBuf>,
+        },
+        /// Closed-loop writers of fresh keys, reported every round (storage benchmarks):
+        /// stops after --duration-s, after --until-mib of values, or when --stop-file exists.
+        Write {
+            #[command(flatten)]
+            store: StoreArgs,
+            #[arg(long, default_value_t = 64)]
+            clients: usize,
+            /// Keys are PREFIX:NNNNNNNNNNNN (a new prefix: fresh keys).
+            #[arg(long, default_value = "w")]
+            key_prefix: String,
+            #[arg(long, default_value_t = 10.0)]
+            round_s: f64,
+            /// Rounds that start within this long are left out of the total.
+            #[arg(long, default_value_t = 0.0)]
+            warmup_s: f64,
+            #[arg(long)]
+            duration_s: Option<f64>,
+            /// Stop once this many MiB of values were acknowledged.
+            #[arg(long)]
+            until_mib: Option<u64>,
+            #[arg(long)]
+            stop_file: Option<PathBuf>,
+            /// Comma-separated process ids whose RSS each round reports.
+            #[arg(long, value_delimiter = ',')]
+            probe_pids: Vec<u32>,
+            /// Comma-separated directories whose size each round reports.
+            #[arg(long, value_delimiter = ',')]
+            probe_dirs: Vec<PathBuf>,
+            /// Label of this run in the JSON lines (e.g. growth, transfer).
+            #[arg(long, default_value = "write")]
+            label: String,
+            /// Append every round and the total as JSON lines to this file.
             #[arg(long)]
             out: Option<PathBuf>,
         },
@@ -142,12 +178,14 @@ mod cli {
         Wait(Duration),
         Load(LoadSpec),
         Run(RunSpec),
+        Write(WriteSpec, Option<PathBuf>, String),
     }
 
     enum Outcome {
         Ready,
         Loaded(LoadOutcome),
         Ran(Box<RunResult>),
+        Wrote(Box<WriteTotal>, Option<PathBuf>, String),
     }
 
     impl Action {
@@ -161,6 +199,20 @@ mod cli {
                 Action::Run(spec) => driver::run(connector, spec)
                     .await
                     .map(|r| Outcome::Ran(Box::new(r))),
+                Action::Write(spec, out, label) => {
+                    let on_round = |round: &writers::Round| {
+                        println!("{label} {}", round.summary_line());
+                        if let Some(path) = out {
+                            let line = serde_json::json!({"label": label, "kind": "round", "round": round});
+                            if let Err(e) = append_line(path, &line.to_string()) {
+                                eprintln!("error: appending to {}: {e}", path.display());
+                            }
+                        }
+                    };
+                    writers::write(connector, spec.clone(), on_round)
+                        .await
+                        .map(|t| Outcome::Wrote(Box::new(t), out.clone(), label.clone()))
+                }
             }
         }
     }
@@ -261,6 +313,40 @@ mod cli {
                 out_dir,
                 preamble,
             } => return report(&results, &out_dir, preamble.as_ref()),
+            Command::Write {
+                store,
+                clients,
+                key_prefix,
+                round_s,
+                warmup_s,
+                duration_s,
+                until_mib,
+                stop_file,
+                probe_pids,
+                probe_dirs,
+                label,
+                out,
+            } => {
+                if !(round_s > 0.0 && warmup_s >= 0.0 && duration_s.is_none_or(|d| d > 0.0))
+                    || store.value_bytes == 0
+                {
+                    eprintln!("error: --round-s, --duration-s and --value-bytes must be positive, --warmup-s not negative");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                let spec = WriteSpec {
+                    clients,
+                    value_bytes: store.value_bytes,
+                    key_prefix,
+                    round: Duration::from_secs_f64(round_s),
+                    warmup: Duration::from_secs_f64(warmup_s),
+                    duration: duration_s.map(Duration::from_secs_f64),
+                    until_bytes: until_mib.map(|m| m * 1024 * 1024),
+                    stop_file,
+                    probe_pids,
+                    probe_dirs,
+                };
+                (store, Action::Write(spec, out, label), None)
+            }
             Command::Wait { store, timeout_s } => {
                 (store, Action::Wait(Duration::from_secs(timeout_s)), None)
             }
@@ -333,6 +419,24 @@ mod cli {
                     eprintln!("first error: {e}");
                 }
                 if outcome.errors > 0 {
+                    ExitCode::from(EXIT_FAILED)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Ok(Outcome::Wrote(total, out, label)) => {
+                println!("{label} {}", total.summary_line());
+                if let Some(e) = &total.first_error {
+                    eprintln!("first error: {e}");
+                }
+                if let Some(path) = &out {
+                    let line = serde_json::json!({"label": label, "kind": "total", "total": total});
+                    if let Err(e) = append_line(path, &line.to_string()) {
+                        eprintln!("error: appending to {}: {e}", path.display());
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                }
+                if total.errors > 0 || total.ops == 0 {
                     ExitCode::from(EXIT_FAILED)
                 } else {
                     ExitCode::SUCCESS

@@ -12,3 +12,4 @@ pub mod keys;
 pub mod report;
 pub mod svg;
 pub mod workload;
+pub mod writers;
