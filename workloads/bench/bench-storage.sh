@@ -17,7 +17,8 @@
 # Knobs (environment): BENCH_STORAGE_MIB (default 200; 2048 is the full size),
 # BENCH_SCENARIOS ("compare growth restart transfer"; restart and transfer need growth),
 # BENCH_COMPARE_S (10), BENCH_ROUND_S (10), BENCH_BUILD=0 (use the release binaries as they
-# are), BENCH_OUT (target/bench), BENCH_BASE_PORT (20000: quorumkv uses BASE+1..BASE+304),
+# are), BENCH_QUORUMKV / BENCH_YCSB (other binaries, e.g. a copy of a build to compare;
+# implies BENCH_BUILD=0), BENCH_OUT (target/bench), BENCH_BASE_PORT (20000: quorumkv uses BASE+1..BASE+304),
 # BENCH_ETCD_PORT (20500: etcd uses +1..+3 and +101..+103), BENCH_SERVER_MAX_S (every server
 # runs under `timeout` and stops by itself after this long, even if this script is killed).
 # Results: $BENCH_OUT/storage.md and storage.jsonl. Everything started is stopped on exit.
@@ -37,8 +38,8 @@ SERVER_MAX_S=${BENCH_SERVER_MAX_S:-7200}
 READY_MAX_S=${BENCH_READY_MAX_S:-300}
 TRANSFER_MAX_S=${BENCH_TRANSFER_MAX_S:-1800}
 
-QUORUMKV=$ROOT/target/release/quorumkv
-YCSB=$ROOT/target/release/quorumkv-ycsb
+QUORUMKV=${BENCH_QUORUMKV:-$ROOT/target/release/quorumkv}
+YCSB=${BENCH_YCSB:-$ROOT/target/release/quorumkv-ycsb}
 JSONL=$OUT/storage.jsonl
 MD=$OUT/storage.md
 LOGS=$OUT/storage-logs
@@ -298,7 +299,7 @@ main() {
   case " $SCENARIOS " in
     *" compare "*) command -v etcd >/dev/null || { log "needs etcd (apt-get install -y etcd-server protobuf-compiler)"; exit 2; } ;;
   esac
-  if [ "${BENCH_BUILD:-1}" = 1 ]; then
+  if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_QUORUMKV:-}${BENCH_YCSB:-}" ]; then
     log "building release binaries"
     cargo build --release -p node --bin quorumkv
     cargo build --release -p workloads --features etcd --bin quorumkv-ycsb
