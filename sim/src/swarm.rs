@@ -1,6 +1,7 @@
 //! Swarm testing (Groce et al., ISSTA 2012; FoundationDB's and TigerBeetle's practice): each
 //! seed draws its own configuration — which fault kinds are on at all, their periods and how
-//! many at once, the cluster's size, shards, Raft timing, clients, workload mix and BUGGIFY —
+//! many at once, the cluster's size, shards, Raft timing, clients (how many, their timeouts and
+//! retry pauses, how many only read), workload mix and BUGGIFY —
 //! so that a campaign explores many sharp corners instead of one blurred average. A bug that
 //! only one fault kind (or the absence of another) exposes is found by the seeds that enable
 //! just that.
@@ -187,6 +188,11 @@ mod tests {
             .iter()
             .any(|s| matches!(s.workload, WorkloadSpec::Set { .. })));
         assert!(drawn.iter().any(|s| s.buggify_percent > 0));
+        let readers = |s: &Scenario| s.client_policy.map_or(0, |p| p.reader_clients);
+        assert!(drawn.iter().any(|s| readers(s) > 0));
+        assert!(drawn.iter().any(|s| readers(s) == 0 && s.clients > 1));
+        assert!(distinct(&|s| format!("{:?}", s.client_policy)) >= 30);
+        assert!(drawn.iter().all(|s| readers(s) < s.clients));
         // Every kind is on in some seed and off in another.
         for kind in FaultKind::swarm() {
             let on = drawn
