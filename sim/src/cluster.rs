@@ -320,19 +320,27 @@ async fn simulate(
     let liveness_bound_ns = scenario.liveness_bound_s * 1_000_000_000;
     let mut client_tasks = Vec::new();
     let mut client_nodes = Vec::new();
+    let recent_key = workloads::generator::RecentKey::default();
     for c in 0..scenario.clients {
         let node = handle
             .create_node()
             .name(format!("c{}", c + 1))
             .ip(client_ip(c))
             .build();
-        let options = ClientOptions {
+        let mut options = ClientOptions {
             request_timeout: Duration::from_millis(CLIENT_REQUEST_TIMEOUT_MS),
             operation_timeout: Duration::from_millis(CLIENT_OPERATION_TIMEOUT_MS),
             connect_timeout: Duration::from_millis(500),
             rng_seed: Some(scenario.seed.wrapping_mul(7919).wrapping_add(u64::from(c))),
             ..ClientOptions::default()
         };
+        let mut reader = false;
+        if let Some(policy) = &scenario.client_policy {
+            options.request_timeout = Duration::from_millis(policy.request_timeout_ms);
+            options.retry_backoff_min = Duration::from_millis(policy.retry_backoff_min_ms);
+            options.retry_backoff_max = Duration::from_millis(policy.retry_backoff_max_ms);
+            reader = c < policy.reader_clients;
+        }
         // Each client starts at a different node (as Jepsen binds clients to nodes), so that
         // followers see client traffic too.
         let mut endpoints = client_addrs.clone();
@@ -351,6 +359,12 @@ async fn simulate(
             recorder.clone(),
         )
         .with_think_time_ms(scenario.think_time_ms);
+        if reader {
+            client = client.with_generator(scenario.workload.reader(c));
+        }
+        if scenario.client_policy.is_some() {
+            client = client.sharing_recent_key(recent_key.clone());
+        }
         let ops = scenario.ops_per_client;
         let task = node.spawn(async move {
             client.run(ops, main_until_ns).await;
@@ -466,6 +480,25 @@ async fn find_leader(status: &mut Client, fleet: &Fleet) -> Option<u32> {
         }
     }
     best.map(|(_, index)| index)
+}
+
+/// The up server that leads the most shard (data) groups, by the servers' own views; ties go
+/// to the lowest index; None when none leads a shard.
+async fn busiest_leader(status: &mut Client, fleet: &Fleet) -> Option<u32> {
+    let (views, _) = fleet.gather_views(status).await;
+    views
+        .iter()
+        .map(|view| {
+            let led = view
+                .groups
+                .iter()
+                .filter(|g| g.group != node::meta::META_GROUP && g.role == Role::Leader)
+                .count();
+            (led, std::cmp::Reverse(view.node_id))
+        })
+        .filter(|(led, _)| *led > 0)
+        .max()
+        .and_then(|(_, std::cmp::Reverse(id))| u32::try_from(id.checked_sub(1)?).ok())
 }
 
 /// What a started fault must undo at its end.
@@ -655,6 +688,67 @@ async fn pause_new_leaders(
     }
 }
 
+/// The `CutLeaderOnCommit` fault until `end`: a leader that reports its commit index advanced
+/// (it is about to acknowledge the writes) is cut off from every other server for `isolate_ms`
+/// with probability `strike_percent`%; clients still reach it. One cut at a time.
+async fn cut_leaders_on_commit(
+    monitor: Arc<SafetyMonitor>,
+    fleet: Fleet,
+    (isolate_ms, strike_percent): (u64, u32),
+    end: Instant,
+    seed: u64,
+    trace: Trace,
+) {
+    let net = NetSim::current();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
+    monitor.add_cues(cues_tx);
+    loop {
+        let cue = tokio::select! {
+            biased;
+            cue = cues.recv() => cue,
+            _ = tokio::time::sleep_until(end) => None,
+        };
+        let Some(cue) = cue else { break };
+        let ProtocolEvent::LeaderCommitted { term, index, .. } = cue.event else {
+            continue;
+        };
+        let Some(leader) = cue
+            .node
+            .checked_sub(1)
+            .and_then(|i| u32::try_from(i).ok())
+            .filter(|&i| fleet.is_up(i))
+        else {
+            continue;
+        };
+        if rng.random_range(0..100) >= strike_percent {
+            continue;
+        }
+        let ids = fleet.sim_ids();
+        let others: Vec<SimNodeId> = (0..ids.len())
+            .filter(|&i| i != leader as usize)
+            .map(|i| ids[i])
+            .collect();
+        let me = ids[leader as usize];
+        for &other in &others {
+            net.clog_link(me, other);
+            net.clog_link(other, me);
+        }
+        trace.log(format!(
+            "cut off n{} as it committed index {index} of term {term} of group {}",
+            cue.node, cue.group
+        ));
+        let until = (Instant::now() + Duration::from_millis(isolate_ms)).min(end);
+        tokio::time::sleep_until(until).await;
+        for &other in &others {
+            net.unclog_link(me, other);
+            net.unclog_link(other, me);
+        }
+        trace.log(format!("n{} reconnected", cue.node));
+        while cues.try_recv().is_ok() {}
+    }
+}
+
 /// The `Figure8` fault until `end` (see `Fault::Figure8`): leaders' fresh entries are kept off
 /// the others by cutting the leader off, and a leader that commits up to an entry of an older
 /// term (what Raft forbids, Figure 8) is cut off at once, before its own term's entries reach
@@ -801,10 +895,14 @@ async fn run_nemesis(
                 | Fault::Figure8 { .. }
                 | Fault::VoteStrike { .. }
         );
-        let leader = if needs_leader {
-            find_leader(&mut status, &fleet).await
-        } else {
-            None
+        let leader = match fault {
+            // The node leading the most shard groups goes stale: the clients' data is there.
+            Fault::StaleLeader => match busiest_leader(&mut status, &fleet).await {
+                Some(node) => Some(node),
+                None => find_leader(&mut status, &fleet).await,
+            },
+            _ if needs_leader => find_leader(&mut status, &fleet).await,
+            _ => None,
         };
         // The server a process fault hits: the leader, or the planned node if it is up (else
         // the next one that is).
@@ -1015,6 +1113,21 @@ async fn run_nemesis(
                 transport.set(plan);
                 trace.log(format!("start {fault:?}"));
                 Undo::Transport(fault.clone())
+            }
+            Fault::CutLeaderOnCommit {
+                isolate_ms,
+                strike_percent,
+            } => {
+                let seed = rng.random::<u64>();
+                trace.log(format!("start {fault:?}"));
+                Undo::Task(tokio::spawn(cut_leaders_on_commit(
+                    monitor.clone(),
+                    fleet.clone(),
+                    (*isolate_ms, *strike_percent),
+                    end,
+                    seed,
+                    trace.clone(),
+                )))
             }
             Fault::PauseNewLeader {
                 pause_ms,

@@ -33,4 +33,4 @@ pub mod swarm;
 
 pub use nemesis::{Fault, FaultKind, NemesisSpec, ScheduledFault, Target};
 pub use report::{judge, RunReport, RunVerdict};
-pub use scenario::{RaftTiming, Scenario};
+pub use scenario::{ClientPolicy, RaftTiming, Scenario};

@@ -92,6 +92,12 @@ pub enum FaultKind {
     /// stalls, so it does not notice (CheckQuorum never fires): a stale leader that believes
     /// it leads while the others elect a successor. Only quorum-checked reads stay correct.
     StaleLeader,
+    /// Targeted: a leader is cut off from the other servers (clients still reach it) the
+    /// instant its commit index advances: it has just acknowledged writes that its followers
+    /// do not know are committed, and that one of them may not even hold. The others elect a
+    /// successor while clients are redirected to it: it must learn what was committed before
+    /// it answers anything.
+    CutLeaderOnCommit,
 }
 
 impl FaultKind {
@@ -149,11 +155,12 @@ impl FaultKind {
     ];
 
     /// Gray failures of disks and links. Not in `ALL`; the swarm draws them.
-    pub const GRAY: [FaultKind; 4] = [
+    pub const GRAY: [FaultKind; 5] = [
         FaultKind::SlowDisk,
         FaultKind::FlakyLinks,
         FaultKind::AsymmetricLink,
         FaultKind::StaleLeader,
+        FaultKind::CutLeaderOnCommit,
     ];
 
     /// Every kind the swarm may enable (membership kinds only with spare servers).
@@ -168,7 +175,8 @@ impl FaultKind {
 
     /// Faults that occupy the network topology; two of them at once would undo each other.
     fn is_partition(self) -> bool {
-        FaultKind::PARTITIONS.contains(&self) || self == FaultKind::StaleLeader
+        FaultKind::PARTITIONS.contains(&self)
+            || matches!(self, FaultKind::StaleLeader | FaultKind::CutLeaderOnCommit)
     }
 }
 
@@ -307,6 +315,13 @@ pub enum Fault {
     /// The leader when the period starts is cut off from every other server (both
     /// directions; clients still reach it) and its clock stands still until the period ends.
     StaleLeader,
+    /// While active: a leader whose commit index advances is cut off from every other server
+    /// (both directions; clients still reach it) for `isolate_ms`, with probability
+    /// `strike_percent`% (one cut at a time).
+    CutLeaderOnCommit {
+        isolate_ms: u64,
+        strike_percent: u32,
+    },
 }
 
 impl Fault {
@@ -504,6 +519,10 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
         }
         FaultKind::IsolateLeader => Fault::IsolateLeader,
         FaultKind::StaleLeader => Fault::StaleLeader,
+        FaultKind::CutLeaderOnCommit => Fault::CutLeaderOnCommit {
+            isolate_ms: rng.random_range(100..=1_500),
+            strike_percent: rng.random_range(30..=100),
+        },
         FaultKind::LeaderMinority => Fault::LeaderMinority {
             minority_size: minority,
             companions: shuffled_nodes(rng, nodes),

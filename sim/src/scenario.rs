@@ -107,6 +107,22 @@ pub struct Scenario {
     /// Raft timing in place of the node's defaults (and of the BUGGIFY election window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_timing: Option<RaftTiming>,
+    /// The clients' timeouts, retry pauses and roles in place of the harness's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_policy: Option<ClientPolicy>,
+}
+
+/// How the workload's clients behave, as a scenario may set it: how long one attempt waits
+/// (how soon a client gives up on a node that no longer answers and looks for another), how
+/// long it pauses between rounds of attempts (how quickly it finds a new leader), and how many
+/// clients only read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientPolicy {
+    pub request_timeout_ms: u64,
+    pub retry_backoff_min_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// Clients `0..reader_clients` only read the keys the others write (register, YCSB).
+    pub reader_clients: u32,
 }
 
 /// The node's Raft timing knobs, as a scenario may set them.
@@ -236,6 +252,7 @@ impl Scenario {
             swarm: false,
             buggify_percent: 0,
             raft_timing: None,
+            client_policy: None,
         })
     }
 
@@ -295,6 +312,15 @@ impl Scenario {
         }
         if self.buggify_percent > 100 {
             bail!("buggify_percent = {} exceeds 100", self.buggify_percent);
+        }
+        if let Some(p) = &self.client_policy {
+            if p.request_timeout_ms == 0
+                || p.retry_backoff_min_ms == 0
+                || p.retry_backoff_max_ms < p.retry_backoff_min_ms
+                || p.reader_clients >= self.clients
+            {
+                bail!("client_policy {p:?}: need timeout > 0, 0 < backoff min <= max, and fewer readers than clients");
+            }
         }
         if let Some(t) = &self.raft_timing {
             if t.tick_interval_ms == 0

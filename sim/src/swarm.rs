@@ -1,6 +1,7 @@
 //! Swarm testing (Groce et al., ISSTA 2012; FoundationDB's and TigerBeetle's practice): each
 //! seed draws its own configuration — which fault kinds are on at all, their periods and how
-//! many at once, the cluster's size, shards, Raft timing, clients, workload mix and BUGGIFY —
+//! many at once, the cluster's size, shards, Raft timing, clients (how many, their timeouts and
+//! retry pauses, how many only read), workload mix and BUGGIFY —
 //! so that a campaign explores many sharp corners instead of one blurred average. A bug that
 //! only one fault kind (or the absence of another) exposes is found by the seeds that enable
 //! just that.
@@ -16,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use workloads::WorkloadSpec;
 
 use crate::nemesis::{FaultKind, NemesisSpec};
-use crate::scenario::{RaftTiming, Scenario, DEFAULT_DEAD_NODE_TIMEOUT_MS};
+use crate::scenario::{ClientPolicy, RaftTiming, Scenario, DEFAULT_DEAD_NODE_TIMEOUT_MS};
 
 /// The swarm's scenario name (the default campaign).
 pub const SWARM: &str = "swarm";
@@ -82,27 +83,53 @@ pub fn draw(template: &Scenario, seed: u64) -> Scenario {
     });
     let buggify_percent = *[0, 1, 5, 10, 25].choose(&mut rng).unwrap_or(&0);
     let knobs = rng.random_bool(0.8);
+    let clients = rng.random_range(1..=8);
+    let think_time_ms = *[0, 5, 20, 50].choose(&mut rng).unwrap_or(&20);
+    let shards = *[1, 2, 4, 4, 8].choose(&mut rng).unwrap_or(&4);
+    let dead_node_timeout_ms = if kills_for_good {
+        *[2_000, 3_000, 5_000].choose(&mut rng).unwrap_or(&3_000)
+    } else {
+        DEFAULT_DEAD_NODE_TIMEOUT_MS
+    };
+    // Drawn last, so that the knobs above stay what they were for every seed.
+    let client_policy = draw_client_policy(&mut rng, clients);
     Scenario {
         name: SWARM.to_string(),
         seed,
         nodes,
-        clients: rng.random_range(1..=8),
-        think_time_ms: *[0, 5, 20, 50].choose(&mut rng).unwrap_or(&20),
+        clients,
+        think_time_ms,
         workload,
         nemesis,
         faults: None,
         buggify: template.buggify && knobs,
         buggify_percent: if template.buggify { buggify_percent } else { 0 },
-        shards: *[1, 2, 4, 4, 8].choose(&mut rng).unwrap_or(&4),
+        shards,
         spare_nodes,
-        dead_node_timeout_ms: if kills_for_good {
-            *[2_000, 3_000, 5_000].choose(&mut rng).unwrap_or(&3_000)
-        } else {
-            DEFAULT_DEAD_NODE_TIMEOUT_MS
-        },
+        dead_node_timeout_ms,
         raft_timing,
+        client_policy: Some(client_policy),
         swarm: false,
         ..template.clone()
+    }
+}
+
+/// Clients that give up on a silent node soon or late, look for a new leader eagerly or
+/// lazily, and, in three seeds in four with several clients, some that only read: watchers that
+/// keep asking the node they last found leading while the writers move on (a deposed leader
+/// that still answers reads, or a new one that answers before it knows what was committed,
+/// then serves a read the checker can place after a newer write).
+fn draw_client_policy(rng: &mut StdRng, clients: u32) -> ClientPolicy {
+    let reader_clients = if clients >= 2 && rng.random_bool(0.75) {
+        rng.random_range(1..=clients / 2)
+    } else {
+        0
+    };
+    ClientPolicy {
+        request_timeout_ms: *[250, 500, 1_000, 1_000].choose(rng).unwrap_or(&1_000),
+        retry_backoff_min_ms: *[1, 5, 10].choose(rng).unwrap_or(&10),
+        retry_backoff_max_ms: *[50, 200, 500].choose(rng).unwrap_or(&500),
+        reader_clients,
     }
 }
 
@@ -161,6 +188,11 @@ mod tests {
             .iter()
             .any(|s| matches!(s.workload, WorkloadSpec::Set { .. })));
         assert!(drawn.iter().any(|s| s.buggify_percent > 0));
+        let readers = |s: &Scenario| s.client_policy.map_or(0, |p| p.reader_clients);
+        assert!(drawn.iter().any(|s| readers(s) > 0));
+        assert!(drawn.iter().any(|s| readers(s) == 0 && s.clients > 1));
+        assert!(distinct(&|s| format!("{:?}", s.client_policy)) >= 30);
+        assert!(drawn.iter().all(|s| readers(s) < s.clients));
         // Every kind is on in some seed and off in another.
         for kind in FaultKind::swarm() {
             let on = drawn

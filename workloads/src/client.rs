@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::generator::{Generator, WorkloadSpec};
+use crate::generator::{Generator, RecentKey, WorkloadSpec};
 use crate::op::{execute, Op};
 use crate::recorder::{Completion, Recorder};
 use crate::store::{KvStore, StoreError};
@@ -75,6 +75,18 @@ impl<S: KvStore> WorkloadClient<S> {
     /// Pause between two operations of this client (0: none).
     pub fn with_think_time_ms(mut self, think_time_ms: u64) -> Self {
         self.think_time_ms = think_time_ms;
+        self
+    }
+
+    /// Draws operations from `generator` instead (e.g. `WorkloadSpec::reader`'s).
+    pub fn with_generator(mut self, generator: Generator) -> Self {
+        self.generator = generator;
+        self
+    }
+
+    /// Reads mostly the key the latest write of any client sharing `recent` went to.
+    pub fn sharing_recent_key(mut self, recent: RecentKey) -> Self {
+        self.generator = self.generator.sharing_recent_key(recent);
         self
     }
 

@@ -7,6 +7,7 @@
 //! a function of its seed.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -74,6 +75,20 @@ impl WorkloadSpec {
             spec: self.clone(),
             next_value: Value::from(client_index + 1) * VALUE_STRIDE_PER_CLIENT,
             last_seen: BTreeMap::new(),
+            reads_only: false,
+            recent: None,
+        }
+    }
+
+    /// A generator for a client that only reads (a watcher polling the keys the others
+    /// write): register and YCSB reads of the same keys; the set workload has no reads in its
+    /// main phase, so there it is an ordinary client. Such a client keeps asking the node it
+    /// last found leading while the writers move on: a deposed leader that still answers reads
+    /// is caught by the checker.
+    pub fn reader(&self, client_index: u32) -> Generator {
+        Generator {
+            reads_only: !matches!(self, WorkloadSpec::Set { .. }),
+            ..self.generator(client_index)
         }
     }
 }
@@ -86,10 +101,60 @@ pub struct Generator {
     /// Last value this client read or wrote per key: the `expected` of its next cas, so that a
     /// fair share of cas operations can succeed.
     last_seen: BTreeMap<String, Value>,
+    /// Only reads (see `WorkloadSpec::reader`).
+    reads_only: bool,
+    /// The key of the latest write any client sharing this cell issued (see
+    /// `Generator::sharing_recent_key`).
+    recent: Option<RecentKey>,
 }
+
+/// The key the latest write of any client went to, shared by the clients of one run (in
+/// simulation all of them run on one thread, so the order of updates is the seed's).
+pub type RecentKey = Arc<Mutex<Option<String>>>;
+
+/// A read goes to the latest written key with this probability (percent) when the
+/// generator shares a `RecentKey`.
+const READ_RECENT_KEY_PERCENT: u32 = 75;
 
 impl Generator {
     pub fn next_op(&mut self, rng: &mut StdRng) -> Op {
+        let mut op = self.next_mixed_op(rng);
+        if self.reads_only {
+            op = match op {
+                Op::Write { key, .. } | Op::Cas { key, .. } | Op::Delete { key } => {
+                    Op::Read { key }
+                }
+                other => other,
+            };
+        }
+        let Some(recent) = &self.recent else {
+            return op;
+        };
+        let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+        match op {
+            Op::Write { ref key, .. } | Op::Cas { ref key, .. } | Op::Delete { ref key } => {
+                *recent = Some(key.clone());
+                op
+            }
+            Op::Read { key } => match recent.as_ref() {
+                Some(hot) if rng.random_range(0..100) < READ_RECENT_KEY_PERCENT => {
+                    Op::Read { key: hot.clone() }
+                }
+                _ => Op::Read { key },
+            },
+            other => other,
+        }
+    }
+
+    /// Reads go mostly to the key the latest write (of any client sharing `recent`) went to:
+    /// a stale answer is then about a value the checker knows was just written, not about a
+    /// key nobody touched for a while.
+    pub fn sharing_recent_key(mut self, recent: RecentKey) -> Self {
+        self.recent = Some(recent);
+        self
+    }
+
+    fn next_mixed_op(&mut self, rng: &mut StdRng) -> Op {
         match self.spec.clone() {
             WorkloadSpec::Register {
                 keys,
@@ -238,6 +303,61 @@ mod tests {
             .iter()
             .any(|o| matches!(o, Op::Cas { key, expected: 42, .. } if key == "r1")));
         assert!(ops.iter().all(|o| ["r0", "r1", "r2"].contains(&o.key())));
+    }
+
+    #[test]
+    fn readers_only_read_the_keys_the_writers_use() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let universe = |prefix: &str, n: u32| -> BTreeSet<String> {
+            (0..n).map(|i| format!("{prefix}{i}")).collect()
+        };
+        for (spec, keys) in [
+            (WorkloadSpec::register(), universe("r", 3)),
+            (WorkloadSpec::ycsb_a(), universe("y", 100)),
+        ] {
+            let mut reader = spec.reader(1);
+            let ops: Vec<Op> = (0..500).map(|_| reader.next_op(&mut rng)).collect();
+            assert!(ops.iter().all(|o| matches!(o, Op::Read { .. })), "{spec:?}");
+            let read: BTreeSet<String> = ops.iter().map(|o| o.key().to_string()).collect();
+            assert!(
+                read.len() > 1 && read.is_subset(&keys),
+                "{spec:?}: {read:?}"
+            );
+        }
+        // The set workload has no reads in its main phase: a reader adds like the others.
+        let mut reader = WorkloadSpec::set().reader(1);
+        assert!(matches!(reader.next_op(&mut rng), Op::SetAdd { .. }));
+    }
+
+    #[test]
+    fn shared_recent_key_draws_reads_to_the_latest_write() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let spec = WorkloadSpec::Ycsb {
+            keys: 200,
+            read_percent: 50,
+            hot_percent: 0,
+        };
+        let recent = RecentKey::default();
+        let mut writer = spec.generator(0).sharing_recent_key(recent.clone());
+        let mut reader = spec.reader(1).sharing_recent_key(recent.clone());
+        let (mut reads, mut on_latest) = (0, 0);
+        for _ in 0..400 {
+            let written = loop {
+                if let Op::Write { key, .. } = writer.next_op(&mut rng) {
+                    break key;
+                }
+            };
+            let Op::Read { key } = reader.next_op(&mut rng) else {
+                panic!("a reader only reads");
+            };
+            reads += 1;
+            on_latest += usize::from(key == written);
+        }
+        // 75 % on the latest written key, the rest spread over 200 keys.
+        assert!(
+            on_latest * 100 > reads * 65 && on_latest * 100 < reads * 85,
+            "{on_latest}/{reads}"
+        );
     }
 
     #[test]
