@@ -7,152 +7,18 @@
 //! truncated file, no manifest) are refused by `backup verify` and `restore`, naming the file.
 #![cfg(not(madsim))]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use node::client::{Client, ClientOptions};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{output_text as text, quorumkv, EnvCluster};
+use node::client::Client;
 use node::kv::KeyRange;
 
-const READY_BOUND: Duration = Duration::from_secs(60);
 const PRE_KEYS: usize = 400;
-
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..count)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
-
-struct Cluster {
-    dir: PathBuf,
-    children: Vec<Child>,
-    client_ports: Vec<u16>,
-    admin_ports: Vec<u16>,
-}
-
-impl Cluster {
-    fn start(name: &str, count: usize, shards: u32) -> Cluster {
-        let dir =
-            std::env::temp_dir().join(format!("quorumkv-backup-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        let ports = free_ports(3 * count);
-        let members = (0..count)
-            .map(|i| {
-                format!(
-                    "{}=127.0.0.1:{},127.0.0.1:{}",
-                    i + 1,
-                    ports[3 * i],
-                    ports[3 * i + 1]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(";");
-        let mut cluster = Cluster {
-            dir,
-            children: Vec::new(),
-            client_ports: (0..count).map(|i| ports[3 * i + 1]).collect(),
-            admin_ports: (0..count).map(|i| ports[3 * i + 2]).collect(),
-        };
-        for id in 1..=count {
-            let log = std::fs::File::create(cluster.dir.join(format!("node-{id}.log")))
-                .expect("log file");
-            let child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-                .arg("server")
-                .env("QUORUMKV_NODE_ID", id.to_string())
-                .env("QUORUMKV_MEMBERS", &members)
-                .env("QUORUMKV_DATA_DIR", cluster.dir.join(format!("node-{id}")))
-                .env(
-                    "QUORUMKV_ADMIN_ADDR",
-                    format!("127.0.0.1:{}", cluster.admin_ports[id - 1]),
-                )
-                .env("QUORUMKV_CLUSTER_SHARDS", shards.to_string())
-                .env("QUORUMKV_SEED", id.to_string())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log clone"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn quorumkv server");
-            cluster.children.push(child);
-        }
-        for id in 1..=count {
-            cluster.wait_ready(id);
-        }
-        cluster
-    }
-
-    fn wait_ready(&self, id: usize) {
-        let started = Instant::now();
-        let admin = format!("127.0.0.1:{}", self.admin_ports[id - 1]);
-        while quorumkv(&["health", "--addr", &admin]).status.code() != Some(0) {
-            assert!(started.elapsed() < READY_BOUND, "node {id} not ready");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn endpoints(&self) -> String {
-        self.addrs()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn addrs(&self) -> Vec<SocketAddr> {
-        self.client_ports
-            .iter()
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-            .collect()
-    }
-
-    fn client(&self) -> Client {
-        static SEED: AtomicU64 = AtomicU64::new(1);
-        let options = ClientOptions {
-            operation_timeout: Duration::from_secs(15),
-            rng_seed: Some(SEED.fetch_add(1, Ordering::Relaxed)),
-            ..ClientOptions::default()
-        };
-        Client::new(self.addrs(), options).expect("client")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("cluster files kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn quorumkv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-        .args(args)
-        .env_remove("QUORUMKV_ENDPOINTS")
-        .output()
-        .expect("run quorumkv")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn value_of(i: usize) -> Vec<u8> {
     format!("value-{i}-{}", "x".repeat(i % 300)).into_bytes()
@@ -175,7 +41,7 @@ async fn all_keys(client: &mut Client) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_while_writing_then_restore_into_a_fresh_cluster() {
-    let source = Cluster::start("source", 3, 4);
+    let source = EnvCluster::start_ready("source", 3, 4);
     let mut writer = source.client();
     for i in 0..PRE_KEYS {
         writer
@@ -202,7 +68,7 @@ async fn backup_while_writing_then_restore_into_a_fresh_cluster() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let dir = source.dir.join("backup-1");
+    let dir = source.dir().join("backup-1");
     let out = {
         let (endpoints, dir) = (source.endpoints(), dir.clone());
         tokio::task::spawn_blocking(move || {
@@ -242,7 +108,7 @@ async fn backup_while_writing_then_restore_into_a_fresh_cluster() {
     );
 
     // A fresh cluster with another shard count.
-    let target = Cluster::start("target", 3, 2);
+    let target = EnvCluster::start_ready("target", 3, 2);
     let out = quorumkv(&[
         "restore",
         "--from",

@@ -10,11 +10,14 @@
 //! receives enough writes to snapshot.
 #![cfg(not(madsim))]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::free_ports;
 use node::client::{Client, ClientOptions, NodeStatus};
 use node::config::{ClusterConfig, MemberConfig, ServerConfig};
 use node::meta::{group_of_shard, GroupId, GroupStatus};
@@ -33,18 +36,6 @@ struct Cluster {
     children: Vec<Option<Child>>,
     snapshot_interval_entries: u64,
     shards: u32,
-}
-
-/// `count` distinct free ports: every listener stays bound until all are picked, so the OS
-/// cannot hand out one port twice (it readily reuses a port as soon as its listener closes).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..count)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
 }
 
 impl Cluster {

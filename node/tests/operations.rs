@@ -7,154 +7,13 @@
 //! needs the Debian package `prometheus` and says plainly when it skips.
 #![cfg(not(madsim))]
 
-use std::net::TcpListener as StdListener;
+mod common;
+
+use common::{free_ports, quorumkv, EnvCluster, READY_BOUND};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Longest wait for a cluster to become ready, for Prometheus to see its targets, etc.
-const READY_BOUND: Duration = Duration::from_secs(60);
-
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..count)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
-
-struct Node {
-    child: Option<Child>,
-    client_port: u16,
-    admin_port: u16,
-}
-
-struct EnvCluster {
-    dir: PathBuf,
-    members_env: String,
-    nodes: Vec<Node>,
-}
-
-impl EnvCluster {
-    fn start(name: &str, count: usize) -> EnvCluster {
-        let dir = std::env::temp_dir().join(format!("quorumkv-ops-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        let ports = free_ports(3 * count);
-        let members_env = (0..count)
-            .map(|i| {
-                format!(
-                    "{}=localhost:{},localhost:{}",
-                    i + 1,
-                    ports[3 * i],
-                    ports[3 * i + 1]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(";");
-        let nodes = (0..count)
-            .map(|i| Node {
-                child: None,
-                client_port: ports[3 * i + 1],
-                admin_port: ports[3 * i + 2],
-            })
-            .collect();
-        let mut cluster = EnvCluster {
-            dir,
-            members_env,
-            nodes,
-        };
-        for id in 1..=count {
-            cluster.spawn(id);
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, id: usize) {
-        let node = &self.nodes[id - 1];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("node-{id}.log")))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-            .arg("server")
-            .env("QUORUMKV_NODE_ID", id.to_string())
-            .env("QUORUMKV_MEMBERS", &self.members_env)
-            .env("QUORUMKV_DATA_DIR", self.dir.join(format!("node-{id}")))
-            .env(
-                "QUORUMKV_ADMIN_ADDR",
-                format!("127.0.0.1:{}", node.admin_port),
-            )
-            .env("QUORUMKV_CLUSTER_SHARDS", "4")
-            .env("QUORUMKV_SEED", id.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log clone"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn quorumkv server");
-        self.nodes[id - 1].child = Some(child);
-    }
-
-    fn endpoints(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("localhost:{}", n.client_port))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn admin(&self, id: usize) -> String {
-        format!("127.0.0.1:{}", self.nodes[id - 1].admin_port)
-    }
-
-    fn wait_ready(&self, id: usize) {
-        let started = Instant::now();
-        loop {
-            let out = quorumkv(&["health", "--addr", &self.admin(id)]);
-            if out.status.code() == Some(0) {
-                return;
-            }
-            assert!(
-                started.elapsed() < READY_BOUND,
-                "node {id} not ready within {READY_BOUND:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn log(&self, id: usize) -> String {
-        std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default()
-    }
-}
-
-impl Drop for EnvCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("cluster files kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn quorumkv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-        .args(args)
-        .env_remove("QUORUMKV_ENDPOINTS")
-        .output()
-        .expect("run quorumkv")
-}
 
 /// A plain HTTP GET (the admin port closes the connection after answering).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
@@ -197,7 +56,7 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 #[test]
 fn environment_host_names_metrics_and_health() {
-    let cluster = EnvCluster::start("env", 3);
+    let cluster = EnvCluster::start("env", 3, 4);
     for id in 1..=3 {
         cluster.wait_ready(id);
     }
@@ -254,7 +113,7 @@ fn scrape_with_prometheus(cluster: &EnvCluster) {
         return;
     };
     let port = free_ports(1)[0];
-    let dir = cluster.dir.join("prometheus");
+    let dir = cluster.dir().join("prometheus");
     std::fs::create_dir_all(&dir).expect("prometheus dir");
     let targets: Vec<String> = (1..=3)
         .map(|id| format!("'{}'", cluster.admin(id)))
@@ -359,14 +218,14 @@ fn groups_led(cluster: &EnvCluster, id: usize) -> usize {
 /// others then lead every group and serve at once.
 #[test]
 fn sigterm_hands_leaderships_over_before_stopping() {
-    let mut cluster = EnvCluster::start("sigterm", 3);
+    let mut cluster = EnvCluster::start("sigterm", 3, 4);
     for id in 1..=3 {
         cluster.wait_ready(id);
     }
     let groups = 5; // the metadata group and QUORUMKV_CLUSTER_SHARDS = 4
     let busiest = (1..=3).max_by_key(|&id| groups_led(&cluster, id)).unwrap();
     assert!(groups_led(&cluster, busiest) >= 1);
-    let mut child = cluster.nodes[busiest - 1].child.take().expect("running");
+    let mut child = cluster.take_child(busiest).expect("running");
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -403,10 +262,7 @@ fn sigterm_hands_leaderships_over_before_stopping() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let endpoints: Vec<String> = others
-        .iter()
-        .map(|&id| format!("localhost:{}", cluster.nodes[id - 1].client_port))
-        .collect();
+    let endpoints: Vec<String> = others.iter().map(|&id| cluster.endpoint(id)).collect();
     let put = quorumkv(&[
         "put",
         "after",

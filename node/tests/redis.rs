@@ -6,47 +6,30 @@
 //! The tests take turns (one cluster at a time).
 #![cfg(not(madsim))]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::LocalCluster;
 use redis::{Connection, RedisResult, Value};
 
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
 /// How long the cluster may take to serve its first write.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `quorumkv local --nodes 3` in a fresh directory; stops it (SIGTERM, then SIGKILL) on drop.
-struct LocalCluster {
-    child: Child,
-    base_port: u16,
-    dir: PathBuf,
+/// `quorumkv local --nodes 3` (see `common::LocalCluster`) that has served its first SET.
+struct RedisCluster {
+    local: LocalCluster,
 }
 
-impl LocalCluster {
-    fn start(label: &str) -> LocalCluster {
-        // Ports base+1..3 (client), +101..103 (peer), +201..203 (redis): spread by pid.
-        let base_port = 20_000 + (std::process::id() % 300) as u16 * 100 + 10;
-        let dir =
-            std::env::temp_dir().join(format!("quorumkv-redis-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-            .args(["local", "--nodes", "3", "--base-port"])
-            .arg(base_port.to_string())
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start quorumkv local");
-        let cluster = LocalCluster {
-            child,
-            base_port,
-            dir,
+impl RedisCluster {
+    fn start(label: &str) -> RedisCluster {
+        let cluster = RedisCluster {
+            local: LocalCluster::start(&format!("redis-{label}"), 3, &[]),
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -55,13 +38,12 @@ impl LocalCluster {
                 .and_then(|mut c| redis::cmd("SET").arg("ready").arg("1").query::<()>(&mut c));
             match ready {
                 Ok(()) => break,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(e) => panic!(
                     "cluster not ready in {READY_TIMEOUT:?}: {e}; logs in {:?}",
-                    cluster.dir
+                    cluster.local.dir()
                 ),
             }
         }
@@ -69,7 +51,7 @@ impl LocalCluster {
     }
 
     fn redis_port(&self, node: u16) -> u16 {
-        self.base_port + 200 + node
+        self.local.redis_port(node)
     }
 
     fn try_connect(&self, node: u16) -> RedisResult<Connection> {
@@ -99,25 +81,6 @@ impl LocalCluster {
             .query(&mut self.connect(node))
             .expect("INFO quorumkv");
         field(&info, "groups_leading").parse().expect("a count")
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                let _ = std::fs::remove_dir_all(&self.dir);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -168,7 +131,7 @@ fn strings(c: &mut Connection, args: &[&str]) -> Vec<String> {
 #[test]
 fn every_command_against_a_three_node_cluster() {
     let _turn = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    let cluster = LocalCluster::start("commands");
+    let cluster = RedisCluster::start("commands");
     let mut a = cluster.connect(1);
     let mut b = cluster.connect(2);
     let c = &mut a;
@@ -408,7 +371,7 @@ fn redis_cli_redis_benchmark_and_a_killed_leader() {
         return;
     }
     let _turn = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    let cluster = LocalCluster::start("tools");
+    let cluster = RedisCluster::start("tools");
     let port = cluster.redis_port(1);
     assert_eq!(redis_cli(port, &["SET", "a", "1"]), "OK");
     assert_eq!(redis_cli(cluster.redis_port(2), &["GET", "a"]), "1");

@@ -3,72 +3,19 @@
 //! CA, or with another CA, exits 2 at once with the reason, and the node logs its side of it.
 #![cfg(not(madsim))]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+
+use common::LocalCluster;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long the cluster may take to serve its first write.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct LocalCluster {
-    child: Child,
-    base_port: u16,
-    dir: PathBuf,
-}
-
-impl LocalCluster {
-    fn start() -> LocalCluster {
-        // Spread by pid, away from the ranges of tests/redis.rs and tests/cluster.rs.
-        let base_port = 40_000 + (std::process::id() % 200) as u16 * 100 + 30;
-        let dir = std::env::temp_dir().join(format!("quorumkv-tls-local-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-            .args(["local", "--tls", "--nodes", "3", "--base-port"])
-            .arg(base_port.to_string())
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start quorumkv local --tls");
-        LocalCluster {
-            child,
-            base_port,
-            dir,
-        }
-    }
-
-    fn endpoint(&self, node: u16) -> String {
-        format!("127.0.0.1:{}", self.base_port + node)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("tls").join("ca.crt")
-    }
-
-    fn log(&self, node: u16) -> String {
-        std::fs::read_to_string(self.dir.join(format!("node-{node}.log"))).unwrap_or_default()
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                let _ = std::fs::remove_dir_all(&self.dir);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn ca(cluster: &LocalCluster) -> PathBuf {
+    cluster.dir().join("tls").join("ca.crt")
 }
 
 /// Runs the CLI with `args`, the endpoints of `nodes` and, if given, `--ca ca`.
@@ -106,13 +53,13 @@ fn wait_for_log(cluster: &LocalCluster, node: u16, needle: &str) -> bool {
 
 #[test]
 fn a_local_tls_cluster_serves_the_cli_with_the_ca_and_refuses_it_without() {
-    let cluster = LocalCluster::start();
+    let cluster = LocalCluster::start("tls", 3, &["--tls"]);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let put = cli(
             &cluster,
             &[1, 2, 3],
-            Some(&cluster.ca()),
+            Some(&ca(&cluster)),
             &["put", "ready", "yes"],
         );
         if put.status.success() {
@@ -122,17 +69,17 @@ fn a_local_tls_cluster_serves_the_cli_with_the_ca_and_refuses_it_without() {
             Instant::now() < deadline,
             "no write within {READY_TIMEOUT:?}: {}; logs in {:?}",
             text(&put.stderr),
-            cluster.dir
+            cluster.dir()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
     // Through each node: the shards' leaders replicate over mutual TLS.
     for node in 1..=3u16 {
         let key = format!("k{node}");
-        let put = cli(&cluster, &[node], Some(&cluster.ca()), &["put", &key, "v"]);
+        let put = cli(&cluster, &[node], Some(&ca(&cluster)), &["put", &key, "v"]);
         assert!(put.status.success(), "{}", text(&put.stderr));
     }
-    let get = cli(&cluster, &[3], Some(&cluster.ca()), &["get", "k1"]);
+    let get = cli(&cluster, &[3], Some(&ca(&cluster)), &["get", "k1"]);
     assert_eq!(text(&get.stdout).trim(), "v", "{}", text(&get.stderr));
 
     // No CA: exit 2 at once, the reason on stderr, the node logs its side.
@@ -155,7 +102,7 @@ fn a_local_tls_cluster_serves_the_cli_with_the_ca_and_refuses_it_without() {
     let other =
         node::tls::certs::LocalCa::generate("other", node::tls::certs::Validity::around_now(1, 30))
             .unwrap();
-    let other_dir = cluster.dir.join("other");
+    let other_dir = cluster.dir().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
     let other_ca = other.write_cert(&other_dir).unwrap();
     let wrong = cli(&cluster, &[2], Some(&other_ca), &["get", "ready"]);

@@ -337,6 +337,11 @@ impl EventLoop {
         self.last_heard.insert(from, self.ticks);
         match message {
             PeerMessage::Raft { group, message } => {
+                // Before anything else: a refused message must not even create a group.
+                if let Err(reason) = snapshot_stream::admit(group, &message) {
+                    warn!(group, from, reason = %reason, "peer message refused");
+                    return Ok(());
+                }
                 if let (Some(t), MessageBody::InstallSnapshot { .. }) =
                     (&self.telemetry, &message.body)
                 {
@@ -362,10 +367,6 @@ impl EventLoop {
                         membership_index: g.raft.membership_index(),
                     };
                     self.transport.send(vec![notice]);
-                    return Ok(());
-                }
-                if let Err(reason) = snapshot_stream::admit(group, &message) {
-                    warn!(group, from, reason = %reason, "peer message refused");
                     return Ok(());
                 }
                 g.raft.step(message);
