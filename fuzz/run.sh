@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
-FUZZ_TARGETS=${FUZZ_TARGETS:-"peer_frame client_frame wal snapshot resp config edn jsonl"}
+FUZZ_TARGETS=${FUZZ_TARGETS:-"peer_frame client_frame wal snapshot state_image snapshot_chunk backup resp config edn jsonl"}
 # libFuzzer's limits: a run that goes over one counts as a failure (an out-of-memory crash).
 FUZZ_RSS_LIMIT_MB=${FUZZ_RSS_LIMIT_MB:-2048}
 FUZZ_MALLOC_LIMIT_MB=${FUZZ_MALLOC_LIMIT_MB:-512}

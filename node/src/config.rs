@@ -50,10 +50,15 @@ pub struct Limits {
     /// Client connections held at once; at the limit a new one evicts the connection idle the
     /// longest, and is refused with a `TooManyConnections` frame only when all are busy.
     pub max_client_connections: usize,
-    /// Peer connections held at once that are not (yet) identified as a current member: in
-    /// their handshake, or from a node id this node does not know. A new one evicts the oldest.
-    /// Each current member has its own slot on top of these.
+    /// Peer connections held at once that said `Hello` (and, with TLS, proved it) from a node
+    /// id that is not a current member. A new one evicts the oldest. Each current member has
+    /// its own slot on top of these, and connections still in their handshake have theirs
+    /// (`max_peer_handshakes`).
     pub max_peer_connections: usize,
+    /// Peer connections held at once that have not finished their handshake (TLS, then
+    /// `Hello`, within `transport.handshake_timeout_ms`): unauthenticated, they never take a
+    /// member's or a guest's slot. A new one evicts the oldest.
+    pub max_peer_handshakes: usize,
     /// Bytes of incomplete frames held at once over all client connections (a frame's buffer
     /// grows as its bytes arrive and is charged so); a connection going over is closed.
     pub max_client_inflight_frame_bytes: usize,
@@ -86,6 +91,7 @@ impl Default for Limits {
             max_pending_requests: 16 * 1024,
             max_client_connections: 1024,
             max_peer_connections: 64,
+            max_peer_handshakes: 64,
             max_client_inflight_frame_bytes: 256 * 1024 * 1024,
             max_peer_inflight_frame_bytes: 1024 * 1024 * 1024,
             max_scan_items: 10_000,
@@ -118,6 +124,9 @@ pub struct TransportConfig {
     pub client_idle_timeout_ms: u64,
     /// A frame whose header has arrived must arrive whole within this (client and peer ports).
     pub frame_read_timeout_ms: u64,
+    /// A reply to a client must be written within this; a client that does not read its
+    /// replies is disconnected (it would hold its connection slot, busy, for ever).
+    pub client_write_timeout_ms: u64,
 }
 
 impl Default for TransportConfig {
@@ -133,6 +142,7 @@ impl Default for TransportConfig {
             handshake_timeout_ms: 2_000,
             client_idle_timeout_ms: 60_000,
             frame_read_timeout_ms: 30_000,
+            client_write_timeout_ms: 30_000,
         }
     }
 }
@@ -524,6 +534,7 @@ impl ServerConfig {
             ("limits.max_pending_requests", l.max_pending_requests),
             ("limits.max_client_connections", l.max_client_connections),
             ("limits.max_peer_connections", l.max_peer_connections),
+            ("limits.max_peer_handshakes", l.max_peer_handshakes),
             ("limits.max_scan_items", l.max_scan_items),
             ("limits.max_redis_connections", l.max_redis_connections),
             ("limits.max_redis_args", l.max_redis_args),
@@ -603,6 +614,10 @@ impl ServerConfig {
             ("transport.handshake_timeout_ms", t.handshake_timeout_ms),
             ("transport.client_idle_timeout_ms", t.client_idle_timeout_ms),
             ("transport.frame_read_timeout_ms", t.frame_read_timeout_ms),
+            (
+                "transport.client_write_timeout_ms",
+                t.client_write_timeout_ms,
+            ),
         ] {
             if value == 0 {
                 return Err(bad(field, "must be >= 1"));

@@ -65,6 +65,21 @@ pub struct Metrics {
     pub keys: Gauge,
     pub stored: Gauge,
     pub ready: Gauge,
+    /// Client connections held (`limits.max_client_connections` bounds it).
+    pub client_connections: Gauge,
+    /// Client connections closed to make room for a new one (the longest idle).
+    pub client_connections_evicted: Counter,
+    /// Client connections refused because every held one was busy.
+    pub client_connections_refused: Counter,
+    /// Client connections closed because a reply could not be written within
+    /// `transport.client_write_timeout_ms` (a client that does not read its replies).
+    pub client_write_timeouts: Counter,
+    /// Bytes of incomplete client frames held now and at most (read from the client port's
+    /// `FrameBudget` when the metrics are encoded; `limits.max_client_inflight_frame_bytes`
+    /// bounds both).
+    pub client_inflight_frame_bytes: Gauge,
+    pub client_inflight_frame_bytes_peak: Gauge,
+    client_budget: std::sync::OnceLock<crate::transport::frame::FrameBudget>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,6 +111,13 @@ impl Metrics {
             raft_is_leader: Family::default(),
             leader_changes: Family::default(),
             groups_hosted: Gauge::default(),
+            client_connections: Gauge::default(),
+            client_connections_evicted: Counter::default(),
+            client_connections_refused: Counter::default(),
+            client_write_timeouts: Counter::default(),
+            client_inflight_frame_bytes: Gauge::default(),
+            client_inflight_frame_bytes_peak: Gauge::default(),
+            client_budget: std::sync::OnceLock::new(),
             fsync_duration: Histogram::new(exponential_buckets(start, factor, count)),
             disk_written: Counter::default(),
             snapshots_sent: Counter::default(),
@@ -207,14 +229,58 @@ impl Metrics {
             m.stored.clone(),
         );
         r.register("ready", "1 when /health/ready answers 200", m.ready.clone());
+        r.register(
+            "client_connections",
+            "Client connections held",
+            m.client_connections.clone(),
+        );
+        r.register(
+            "client_connections_evicted",
+            "Idle client connections closed to make room for a new one",
+            m.client_connections_evicted.clone(),
+        );
+        r.register(
+            "client_connections_refused",
+            "Client connections refused because every held one was busy",
+            m.client_connections_refused.clone(),
+        );
+        r.register(
+            "client_write_timeouts",
+            "Client connections closed because they did not read their replies in time",
+            m.client_write_timeouts.clone(),
+        );
+        r.register_with_unit(
+            "client_inflight_frame",
+            "Bytes of incomplete client frames held now",
+            Unit::Bytes,
+            m.client_inflight_frame_bytes.clone(),
+        );
+        r.register_with_unit(
+            "client_inflight_frame_peak",
+            "Most bytes of incomplete client frames held at once",
+            Unit::Bytes,
+            m.client_inflight_frame_bytes_peak.clone(),
+        );
         Arc::new(Metrics {
             registry: root,
             ..metrics
         })
     }
 
+    /// Reports the client port's frame budget (`client_inflight_frame_*`) from now on.
+    pub fn watch_client_budget(&self, budget: &crate::transport::frame::FrameBudget) {
+        let _ = self.client_budget.set(budget.clone());
+    }
+
     /// The exposition text (OpenMetrics format, which Prometheus reads).
     pub fn encode(&self) -> String {
+        if let Some(budget) = self.client_budget.get() {
+            let gauge = |bytes: usize| i64::try_from(bytes).unwrap_or(i64::MAX);
+            self.client_inflight_frame_bytes
+                .set(gauge(budget.charged_bytes()));
+            self.client_inflight_frame_bytes_peak
+                .set(gauge(budget.peak_bytes()));
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "encoding metrics failed");

@@ -4,7 +4,9 @@
 //! decoder that panics on any of them fails this test; none may come back.
 //!
 //! `cargo test -p node --test fuzz_regressions -- --ignored write_fuzz_seeds` rewrites the
-//! seeds from real encodings (run it after a format change).
+//! seeds from real encodings (run it after a format change), and
+//! `cargo test -p node --lib -- --ignored write_private_fuzz_seeds` those of `state_image`,
+//! `snapshot_chunk` and `backup`, whose encoders are private to the crate.
 #![cfg(not(madsim))]
 
 use std::path::{Path, PathBuf};
@@ -19,11 +21,14 @@ use node::transport::peer::{PeerFrame, PeerMessage};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 9] = [
     ("peer_frame", fuzz_targets::peer_frame),
     ("client_frame", fuzz_targets::client_frame),
     ("wal", fuzz_targets::wal),
     ("snapshot", fuzz_targets::snapshot),
+    ("state_image", fuzz_targets::state_image),
+    ("snapshot_chunk", fuzz_targets::snapshot_chunk),
+    ("backup", fuzz_targets::backup),
     ("resp", fuzz_targets::resp),
     ("config", fuzz_targets::config),
 ];

@@ -330,6 +330,7 @@ async fn tls_peer_port(
         },
         max_frame_bytes: 1 << 20,
         max_connections: 8,
+        max_handshakes: 8,
         members: KnownPeers::new([1, 3]),
         budget: FrameBudget::new(4 << 20),
         acceptor: Acceptor::tls(files, PortKind::Peer),

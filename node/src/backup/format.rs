@@ -180,16 +180,26 @@ impl ShardFileWriter {
 /// block, each block only after its crc matched). The file's summary on success.
 pub fn read_shard_file(
     path: &Path,
-    mut visit: impl FnMut(BackupItem) -> std::io::Result<()>,
+    visit: impl FnMut(BackupItem) -> std::io::Result<()>,
 ) -> Result<ShardFileSummary, FormatError> {
     let file = File::open(path).map_err(|e| FormatError {
         path: path.to_path_buf(),
         offset: 0,
         problem: format!("cannot open: {e}"),
     })?;
+    read_shard_from(path, BufReader::with_capacity(1 << 20, file), visit)
+}
+
+/// `read_shard_file` over any byte source (`path` names it in errors): what the fuzz target
+/// `backup` feeds.
+pub fn read_shard_from(
+    path: &Path,
+    input: impl Read,
+    mut visit: impl FnMut(BackupItem) -> std::io::Result<()>,
+) -> Result<ShardFileSummary, FormatError> {
     let mut reader = Reader {
         path,
-        input: BufReader::with_capacity(1 << 20, file),
+        input,
         offset: 0,
         crc: crc32fast::Hasher::new(),
     };
@@ -321,19 +331,21 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-struct Reader<'a> {
+struct Reader<'a, R> {
     path: &'a Path,
-    input: BufReader<File>,
+    input: R,
     offset: u64,
     crc: crc32fast::Hasher,
 }
 
-impl Reader<'_> {
+impl<R: Read> Reader<'_, R> {
+    /// The next `len` bytes. The buffer grows as bytes arrive: a length field that claims
+    /// more than the file holds costs no more memory than the file.
     fn exact(&mut self, len: usize, what: &str) -> Result<Vec<u8>, FormatError> {
-        let mut bytes = vec![0u8; len];
-        match self.input.read_exact(&mut bytes) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        let mut bytes = Vec::with_capacity(len.min(64 * 1024));
+        match (&mut self.input).take(len as u64).read_to_end(&mut bytes) {
+            Ok(n) if n == len => {}
+            Ok(_) => {
                 return Err(self.damage(
                     self.offset,
                     format!("file ends inside the {what} (truncated)"),

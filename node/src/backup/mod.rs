@@ -138,8 +138,20 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
         return Err(problem(format!("{len} bytes is too long")));
     }
     let text = std::fs::read(&path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    parse_manifest(&path, &text)
+}
+
+/// Checks and decodes a manifest's bytes (`path` names it in errors).
+pub fn parse_manifest(path: &Path, text: &[u8]) -> Result<Manifest, BackupError> {
+    let problem = |problem: String| BackupError::Manifest {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if text.len() as u64 > MANIFEST_BYTES_MAX {
+        return Err(problem(format!("{} bytes is too long", text.len())));
+    }
     let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| problem(format!("not valid JSON: {e}")))?;
+        serde_json::from_slice(text).map_err(|e| problem(format!("not valid JSON: {e}")))?;
     let format = value.get("format").and_then(serde_json::Value::as_u64);
     if format != Some(u64::from(MANIFEST_FORMAT)) {
         return Err(problem(format!(
@@ -148,8 +160,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
     }
     let manifest: Manifest =
         serde_json::from_value(value).map_err(|e| problem(format!("malformed: {e}")))?;
+    // Compared without building the expected list: `shards` comes from the file, and a
+    // manifest claiming 4 billion shards made that list 16 GiB.
     let listed: Vec<ShardId> = manifest.shard_files.iter().map(|s| s.shard).collect();
-    if listed != (0..manifest.shards).collect::<Vec<_>>() {
+    if !listed.iter().copied().eq(0..manifest.shards) {
         return Err(problem(format!(
             "lists shards {listed:?}, expected 0..{} in order",
             manifest.shards

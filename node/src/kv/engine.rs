@@ -79,9 +79,7 @@ pub(crate) fn encode_session(s: &Session) -> Vec<u8> {
 }
 
 pub(crate) fn decode_session(bytes: &[u8]) -> Result<Session, KvError> {
-    let codec = bincode::config::standard().with_limit::<MAX_SESSION_BYTES>();
-    bincode::serde::decode_from_slice(bytes, codec)
-        .map(|(s, _)| s)
+    crate::bounded_decode::decode_exact_within(bytes, "MAX_SESSION_BYTES", MAX_SESSION_BYTES)
         .map_err(|e| storage_error("stored session", e))
 }
 

@@ -444,22 +444,12 @@ impl StateMachine {
         engine: Engine,
         snapshot: &[u8],
     ) -> Result<StateMachine, KvError> {
-        if snapshot.len() > config.max_snapshot_bytes {
-            return Err(KvError::Snapshot(format!(
-                "{} bytes exceed max_snapshot_bytes {}",
-                snapshot.len(),
-                config.max_snapshot_bytes
-            )));
-        }
-        let codec = bincode::config::standard().with_limit::<{ 1 << 31 }>();
-        let (image, read): (Image, usize) = bincode::serde::decode_from_slice(snapshot, codec)
-            .map_err(|e| KvError::Snapshot(e.to_string()))?;
-        if read != snapshot.len() {
-            return Err(KvError::Snapshot(format!(
-                "{} trailing bytes",
-                snapshot.len() - read
-            )));
-        }
+        let image: Image = crate::bounded_decode::decode_exact_within(
+            snapshot,
+            "max_snapshot_bytes",
+            config.max_snapshot_bytes,
+        )
+        .map_err(|e| KvError::Snapshot(format!("legacy state image: {e}")))?;
         if image.format != LEGACY_SNAPSHOT_FORMAT {
             return Err(KvError::Snapshot(format!(
                 "unknown format {}",

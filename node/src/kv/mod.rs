@@ -13,7 +13,7 @@
 //!   indexes, never of time, and the session table is stored with the data.
 pub mod engine;
 mod machine;
-mod sessions;
+pub(crate) mod sessions;
 pub mod string_ops;
 mod types;
 

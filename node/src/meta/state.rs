@@ -226,16 +226,12 @@ impl MetaState {
                 max_bytes: MAX_META_SNAPSHOT_BYTES,
             });
         }
-        let codec = bincode::config::standard().with_limit::<MAX_META_SNAPSHOT_BYTES>();
-        let ((format, state), read): ((u32, MetaState), usize) =
-            bincode::serde::decode_from_slice(bytes, codec)
-                .map_err(|e| MetaError::Restore(e.to_string()))?;
-        if read != bytes.len() {
-            return Err(MetaError::Restore(format!(
-                "{} trailing bytes",
-                bytes.len() - read
-            )));
-        }
+        let (format, state): (u32, MetaState) = crate::bounded_decode::decode_exact_within(
+            bytes,
+            "MAX_META_SNAPSHOT_BYTES",
+            MAX_META_SNAPSHOT_BYTES,
+        )
+        .map_err(|e| MetaError::Restore(format!("metadata state image: {e}")))?;
         if format != SNAPSHOT_FORMAT {
             return Err(MetaError::Restore(format!(
                 "unknown format {format} (expected {SNAPSHOT_FORMAT})"

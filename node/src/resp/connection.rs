@@ -4,13 +4,14 @@
 //! flushed only when no complete request is left in the read buffer, so a client that sends 16
 //! commands at once gets 16 replies in one write, in order. Invariant: the read buffer never
 //! holds more than one request's `max_request_bytes` beyond what was already parsed (the frame
-//! parser refuses longer requests as soon as their headers say so).
+//! parser refuses longer requests as soon as their headers say so), and a request arriving in
+//! pieces is parsed incrementally (`RequestParser`): each read costs what it brought.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::transport::stream::Stream;
 
-use super::frame::{parse_request, FrameLimits, ProtocolError, Reply};
+use super::frame::{FrameLimits, ProtocolError, Reply, RequestParser};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -29,6 +30,8 @@ pub struct Connection {
     input: Vec<u8>,
     /// Bytes of `input` already parsed.
     parsed: usize,
+    /// Progress on the request at `input[parsed..]`: each read resumes it, never restarts it.
+    parser: RequestParser,
     output: Vec<u8>,
 }
 
@@ -39,6 +42,7 @@ impl Connection {
             limits,
             input: Vec::with_capacity(READ_CHUNK_BYTES),
             parsed: 0,
+            parser: RequestParser::default(),
             output: Vec::new(),
         }
     }
@@ -47,7 +51,10 @@ impl Connection {
     /// connection. Flushes queued replies before waiting for more input.
     pub async fn next_request(&mut self) -> Result<Option<Vec<Vec<u8>>>, ConnectionError> {
         loop {
-            if let Some((args, used)) = parse_request(&self.input[self.parsed..], &self.limits)? {
+            let parsed = self
+                .parser
+                .parse(&self.input[self.parsed..], &self.limits)?;
+            if let Some((args, used)) = parsed {
                 self.parsed += used;
                 if args.is_empty() {
                     continue;

@@ -34,114 +34,190 @@ fn protocol_error(what: &str) -> ProtocolError {
 
 /// Parses one request from the front of `buf`: `Ok(None)` when more bytes are needed,
 /// else the arguments and the bytes consumed. An empty inline line yields no arguments.
+/// One-shot: a caller reading a stream keeps a `RequestParser` instead.
 pub fn parse_request(buf: &[u8], limits: &FrameLimits) -> Result<Option<Parsed>, ProtocolError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, limits),
-        Some(_) => parse_inline(buf),
-    }
+    RequestParser::default().parse(buf, limits)
 }
 
-fn parse_multibulk(buf: &[u8], limits: &FrameLimits) -> Result<Option<Parsed>, ProtocolError> {
-    if !check_headers(buf, limits)? {
-        return Ok(None);
-    }
-    let decoded =
-        redis_protocol::resp2::decode::decode(buf).map_err(|e| protocol_error(e.details()))?;
-    let Some((frame, consumed)) = decoded else {
-        return Ok(None);
-    };
-    let items = match frame {
-        Resp2Frame::Array(items) => items,
-        // `*-1`: a null array carries no command.
-        Resp2Frame::Null => Vec::new(),
-        _ => return Err(protocol_error("expected an array of bulk strings")),
-    };
-    let args = items
-        .into_iter()
-        .map(|item| match item {
-            Resp2Frame::BulkString(bytes) | Resp2Frame::SimpleString(bytes) => Ok(bytes),
-            _ => Err(protocol_error("expected '$'")),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some((args, consumed)))
+/// A request parser that resumes where it stopped: while a request arrives in pieces, each
+/// call examines only the headers and bytes it has not examined yet, so a request that
+/// arrives one byte at a time costs time linear in its length (re-parsing from the start on
+/// every read made it quadratic). The request's bytes are decoded once, when complete.
+///
+/// Invariant: between two calls the caller only appends to the buffer, or removes bytes
+/// before the request's start (progress is kept relative to that start); a parsed request
+/// or an error resets the progress.
+#[derive(Clone, Debug, Default)]
+pub struct RequestParser {
+    /// Multibulk: the argument count, once its header line was read.
+    count: Option<usize>,
+    /// Multibulk: arguments whose header was checked and whose payload was skipped.
+    args_checked: usize,
+    /// Multibulk: where the next argument's header starts. Inline: bytes searched for the
+    /// newline so far.
+    pos: usize,
+    /// Bytes looked at by header and newline searches since the parser was made (what
+    /// resuming bounds; tests check it).
+    examined_bytes: u64,
 }
 
-/// Checks the headers present so far against the limits; false when the request is incomplete.
-fn check_headers(buf: &[u8], limits: &FrameLimits) -> Result<bool, ProtocolError> {
-    let Some((count, mut pos)) = header_number(buf, 1, "invalid multibulk length")? else {
-        return Ok(false);
-    };
-    if count > limits.max_args as i64 {
-        return Err(protocol_error("invalid multibulk length"));
-    }
-    for _ in 0..count.max(0) {
-        match buf.get(pos) {
-            None => return Ok(false),
-            Some(b'$') => {}
-            Some(&other) => {
-                let got = char::from(other).escape_default().to_string();
-                return Err(protocol_error(&format!("expected '$', got '{got}'")));
-            }
-        }
-        let Some((len, next)) = header_number(buf, pos + 1, "invalid bulk length")? else {
-            return Ok(false);
+impl RequestParser {
+    /// `parse_request` for the request at the front of `buf`, resuming from the last call.
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &FrameLimits,
+    ) -> Result<Option<Parsed>, ProtocolError> {
+        let result = match buf.first() {
+            None => Ok(None),
+            Some(b'*') => self.parse_multibulk(buf, limits),
+            Some(_) => self.parse_inline(buf),
         };
-        if len < 0 || len as u64 > limits.max_request_bytes as u64 {
-            return Err(protocol_error("invalid bulk length"));
+        if !matches!(result, Ok(None)) {
+            *self = RequestParser {
+                examined_bytes: self.examined_bytes,
+                ..RequestParser::default()
+            };
         }
-        pos = next + len as usize + 2;
-        if pos > limits.max_request_bytes {
-            return Err(protocol_error(&format!(
-                "request exceeds max_redis_request_bytes {}",
-                limits.max_request_bytes
-            )));
-        }
+        result
     }
-    Ok(pos <= buf.len())
-}
 
-/// The number on the header line starting at `start` and the position after its CRLF.
-fn header_number(
-    buf: &[u8],
-    start: usize,
-    invalid: &str,
-) -> Result<Option<(i64, usize)>, ProtocolError> {
-    let rest = buf.get(start..).unwrap_or_default();
-    let Some(end) = rest.iter().position(|&b| b == b'\r') else {
-        if rest.len() > MAX_HEADER_LINE_BYTES {
-            return Err(protocol_error(invalid));
-        }
-        return Ok(None);
-    };
-    if rest.len() < end + 2 {
-        return Ok(None);
+    /// Bytes examined by header and newline searches so far.
+    pub fn examined_bytes(&self) -> u64 {
+        self.examined_bytes
     }
-    let number = std::str::from_utf8(&rest[..end])
-        .ok()
-        .and_then(|text| text.parse::<i64>().ok());
-    match (number, rest[end + 1]) {
-        (Some(n), b'\n') => Ok(Some((n, start + end + 2))),
-        _ => Err(protocol_error(invalid)),
-    }
-}
 
-fn parse_inline(buf: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
-    let Some(newline) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_INLINE_BYTES {
+    fn parse_multibulk(
+        &mut self,
+        buf: &[u8],
+        limits: &FrameLimits,
+    ) -> Result<Option<Parsed>, ProtocolError> {
+        if !self.check_headers(buf, limits)? {
+            return Ok(None);
+        }
+        let decoded =
+            redis_protocol::resp2::decode::decode(buf).map_err(|e| protocol_error(e.details()))?;
+        let Some((frame, consumed)) = decoded else {
+            return Ok(None);
+        };
+        let items = match frame {
+            Resp2Frame::Array(items) => items,
+            // `*-1`: a null array carries no command.
+            Resp2Frame::Null => Vec::new(),
+            _ => return Err(protocol_error("expected an array of bulk strings")),
+        };
+        let args = items
+            .into_iter()
+            .map(|item| match item {
+                Resp2Frame::BulkString(bytes) | Resp2Frame::SimpleString(bytes) => Ok(bytes),
+                _ => Err(protocol_error("expected '$'")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((args, consumed)))
+    }
+
+    /// Checks the headers present so far against the limits, from where the last call
+    /// stopped; false when the request is incomplete.
+    fn check_headers(&mut self, buf: &[u8], limits: &FrameLimits) -> Result<bool, ProtocolError> {
+        let count = match self.count {
+            Some(count) => count,
+            None => {
+                let Some((count, pos)) = self.header_number(buf, 1, "invalid multibulk length")?
+                else {
+                    return Ok(false);
+                };
+                if count > limits.max_args as i64 {
+                    return Err(protocol_error("invalid multibulk length"));
+                }
+                // A negative count (`*-1`) is a null array: no arguments.
+                let count = usize::try_from(count).unwrap_or(0);
+                self.count = Some(count);
+                self.pos = pos;
+                count
+            }
+        };
+        while self.args_checked < count {
+            let pos = self.pos;
+            match buf.get(pos) {
+                None => return Ok(false),
+                Some(b'$') => {}
+                Some(&other) => {
+                    let got = char::from(other).escape_default().to_string();
+                    return Err(protocol_error(&format!("expected '$', got '{got}'")));
+                }
+            }
+            let Some((len, next)) = self.header_number(buf, pos + 1, "invalid bulk length")? else {
+                return Ok(false);
+            };
+            if len < 0 || len as u64 > limits.max_request_bytes as u64 {
+                return Err(protocol_error("invalid bulk length"));
+            }
+            self.pos = next + len as usize + 2;
+            if self.pos > limits.max_request_bytes {
+                return Err(protocol_error(&format!(
+                    "request exceeds max_redis_request_bytes {}",
+                    limits.max_request_bytes
+                )));
+            }
+            self.args_checked += 1;
+        }
+        Ok(self.pos <= buf.len())
+    }
+
+    /// The number on the header line starting at `start` and the position after its CRLF.
+    /// Looks at no more than `MAX_HEADER_LINE_BYTES` + 2 bytes.
+    fn header_number(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        invalid: &str,
+    ) -> Result<Option<(i64, usize)>, ProtocolError> {
+        let rest = buf.get(start..).unwrap_or_default();
+        let window = &rest[..rest.len().min(MAX_HEADER_LINE_BYTES + 2)];
+        self.examined_bytes += window.len() as u64;
+        let Some(end) = window.iter().position(|&b| b == b'\r') else {
+            if rest.len() > MAX_HEADER_LINE_BYTES {
+                return Err(protocol_error(invalid));
+            }
+            return Ok(None);
+        };
+        if rest.len() < end + 2 {
+            return Ok(None);
+        }
+        let number = std::str::from_utf8(&rest[..end])
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok());
+        match (number, rest[end + 1]) {
+            (Some(n), b'\n') => Ok(Some((n, start + end + 2))),
+            _ => Err(protocol_error(invalid)),
+        }
+    }
+
+    fn parse_inline(&mut self, buf: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
+        let from = self.pos.min(buf.len());
+        self.examined_bytes += (buf.len() - from) as u64;
+        let Some(newline) = buf[from..].iter().position(|&b| b == b'\n') else {
+            if buf.len() > MAX_INLINE_BYTES {
+                return Err(protocol_error("too big inline request"));
+            }
+            self.pos = buf.len();
+            return Ok(None);
+        };
+        let newline = from + newline;
+        if newline > MAX_INLINE_BYTES {
+            // Refused whether the line arrived in one read or many.
             return Err(protocol_error("too big inline request"));
         }
-        return Ok(None);
-    };
-    let line = buf[..newline]
-        .strip_suffix(b"\r")
-        .unwrap_or(&buf[..newline]);
-    let args = line
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|word| !word.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
-    Ok(Some((args, newline + 1)))
+        let line = buf[..newline]
+            .strip_suffix(b"\r")
+            .unwrap_or(&buf[..newline]);
+        let args = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|word| !word.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        Ok(Some((args, newline + 1)))
+    }
 }
 
 /// A reply, independent of the protocol version the connection speaks.
@@ -322,6 +398,75 @@ mod tests {
             err(&vec![b'a'; MAX_INLINE_BYTES + 1]),
             "ERR Protocol error: too big inline request"
         );
+    }
+
+    /// Feeds `request` to one resumable parser `step` bytes at a time, as a socket would.
+    fn parse_in_pieces(
+        request: &[u8],
+        step: usize,
+        limits: &FrameLimits,
+    ) -> (Result<Option<Parsed>, ProtocolError>, u64) {
+        let mut parser = RequestParser::default();
+        let mut end = 0;
+        loop {
+            end = (end + step).min(request.len());
+            let result = parser.parse(&request[..end], limits);
+            if !matches!(result, Ok(None)) || end == request.len() {
+                return (result, parser.examined_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_arriving_byte_by_byte_is_examined_in_linear_time() {
+        // 1,000 arguments and a 64 KiB inline line, one byte per read: the parser looks at
+        // each byte a bounded number of times (before: every header again on every read).
+        let limits = FrameLimits {
+            max_request_bytes: 1 << 20,
+            max_args: 1000,
+        };
+        let mut request = b"*1000\r\n".to_vec();
+        for i in 0..1000 {
+            let arg = format!("{i}");
+            request.extend(format!("${}\r\n{arg}\r\n", arg.len()).bytes());
+        }
+        let (whole, _) = parse_in_pieces(&request, request.len(), &limits);
+        let (pieces, examined) = parse_in_pieces(&request, 1, &limits);
+        assert_eq!(pieces, whole);
+        assert_eq!(whole.unwrap().unwrap().0.len(), 1000);
+        assert!(
+            examined <= 40 * request.len() as u64,
+            "{examined} bytes examined for a {}-byte request",
+            request.len()
+        );
+
+        let mut line = vec![b'a'; MAX_INLINE_BYTES - 2];
+        line.extend(b"\r\n");
+        let (result, examined) = parse_in_pieces(&line, 1, &limits);
+        assert_eq!(result.unwrap().unwrap().1, line.len());
+        assert!(examined <= line.len() as u64, "{examined} bytes examined");
+    }
+
+    #[test]
+    fn parsing_in_pieces_gives_what_parsing_at_once_gives() {
+        let requests: [&[u8]; 6] = [
+            b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n",
+            b"PING\r\n",
+            b"*-1\r\n",
+            b"*1\r\n$-5\r\n",
+            b"*2\r\n$1\r\na\r\nx",
+            b"*1\r\n$3\r\nabcXY",
+        ];
+        for request in requests {
+            let whole = parse(request);
+            for step in 1..request.len() {
+                assert_eq!(
+                    parse_in_pieces(request, step, &LIMITS).0,
+                    whole,
+                    "{request:?}"
+                );
+            }
+        }
     }
 
     #[test]

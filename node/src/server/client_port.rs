@@ -12,7 +12,8 @@
 //! reach this node through this port. A connection idle for `transport.client_idle_timeout_ms`
 //! is closed; a frame once begun must arrive within `transport.frame_read_timeout_ms`, and the
 //! bytes of incomplete frames over all connections are bounded by
-//! `limits.max_client_inflight_frame_bytes`. On a TLS port a plaintext client's first request
+//! `limits.max_client_inflight_frame_bytes`; a reply not written within
+//! `transport.client_write_timeout_ms` (a client that does not read) closes the connection. On a TLS port a plaintext client's first request
 //! is answered `TlsRequired`, then it is closed.
 
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ pub struct ClientPortConfig {
     pub idle_timeout: Duration,
     pub frame_read_timeout: Duration,
     pub budget: FrameBudget,
+    /// A reply not written within this closes the connection (`transport.client_write_timeout_ms`).
+    pub write_timeout: Duration,
     /// Plaintext or TLS.
     pub acceptor: Acceptor,
     /// A TLS handshake (or a plaintext client's first request on a TLS port) must be done
@@ -158,14 +161,20 @@ pub async fn accept_clients(
             debug!(%addr, "buggify: client connection refused");
             continue;
         }
-        let admitted = lock(&slots).admit();
+        let (admitted, held) = {
+            let mut slots = lock(&slots);
+            (slots.admit(), slots.held.len())
+        };
+        config.metrics.client_connections.set(held as i64);
         let Some((id, evicted, evicted_one)) = admitted else {
+            config.metrics.client_connections_refused.inc();
             warn!(%addr, max_connections = config.max_connections, "too many client connections, all busy: refused");
             let max_connections = config.max_connections as u64;
             tokio::spawn(refuse(stream, max_connections, config.max_frame_bytes).in_current_span());
             continue;
         };
         if evicted_one {
+            config.metrics.client_connections_evicted.inc();
             debug!(%addr, max_connections = config.max_connections, "client connections at the limit: the longest idle one is closed");
         }
         let config = config.clone();
@@ -180,7 +189,12 @@ pub async fn accept_clients(
                         Ok(())
                     }
                 };
-                lock(&slots).release(id);
+                let held = {
+                    let mut slots = lock(&slots);
+                    slots.release(id);
+                    slots.held.len()
+                };
+                config.metrics.client_connections.set(held as i64);
                 match served {
                     Ok(()) => debug!(%addr, "client connection closed"),
                     Err(e) => warn!(%addr, error = %e, "client connection closed with error"),
@@ -327,8 +341,19 @@ async fn serve_client(
             }
             Err(e) => return Err(e),
         };
-        writer.write_all(&frame).await?;
-        writer.flush().await?;
+        let written = timeout(config.write_timeout, async {
+            writer.write_all(&frame).await?;
+            writer.flush().await
+        })
+        .await;
+        match written {
+            Ok(result) => result?,
+            Err(_) => {
+                config.metrics.client_write_timeouts.inc();
+                warn!(%addr, write_timeout_ms = config.write_timeout.as_millis() as u64, "client does not read its replies: closed");
+                return Ok(());
+            }
+        }
         lock(slots).set_idle(slot);
     }
 }

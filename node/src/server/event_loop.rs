@@ -331,10 +331,30 @@ impl EventLoop {
         }
     }
 
+    /// Records that `from` was heard. Only members of the cluster (in the metadata, or in a
+    /// membership of a group hosted here) are tracked: peers are not authenticated without
+    /// TLS, and an entry per forged sender id would grow the map without bound (issue 16).
+    /// What members ever joined bounds it.
+    fn note_heard(&mut self, from: NodeId) {
+        if let Some(heard) = self.last_heard.get_mut(&from) {
+            *heard = self.ticks;
+        } else if self.meta().member(from).is_some()
+            || self.groups.values().any(|g| g.has_member(from))
+        {
+            self.last_heard.insert(from, self.ticks);
+        }
+    }
+
+    /// Node ids whose last message is tracked (tests).
+    #[cfg(test)]
+    pub(super) fn heard_from(&self) -> Vec<NodeId> {
+        self.last_heard.keys().copied().collect()
+    }
+
     pub(super) fn on_peer(&mut self, message: PeerMessage) -> Result<(), ServerError> {
         self.inputs += 1;
         let from = message.from();
-        self.last_heard.insert(from, self.ticks);
+        self.note_heard(from);
         match message {
             PeerMessage::Raft { group, message } => {
                 // Before anything else: a refused message must not even create a group.

@@ -126,10 +126,15 @@ pub(super) fn new_machine(
     snapshot: Option<&Snapshot>,
     group_disk: &Arc<dyn Disk>,
 ) -> Result<GroupMachine, ServerError> {
+    // The snapshot's data is the last field of the snapshot file (`storage::snapshot`), so
+    // its length says where in the file a bad image starts.
     let context = |e: &dyn std::fmt::Display| {
         ServerError::Storage(format!(
-            "group {group}: snapshot at index {}: {e}",
-            snapshot.map_or(0, |s| s.meta.index)
+            "group {group}: snapshot file g{group}.{} at index {} (its state image is the \
+             file's last {} bytes): {e}",
+            crate::storage::SNAPSHOT_FILE,
+            snapshot.map_or(0, |s| s.meta.index),
+            snapshot.map_or(0, |s| s.data.len()),
         ))
     };
     if group == META_GROUP {

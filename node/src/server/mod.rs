@@ -41,6 +41,9 @@ use self::event_loop::{
 use self::metered_disk::MeteredDisk;
 #[cfg(any(test, madsim))]
 pub use self::probe::{ProtocolEvent, ProtocolObserver};
+pub(crate) use self::snapshot_stream::receive_in_memory;
+#[cfg(test)]
+pub(crate) use self::snapshot_stream::ChunkRecord;
 pub use self::telemetry::Health;
 use self::telemetry::Telemetry;
 use crate::config::{ConfigError, ServerConfig};
@@ -408,6 +411,7 @@ impl Server {
             transport: config.transport.clone(),
             max_frame_bytes: config.limits.max_peer_frame_bytes,
             max_connections: config.limits.max_peer_connections,
+            max_handshakes: config.limits.max_peer_handshakes,
             members: known_peers,
             budget: FrameBudget::new(config.limits.max_peer_inflight_frame_bytes),
             acceptor: security.peer.clone(),
@@ -419,11 +423,13 @@ impl Server {
             idle_timeout: Duration::from_millis(config.transport.client_idle_timeout_ms),
             frame_read_timeout: Duration::from_millis(config.transport.frame_read_timeout_ms),
             budget: FrameBudget::new(config.limits.max_client_inflight_frame_bytes),
+            write_timeout: Duration::from_millis(config.transport.client_write_timeout_ms),
             acceptor: security.client.clone(),
             handshake_timeout_ms: config.transport.handshake_timeout_ms,
             #[cfg(madsim)]
             sim: config.sim.clone(),
         };
+        metrics.watch_client_budget(&client_port.budget);
         let mut accept_tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(accept_peers(peer_listener, inbound, peer_tx).in_current_span()),
             tokio::spawn(accept_clients(client_listener, client_port, client_tx).in_current_span()),
@@ -758,6 +764,44 @@ mod tests {
         Server::new(bootstrap_config(), Arc::new(disk.clone()))
             .await
             .expect("the node restarts");
+    }
+
+    /// Issue 16: the event loop kept a `last_heard` entry per sender id, so forged ids grew
+    /// it without bound. Only members are tracked now.
+    #[tokio::test]
+    async fn forged_sender_ids_are_not_tracked() {
+        use crate::raft::{Message, MessageBody};
+        use crate::transport::PeerMessage;
+        let disk = CrashDisk::new(16);
+        let mut server = Server::new(bootstrap_config(), Arc::new(disk.clone()))
+            .await
+            .expect("start");
+        let heartbeat = |from| PeerMessage::Raft {
+            group: META_GROUP,
+            message: Message {
+                from,
+                to: 1,
+                term: 0,
+                body: MessageBody::Heartbeat {
+                    commit: 0,
+                    read_seq: 0,
+                },
+            },
+        };
+        for from in 1_000..11_000 {
+            server
+                .event_loop
+                .on_peer(heartbeat(from))
+                .expect("the node keeps running");
+        }
+        server.event_loop.on_peer(heartbeat(2)).expect("a member");
+        let tracked = server.event_loop.heard_from();
+        assert!(tracked.contains(&2), "a member is tracked: {tracked:?}");
+        assert!(
+            tracked.iter().all(|id| *id < 1_000),
+            "forged ids are not tracked: {} entries",
+            tracked.len()
+        );
     }
 
     fn free_port() -> u16 {

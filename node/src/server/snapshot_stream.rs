@@ -44,7 +44,7 @@ pub(super) const SNAPSHOT_CHUNK_RETRIES: u32 = 5;
 pub(super) const INCOMING_FILE: &str = "kv.redb.incoming";
 
 #[derive(Debug, Serialize, Deserialize)]
-enum ChunkRecord {
+pub(crate) enum ChunkRecord {
     /// A key and its stored value (version u64 LE ++ value).
     Data {
         key: Vec<u8>,
@@ -474,21 +474,10 @@ fn next_chunk(out: &mut Outgoing, me: NodeId, config: &ServerConfig) -> Result<(
     Ok(())
 }
 
+/// A chunk's records; `limit` is the peer frame limit the chunk arrived under.
 fn decode_records(payload: &[u8], limit: usize) -> Result<Vec<ChunkRecord>, String> {
-    let codec = bincode::config::standard().with_limit::<{ 1 << 30 }>();
-    if payload.len() > limit {
-        return Err(format!(
-            "payload of {} bytes over the frame limit",
-            payload.len()
-        ));
-    }
-    let (records, used): (Vec<ChunkRecord>, usize) =
-        bincode::serde::decode_from_slice(payload, codec)
-            .map_err(|e| format!("undecodable chunk: {e}"))?;
-    if used != payload.len() {
-        return Err("trailing bytes after the chunk's records".into());
-    }
-    Ok(records)
+    crate::bounded_decode::decode_exact_within(payload, "limits.max_peer_frame_bytes", limit)
+        .map_err(|e| format!("snapshot chunk payload: {e}"))
 }
 
 /// Validates and writes one chunk's records into the incoming engine (one batch).
@@ -531,15 +520,9 @@ fn write_records(inc: &mut Incoming, records: Vec<ChunkRecord>) -> Result<(), Kv
     inc.engine.commit_batch(false)
 }
 
-/// The last chunk was taken: validate the whole, make it durable, swap it in.
-fn finish(
-    group: &mut Group,
-    mut inc: Incoming,
-    total: u32,
-    chunk: &SnapshotChunk,
-    config: &ServerConfig,
-    kv_config: &KvConfig,
-) -> Result<Option<Message>, String> {
+/// The end-of-stream checks (whole-stream checksum, applied index present and stored), and
+/// the received file made durable.
+fn seal(inc: &mut Incoming, total: u32) -> Result<(), String> {
     if inc.hasher.clone().finalize() != total {
         return Err("whole-stream checksum mismatch".into());
     }
@@ -557,6 +540,52 @@ fn finish(
             "the received file holds applied index {stored}, not {index}"
         ));
     }
+    Ok(())
+}
+
+/// A whole transfer of snapshot index `index` taken in as `take_chunk` takes each chunk
+/// (payload decoded under `max_payload_bytes`, records validated and written) and checked
+/// as `finish` checks it, into an in-memory engine instead of a group's file: the receiving
+/// side's decoders without a running node, for the `snapshot_chunk` fuzz target.
+pub(crate) fn receive_in_memory(
+    index: LogIndex,
+    payloads: &[&[u8]],
+    total_crc: u32,
+    max_payload_bytes: usize,
+) -> Result<(), String> {
+    let mut inc = Incoming {
+        from: 0,
+        transfer: 0,
+        next_seq: 0,
+        meta: SnapshotMeta {
+            index,
+            term: 1,
+            membership: Default::default(),
+        },
+        hasher: crc32fast::Hasher::new(),
+        engine: Engine::in_memory().map_err(|e| e.to_string())?,
+        applied: None,
+        totals: Totals::default(),
+    };
+    for payload in payloads {
+        let records = decode_records(payload, max_payload_bytes)?;
+        write_records(&mut inc, records).map_err(|e| e.to_string())?;
+        inc.hasher.update(payload);
+    }
+    seal(&mut inc, total_crc)
+}
+
+/// The last chunk was taken: validate the whole, make it durable, swap it in.
+fn finish(
+    group: &mut Group,
+    mut inc: Incoming,
+    total: u32,
+    chunk: &SnapshotChunk,
+    config: &ServerConfig,
+    kv_config: &KvConfig,
+) -> Result<Option<Message>, String> {
+    seal(&mut inc, total)?;
+    let index = inc.meta.index;
     drop(inc.engine);
     let current = group.machine_applied_index();
     if index <= current {

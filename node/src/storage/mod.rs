@@ -36,6 +36,7 @@ pub use group_disk::{
 };
 pub use node_storage::{NodeStorage, Recovered, StorageOptions};
 pub use redb_backend::DiskBackend;
+pub use snapshot::SNAPSHOT_FILE;
 pub use wal::{Wal, FORMAT_FILE, FORMAT_VERSION};
 
 use std::io;

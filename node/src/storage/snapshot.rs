@@ -100,15 +100,12 @@ pub fn read(disk: &dyn Disk) -> Result<Option<Snapshot>, StorageError> {
             "body checksum mismatch",
         ));
     }
-    let (snapshot, used): (Snapshot, usize) = bincode::serde::decode_from_slice(body, codec())
-        .map_err(|e| StorageError::corrupt(name, HEADER_BYTES as u64, e.to_string()))?;
-    if used != body.len() {
-        return Err(StorageError::corrupt(
-            name,
-            (HEADER_BYTES + used) as u64,
-            "trailing bytes",
-        ));
-    }
+    let snapshot: Snapshot = crate::bounded_decode::decode_exact_within(
+        body,
+        "MAX_SNAPSHOT_BODY_BYTES",
+        MAX_SNAPSHOT_BODY_BYTES,
+    )
+    .map_err(|e| StorageError::corrupt(name, HEADER_BYTES as u64, format!("body: {e}")))?;
     Ok(Some(snapshot))
 }
 

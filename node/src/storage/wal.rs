@@ -125,11 +125,6 @@ fn codec() -> impl bincode::config::Config {
     bincode::config::standard()
 }
 
-/// Decoding is bounded twice: by the record length, and by this allocation limit.
-fn decode_codec() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ 1 << 30 }>()
-}
-
 /// Where a record starts: segment sequence number and byte offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
@@ -752,7 +747,12 @@ impl WalCore {
                 StorageError::InvalidAppend(format!("group {group} holds no entry {index}"))
             })?;
         let (name, payload) = self.read_record(slot.loc)?;
-        let record = decode(&name, slot.loc.offset, &payload)?;
+        let record = decode(
+            &name,
+            slot.loc.offset,
+            &payload,
+            self.options.max_record_bytes,
+        )?;
         let found = match record.body {
             Body::Entry(e) if e.index == index => Some(e),
             Body::Checkpoint { log: Some(log), .. } => log.into_iter().find(|e| e.index == index),
@@ -831,7 +831,7 @@ impl WalCore {
         let scanned = record::scan(&name, &bytes, is_last, max)?;
         let cap = self.cache_cap_bytes();
         for (offset, payload) in &scanned.records {
-            let WalRecord { group, body } = decode(&name, *offset, payload)?;
+            let WalRecord { group, body } = decode(&name, *offset, payload, max)?;
             let loc = Loc {
                 seq,
                 offset: *offset,
@@ -972,18 +972,16 @@ fn encode(
     Ok(())
 }
 
-fn decode(name: &str, offset: u64, payload: &[u8]) -> Result<WalRecord, StorageError> {
-    let (record, used): (WalRecord, usize) =
-        bincode::serde::decode_from_slice(payload, decode_codec())
-            .map_err(|e| StorageError::corrupt(name, offset, e.to_string()))?;
-    if used != payload.len() {
-        return Err(StorageError::corrupt(
-            name,
-            offset,
-            "trailing bytes in record",
-        ));
-    }
-    Ok(record)
+/// One record's payload, which the record framing already checked against
+/// `max_record_bytes`; allocations bounded by its length (`bounded_decode`).
+fn decode(
+    name: &str,
+    offset: u64,
+    payload: &[u8],
+    max_record_bytes: usize,
+) -> Result<WalRecord, StorageError> {
+    crate::bounded_decode::decode_exact_within(payload, "max_record_bytes", max_record_bytes)
+        .map_err(|e| StorageError::corrupt(name, offset, format!("record: {e}")))
 }
 
 fn read_exact(

@@ -88,6 +88,8 @@ pub enum FrameError {
 pub struct FrameBudget {
     permits: Arc<Semaphore>,
     budget_bytes: usize,
+    /// The most bytes ever charged at once (what the budget bounds; metrics report it).
+    peak_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FrameBudget {
@@ -96,7 +98,18 @@ impl FrameBudget {
         FrameBudget {
             permits: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
+            peak_bytes: Arc::default(),
         }
+    }
+
+    /// Bytes charged to incomplete frames right now.
+    pub fn charged_bytes(&self) -> usize {
+        self.budget_bytes - self.permits.available_permits()
+    }
+
+    /// The most bytes charged at once since the budget was made.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes not charged to any frame right now.
@@ -126,6 +139,9 @@ impl BudgetCharge<'_> {
             .map_err(|_| exhausted())?
             .forget();
         self.bytes += bytes;
+        budget
+            .peak_bytes
+            .fetch_max(budget.charged_bytes(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }

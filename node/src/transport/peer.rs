@@ -717,6 +717,8 @@ pub struct InboundConfig {
     pub max_frame_bytes: usize,
     /// Guest connections held at once (see `InboundSlots`); members' slots come on top.
     pub max_connections: usize,
+    /// Connections in their handshake held at once (see `InboundSlots`).
+    pub max_handshakes: usize,
     /// Who gets a member slot.
     pub members: KnownPeers,
     /// Bytes of incomplete peer frames held over all connections (`frame::FrameBudget`).
@@ -725,48 +727,63 @@ pub struct InboundConfig {
     pub acceptor: Acceptor,
 }
 
-/// Who holds the accepting side's connection slots: one per known peer id, and at most
-/// `max_guests` others (handshaking, or unknown ids), the oldest evicted first. A slot is
-/// held through the sending half of a oneshot: dropping it tells the connection to close.
+/// Who holds the accepting side's connection slots, in three pools that never take from
+/// each other: connections in their handshake (at most `max_handshakes`, unauthenticated),
+/// one slot per known peer id (taken only once the connection proved it is that member),
+/// and at most `max_guests` connections that finished their handshake as a node id this node
+/// does not know. In the two bounded pools the oldest is evicted first. A slot is held
+/// through the sending half of a oneshot: dropping it tells the connection to close.
 struct InboundSlots {
+    max_handshakes: usize,
     max_guests: usize,
     next_seq: u64,
+    handshaking: BTreeMap<u64, oneshot::Sender<()>>,
     guests: BTreeMap<u64, oneshot::Sender<()>>,
     members: BTreeMap<NodeId, (u64, oneshot::Sender<()>)>,
 }
 
 impl InboundSlots {
-    fn new(max_guests: usize) -> InboundSlots {
+    fn new(max_handshakes: usize, max_guests: usize) -> InboundSlots {
         InboundSlots {
+            max_handshakes: max_handshakes.max(1),
             max_guests: max_guests.max(1),
             next_seq: 0,
+            handshaking: BTreeMap::new(),
             guests: BTreeMap::new(),
             members: BTreeMap::new(),
         }
     }
 
-    /// A new connection's guest slot (its sequence number and eviction notice); the oldest
-    /// guest is evicted when all are taken. Returns whether one was.
+    /// A new connection's handshake slot (its sequence number and eviction notice); the
+    /// oldest handshake is evicted when all are taken. Returns whether one was.
     fn admit(&mut self) -> (u64, oneshot::Receiver<()>, bool) {
-        let evicted = self.guests.len() >= self.max_guests && self.guests.pop_first().is_some();
+        let evicted =
+            self.handshaking.len() >= self.max_handshakes && self.handshaking.pop_first().is_some();
         self.next_seq += 1;
         let (tx, rx) = oneshot::channel();
-        self.guests.insert(self.next_seq, tx);
+        self.handshaking.insert(self.next_seq, tx);
         (self.next_seq, rx, evicted)
     }
 
-    /// Connection `seq` said it is member `id`: it leaves the guests for `id`'s slot and the
-    /// connection that held that slot, if any, is told to close (the newest one wins: a member
-    /// that restarted must get back in at once).
-    fn promote(&mut self, seq: u64, id: NodeId) -> bool {
-        let Some(tx) = self.guests.remove(&seq) else {
+    /// Connection `seq` finished its handshake as node `id`: a member takes `id`'s slot and
+    /// the connection that held it, if any, is told to close (the newest one wins: a member
+    /// that restarted must get back in at once); anyone else becomes a guest, the oldest
+    /// guest evicted when all are taken. Returns whether a connection was displaced.
+    fn settle(&mut self, seq: u64, id: NodeId, member: bool) -> bool {
+        let Some(tx) = self.handshaking.remove(&seq) else {
             return false;
         };
-        self.members.insert(id, (seq, tx)).is_some()
+        if member {
+            return self.members.insert(id, (seq, tx)).is_some();
+        }
+        let evicted = self.guests.len() >= self.max_guests && self.guests.pop_first().is_some();
+        self.guests.insert(seq, tx);
+        evicted
     }
 
     /// Connection `seq` ended: frees its slot (unless someone took it already).
     fn release(&mut self, seq: u64) {
+        self.handshaking.remove(&seq);
         self.guests.remove(&seq);
         self.members.retain(|_, (held, _)| *held != seq);
     }
@@ -784,7 +801,10 @@ pub async fn accept_peers(
     config: InboundConfig,
     inbox: mpsc::Sender<PeerMessage>,
 ) {
-    let slots: SharedSlots = Arc::new(Mutex::new(InboundSlots::new(config.max_connections)));
+    let slots: SharedSlots = Arc::new(Mutex::new(InboundSlots::new(
+        config.max_handshakes,
+        config.max_connections,
+    )));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -796,7 +816,7 @@ pub async fn accept_peers(
         };
         let (seq, evicted, evicted_one) = lock_slots(&slots).admit();
         if evicted_one {
-            warn!(%addr, max_connections = config.max_connections, "peer guest slots full: the oldest guest connection is evicted");
+            warn!(%addr, max_handshakes = config.max_handshakes, "peer handshake slots full: the oldest connection still in its handshake is evicted");
         }
         let config = config.clone();
         let inbox = inbox.clone();
@@ -934,14 +954,23 @@ async fn serve_inbound(
         let _ = write_bytes(&mut write_half, &refusal, handshake).await;
         return Err(PeerError::Protocol(format!("refused: {reason}")));
     }
-    if config.members.contains(from) {
-        if lock_slots(slots).promote(seq, from) {
+    let member = config.members.contains(from);
+    let displaced = lock_slots(slots).settle(seq, from, member);
+    if member {
+        if displaced {
             info!(
                 peer = from,
                 "a new connection from this peer replaces its older one"
             );
         }
     } else {
+        if displaced {
+            warn!(
+                peer = from,
+                max_connections = config.max_connections,
+                "peer guest slots full: the oldest guest connection is evicted"
+            );
+        }
         debug!(
             peer = from,
             "connection from a node id not (yet) known here: held as a guest"
@@ -1055,6 +1084,7 @@ mod tests {
             transport: fast_config(),
             max_frame_bytes: 1 << 20,
             max_connections: 4,
+            max_handshakes: 4,
             members: KnownPeers::new([1]),
             budget: FrameBudget::new(4 << 20),
             acceptor: Acceptor::plaintext(),
@@ -1257,23 +1287,67 @@ mod tests {
 
     #[test]
     fn inbound_slots_keep_one_per_member_and_evict_the_oldest_guest() {
-        let mut slots = InboundSlots::new(2);
+        let mut slots = InboundSlots::new(8, 2);
         let (a, _a_rx, evicted) = slots.admit();
         assert!(!evicted);
         let (b, mut b_rx, _) = slots.admit();
-        assert!(!slots.promote(a, 1), "a takes member 1's free slot");
-        let (_c, _c_rx, evicted) = slots.admit();
-        assert!(!evicted, "a member's slot is not a guest's");
-        let (d, _d_rx, evicted) = slots.admit();
-        assert!(evicted, "b, the oldest guest, made room");
+        let (c, _c_rx, _) = slots.admit();
+        let (d, _d_rx, _) = slots.admit();
+        assert!(!slots.settle(a, 1, true), "a takes member 1's free slot");
+        assert!(!slots.settle(b, 100, false), "b is a guest");
+        assert!(
+            !slots.settle(c, 101, false),
+            "c is a guest; a member's slot is not a guest's"
+        );
+        assert!(
+            slots.settle(d, 102, false),
+            "b, the oldest guest, made room for d"
+        );
         assert!(matches!(
             b_rx.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
         ));
-        assert!(slots.promote(d, 1), "d replaces a in member 1's slot");
+        let (e, _e_rx, _) = slots.admit();
+        assert!(slots.settle(e, 1, true), "e replaces a in member 1's slot");
         slots.release(a);
-        assert_eq!(slots.members.get(&1).map(|(seq, _)| *seq), Some(d));
-        let _ = b;
+        assert_eq!(slots.members.get(&1).map(|(seq, _)| *seq), Some(e));
+    }
+
+    /// Issue 16: a connection took a guest slot before its (TLS) handshake, so a flood of
+    /// handshakes evicted authenticated connections. Handshakes now have their own pool: a
+    /// flood of them evicts only other handshakes, never a member or a guest.
+    #[test]
+    fn handshakes_never_displace_members_or_guests() {
+        let mut slots = InboundSlots::new(2, 2);
+        let (member, mut member_rx, _) = slots.admit();
+        let (guest, mut guest_rx, _) = slots.admit();
+        assert!(!slots.settle(member, 1, true));
+        assert!(!slots.settle(guest, 100, false));
+        let mut flood = Vec::new();
+        let mut evictions = 0;
+        for _ in 0..1_000 {
+            let (seq, rx, evicted) = slots.admit();
+            evictions += usize::from(evicted);
+            flood.push((seq, rx));
+        }
+        assert_eq!(
+            evictions,
+            1_000 - 2,
+            "all but the newest two handshakes were evicted"
+        );
+        assert_eq!(slots.handshaking.len(), 2);
+        assert!(matches!(
+            member_rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        assert!(matches!(
+            guest_rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        // An evicted handshake that finishes late gets no slot at all.
+        let (oldest, _) = &flood[0];
+        assert!(!slots.settle(*oldest, 1, true));
+        assert_eq!(slots.members.get(&1).map(|(seq, _)| *seq), Some(member));
     }
 
     #[test]
