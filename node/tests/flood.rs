@@ -15,11 +15,14 @@
 //! flood -- --nocapture`; docs/HOSTILE-INPUT.md quotes a run).
 #![cfg(not(madsim))]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_ports;
 use node::client::protocol::{ClientFrame, ClientRequest};
 use node::client::{Client, ClientOptions};
 use node::config::{Limits, MemberConfig, ServerConfig, TransportConfig};
@@ -47,16 +50,6 @@ struct Cluster {
     children: Vec<Child>,
     members: Vec<MemberConfig>,
     admin: SocketAddr,
-}
-
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..count)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
 }
 
 impl Cluster {
