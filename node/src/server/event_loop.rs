@@ -826,8 +826,14 @@ impl EventLoop {
         let Some(group) = self.groups.get_mut(&META_GROUP) else {
             return;
         };
+        // Not on the provisional map `meta()` falls back to: the state machine refuses a
+        // BootstrapAdmin applied before the bootstrap map itself, and this is proposed once a term.
+        let applied_initialized = group.meta().is_some_and(MetaState::is_initialized);
         let term = group.raft.term();
-        if !group.is_leader() || self.admin_bootstrap_proposed_term == Some(term) {
+        if !applied_initialized
+            || !group.is_leader()
+            || self.admin_bootstrap_proposed_term == Some(term)
+        {
             return;
         }
         if propose_meta(group, &MetaCommand::BootstrapAdmin(admin.clone())) {
