@@ -171,6 +171,67 @@ impl TlsConfig {
     }
 }
 
+/// User authentication (docs/SECURITY.md, "Authentication"). Off by default: every request
+/// is served as before. Set it alike on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every request on the client and Redis ports must come from an authenticated user whose
+    /// role allows it.
+    pub enabled: bool,
+    /// The admin this node acts as: the first admin of a new cluster (created while the
+    /// cluster has no user), and the user of its own admin requests (join, final removal).
+    pub admin_user: String,
+    /// A file holding that admin's password (first line). `QUORUMKV_ADMIN_PASSWORD` takes
+    /// precedence.
+    pub admin_password_file: Option<PathBuf>,
+    /// The password itself, from `QUORUMKV_ADMIN_PASSWORD` or `admin_password_file` (never
+    /// from TOML, never printed: `Secret`'s Debug is redacted).
+    #[serde(skip)]
+    pub admin_password: Option<crate::auth::Secret>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            admin_user: "admin".to_string(),
+            admin_password_file: None,
+            admin_password: None,
+        }
+    }
+}
+
+/// The variable holding the admin's password (`AuthConfig::admin_password`).
+pub const ADMIN_PASSWORD_ENV: &str = "QUORUMKV_ADMIN_PASSWORD";
+
+impl AuthConfig {
+    /// Fills `admin_password` from `env_value` (the `QUORUMKV_ADMIN_PASSWORD` variable) or else
+    /// the first line of `admin_password_file`.
+    pub fn load_admin_password(&mut self, env_value: Option<String>) -> Result<(), String> {
+        if let Some(text) = env_value.filter(|t| !t.is_empty()) {
+            self.admin_password = Some(crate::auth::Secret::new(text));
+            return Ok(());
+        }
+        if let Some(path) = &self.admin_password_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("auth.admin_password_file {}: {e}", path.display()))?;
+            let line = text.lines().next().unwrap_or_default().to_string();
+            self.admin_password = Some(crate::auth::Secret::new(line));
+        }
+        Ok(())
+    }
+
+    /// The credentials of this node's own admin requests, if it has a password.
+    pub fn admin_credentials(&self) -> Option<crate::auth::Credentials> {
+        let secret = self.admin_password.clone()?;
+        Some(crate::auth::Credentials {
+            user: self.admin_user.clone(),
+            secret,
+        })
+    }
+}
+
 /// How the cluster spreads and moves shards. `shards`, `replication_factor`, `vnodes_per_node`
 /// and `load_factor` are fixed when the cluster bootstraps (a joining node takes the cluster's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -273,6 +334,7 @@ pub struct ServerConfig {
     pub limits: Limits,
     pub transport: TransportConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
     /// Simulation/test only: faults injected into this node's outgoing peer messages.
     #[cfg(any(test, madsim))]
     #[serde(skip)]
@@ -335,6 +397,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             transport: TransportConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             #[cfg(any(test, madsim))]
             faults: None,
             #[cfg(any(test, madsim))]
@@ -431,6 +494,7 @@ impl ServerConfig {
         if self.tick_interval_ms == 0 {
             return Err(bad("tick_interval_ms", "must be >= 1"));
         }
+        self.validate_auth()?;
         if self.election_timeout_ticks_min >= self.election_timeout_ticks_max {
             return Err(bad(
                 "election_timeout_ticks_min",
@@ -475,6 +539,24 @@ impl ServerConfig {
         self.validate_limits()?;
         self.validate_transport()?;
         self.validate_tls()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if !a.enabled {
+            return Ok(());
+        }
+        crate::auth::validate_user_name(&a.admin_user).map_err(|e| bad("auth.admin_user", e))?;
+        match &a.admin_password {
+            Some(secret) => crate::auth::validate_new_secret(secret)
+                .map_err(|e| bad("auth.admin_password_file", e)),
+            None if self.join.is_empty() => Err(bad(
+                "auth.admin_password_file",
+                "auth.enabled on a bootstrap node needs the first admin's password \
+                 (QUORUMKV_ADMIN_PASSWORD or --admin-password-file)",
+            )),
+            None => Ok(()),
+        }
     }
 
     fn validate_tls(&self) -> Result<(), ConfigError> {

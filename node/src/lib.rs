@@ -38,6 +38,7 @@ macro_rules! buggify {
 }
 
 pub mod addr;
+pub mod auth;
 pub mod backup;
 pub mod bounded_decode;
 #[cfg(any(test, madsim))]

@@ -325,6 +325,8 @@ pub fn op_name(request: &ClientRequest) -> &'static str {
         ClientRequest::Backup(BackupRequest::Open { .. }) => "backup_open",
         ClientRequest::Backup(BackupRequest::Next { .. }) => "backup_next",
         ClientRequest::Backup(BackupRequest::Close { .. }) => "backup_close",
+        ClientRequest::Authenticate(_) => "authenticate",
+        ClientRequest::User(_) => "user",
     }
 }
 
@@ -333,7 +335,9 @@ fn result_name(response: &ClientResponse) -> &'static str {
         ClientResponse::Done(_)
         | ClientResponse::Status(_)
         | ClientResponse::Cluster(_)
-        | ClientResponse::Admin(_) => "ok",
+        | ClientResponse::Admin(_)
+        | ClientResponse::Authenticated { .. }
+        | ClientResponse::Users(_) => "ok",
         ClientResponse::Backup(BackupResponse::Gone | BackupResponse::TooMany { .. }) => "refused",
         ClientResponse::Backup(_) => "ok",
         ClientResponse::Redirect { .. } | ClientResponse::WrongNode { .. } => "redirect",

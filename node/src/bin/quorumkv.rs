@@ -10,6 +10,7 @@
 //!   5 outcome unknown (a write may or may not have been applied)
 //!   6 server failure (storage error, port in use, ...)
 //!   7 timed out waiting for a cluster change that is still under way (`cluster leave`)
+//!   8 authentication failed or permission denied (auth enabled; nothing was changed)
 #![forbid(unsafe_code)]
 
 #[cfg(not(madsim))]
@@ -33,6 +34,9 @@ mod local;
 #[cfg(not(madsim))]
 #[path = "quorumkv/output.rs"]
 mod output;
+#[cfg(not(madsim))]
+#[path = "quorumkv/user.rs"]
+mod user;
 
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {

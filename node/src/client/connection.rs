@@ -15,8 +15,12 @@ use tokio::time::Instant;
 use crate::deadline::timeout;
 use tracing::debug;
 
+use std::sync::Arc;
+
 use super::protocol::{ClientFrame, ClientRequest, ClientResponse, RefusedReason, ServerFrame};
 use super::ClientError;
+use crate::auth::gate::Denied;
+use crate::auth::Credentials;
 use crate::transport::frame::{encode_frame, read_frame};
 use crate::transport::stream::{ConnectError, Connector, Stream};
 
@@ -49,6 +53,8 @@ pub(crate) struct Connections {
     request_timeout: Duration,
     max_frame_bytes: usize,
     connector: Connector,
+    /// Sent in an `Authenticate` frame on every new connection.
+    credentials: Option<Arc<Credentials>>,
 }
 
 impl Connections {
@@ -57,6 +63,7 @@ impl Connections {
         request_timeout: Duration,
         max_frame_bytes: usize,
         connector: Connector,
+        credentials: Option<Credentials>,
     ) -> Connections {
         Connections {
             open: BTreeMap::new(),
@@ -65,6 +72,7 @@ impl Connections {
             request_timeout,
             max_frame_bytes,
             connector,
+            credentials: credentials.map(Arc::new),
         }
     }
 
@@ -85,7 +93,7 @@ impl Connections {
         let stagger = Duration::from_millis(CONNECT_RACE_STAGGER_MS);
         let (addr, connection) = race(
             addrs,
-            &self.connector,
+            &self.dialer(),
             self.connect_timeout,
             stagger,
             deadline,
@@ -114,8 +122,8 @@ impl Connections {
                 )))
             })?;
         if !self.open.contains_key(&addr) {
-            let connector = self.connector.clone();
-            let connection = connect(&connector, self.connect_timeout, addr, deadline).await?;
+            let dialer = self.dialer();
+            let connection = connect(&dialer, self.connect_timeout, addr, deadline).await?;
             while self.open.len() >= OPEN_CONNECTIONS_MAX {
                 self.open.pop_first();
             }
@@ -143,6 +151,16 @@ impl Connections {
                     "{addr} serves TLS only: give the cluster's CA certificate (--ca or QUORUMKV_CA)"
                 ))));
             }
+            Ok(Ok(Some(ServerFrame {
+                response: ClientResponse::Refused(RefusedReason::Denied(denied)),
+                ..
+            }))) => {
+                // Nothing was proposed; another node would answer the same.
+                if !matches!(denied, Denied::PermissionDenied { .. }) {
+                    self.open.remove(&addr);
+                }
+                return Err(AttemptError::Fatal(ClientError::Denied(denied.to_string())));
+            }
             Ok(Ok(Some(frame))) if frame.id == id => return Ok(frame.response),
             Ok(Ok(Some(ServerFrame {
                 id: 0,
@@ -169,6 +187,25 @@ impl Connections {
     }
 }
 
+impl Connections {
+    fn dialer(&self) -> Dialer {
+        Dialer {
+            connector: self.connector.clone(),
+            credentials: self.credentials.clone(),
+            max_frame_bytes: self.max_frame_bytes,
+        }
+    }
+}
+
+/// What opening a connection needs (owned: the `Connections` it serves is not `Sync` in
+/// simulation builds, so no reference to it may be held across an await).
+#[derive(Clone)]
+struct Dialer {
+    connector: Connector,
+    credentials: Option<Arc<Credentials>>,
+    max_frame_bytes: usize,
+}
+
 type Attempt = std::pin::Pin<
     Box<dyn std::future::Future<Output = (SocketAddr, Result<Connection, AttemptError>)> + Send>,
 >;
@@ -177,7 +214,7 @@ type Attempt = std::pin::Pin<
 /// as soon as it fails; the first connection made wins and the other attempts are dropped.
 async fn race(
     addrs: &[SocketAddr],
-    connector: &Connector,
+    connector: &Dialer,
     connect_timeout: Duration,
     stagger: Duration,
     deadline: Instant,
@@ -238,14 +275,14 @@ async fn race(
 /// A failed TLS handshake is `Fatal`: the certificates or settings are wrong, and trying again
 /// (or elsewhere in the same cluster) would fail the same way.
 async fn connect(
-    connector: &Connector,
+    dialer: &Dialer,
     connect_timeout_max: Duration,
     addr: SocketAddr,
     deadline: Instant,
 ) -> Result<Connection, AttemptError> {
     let connect_timeout =
         connect_timeout_max.min(deadline.saturating_duration_since(Instant::now()));
-    let stream = match connector.connect(addr, None, connect_timeout).await {
+    let stream = match dialer.connector.connect(addr, None, connect_timeout).await {
         Ok(stream) => stream,
         Err(e @ ConnectError::Tls { .. }) => {
             return Err(AttemptError::Fatal(ClientError::Tls(e.to_string())))
@@ -253,8 +290,74 @@ async fn connect(
         Err(e) => return Err(AttemptError::NotSent(e.to_string())),
     };
     let (read_half, write_half) = tokio::io::split(stream);
-    Ok(Connection {
+    let mut connection = Connection {
         reader: BufReader::new(read_half),
         writer: write_half,
-    })
+    };
+    if let Some(credentials) = &dialer.credentials {
+        authenticate(
+            &mut connection,
+            credentials,
+            addr,
+            dialer.max_frame_bytes,
+            deadline,
+        )
+        .await?;
+    }
+    Ok(connection)
+}
+
+/// Frame id of the `Authenticate` request a new connection starts with (requests count from 1).
+const AUTHENTICATE_FRAME_ID: u64 = 0;
+
+/// Presents the credentials on a new connection. Wrong credentials are `Fatal` (every node
+/// checks the same replicated users); a node with auth disabled accepts them unchecked.
+async fn authenticate(
+    connection: &mut Connection,
+    credentials: &Credentials,
+    addr: SocketAddr,
+    max_frame_bytes: usize,
+    deadline: Instant,
+) -> Result<(), AttemptError> {
+    let frame = ClientFrame {
+        id: AUTHENTICATE_FRAME_ID,
+        request: ClientRequest::Authenticate(credentials.clone()),
+    };
+    let bytes = encode_frame(&frame, max_frame_bytes)
+        .map_err(|e| AttemptError::Fatal(ClientError::InvalidArgument(e.to_string())))?;
+    let exchange = async {
+        connection.writer.write_all(&bytes).await?;
+        connection.writer.flush().await?;
+        read_frame::<_, ServerFrame>(&mut connection.reader, max_frame_bytes).await
+    };
+    let wait = deadline.saturating_duration_since(Instant::now());
+    match timeout(wait, exchange).await {
+        Ok(Ok(Some(ServerFrame {
+            response: ClientResponse::Authenticated { .. },
+            ..
+        }))) => Ok(()),
+        Ok(Ok(Some(ServerFrame {
+            response: ClientResponse::Refused(RefusedReason::Denied(denied)),
+            ..
+        }))) => Err(AttemptError::Fatal(ClientError::Denied(format!(
+            "{addr}: {denied}"
+        )))),
+        Ok(Ok(Some(ServerFrame {
+            response: ClientResponse::Refused(RefusedReason::TlsRequired),
+            ..
+        }))) => Err(AttemptError::Fatal(ClientError::Tls(format!(
+            "{addr} serves TLS only: give the cluster's CA certificate (--ca or QUORUMKV_CA)"
+        )))),
+        Ok(Ok(Some(frame))) => Err(AttemptError::NotSent(format!(
+            "{addr} answered {:?} to authentication",
+            frame.response
+        ))),
+        Ok(Ok(None)) => Err(AttemptError::NotSent(format!(
+            "{addr} closed the connection during authentication"
+        ))),
+        Ok(Err(e)) => Err(AttemptError::NotSent(format!("{addr}: {e}"))),
+        Err(_) => Err(AttemptError::NotSent(format!(
+            "{addr} did not answer the authentication in time"
+        ))),
+    }
 }

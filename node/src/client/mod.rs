@@ -73,6 +73,9 @@ pub struct ClientOptions {
     pub rng_seed: Option<u64>,
     /// How to reach nodes: plaintext (the default) or TLS (`Connector::tls`).
     pub connector: crate::transport::stream::Connector,
+    /// Presented once on every new connection (`ClientRequest::Authenticate`), for clusters
+    /// with auth enabled. `Debug` never shows the secret.
+    pub credentials: Option<crate::auth::Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -86,6 +89,7 @@ impl Default for ClientOptions {
             max_frame_bytes: crate::config::Limits::default().max_client_frame_bytes,
             rng_seed: None,
             connector: crate::transport::stream::Connector::plaintext(),
+            credentials: None,
         }
     }
 }
@@ -113,6 +117,10 @@ pub enum ClientError {
     /// certificates or the TLS settings need fixing: retrying cannot help.
     #[error("TLS: {0}")]
     Tls(String),
+    /// Auth is enabled and the credentials are missing or wrong, or the user's role does not
+    /// allow the request; definitely not applied.
+    #[error("denied: {0}")]
+    Denied(String),
 }
 
 impl ClientError {
@@ -280,6 +288,7 @@ impl Client {
             options.request_timeout,
             options.max_frame_bytes,
             options.connector.clone(),
+            options.credentials.clone(),
         );
         Ok(Client {
             endpoints,
@@ -404,6 +413,45 @@ impl Client {
     /// redirects. Commands are idempotent, so retries are harmless; `MetaResult::Rejected` is
     /// an answer, not an error.
     pub async fn admin(&mut self, command: MetaCommand) -> Result<MetaResult, ClientError> {
+        self.admin_request(ClientRequest::Admin(command)).await
+    }
+
+    /// Creates, changes or removes a user (admin only), on the metadata leader; the node that
+    /// receives a new secret hashes it. `MetaResult::Rejected` is an answer (e.g. the name
+    /// exists), not an error.
+    pub async fn manage_user(
+        &mut self,
+        request: crate::client::protocol::UserRequest,
+    ) -> Result<MetaResult, ClientError> {
+        self.admin_request(ClientRequest::User(request)).await
+    }
+
+    /// The users (names, roles, kinds: never a secret) as the first node that answers applied
+    /// them.
+    pub async fn list_users(&mut self) -> Result<Vec<crate::auth::UserInfo>, ClientError> {
+        let deadline = Instant::now() + self.options.operation_timeout;
+        let _ = self.ensure_map(deadline).await;
+        let mut attempts = Attempts::new(deadline, self.options.retry_backoff_min);
+        while attempts.running() {
+            let Some(target) = self.pick_admin_target(&attempts.tried) else {
+                self.pause(&mut attempts).await;
+                continue;
+            };
+            attempts.tried.insert(target);
+            let request = ClientRequest::User(crate::client::protocol::UserRequest::List);
+            match self.connections.exchange(target, request, deadline).await {
+                Ok(ClientResponse::Users(users)) => return Ok(users),
+                Ok(other) => attempts.heard(format!("{target} answered {other:?} to user list")),
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::NotSent(e) | AttemptError::AfterSend(e)) => {
+                    attempts.last_problem = e;
+                }
+            }
+        }
+        Err(attempts.into_error(&self.endpoints))
+    }
+
+    async fn admin_request(&mut self, request: ClientRequest) -> Result<MetaResult, ClientError> {
         let deadline = Instant::now() + self.options.operation_timeout;
         // Best effort: the map resolves the leader ids in redirects and lists every member.
         let _ = self.ensure_map(deadline).await;
@@ -414,8 +462,10 @@ impl Client {
                 continue;
             };
             attempts.tried.insert(target);
-            let request = ClientRequest::Admin(command.clone());
-            let outcome = self.connections.exchange(target, request, deadline).await;
+            let outcome = self
+                .connections
+                .exchange(target, request.clone(), deadline)
+                .await;
             match outcome {
                 Ok(ClientResponse::Admin(result)) => {
                     self.meta_leader = Some(target);
@@ -951,9 +1001,12 @@ impl Client {
                     heard = true;
                     problems.push(format!("{addr} has not learned the cluster map yet"));
                 }
-                Err(e @ (ClientError::InvalidArgument(_) | ClientError::TooLarge(_))) => {
-                    return Err(e)
-                }
+                // Every node checks the same replicated users: another would deny it too.
+                Err(
+                    e @ (ClientError::InvalidArgument(_)
+                    | ClientError::TooLarge(_)
+                    | ClientError::Denied(_)),
+                ) => return Err(e),
                 // Another node may still answer; if none does, the TLS reason is the error.
                 Err(ClientError::Tls(reason)) => {
                     tls_failed = true;

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::gate::Denied;
+use crate::auth::{Credentials, Role as UserRole, Secret, SecretKind, UserInfo};
 use crate::config::MemberConfig;
 use crate::kv::{Command, OpResult};
 use crate::meta::{ClusterView, GroupStatus, MetaCommand, MetaResult};
@@ -36,6 +38,42 @@ pub enum ClientRequest {
     Admin(MetaCommand),
     /// Reading a shard's data at one consistent point (`quorumkv backup`).
     Backup(BackupRequest),
+    /// Sent once per connection, first, when the client has credentials; answered
+    /// `Authenticated` or `Refused(Denied(WrongCredentials))` (then the node closes the
+    /// connection). Checked on the node that receives it (`auth::gate`).
+    Authenticate(Credentials),
+    /// User management (admin only). Handled by the receiving node: it hashes a new secret
+    /// itself (off its event loop) and proposes the resulting `MetaCommand`, so the secret
+    /// never enters the replicated log.
+    User(UserRequest),
+}
+
+/// `quorumkv user ...`. Secrets travel only to the node that hashes them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UserRequest {
+    /// Every user with its role and secret kind (never a secret or hash), as this node
+    /// applied the metadata.
+    List,
+    /// Creates a user (refused if the name exists).
+    Add {
+        name: String,
+        role: UserRole,
+        kind: SecretKind,
+        secret: Secret,
+    },
+    Remove {
+        name: String,
+    },
+    SetRole {
+        name: String,
+        role: UserRole,
+    },
+    /// Replaces a user's password or token (its open sessions end).
+    SetSecret {
+        name: String,
+        kind: SecretKind,
+        secret: Secret,
+    },
 }
 
 /// An online backup of one shard: `Open` at the shard's leader (after a ReadIndex round, so
@@ -124,6 +162,13 @@ pub enum ClientResponse {
     Cluster(ClusterView),
     Admin(MetaResult),
     Backup(BackupResponse),
+    /// The connection is authenticated as `user`; `role` None: this node has auth disabled
+    /// (the credentials were not checked; every request is served).
+    Authenticated {
+        user: String,
+        role: Option<UserRole>,
+    },
+    Users(Vec<UserInfo>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +197,10 @@ pub enum RefusedReason {
     /// The port serves TLS only and this request came in plaintext (the client needs the
     /// cluster's CA certificate).
     TlsRequired,
+    /// Auth is enabled and this request is not allowed: no credentials, wrong credentials, a
+    /// role too low, or a user removed since it authenticated. Nothing was proposed; retrying
+    /// elsewhere does not help.
+    Denied(Denied),
 }
 
 /// What `quorumkv status` shows for one node. `role`, `term`, `leader_*`, the indexes, `voters`

@@ -93,9 +93,10 @@ impl Fake {
                 ClientResponse::Admin(MetaResult::Applied { epoch: self.epoch })
             }
             ClientRequest::Execute { shard, command } => self.execute(node, shard, command),
-            ClientRequest::Status | ClientRequest::Backup(_) => {
-                ClientResponse::Refused(RefusedReason::NotReady)
-            }
+            ClientRequest::Status
+            | ClientRequest::Backup(_)
+            | ClientRequest::Authenticate(_)
+            | ClientRequest::User(_) => ClientResponse::Refused(RefusedReason::NotReady),
         }
     }
 

@@ -24,6 +24,7 @@ use super::types::{
     shard_of_group, ClusterView, GroupId, GroupStatus, Member, MemberState, MetaCommand,
     MetaResult, META_GROUP,
 };
+use crate::auth::{validate_user_name, Role, SecretHash, SecretKind, User, MAX_USERS};
 use crate::placement::{place, NodeInfo, PlacementConfig, PlacementError, ShardId, ShardMap};
 use crate::raft::{LogIndex, NodeId};
 
@@ -39,8 +40,9 @@ pub const MAX_VNODES_PER_NODE: u32 = 1024;
 /// Most non-Removed members a cluster may have.
 pub const MAX_MEMBERS: usize = 1024;
 
-/// Version of the snapshot layout; `restore` refuses any other.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Version of the snapshot layout (2: with users); `restore` also reads format 1 and refuses
+/// any other.
+const SNAPSHOT_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -71,6 +73,20 @@ pub struct MetaState {
     placement: PlacementConfig,
     members: BTreeMap<NodeId, Member>,
     shard_map: ShardMap,
+    /// Users by name (empty: nobody can log in to a node with auth enabled until the first
+    /// admin is bootstrapped). User changes do not change `epoch` (it versions the map).
+    users: BTreeMap<String, User>,
+}
+
+/// The layout of snapshot format 1 (before users): still restored.
+#[derive(Deserialize)]
+struct MetaStateV1 {
+    initialized: bool,
+    epoch: u64,
+    applied_index: LogIndex,
+    placement: PlacementConfig,
+    members: BTreeMap<NodeId, Member>,
+    shard_map: ShardMap,
 }
 
 /// What a command does to the state, decided before anything is changed.
@@ -83,6 +99,9 @@ enum Decision {
         placement: PlacementConfig,
         members: BTreeMap<NodeId, Member>,
     },
+    /// Insert or replace one user.
+    SetUser(User),
+    DropUser(String),
 }
 
 impl MetaState {
@@ -96,6 +115,7 @@ impl MetaState {
             shard_map: ShardMap {
                 replicas: Vec::new(),
             },
+            users: BTreeMap::new(),
         }
     }
 
@@ -130,6 +150,10 @@ impl MetaState {
 
     pub fn members(&self) -> &BTreeMap<NodeId, Member> {
         &self.members
+    }
+
+    pub fn users(&self) -> &BTreeMap<String, User> {
+        &self.users
     }
 
     pub fn member(&self, id: NodeId) -> Option<&Member> {
@@ -198,6 +222,14 @@ impl MetaState {
                 self.initialize(placement, members);
                 MetaResult::Applied { epoch: self.epoch }
             }
+            Decision::SetUser(user) => {
+                self.users.insert(user.name.clone(), user);
+                MetaResult::Applied { epoch: self.epoch }
+            }
+            Decision::DropUser(name) => {
+                self.users.remove(&name);
+                MetaResult::Applied { epoch: self.epoch }
+            }
         }
     }
 
@@ -226,17 +258,36 @@ impl MetaState {
                 max_bytes: MAX_META_SNAPSHOT_BYTES,
             });
         }
-        let (format, state): (u32, MetaState) = crate::bounded_decode::decode_exact_within(
-            bytes,
-            "MAX_META_SNAPSHOT_BYTES",
-            MAX_META_SNAPSHOT_BYTES,
-        )
-        .map_err(|e| MetaError::Restore(format!("metadata state image: {e}")))?;
-        if format != SNAPSHOT_FORMAT {
-            return Err(MetaError::Restore(format!(
-                "unknown format {format} (expected {SNAPSHOT_FORMAT})"
-            )));
-        }
+        // The format first (a u32 cannot make the decoder allocate), then the body it names,
+        // decoded exactly and within the bound.
+        let (format, header): (u32, usize) =
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| MetaError::Restore(format!("metadata state image: format: {e}")))?;
+        let body = &bytes[header..];
+        let bounded = |e: crate::bounded_decode::BoundedDecodeError| {
+            MetaError::Restore(format!("metadata state image: {e}"))
+        };
+        let state = match format {
+            SNAPSHOT_FORMAT => crate::bounded_decode::decode_exact_within::<MetaState>(
+                body,
+                "MAX_META_SNAPSHOT_BYTES",
+                MAX_META_SNAPSHOT_BYTES,
+            )
+            .map_err(bounded)?,
+            1 => MetaState::from(
+                crate::bounded_decode::decode_exact_within::<MetaStateV1>(
+                    body,
+                    "MAX_META_SNAPSHOT_BYTES",
+                    MAX_META_SNAPSHOT_BYTES,
+                )
+                .map_err(bounded)?,
+            ),
+            _ => {
+                return Err(MetaError::Restore(format!(
+                    "unknown format {format} (expected 1 or {SNAPSHOT_FORMAT})"
+                )))
+            }
+        };
         state.check().map_err(MetaError::Restore)?;
         Ok(state)
     }
@@ -306,7 +357,92 @@ impl MetaState {
             MetaCommand::MarkDead(id) => self.decide_mark_dead(*id),
             MetaCommand::MarkAlive(id) => self.decide_mark_alive(*id),
             MetaCommand::Remove(id) => self.decide_remove(*id),
+            MetaCommand::BootstrapAdmin(user) => self.decide_bootstrap_admin(user),
+            MetaCommand::AddUser(user) => self.decide_add_user(user),
+            MetaCommand::RemoveUser(name) => self.decide_remove_user(name),
+            MetaCommand::SetUserRole { name, role } => self.decide_set_role(name, *role),
+            MetaCommand::SetUserSecret {
+                name,
+                kind,
+                secret_hash,
+            } => self.decide_set_secret(name, *kind, secret_hash),
         }
+    }
+
+    fn decide_bootstrap_admin(&self, user: &User) -> Decision {
+        if !self.users.is_empty() {
+            return Decision::Unchanged;
+        }
+        if user.role != Role::Admin {
+            return Decision::Rejected("the first user must be an admin".into());
+        }
+        match validate_user(user) {
+            Ok(()) => Decision::SetUser(user.clone()),
+            Err(reason) => Decision::Rejected(reason),
+        }
+    }
+
+    fn decide_add_user(&self, user: &User) -> Decision {
+        if let Err(reason) = validate_user(user) {
+            return Decision::Rejected(reason);
+        }
+        match self.users.get(&user.name) {
+            Some(existing) if existing == user => Decision::Unchanged,
+            Some(_) => Decision::Rejected(format!("user {:?} already exists", user.name)),
+            None if self.users.len() >= MAX_USERS => {
+                Decision::Rejected(format!("a cluster has at most {MAX_USERS} users"))
+            }
+            None => Decision::SetUser(user.clone()),
+        }
+    }
+
+    fn decide_remove_user(&self, name: &str) -> Decision {
+        match self.users.get(name) {
+            None => Decision::Unchanged,
+            Some(user) if user.role == Role::Admin && self.admin_count() == 1 => {
+                Decision::Rejected(format!("{name:?} is the last admin: add another first"))
+            }
+            Some(_) => Decision::DropUser(name.to_string()),
+        }
+    }
+
+    fn decide_set_role(&self, name: &str, role: Role) -> Decision {
+        match self.users.get(name) {
+            None => Decision::Rejected(format!("no user {name:?}")),
+            Some(user) if user.role == role => Decision::Unchanged,
+            Some(user) if user.role == Role::Admin && self.admin_count() == 1 => {
+                Decision::Rejected(format!("{name:?} is the last admin: add another first"))
+            }
+            Some(user) => Decision::SetUser(User {
+                role,
+                ..user.clone()
+            }),
+        }
+    }
+
+    fn decide_set_secret(&self, name: &str, kind: SecretKind, hash: &SecretHash) -> Decision {
+        let Some(user) = self.users.get(name) else {
+            return Decision::Rejected(format!("no user {name:?}"));
+        };
+        let changed = User {
+            kind,
+            secret_hash: hash.clone(),
+            ..user.clone()
+        };
+        if let Err(reason) = validate_user(&changed) {
+            return Decision::Rejected(reason);
+        }
+        if &changed == user {
+            return Decision::Unchanged;
+        }
+        Decision::SetUser(changed)
+    }
+
+    fn admin_count(&self) -> usize {
+        self.users
+            .values()
+            .filter(|u| u.role == Role::Admin)
+            .count()
     }
 
     fn decide_join(&self, new: &Member) -> Decision {
@@ -487,8 +623,45 @@ impl MetaState {
         if expected != self.shard_map {
             return Err("shard map differs from the placement of the active members".to_string());
         }
+        self.check_users()
+    }
+
+    fn check_users(&self) -> Result<(), String> {
+        if self.users.len() > MAX_USERS {
+            return Err(format!("{} users exceed {MAX_USERS}", self.users.len()));
+        }
+        for (name, user) in &self.users {
+            if *name != user.name {
+                return Err(format!("user {:?} stored under {name:?}", user.name));
+            }
+            validate_user(user)?;
+        }
+        if !self.users.is_empty() && self.admin_count() == 0 {
+            return Err("users but no admin".to_string());
+        }
         Ok(())
     }
+}
+
+impl From<MetaStateV1> for MetaState {
+    fn from(v1: MetaStateV1) -> MetaState {
+        MetaState {
+            initialized: v1.initialized,
+            epoch: v1.epoch,
+            applied_index: v1.applied_index,
+            placement: v1.placement,
+            members: v1.members,
+            shard_map: v1.shard_map,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+/// A user as a command carries it: a valid name and a salted argon2id hash.
+fn validate_user(user: &User) -> Result<(), String> {
+    validate_user_name(&user.name)?;
+    SecretHash::parse(user.secret_hash.as_phc().to_string())?;
+    Ok(())
 }
 
 fn with_state(member: &Member, state: MemberState) -> Member {
@@ -1052,6 +1225,198 @@ mod tests {
             ..member(4)
         });
         assert!(decode_command(&encode_command(&huge)).is_err());
+    }
+
+    fn user(name: &str, role: Role, secret: &str) -> User {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(name.len() as u64);
+        User {
+            name: name.into(),
+            role,
+            kind: SecretKind::Password,
+            secret_hash: crate::auth::hash_secret(&crate::auth::Secret::new(secret), &mut rng)
+                .unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_first_admin_is_created_once_and_only_while_no_user_exists() {
+        let mut state = MetaState::uninitialized();
+        let admin = user("admin", Role::Admin, "first-password");
+        assert!(rejected(
+            &run(&mut state, MetaCommand::BootstrapAdmin(admin.clone())),
+            "not bootstrapped"
+        ));
+        let mut state = cluster(3, 3);
+        let epoch = state.epoch();
+        assert!(rejected(
+            &run(
+                &mut state,
+                MetaCommand::BootstrapAdmin(user("w", Role::Write, "pw-pw-pw"))
+            ),
+            "must be an admin"
+        ));
+        assert_eq!(
+            run(&mut state, MetaCommand::BootstrapAdmin(admin.clone())),
+            MetaResult::Applied { epoch }
+        );
+        assert_eq!(state.users().get("admin"), Some(&admin));
+        // A second node's bootstrap (another salt, another password) changes nothing.
+        let racing = user("root", Role::Admin, "other-password");
+        run(&mut state, MetaCommand::BootstrapAdmin(racing));
+        assert_eq!(state.users().len(), 1);
+        assert_eq!(state.users().get("admin"), Some(&admin));
+        assert_eq!(state.epoch(), epoch, "users do not change the map epoch");
+    }
+
+    #[test]
+    fn user_commands_are_idempotent_and_keep_an_admin() {
+        let mut state = cluster(3, 3);
+        let admin = user("admin", Role::Admin, "admin-password");
+        run(&mut state, MetaCommand::BootstrapAdmin(admin.clone()));
+        let alice = user("alice", Role::Read, "alice-password");
+        assert!(matches!(
+            run(&mut state, MetaCommand::AddUser(alice.clone())),
+            MetaResult::Applied { .. }
+        ));
+        // A retried add is harmless; another secret under the same name is refused.
+        assert!(matches!(
+            run(&mut state, MetaCommand::AddUser(alice.clone())),
+            MetaResult::Applied { .. }
+        ));
+        assert!(rejected(
+            &run(
+                &mut state,
+                MetaCommand::AddUser(user("alice", Role::Admin, "x-password"))
+            ),
+            "already exists"
+        ));
+        assert_eq!(state.users()["alice"].role, Role::Read);
+        // Bad names and hashes never enter the state.
+        let mut bad = alice.clone();
+        bad.name = "no spaces".into();
+        assert!(rejected(
+            &run(&mut state, MetaCommand::AddUser(bad)),
+            "only letters"
+        ));
+        let forged: User = serde_json::from_value(serde_json::json!({
+            "name": "mallory", "role": "Admin", "kind": "Password", "secret_hash": "plaintext"
+        }))
+        .unwrap();
+        assert!(rejected(
+            &run(&mut state, MetaCommand::AddUser(forged)),
+            "PHC"
+        ));
+        assert!(!state.users().contains_key("mallory"));
+        // Role and secret changes.
+        run(
+            &mut state,
+            MetaCommand::SetUserRole {
+                name: "alice".into(),
+                role: Role::Write,
+            },
+        );
+        assert_eq!(state.users()["alice"].role, Role::Write);
+        let new_hash = user("alice", Role::Write, "new-password").secret_hash;
+        run(
+            &mut state,
+            MetaCommand::SetUserSecret {
+                name: "alice".into(),
+                kind: SecretKind::Token,
+                secret_hash: new_hash.clone(),
+            },
+        );
+        assert_eq!(state.users()["alice"].secret_hash, new_hash);
+        assert_eq!(state.users()["alice"].kind, SecretKind::Token);
+        assert!(rejected(
+            &run(
+                &mut state,
+                MetaCommand::SetUserRole {
+                    name: "bob".into(),
+                    role: Role::Read
+                }
+            ),
+            "no user"
+        ));
+        // The last admin stays.
+        assert!(rejected(
+            &run(&mut state, MetaCommand::RemoveUser("admin".into())),
+            "last admin"
+        ));
+        assert!(rejected(
+            &run(
+                &mut state,
+                MetaCommand::SetUserRole {
+                    name: "admin".into(),
+                    role: Role::Read
+                }
+            ),
+            "last admin"
+        ));
+        // Removal, twice.
+        run(&mut state, MetaCommand::RemoveUser("alice".into()));
+        assert!(matches!(
+            run(&mut state, MetaCommand::RemoveUser("alice".into())),
+            MetaResult::Applied { .. }
+        ));
+        assert!(!state.users().contains_key("alice"));
+        assert_eq!(state.users().len(), 1);
+    }
+
+    #[test]
+    fn users_survive_snapshots_and_format_1_still_restores() {
+        let mut state = cluster(3, 3);
+        run(
+            &mut state,
+            MetaCommand::BootstrapAdmin(user("admin", Role::Admin, "admin-password")),
+        );
+        run(
+            &mut state,
+            MetaCommand::AddUser(user("bob", Role::Read, "bob-password")),
+        );
+        let restored = MetaState::restore(&state.snapshot()).unwrap();
+        assert_eq!(restored, state);
+        assert_eq!(restored.users().len(), 2);
+        // A snapshot written before users existed (format 1, no users field).
+        #[derive(Serialize)]
+        struct V1<'a> {
+            initialized: bool,
+            epoch: u64,
+            applied_index: LogIndex,
+            placement: &'a PlacementConfig,
+            members: &'a BTreeMap<NodeId, Member>,
+            shard_map: &'a ShardMap,
+        }
+        let v1 = V1 {
+            initialized: true,
+            epoch: state.epoch(),
+            applied_index: state.applied_index(),
+            placement: state.placement(),
+            members: state.members(),
+            shard_map: state.shard_map(),
+        };
+        let bytes =
+            bincode::serde::encode_to_vec((1u32, &v1), bincode::config::standard()).unwrap();
+        let old = MetaState::restore(&bytes).unwrap();
+        assert!(old.users().is_empty());
+        assert_eq!(old.members(), state.members());
+        // Users without an admin are an inconsistent state.
+        let mut tampered = state.clone();
+        tampered.users.remove("admin");
+        assert!(MetaState::restore(&tampered.snapshot()).is_err());
+    }
+
+    #[test]
+    fn user_commands_round_trip_through_the_log_codec_without_secrets() {
+        let command = MetaCommand::AddUser(user("carol", Role::Write, "carol-password"));
+        let bytes = encode_command(&command);
+        assert_eq!(decode_command(&bytes).unwrap(), command);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("carol-password"), "only the hash is logged");
+        assert!(
+            !format!("{command:?}").contains("argon2"),
+            "Debug hides the hash"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Role as UserRole, SecretHash, SecretKind, User};
 use crate::placement::{PlacementConfig, ShardId, ShardMap};
 use crate::raft::{LogIndex, NodeId, Role, Term};
 
@@ -68,6 +69,25 @@ pub enum MetaCommand {
     MarkAlive(NodeId),
     /// Final step of a leave (or an operator's removal of a dead node).
     Remove(NodeId),
+    // Users (issue 16). New variants go at the end so that older logs and snapshots decode.
+    /// The first admin, proposed by the metadata leader from its `auth` config: applied only
+    /// while no user exists (so racing proposals from several nodes create one admin).
+    BootstrapAdmin(User),
+    /// Creates a user; rejected if the name exists with another secret or role.
+    AddUser(User),
+    /// Rejected if it would leave no admin; absent users are already removed.
+    RemoveUser(String),
+    /// Rejected for an unknown user or if it would leave no admin.
+    SetUserRole {
+        name: String,
+        role: UserRole,
+    },
+    /// Replaces a user's secret (the hash, made by the node that received the request).
+    SetUserSecret {
+        name: String,
+        kind: SecretKind,
+        secret_hash: SecretHash,
+    },
 }
 
 /// The answer to a `MetaCommand`.

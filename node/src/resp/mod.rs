@@ -31,6 +31,8 @@ use tracing::{debug, warn, Instrument};
 
 use self::connection::{Connection, ConnectionError};
 use self::frame::{FrameLimits, Reply};
+use crate::auth::gate::AuthGate;
+use crate::auth::Credentials;
 use crate::client::{Client, ClientOptions};
 use crate::config::Limits;
 use crate::raft::NodeId;
@@ -54,6 +56,8 @@ pub struct RespContext {
     pub connector: Connector,
     /// A TLS handshake must finish within this.
     pub handshake_timeout_ms: u64,
+    /// Some: auth is enabled; commands other than AUTH, HELLO and QUIT need `AUTH` first.
+    pub auth: Option<Arc<AuthGate>>,
     clients: Mutex<Vec<Client>>,
     cursors: Mutex<ScanCursors>,
 }
@@ -82,6 +86,7 @@ impl RespContext {
             acceptor: Acceptor::plaintext(),
             connector: Connector::plaintext(),
             handshake_timeout_ms: crate::config::TransportConfig::default().handshake_timeout_ms,
+            auth: None,
             clients: Mutex::new(Vec::new()),
             cursors: Mutex::new(ScanCursors::default()),
         }
@@ -90,16 +95,22 @@ impl RespContext {
     /// A client from the pool, or a new one.
     fn checkout(&self) -> Client {
         let pooled = self.clients.lock().ok().and_then(|mut pool| pool.pop());
-        pooled.unwrap_or_else(|| {
-            let options = ClientOptions {
-                operation_timeout: OPERATION_TIMEOUT,
-                max_frame_bytes: self.limits.max_client_frame_bytes,
-                connector: self.connector.clone(),
-                ..ClientOptions::default()
-            };
-            Client::new(self.endpoints.clone(), options)
-                .expect("the endpoints hold at least this node's client address")
-        })
+        pooled.unwrap_or_else(|| self.new_client(None))
+    }
+
+    /// A routing client of its own for a connection that authenticated: it presents the
+    /// user's credentials to every node it reaches, which check its role again. Not pooled
+    /// (its connections are authenticated as that user).
+    fn new_client(&self, credentials: Option<Credentials>) -> Client {
+        let options = ClientOptions {
+            operation_timeout: OPERATION_TIMEOUT,
+            max_frame_bytes: self.limits.max_client_frame_bytes,
+            connector: self.connector.clone(),
+            credentials,
+            ..ClientOptions::default()
+        };
+        Client::new(self.endpoints.clone(), options)
+            .expect("the endpoints hold at least this node's client address")
     }
 
     fn checkin(&self, client: Client) {
@@ -200,7 +211,7 @@ pub async fn accept_redis_clients(listener: TcpListener, context: Arc<RespContex
                     .stats
                     .connections_received
                     .fetch_add(1, Ordering::Relaxed);
-                match serve(stream, &context).await {
+                match serve(stream, addr, &context).await {
                     Ok(()) => debug!(%addr, "redis connection closed"),
                     Err(e) => warn!(%addr, error = %e, "redis connection closed with error"),
                 }
@@ -223,13 +234,17 @@ async fn refuse(stream: Stream, error: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), connection.flush()).await;
 }
 
-async fn serve(stream: Stream, context: &RespContext) -> Result<(), ConnectionError> {
+async fn serve(
+    stream: Stream,
+    peer: SocketAddr,
+    context: &RespContext,
+) -> Result<(), ConnectionError> {
     let limits = FrameLimits {
         max_request_bytes: context.limits.max_redis_request_bytes,
         max_args: context.limits.max_redis_args,
     };
     let mut connection = Connection::new(stream, limits);
-    let mut state = cmd::ConnState::new(context.checkout());
+    let mut state = cmd::ConnState::new(context.checkout(), peer);
     let result = loop {
         let args = match connection.next_request().await {
             Ok(Some(args)) => args,
@@ -255,6 +270,8 @@ async fn serve(stream: Stream, context: &RespContext) -> Result<(), ConnectionEr
             break connection.flush().await;
         }
     };
-    context.checkin(state.into_client());
+    if let Some(client) = state.into_pooled_client() {
+        context.checkin(client);
+    }
     result
 }

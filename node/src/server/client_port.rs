@@ -23,16 +23,21 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, Instant};
 
 use crate::deadline::timeout;
 use tracing::Instrument;
 use tracing::{debug, warn};
 
-use crate::client::protocol::{
-    ClientFrame, ClientRequest, ClientResponse, RefusedReason, ServerFrame,
+use crate::auth::gate::{hash_off_loop, AuthGate, Session, UserTable};
+use crate::auth::{
+    required_role, validate_new_secret, validate_user_name, Credentials, User, UserInfo,
 };
+use crate::client::protocol::{
+    ClientFrame, ClientRequest, ClientResponse, RefusedReason, ServerFrame, UserRequest,
+};
+use crate::meta::{MetaCommand, MetaResult};
 use crate::metrics::{op_name, Metrics};
 use crate::transport::frame::{
     encode_frame, read_frame, read_frame_limited, FrameBudget, FrameError, ReadLimits,
@@ -47,8 +52,12 @@ pub struct ClientCall {
     pub reply: oneshot::Sender<ClientResponse>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientPortConfig {
+    /// The users as this node applied them (`user list`).
+    pub users: watch::Receiver<UserTable>,
+    /// Some: auth is enabled and every request is checked here (`auth::gate`).
+    pub auth: Option<Arc<AuthGate>>,
     pub metrics: Arc<Metrics>,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
@@ -290,6 +299,7 @@ async fn serve_client(
 ) -> Result<(), FrameError> {
     let (read_half, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(read_half);
+    let mut session: Option<Session> = None;
     let limits = ReadLimits {
         max_frame_bytes: config.max_frame_bytes,
         budget: Some(&config.budget),
@@ -315,17 +325,13 @@ async fn serve_client(
         let op = op_name(&request);
         let started = Instant::now();
         config.metrics.pending_requests.inc();
-        let (reply, answer) = oneshot::channel();
-        let response = match calls.try_send(ClientCall { request, reply }) {
-            Ok(()) => answer
-                .await
-                .unwrap_or(ClientResponse::Refused(RefusedReason::ShuttingDown)),
-            Err(mpsc::error::TrySendError::Full(call)) => {
-                drop(call);
-                ClientResponse::Refused(RefusedReason::Busy)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                ClientResponse::Refused(RefusedReason::ShuttingDown)
+        let mut close_after = false;
+        let response = match admit(config, &mut session, request, addr).await {
+            Admission::Forward(request) => forward(calls, request).await,
+            Admission::Answer(response) => response,
+            Admission::AnswerAndClose(response) => {
+                close_after = true;
+                response
             }
         };
         config.metrics.pending_requests.dec();
@@ -354,8 +360,145 @@ async fn serve_client(
                 return Ok(());
             }
         }
+        if close_after {
+            return Ok(());
+        }
         lock(slots).set_idle(slot);
     }
+}
+
+/// Hands a request to the event loop and waits for its answer.
+async fn forward(calls: &mpsc::Sender<ClientCall>, request: ClientRequest) -> ClientResponse {
+    let (reply, answer) = oneshot::channel();
+    match calls.try_send(ClientCall { request, reply }) {
+        Ok(()) => answer
+            .await
+            .unwrap_or(ClientResponse::Refused(RefusedReason::ShuttingDown)),
+        Err(mpsc::error::TrySendError::Full(call)) => {
+            drop(call);
+            ClientResponse::Refused(RefusedReason::Busy)
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            ClientResponse::Refused(RefusedReason::ShuttingDown)
+        }
+    }
+}
+
+/// What the port does with one request before (or instead of) the event loop.
+enum Admission {
+    Forward(ClientRequest),
+    Answer(ClientResponse),
+    /// A failed login: answered, then the connection is closed.
+    AnswerAndClose(ClientResponse),
+}
+
+/// The auth check of every request (when auth is enabled), logins, and user management (which
+/// becomes a metadata command here, with any new secret already hashed).
+async fn admit(
+    config: &ClientPortConfig,
+    session: &mut Option<Session>,
+    request: ClientRequest,
+    addr: SocketAddr,
+) -> Admission {
+    if let ClientRequest::Authenticate(credentials) = &request {
+        return authenticate(config, session, credentials, addr).await;
+    }
+    if let (Some(gate), Some(need)) = (&config.auth, required_role(&request)) {
+        if let Err(denied) = gate.authorize(session.as_ref(), need) {
+            let user = session.as_ref().map(|s| s.user.as_str()).unwrap_or("-");
+            warn!(%addr, user, op = op_name(&request), %denied, "request denied");
+            return Admission::Answer(ClientResponse::Refused(RefusedReason::Denied(denied)));
+        }
+    }
+    match request {
+        ClientRequest::User(user_request) => manage_users(config, user_request).await,
+        request => Admission::Forward(request),
+    }
+}
+
+async fn authenticate(
+    config: &ClientPortConfig,
+    session: &mut Option<Session>,
+    credentials: &Credentials,
+    addr: SocketAddr,
+) -> Admission {
+    let Some(gate) = &config.auth else {
+        return Admission::Answer(ClientResponse::Authenticated {
+            user: credentials.user.clone(),
+            role: None,
+        });
+    };
+    match gate.authenticate(credentials, addr).await {
+        Ok((verified, role)) => {
+            let user = verified.user.clone();
+            *session = Some(verified);
+            Admission::Answer(ClientResponse::Authenticated {
+                user,
+                role: Some(role),
+            })
+        }
+        Err(denied) => {
+            *session = None;
+            Admission::AnswerAndClose(ClientResponse::Refused(RefusedReason::Denied(denied)))
+        }
+    }
+}
+
+/// `List` is answered from this node's applied table; changes become metadata commands (the
+/// client sends them to the metadata leader, which proposes them).
+async fn manage_users(config: &ClientPortConfig, request: UserRequest) -> Admission {
+    let rejected =
+        |reason: String| Admission::Answer(ClientResponse::Admin(MetaResult::Rejected { reason }));
+    let command = match request {
+        UserRequest::List => {
+            let users = config.users.borrow().clone();
+            let infos = users.values().map(UserInfo::from).collect();
+            return Admission::Answer(ClientResponse::Users(infos));
+        }
+        UserRequest::Add {
+            name,
+            role,
+            kind,
+            secret,
+        } => {
+            if let Err(reason) = validate_user_name(&name).and(validate_new_secret(&secret)) {
+                return rejected(reason);
+            }
+            if config.users.borrow().contains_key(&name) {
+                return rejected(format!("user {name:?} already exists"));
+            }
+            match hash_off_loop(secret).await {
+                Ok(secret_hash) => MetaCommand::AddUser(User {
+                    name,
+                    role,
+                    kind,
+                    secret_hash,
+                }),
+                Err(reason) => return rejected(reason),
+            }
+        }
+        UserRequest::Remove { name } => {
+            if !config.users.borrow().contains_key(&name) {
+                return rejected(format!("no user {name:?}"));
+            }
+            MetaCommand::RemoveUser(name)
+        }
+        UserRequest::SetRole { name, role } => MetaCommand::SetUserRole { name, role },
+        UserRequest::SetSecret { name, kind, secret } => {
+            if let Err(reason) = validate_new_secret(&secret) {
+                return rejected(reason);
+            }
+            match hash_off_loop(secret).await {
+                Ok(secret_hash) => MetaCommand::SetUserSecret {
+                    name,
+                    kind,
+                    secret_hash,
+                },
+                Err(reason) => return rejected(reason),
+            }
+        }
+    };
+    Admission::Forward(ClientRequest::Admin(command))
 }
 
 #[cfg(test)]

@@ -103,6 +103,11 @@ pub(super) struct EventLoop {
     telemetry: Option<super::telemetry::Telemetry>,
     /// Shard snapshot transfers in both directions (see snapshot_stream.rs).
     streams: Streams,
+    /// The user table as applied, for the client and Redis ports' auth checks.
+    users_tx: tokio::sync::watch::Sender<crate::auth::gate::UserTable>,
+    /// The first admin (hashed at start) the metadata leader proposes while no user exists.
+    bootstrap_admin: Option<crate::auth::User>,
+    admin_bootstrap_proposed_term: Option<crate::raft::Term>,
 }
 
 impl EventLoop {
@@ -147,6 +152,9 @@ impl EventLoop {
             stop_reason: None,
             telemetry: None,
             streams: Streams::default(),
+            users_tx: tokio::sync::watch::channel(crate::auth::gate::UserTable::default()).0,
+            bootstrap_admin: None,
+            admin_bootstrap_proposed_term: None,
         };
         event_loop.on_meta_changed();
         event_loop
@@ -271,6 +279,15 @@ impl EventLoop {
             Some(meta) if meta.is_initialized() => meta,
             _ => &self.provisional_meta,
         }
+    }
+
+    /// The applied user table, as the ports see it.
+    pub(super) fn users(&self) -> tokio::sync::watch::Receiver<crate::auth::gate::UserTable> {
+        self.users_tx.subscribe()
+    }
+
+    pub(super) fn set_bootstrap_admin(&mut self, admin: crate::auth::User) {
+        self.bootstrap_admin = Some(admin);
     }
 
     pub(super) fn set_telemetry(&mut self, telemetry: super::telemetry::Telemetry) {
@@ -636,8 +653,13 @@ impl EventLoop {
         self.destroy(group, removed_at)
     }
 
-    /// The map changed: learn addresses, and stop if this node was removed.
+    /// The map changed: learn addresses, publish the users, and stop if this node was removed.
     fn on_meta_changed(&mut self) {
+        let users = self.meta().users();
+        if **self.users_tx.borrow() != *users {
+            let table = std::sync::Arc::new(users.clone());
+            self.users_tx.send_replace(table);
+        }
         let me = self.config.node_id;
         let members: Vec<Member> = self.meta().members().values().cloned().collect();
         for m in members.iter().filter(|m| m.id != me) {
@@ -670,6 +692,9 @@ impl EventLoop {
         if !meta.is_initialized() {
             self.propose_bootstrap();
             return;
+        }
+        if meta.users().is_empty() {
+            self.propose_bootstrap_admin();
         }
         let me = self.config.node_id;
         let lag = self.config.cluster.catch_up_lag_entries;
@@ -810,6 +835,31 @@ impl EventLoop {
         if propose_meta(group, &MetaCommand::Bootstrap { placement, members }) {
             group.bootstrap_proposed_term = term;
             info!(term, "proposed the cluster's bootstrap map");
+        }
+    }
+
+    /// Metadata leader of a cluster without users, with an admin password configured: proposes
+    /// the first admin (once per term; the state machine applies it only while no user exists).
+    fn propose_bootstrap_admin(&mut self) {
+        let Some(admin) = self.bootstrap_admin.clone() else {
+            return;
+        };
+        let Some(group) = self.groups.get_mut(&META_GROUP) else {
+            return;
+        };
+        // Not on the provisional map `meta()` falls back to: the state machine refuses a
+        // BootstrapAdmin applied before the bootstrap map itself, and this is proposed once a term.
+        let applied_initialized = group.meta().is_some_and(MetaState::is_initialized);
+        let term = group.raft.term();
+        if !applied_initialized
+            || !group.is_leader()
+            || self.admin_bootstrap_proposed_term == Some(term)
+        {
+            return;
+        }
+        if propose_meta(group, &MetaCommand::BootstrapAdmin(admin.clone())) {
+            self.admin_bootstrap_proposed_term = Some(term);
+            info!(term, user = %admin.name, "proposed the first admin user");
         }
     }
 
@@ -1010,6 +1060,13 @@ impl EventLoop {
             ClientRequest::Admin(command) => self.on_admin(command, reply),
             ClientRequest::Execute { shard, command } => self.on_execute(shard, command, reply),
             ClientRequest::Backup(request) => self.on_backup(request, reply),
+            // The client port answers these itself (client_port::admit); never queued here.
+            ClientRequest::Authenticate(_) | ClientRequest::User(_) => {
+                let refused = MetaResult::Rejected {
+                    reason: "handled by the client port".into(),
+                };
+                let _ = reply.send(ClientResponse::Admin(refused));
+            }
         }
     }
 
@@ -1071,9 +1128,12 @@ impl EventLoop {
     }
 
     fn on_admin(&mut self, command: MetaCommand, reply: oneshot::Sender<ClientResponse>) {
-        if matches!(command, MetaCommand::Bootstrap { .. }) {
+        if matches!(
+            command,
+            MetaCommand::Bootstrap { .. } | MetaCommand::BootstrapAdmin(_)
+        ) {
             let refused = MetaResult::Rejected {
-                reason: "Bootstrap is proposed by the cluster itself".into(),
+                reason: "Bootstrap and BootstrapAdmin are proposed by the cluster itself".into(),
             };
             let _ = reply.send(ClientResponse::Admin(refused));
             return;
@@ -1297,6 +1357,7 @@ async fn join_once(
 fn admin_client_options(config: &ServerConfig) -> crate::client::ClientOptions {
     crate::client::ClientOptions {
         rng_seed: Some(super::node_seed(config) ^ 0xad41_4e00),
+        credentials: config.auth.admin_credentials(),
         ..crate::client::ClientOptions::default()
     }
 }

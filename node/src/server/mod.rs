@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{info, Instrument};
+use tracing::{info, warn, Instrument};
 
 use self::admin::{accept_admin, AdminState};
 pub use self::client_port::ClientCall;
@@ -330,6 +330,22 @@ impl Server {
         );
         let (health_tx, health) = tokio::sync::watch::channel(Health::default());
         event_loop.set_telemetry(Telemetry::new(metrics.clone(), health_tx));
+        if config.auth.enabled {
+            if !config.tls.is_enabled() {
+                warn!("auth is enabled without TLS: passwords and tokens cross the network in clear text (turn TLS on, docs/SECURITY.md)");
+            }
+            if let Some(secret) = config.auth.admin_password.clone() {
+                let secret_hash = crate::auth::gate::hash_off_loop(secret)
+                    .await
+                    .map_err(|e| ServerError::Task(format!("hashing the admin password: {e}")))?;
+                event_loop.set_bootstrap_admin(crate::auth::User {
+                    name: config.auth.admin_user.clone(),
+                    role: crate::auth::Role::Admin,
+                    kind: crate::auth::SecretKind::Password,
+                    secret_hash,
+                });
+            }
+        }
         Ok(Server {
             config,
             event_loop,
@@ -416,7 +432,14 @@ impl Server {
             budget: FrameBudget::new(config.limits.max_peer_inflight_frame_bytes),
             acceptor: security.peer.clone(),
         };
+        let users = event_loop.users();
+        let gate = config
+            .auth
+            .enabled
+            .then(|| Arc::new(crate::auth::gate::AuthGate::new(users.clone())));
         let client_port = ClientPortConfig {
+            users: users.clone(),
+            auth: gate.clone(),
             metrics: metrics.clone(),
             max_frame_bytes: config.limits.max_client_frame_bytes,
             max_connections: config.limits.max_client_connections,
@@ -456,6 +479,7 @@ impl Server {
             context.acceptor = security.client.clone();
             context.connector = security.connector.clone();
             context.handshake_timeout_ms = config.transport.handshake_timeout_ms;
+            context.auth = gate.clone();
             let serve = accept_redis_clients(listener, Arc::new(context));
             accept_tasks.push(tokio::spawn(serve.in_current_span()));
         }

@@ -305,6 +305,7 @@ impl LocalCluster {
             .arg("--dir")
             .arg(&dir)
             .args(extra_args)
+            .env_remove("QUORUMKV_ADMIN_PASSWORD")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

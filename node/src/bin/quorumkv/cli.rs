@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use node::addr::{resolve_all, HostPort};
+use node::auth::{Credentials, Secret};
 use node::client::{CasOutcome, Client, ClientError, ClientOptions, NodeStatus};
 use node::config::{MemberConfig, ServerConfig, DEFAULT_CLIENT_PORT, LOCAL_CLIENT_PORT_BASE};
 use node::config_layers::{apply_env, parse_member_spec, resolve_names, set};
@@ -27,6 +28,7 @@ pub const EXIT_NO_QUORUM: u8 = 4;
 pub const EXIT_UNKNOWN: u8 = 5;
 pub const EXIT_SERVER: u8 = 6;
 pub const EXIT_TIMEOUT: u8 = 7;
+pub const EXIT_DENIED: u8 = 8;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -126,6 +128,12 @@ enum Command {
         #[command(subcommand)]
         command: crate::cluster::ClusterCommand,
     },
+    /// Users and roles (admin only; clusters with auth enabled): add, list, remove, set-role,
+    /// passwd.
+    User {
+        #[command(subcommand)]
+        command: crate::user::UserCommand,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -142,6 +150,64 @@ pub struct ConnArgs {
     pub timeout_ms: u64,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Who the client is, for clusters with auth enabled. Values from the environment are never
+/// shown by --help.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AuthArgs {
+    /// User name (with --password or --password-file).
+    #[arg(long, env = "QUORUMKV_USER", hide_env_values = true)]
+    pub user: Option<String>,
+    /// The user's password or token (prefer QUORUMKV_PASSWORD or --password-file: a command
+    /// line is visible to other local users).
+    #[arg(long, env = "QUORUMKV_PASSWORD", hide_env_values = true, value_parser = parse_secret,
+        conflicts_with = "password_file")]
+    pub password: Option<Secret>,
+    /// File whose first line is the password or token.
+    #[arg(long, env = "QUORUMKV_PASSWORD_FILE", hide_env_values = true)]
+    pub password_file: Option<PathBuf>,
+}
+
+fn parse_secret(text: &str) -> Result<Secret, String> {
+    Ok(Secret::new(text))
+}
+
+/// The first line of a secret file.
+pub fn read_secret_file(path: &std::path::Path) -> Result<Secret, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ClientError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
+    })?;
+    Ok(Secret::new(text.lines().next().unwrap_or_default()))
+}
+
+impl AuthArgs {
+    /// None without --user; a user without a secret is a usage error.
+    pub fn credentials(&self) -> Result<Option<Credentials>, ClientError> {
+        let Some(user) = &self.user else {
+            if self.password.is_some() || self.password_file.is_some() {
+                return Err(ClientError::InvalidArgument(
+                    "--password/--password-file need --user (or QUORUMKV_USER)".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let secret = match (&self.password, &self.password_file) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(path)) => read_secret_file(path)?,
+            (None, None) => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "--user {user} needs --password, --password-file, QUORUMKV_PASSWORD or QUORUMKV_PASSWORD_FILE"
+                )))
+            }
+        };
+        Ok(Some(Credentials {
+            user: user.clone(),
+            secret,
+        }))
+    }
 }
 
 /// How a client reaches nodes that serve TLS.
@@ -235,6 +301,7 @@ impl ConnArgs {
             request_timeout: Duration::from_millis(self.timeout_ms.min(3000)),
             connect_timeout: Duration::from_millis(500),
             connector: self.tls.connector()?,
+            credentials: self.auth.credentials()?,
             ..ClientOptions::default()
         })
     }
@@ -304,6 +371,17 @@ pub struct ServerTuning {
     /// Clients of the client, Redis and admin ports must present a certificate from --tls-ca.
     #[arg(long)]
     pub tls_client_cert_required: bool,
+    /// Require authentication: every request needs a user whose role allows it
+    /// (docs/SECURITY.md). A new cluster needs its first admin's password
+    /// (QUORUMKV_ADMIN_PASSWORD or --admin-password-file).
+    #[arg(long)]
+    pub auth: bool,
+    /// The admin user this node creates in a new cluster and acts as (default: admin).
+    #[arg(long)]
+    pub admin_user: Option<String>,
+    /// File whose first line is that admin's password (QUORUMKV_ADMIN_PASSWORD wins).
+    #[arg(long)]
+    pub admin_password_file: Option<PathBuf>,
     #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info" or "node=debug".
@@ -312,7 +390,13 @@ pub struct ServerTuning {
 }
 
 /// `QUORUMKV_*` variables that belong to the CLI, not to a config field.
-const CLI_VARIABLES: [&str; 8] = [
+const CLI_VARIABLES: [&str; 14] = [
+    "QUORUMKV_ADMIN_PASSWORD",
+    "QUORUMKV_USER",
+    "QUORUMKV_PASSWORD",
+    "QUORUMKV_PASSWORD_FILE",
+    "QUORUMKV_NEW_PASSWORD",
+    "QUORUMKV_TOKEN",
     "QUORUMKV_ENDPOINTS",
     "QUORUMKV_LOG",
     "QUORUMKV_LOG_FORMAT",
@@ -361,6 +445,8 @@ impl ServerTuning {
             None => e.to_string(),
         })?;
         config.peer_names = names;
+        let admin_password = std::env::var(node::config::ADMIN_PASSWORD_ENV).ok();
+        config.auth.load_admin_password(admin_password)?;
         Ok(config)
     }
 
@@ -421,6 +507,15 @@ impl ServerTuning {
                 "tls.client_cert_required",
                 toml::Value::Boolean(true),
             );
+        }
+        if self.auth {
+            set(table, "auth.enabled", toml::Value::Boolean(true));
+        }
+        if let Some(user) = &self.admin_user {
+            set(table, "auth.admin_user", text(user.clone()));
+        }
+        if let Some(file) = &self.admin_password_file {
+            set(table, "auth.admin_password_file", path(file));
         }
         Ok(())
     }
@@ -516,11 +611,20 @@ async fn run(cli: Cli) -> u8 {
         Command::Status { conn } => status(&conn).await,
         Command::Health(args) => crate::health::run(args).await,
         Command::Cluster { command } => crate::cluster::run(command).await,
+        Command::User { command } => crate::user::run(command).await,
     }
 }
 
-type CommandFuture<'a> =
+pub type CommandFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u8, ClientError>> + 'a>>;
+
+/// `client_command` for the other command modules.
+pub async fn client_command_pub<F>(conn: &ConnArgs, command: F) -> u8
+where
+    F: for<'a> FnOnce(&'a mut Client) -> CommandFuture<'a>,
+{
+    client_command(conn, command).await
+}
 
 async fn client_command<F>(conn: &ConnArgs, command: F) -> u8
 where
@@ -551,6 +655,7 @@ pub fn exit_code(error: &ClientError) -> u8 {
             EXIT_USAGE
         }
         ClientError::Failed { .. } => EXIT_NO_QUORUM,
+        ClientError::Denied(_) => EXIT_DENIED,
     }
 }
 

@@ -86,6 +86,8 @@ pub struct LeaveArgs {
     timeout_s: u64,
     #[command(flatten)]
     tls: crate::cli::TlsArgs,
+    #[command(flatten)]
+    auth: crate::cli::AuthArgs,
 }
 
 pub async fn run(command: ClusterCommand) -> u8 {
@@ -102,6 +104,7 @@ fn conn_via(via: &[SocketAddr]) -> ConnArgs {
         json: false,
         timeout_ms: 5000,
         tls: crate::cli::TlsArgs::default(),
+        auth: crate::cli::AuthArgs::default(),
     }
 }
 
@@ -342,6 +345,14 @@ async fn join(args: JoinArgs) -> u8 {
         key: config.tls.key_file.clone(),
         tls_server_name: None,
     };
+    // With auth, the node asks for admission as the admin of its own auth settings.
+    if let Some(secret) = &config.auth.admin_password {
+        conn.auth = crate::cli::AuthArgs {
+            user: Some(config.auth.admin_user.clone()),
+            password: Some(secret.clone()),
+            password_file: None,
+        };
+    }
     let view = match conn
         .options()
         .and_then(|options| Client::new(via.clone(), options))
@@ -443,6 +454,7 @@ async fn leave(args: LeaveArgs) -> u8 {
     let node = args.node_id;
     let mut conn = conn_via(&args.via);
     conn.tls = args.tls.clone();
+    conn.auth = args.auth.clone();
     let mut client = match conn.client().await {
         Ok(client) => client,
         Err(e) => return report(e),

@@ -40,6 +40,36 @@ pub struct LocalArgs {
     /// every start) and gives each node its own.
     #[arg(long)]
     tls: bool,
+    /// Require authentication (users and roles): the first admin is `admin`, its password
+    /// QUORUMKV_ADMIN_PASSWORD or else generated once into DIR/admin-password (kept across
+    /// restarts, since the cluster keeps its users).
+    #[arg(long)]
+    auth: bool,
+}
+
+/// The admin password of `local --auth`: from the environment (not written anywhere), or the
+/// one in DIR/admin-password, or a new random one written there (owner-only permissions).
+/// Returns the file the nodes read, if any.
+fn admin_password_file(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    if std::env::var(node::config::ADMIN_PASSWORD_ENV).is_ok_and(|p| !p.is_empty()) {
+        return Ok(None);
+    }
+    let path = dir.join("admin-password");
+    if path.exists() {
+        return Ok(Some(path));
+    }
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    writeln!(file, "{password}")?;
+    Ok(Some(path))
 }
 
 /// Node certificates made beyond `--nodes`, for nodes added with `cluster join`.
@@ -123,6 +153,20 @@ pub async fn run(args: LocalArgs) -> u8 {
     } else {
         None
     };
+    let password_file = if args.auth {
+        match admin_password_file(&dir) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot write the admin password in {}: {e}",
+                    dir.display()
+                );
+                return EXIT_SERVER;
+            }
+        }
+    } else {
+        None
+    };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -139,7 +183,7 @@ pub async fn run(args: LocalArgs) -> u8 {
             member,
             &members,
             redis_addr(member.id),
-            tls,
+            (tls, password_file.as_deref()),
             &args,
         ) {
             Ok(child) => children.0.push((member.id, child)),
@@ -187,6 +231,31 @@ pub async fn run(args: LocalArgs) -> u8 {
             redis_addr(1).port()
         );
     }
+    if args.auth {
+        out!("auth on: every request needs a user; the first admin is `admin`");
+        match &password_file {
+            Some(file) => {
+                out!(
+                    "try: export QUORUMKV_USER=admin QUORUMKV_PASSWORD_FILE={}",
+                    file.display()
+                );
+                out!(
+                    "     quorumkv user add alice --role write --new-password-file FILE   (or --token)"
+                );
+                out!(
+                    "redis: AUTH admin $(cat {})   (then any command)",
+                    file.display()
+                );
+            }
+            None => {
+                out!("try: export QUORUMKV_USER=admin QUORUMKV_PASSWORD=\"$QUORUMKV_ADMIN_PASSWORD\"");
+                out!("redis: AUTH admin <the password>   (then any command)");
+            }
+        }
+        if tls_dir.is_none() {
+            out!("warning: auth without --tls sends passwords in clear text");
+        }
+    }
     out!("grow: quorumkv cluster join (another terminal); shrink: quorumkv cluster leave --node-id N");
     out!("Ctrl-C stops all nodes.");
 
@@ -221,7 +290,7 @@ fn spawn_node(
     me: &MemberConfig,
     members: &[MemberConfig],
     redis_addr: SocketAddr,
-    tls_dir: Option<&Path>,
+    (tls_dir, password_file): (Option<&Path>, Option<&Path>),
     args: &LocalArgs,
 ) -> std::io::Result<Child> {
     let mut config = ServerConfig {
@@ -248,6 +317,10 @@ fn spawn_node(
         config.tls.cert_file = Some(tls_dir.join(format!("node-{}.crt", me.id)));
         config.tls.key_file = Some(tls_dir.join(format!("node-{}.key", me.id)));
         config.tls.ca_file = Some(tls_dir.join("ca.crt"));
+    }
+    if args.auth {
+        config.auth.enabled = true;
+        config.auth.admin_password_file = password_file.map(Path::to_path_buf);
     }
     let text = toml::to_string(&config).map_err(std::io::Error::other)?;
     let config_path = dir.join(format!("node-{}.toml", me.id));

@@ -9,8 +9,12 @@ mod keys;
 mod server;
 mod strings;
 
+use std::net::SocketAddr;
+
 use super::frame::Reply;
 use super::RespContext;
+use crate::auth::gate::{Denied, Session};
+use crate::auth::Role;
 use crate::client::{Client, ClientError};
 use crate::kv::InvalidOp;
 
@@ -20,20 +24,55 @@ pub struct ConnState {
     pub quit: bool,
     pub name: Option<Vec<u8>>,
     client: Client,
+    /// False once the connection authenticated: its client carries the user's credentials.
+    pooled: bool,
+    /// Who authenticated (auth enabled only).
+    session: Option<Session>,
+    peer: SocketAddr,
 }
 
 impl ConnState {
-    pub fn new(client: Client) -> ConnState {
+    pub fn new(client: Client, peer: SocketAddr) -> ConnState {
         ConnState {
             resp3: false,
             quit: false,
             name: None,
             client,
+            pooled: true,
+            session: None,
+            peer,
         }
     }
 
-    pub fn into_client(self) -> Client {
-        self.client
+    /// The client, if it may serve other connections (it carries no user's credentials).
+    pub fn into_pooled_client(self) -> Option<Client> {
+        self.pooled.then_some(self.client)
+    }
+}
+
+/// Redis's reply to a command before `AUTH` on a server that requires it.
+pub const NOAUTH: &str = "NOAUTH Authentication required.";
+
+/// With auth enabled: AUTH, HELLO and QUIT are always allowed; anything else needs a session
+/// whose user (in the current table) has the role the command needs (`write` for commands
+/// flagged "write", else `read`). The nodes the routing client reaches check again.
+fn check_access(context: &RespContext, state: &ConnState, spec: &CommandSpec) -> Option<Reply> {
+    let gate = context.auth.as_ref()?;
+    if matches!(spec.name, "auth" | "hello" | "quit") {
+        return None;
+    }
+    let need = if spec.flags.contains(&"write") {
+        Role::Write
+    } else {
+        Role::Read
+    };
+    match gate.authorize(state.session.as_ref(), need) {
+        Ok(_) => None,
+        Err(Denied::PermissionDenied { user, .. }) => Some(Reply::error(format!(
+            "NOPERM User {user} has no permissions to run the '{}' command",
+            spec.name
+        ))),
+        Err(_) => Some(Reply::error(NOAUTH)),
     }
 }
 
@@ -106,7 +145,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         C,
         NO_KEYS,
         "connection",
-        "Authenticates the connection (not configured yet).",
+        "Authenticates the connection: AUTH [username] password.",
     ),
     spec(
         "select",
@@ -335,6 +374,9 @@ pub async fn run(context: &RespContext, state: &mut ConnState, args: Vec<Vec<u8>
     } else {
         count >= -spec.arity
     };
+    if let Some(refusal) = check_access(context, state, spec) {
+        return refusal;
+    }
     if !arity_ok {
         return wrong_arity(spec.name);
     }
@@ -397,6 +439,7 @@ pub fn client_error(error: ClientError) -> Reply {
         ClientError::Failed { reason } => Reply::error(format!("ERR {reason}")),
         ClientError::InvalidArgument(reason) => Reply::error(format!("ERR {reason}")),
         ClientError::Tls(reason) => Reply::error(format!("ERR TLS: {reason}")),
+        ClientError::Denied(reason) => Reply::error(format!("NOPERM {reason}")),
     }
 }
 

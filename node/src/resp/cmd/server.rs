@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use super::{client_error, integer_arg, option, CommandSpec, ConnState, COMMANDS};
+use crate::auth::{Credentials, Secret};
 use crate::resp::frame::Reply;
 use crate::resp::RespContext;
 
@@ -26,8 +27,12 @@ pub async fn run(
             _ => super::wrong_arity("ping"),
         },
         "echo" => Reply::bulk(args[1].clone()),
-        "hello" => hello(context, state, args),
-        "auth" => Reply::error(NO_AUTH),
+        "hello" => hello(context, state, args).await,
+        "auth" => match args.len() {
+            2 => auth(context, state, DEFAULT_USER.as_bytes(), &args[1]).await,
+            3 => auth(context, state, &args[1], &args[2]).await,
+            _ => super::syntax_error(),
+        },
         "select" => match integer_arg(&args[1]) {
             Ok(0) => Reply::ok(),
             Ok(_) => Reply::error("ERR DB index is out of range"),
@@ -48,8 +53,40 @@ pub async fn run(
     }
 }
 
+/// The user `AUTH password` (one argument) logs in as, as in Redis.
+const DEFAULT_USER: &str = "default";
+/// Redis's reply to wrong credentials.
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// AUTH [username] password: verified by this node against the replicated users; on success
+/// the connection gets a routing client of its own carrying the credentials.
+async fn auth(context: &RespContext, state: &mut ConnState, user: &[u8], secret: &[u8]) -> Reply {
+    let Some(gate) = &context.auth else {
+        return Reply::error(NO_AUTH);
+    };
+    let (Ok(user), Ok(secret)) = (std::str::from_utf8(user), std::str::from_utf8(secret)) else {
+        return Reply::error(WRONGPASS);
+    };
+    let credentials = Credentials {
+        user: user.to_string(),
+        secret: Secret::new(secret),
+    };
+    match gate.authenticate(&credentials, state.peer).await {
+        Ok((session, _role)) => {
+            state.session = Some(session);
+            state.client = context.new_client(Some(credentials));
+            state.pooled = false;
+            Reply::ok()
+        }
+        Err(_) => {
+            state.session = None;
+            Reply::error(WRONGPASS)
+        }
+    }
+}
+
 /// HELLO [protover [AUTH username password] [SETNAME clientname]]
-fn hello(context: &RespContext, state: &mut ConnState, args: &[Vec<u8>]) -> Reply {
+async fn hello(context: &RespContext, state: &mut ConnState, args: &[Vec<u8>]) -> Reply {
     let mut resp3 = state.resp3;
     if let Some(version) = args.get(1) {
         match integer_arg(version) {
@@ -65,7 +102,15 @@ fn hello(context: &RespContext, state: &mut ConnState, args: &[Vec<u8>]) -> Repl
     let mut name = None;
     while let Some(arg) = options.next() {
         match option(arg).as_str() {
-            "auth" => return Reply::error(NO_AUTH),
+            "auth" => {
+                let (Some(user), Some(secret)) = (options.next(), options.next()) else {
+                    return super::syntax_error();
+                };
+                let reply = auth(context, state, user, secret).await;
+                if !matches!(reply, Reply::Simple(_)) {
+                    return reply;
+                }
+            }
             "setname" => match options.next() {
                 Some(value) => name = Some(value.clone()),
                 None => return super::syntax_error(),
