@@ -147,9 +147,9 @@ pub async fn off_loop<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // The blocking pool runs the closure to the end even if this future is dropped.
-        let _ = tokio::task::spawn_blocking(move || {
+        drop(tokio::task::spawn_blocking(move || {
             let _ = tx.send(work());
-        });
+        }));
         rx.await
             .expect("spawn_blocking runs every closure it accepted to completion")
     }
