@@ -11,7 +11,7 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use node::client::{Client, ClientOptions};
@@ -32,13 +32,17 @@ pub fn free_ports(count: usize) -> Vec<u16> {
 }
 
 /// A base port `b` such that `b + offset` is free for every offset (`quorumkv local` places its
-/// ports at fixed offsets from `--base-port`). Candidates are spread by process id so that test
-/// binaries running at the same time start their search apart.
+/// ports at fixed offsets from `--base-port`). The ports are only probed, not held (the caller's
+/// server binds them later), so every call of a process starts at its own candidate (tests of
+/// one binary run in parallel), and candidates are spread by process id so that test binaries
+/// running at the same time start their search apart.
 pub fn free_base_port(offsets: &[u16]) -> u16 {
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 40_000;
     const STRIDE: u32 = 1_000;
-    let start = std::process::id() % (SPAN / STRIDE);
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let start = (std::process::id().wrapping_mul(7) + call) % (SPAN / STRIDE);
     for attempt in 0..SPAN / STRIDE {
         let base = (FIRST + ((start + attempt) % (SPAN / STRIDE)) * STRIDE + 10) as u16;
         let held: Result<Vec<StdListener>, _> = offsets
