@@ -36,7 +36,7 @@ use workloads::{ClientStats, Recorder, WorkloadClient};
 use crate::fleet::{await_convergence, harness_client, member_config, send_leave, Fleet};
 use crate::nemesis::{Fault, ScheduledFault, Target};
 use crate::report::{judge, RunReport, RunVerdict};
-use crate::safety::SafetyMonitor;
+use crate::safety::{SafetyMonitor, StrikeCue};
 use crate::scenario::Scenario;
 
 pub use crate::fleet::{CLIENT_PORT, PEER_PORT};
@@ -650,30 +650,12 @@ async fn pause_new_leaders(
     trace: Trace,
 ) {
     let handle = Handle::current();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
-    monitor.add_cues(cues_tx);
-    loop {
-        let cue = tokio::select! {
-            biased;
-            cue = cues.recv() => cue,
-            _ = tokio::time::sleep_until(end) => None,
-        };
-        let Some(cue) = cue else { break };
-        let ProtocolEvent::BecameLeader { term } = cue.event else {
-            continue;
-        };
-        let Some(index) = cue
-            .node
-            .checked_sub(1)
-            .and_then(|i| u32::try_from(i).ok())
-            .filter(|&i| fleet.is_up(i))
-        else {
-            continue;
-        };
-        if rng.random_range(0..100) >= strike_percent {
-            continue;
-        }
+    let mut strikes = Strikes::new(&monitor, seed, strike_percent, end);
+    let became_leader = |event: &ProtocolEvent| match event {
+        ProtocolEvent::BecameLeader { term } => Some(*term),
+        _ => None,
+    };
+    while let Some((cue, index, term)) = strikes.next(&fleet, became_leader).await {
         let id = fleet.sim_id(index);
         handle.pause(id);
         let until = (Instant::now() + Duration::from_millis(pause_ms)).min(end);
@@ -684,7 +666,7 @@ async fn pause_new_leaders(
         tokio::time::sleep_until(until).await;
         handle.resume(id);
         trace.log(format!("resume n{}", cue.node));
-        while cues.try_recv().is_ok() {}
+        strikes.forget_pending();
     }
 }
 
@@ -700,30 +682,12 @@ async fn cut_leaders_on_commit(
     trace: Trace,
 ) {
     let net = NetSim::current();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (cues_tx, mut cues) = tokio::sync::mpsc::unbounded_channel();
-    monitor.add_cues(cues_tx);
-    loop {
-        let cue = tokio::select! {
-            biased;
-            cue = cues.recv() => cue,
-            _ = tokio::time::sleep_until(end) => None,
-        };
-        let Some(cue) = cue else { break };
-        let ProtocolEvent::LeaderCommitted { term, index, .. } = cue.event else {
-            continue;
-        };
-        let Some(leader) = cue
-            .node
-            .checked_sub(1)
-            .and_then(|i| u32::try_from(i).ok())
-            .filter(|&i| fleet.is_up(i))
-        else {
-            continue;
-        };
-        if rng.random_range(0..100) >= strike_percent {
-            continue;
-        }
+    let mut strikes = Strikes::new(&monitor, seed, strike_percent, end);
+    let committed = |event: &ProtocolEvent| match event {
+        ProtocolEvent::LeaderCommitted { term, index, .. } => Some((*term, *index)),
+        _ => None,
+    };
+    while let Some((cue, leader, (term, index))) = strikes.next(&fleet, committed).await {
         let ids = fleet.sim_ids();
         let others: Vec<SimNodeId> = (0..ids.len())
             .filter(|&i| i != leader as usize)
@@ -745,7 +709,64 @@ async fn cut_leaders_on_commit(
             net.unclog_link(other, me);
         }
         trace.log(format!("n{} reconnected", cue.node));
-        while cues.try_recv().is_ok() {}
+        strikes.forget_pending();
+    }
+}
+
+/// The cues of a fault that strikes at protocol events (see `SafetyMonitor::add_cues`): each
+/// accepted event of a node that is up strikes with probability `strike_percent`%.
+struct Strikes {
+    cues: tokio::sync::mpsc::UnboundedReceiver<StrikeCue>,
+    rng: StdRng,
+    strike_percent: u32,
+    end: Instant,
+}
+
+impl Strikes {
+    fn new(monitor: &SafetyMonitor, seed: u64, strike_percent: u32, end: Instant) -> Strikes {
+        let (cues_tx, cues) = tokio::sync::mpsc::unbounded_channel();
+        monitor.add_cues(cues_tx);
+        Strikes {
+            cues,
+            rng: StdRng::seed_from_u64(seed),
+            strike_percent,
+            end,
+        }
+    }
+
+    /// The next cue to strike at: its event as `accept` reads it, from a node that is up (with
+    /// that node's fleet index), having won the draw; `None` once `end` has come.
+    async fn next<T>(
+        &mut self,
+        fleet: &Fleet,
+        accept: impl Fn(&ProtocolEvent) -> Option<T>,
+    ) -> Option<(StrikeCue, u32, T)> {
+        loop {
+            let cue = tokio::select! {
+                biased;
+                cue = self.cues.recv() => cue,
+                _ = tokio::time::sleep_until(self.end) => None,
+            }?;
+            let Some(what) = accept(&cue.event) else {
+                continue;
+            };
+            let Some(index) = cue
+                .node
+                .checked_sub(1)
+                .and_then(|i| u32::try_from(i).ok())
+                .filter(|&i| fleet.is_up(i))
+            else {
+                continue;
+            };
+            if self.rng.random_range(0..100) < self.strike_percent {
+                return Some((cue, index, what));
+            }
+        }
+    }
+
+    /// Drops the cues that came while a strike was under way (one strike at a time).
+    fn forget_pending(&mut self) {
+        while self.cues.try_recv().is_ok() {}
     }
 }
 
