@@ -9,10 +9,10 @@
 
 mod common;
 
-use common::{free_ports, quorumkv, EnvCluster, READY_BOUND};
+use common::{free_ports, quorumkv, EnvCluster, KillOnDrop, READY_BOUND};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A plain HTTP GET (the admin port closes the connection after answering).
@@ -173,15 +173,6 @@ fn find_prometheus() -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join("prometheus"))
         .find(|p| p.is_file())
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

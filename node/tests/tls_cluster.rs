@@ -114,3 +114,82 @@ fn a_local_tls_cluster_serves_the_cli_with_the_ca_and_refuses_it_without() {
     );
     assert!(wait_for_log(&cluster, 2, "client connection refused"));
 }
+
+/// A fourth node joins the TLS cluster with `quorumkv cluster join` and its spare certificate:
+/// its admission request must itself speak TLS to the members' client ports (it once went out
+/// in plaintext and was refused forever), and once admitted it serves the cluster's keys.
+#[test]
+fn a_node_joins_a_local_tls_cluster() {
+    let cluster = LocalCluster::start("tls-join", 3, &["--tls"]);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !cli(
+        &cluster,
+        &[1, 2, 3],
+        Some(&ca(&cluster)),
+        &["put", "k", "v"],
+    )
+    .status
+    .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no write within {READY_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ports = common::free_ports(2);
+    let tls = cluster.dir().join("tls");
+    let log = std::fs::File::create(cluster.dir().join("node-4.log")).expect("log file");
+    let joiner = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+        .args(["cluster", "join", "--node-id", "4", "--via"])
+        .arg(cluster.endpoint(1))
+        .arg("--peer-addr")
+        .arg(format!("127.0.0.1:{}", ports[0]))
+        .arg("--client-addr")
+        .arg(format!("127.0.0.1:{}", ports[1]))
+        .arg("--data-dir")
+        .arg(cluster.dir().join("node-4"))
+        .arg("--tls-cert")
+        .arg(tls.join("node-4.crt"))
+        .arg("--tls-key")
+        .arg(tls.join("node-4.key"))
+        .arg("--tls-ca")
+        .arg(tls.join("ca.crt"))
+        .env_remove("QUORUMKV_CA")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log clone"))
+        .stderr(log)
+        .spawn()
+        .expect("start quorumkv cluster join");
+    let _joiner = common::KillOnDrop(joiner);
+    // Only an admitted node knows the map and can route a read of any key.
+    let node4 = format!("127.0.0.1:{}", ports[1]);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let get = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+            .args([
+                "get",
+                "k",
+                "--timeout-ms",
+                "2000",
+                "--endpoints",
+                &node4,
+                "--ca",
+            ])
+            .arg(ca(&cluster))
+            .env_remove("QUORUMKV_CA")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run quorumkv");
+        if get.status.success() && text(&get.stdout).trim() == "v" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 not admitted within {READY_TIMEOUT:?}: {}; its log: {}",
+            text(&get.stderr),
+            cluster.log(4)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

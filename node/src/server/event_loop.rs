@@ -108,6 +108,9 @@ pub(super) struct EventLoop {
     /// The first admin (hashed at start) the metadata leader proposes while no user exists.
     bootstrap_admin: Option<crate::auth::User>,
     admin_bootstrap_proposed_term: Option<crate::raft::Term>,
+    /// How this node's own admin requests (join, its removal) reach the client ports: TLS with
+    /// the node's certificate when the ports speak TLS.
+    admin_connector: crate::transport::stream::Connector,
 }
 
 impl EventLoop {
@@ -154,6 +157,7 @@ impl EventLoop {
             streams: Streams::default(),
             users_tx: tokio::sync::watch::channel(crate::auth::gate::UserTable::default()).0,
             bootstrap_admin: None,
+            admin_connector: crate::transport::stream::Connector::default(),
             admin_bootstrap_proposed_term: None,
         };
         event_loop.on_meta_changed();
@@ -284,6 +288,10 @@ impl EventLoop {
     /// The applied user table, as the ports see it.
     pub(super) fn users(&self) -> tokio::sync::watch::Receiver<crate::auth::gate::UserTable> {
         self.users_tx.subscribe()
+    }
+
+    pub(super) fn set_admin_connector(&mut self, connector: crate::transport::stream::Connector) {
+        self.admin_connector = connector;
     }
 
     pub(super) fn set_bootstrap_admin(&mut self, admin: crate::auth::User) {
@@ -936,7 +944,7 @@ impl EventLoop {
             return;
         }
         self.admin_in_flight = true;
-        let options = admin_client_options(&self.config);
+        let options = admin_client_options(&self.config, &self.admin_connector);
         let notices = self.internal_tx.clone();
         tokio::spawn(
             async move {
@@ -975,7 +983,7 @@ impl EventLoop {
             state: MemberState::Active,
         };
         let endpoints = self.config.join.clone();
-        let options = admin_client_options(&self.config);
+        let options = admin_client_options(&self.config, &self.admin_connector);
         let notices = self.internal_tx.clone();
         tokio::spawn(
             async move {
@@ -1354,10 +1362,14 @@ async fn join_once(
     }
 }
 
-fn admin_client_options(config: &ServerConfig) -> crate::client::ClientOptions {
+fn admin_client_options(
+    config: &ServerConfig,
+    connector: &crate::transport::stream::Connector,
+) -> crate::client::ClientOptions {
     crate::client::ClientOptions {
         rng_seed: Some(super::node_seed(config) ^ 0xad41_4e00),
         credentials: config.auth.admin_credentials(),
+        connector: connector.clone(),
         ..crate::client::ClientOptions::default()
     }
 }

@@ -330,6 +330,7 @@ impl Server {
         );
         let (health_tx, health) = tokio::sync::watch::channel(Health::default());
         event_loop.set_telemetry(Telemetry::new(metrics.clone(), health_tx));
+        event_loop.set_admin_connector(security.connector.clone());
         if config.auth.enabled {
             if !config.tls.is_enabled() {
                 warn!("auth is enabled without TLS: passwords and tokens cross the network in clear text (turn TLS on, docs/SECURITY.md)");

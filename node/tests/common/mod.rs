@@ -109,6 +109,16 @@ fn terminate(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
+/// Kills (SIGKILL) and reaps a child when dropped, also when the test panics.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct EnvNode {
     child: Option<Child>,
     client_port: u16,
