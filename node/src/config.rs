@@ -389,7 +389,7 @@ impl Default for ServerConfig {
             heartbeat_interval_ticks: 3,
             snapshot_interval_entries: 10_000,
             shutdown_handoff_timeout_ms: 5_000,
-            snapshot_interval_log_bytes: 8 * 1024 * 1024,
+            snapshot_interval_log_bytes: 4 * 1024 * 1024,
             engine_cache_bytes_per_group: 16 * 1024 * 1024,
             snapshot_chunk_bytes: 1024 * 1024,
             snapshot_chunk_timeout_ticks: 50,

@@ -56,6 +56,11 @@ pub struct Metrics {
     pub leader_changes: Family<GroupLabels, Counter>,
     pub groups_hosted: Gauge,
     pub fsync_duration: Histogram,
+    /// A shard's durable engine checkpoint (the event loop waits for it).
+    pub checkpoint_duration: Histogram,
+    /// One pass of the event loop over every group's Raft output: WAL write and sync, sends,
+    /// applies, answers and at most one checkpoint (what a request waits for at worst).
+    pub turn_duration: Histogram,
     pub disk_written: Counter,
     pub snapshots_sent: Counter,
     pub snapshots_received: Counter,
@@ -119,6 +124,8 @@ impl Metrics {
             client_inflight_frame_bytes_peak: Gauge::default(),
             client_budget: std::sync::OnceLock::new(),
             fsync_duration: Histogram::new(exponential_buckets(start, factor, count)),
+            checkpoint_duration: Histogram::new(exponential_buckets(start, factor, count)),
+            turn_duration: Histogram::new(exponential_buckets(start, factor, count)),
             disk_written: Counter::default(),
             snapshots_sent: Counter::default(),
             snapshots_received: Counter::default(),
@@ -188,6 +195,18 @@ impl Metrics {
             "Time of one file sync in the data directory (fsync on the commit path)",
             Unit::Seconds,
             m.fsync_duration.clone(),
+        );
+        r.register_with_unit(
+            "checkpoint_duration",
+            "Time of one shard's durable engine checkpoint (the node's event loop waits for it)",
+            Unit::Seconds,
+            m.checkpoint_duration.clone(),
+        );
+        r.register_with_unit(
+            "turn_duration",
+            "Time of one event-loop pass over the groups' Raft output (WAL sync, applies, answers, checkpoint)",
+            Unit::Seconds,
+            m.turn_duration.clone(),
         );
         r.register_with_unit(
             "disk_written",
@@ -376,6 +395,8 @@ mod tests {
         assert_eq!(value("quorumkv_disk_written_bytes_total"), Some(100.0));
         assert_eq!(value("quorumkv_request_duration_seconds_count"), Some(1.0));
         assert!(text.contains("# TYPE quorumkv_fsync_duration_seconds histogram"));
+        assert!(text.contains("# TYPE quorumkv_checkpoint_duration_seconds histogram"));
+        assert!(text.contains("# TYPE quorumkv_turn_duration_seconds histogram"));
     }
 
     /// (name, labels, value) of every sample line; panics on a malformed one.

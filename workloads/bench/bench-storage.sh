@@ -318,6 +318,8 @@ main() {
   done
   stop_started
   report
+  # The nodes' logs (slow checkpoints are logged there) outlive the data.
+  cp "$DATA"/quorumkv/node-*.log "$LOGS"/ 2>/dev/null || true
   rm -rf "$DATA"
   log "done in $((SECONDS - started)) s: $MD"
   cat "$MD"

@@ -343,9 +343,10 @@ impl KvStore for ReadView {
 
 /// One group's redb database.
 pub struct Engine {
-    db: Database,
-    /// The batch being applied (committed by `commit_batch`/`checkpoint`).
+    /// The batch being applied (committed by `commit_batch`/`checkpoint`); declared before
+    /// `db` so that an uncommitted batch is dropped (rolled back) before its database.
     pub(crate) batch: Option<WriteTransaction>,
+    db: Database,
     name: String,
 }
 

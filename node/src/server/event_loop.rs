@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
 use super::client_port::ClientCall;
@@ -83,6 +84,9 @@ pub(super) struct EventLoop {
     addrs: ClientAddrs,
     pid: u32,
     ticks: u64,
+    /// No shard checkpoint starts before this instant: after one that held the event loop
+    /// for d, the next waits at least d (requests then wait for at most one at a time).
+    checkpoint_not_before: Option<Instant>,
     /// Peer messages and client requests handled so far.
     inputs: u64,
     /// Tick at which each node was last heard from (any message of any group).
@@ -144,6 +148,7 @@ impl EventLoop {
             },
             pid: std::process::id(),
             ticks: 0,
+            checkpoint_not_before: None,
             inputs: 0,
             last_heard: BTreeMap::new(),
             member_states: BTreeMap::new(),
@@ -553,6 +558,7 @@ impl EventLoop {
     }
 
     pub(super) async fn handle_readys(&mut self) -> Result<(), ServerError> {
+        let started = Instant::now();
         let EventLoop {
             config,
             kv_config,
@@ -562,8 +568,11 @@ impl EventLoop {
             addrs,
             streams,
             ticks,
+            telemetry,
+            checkpoint_not_before,
             ..
         } = self;
+        let metrics = telemetry.as_ref().map(|t| Arc::clone(&t.metrics));
         // Messages are gathered over all groups and handed to the transport together, so each
         // peer's share of a turn leaves in as few frames as possible.
         let mut outgoing: Vec<PeerMessage> = Vec::new();
@@ -606,6 +615,41 @@ impl EventLoop {
             }
             divert_snapshots(&mut outgoing, groups, streams, config, *ticks)?;
             transport.send(std::mem::take(&mut outgoing));
+        }
+        // Snapshots: the metadata group's whenever due; of the shards, at most one per turn,
+        // the most overdue (ties: the lowest id), and not sooner after the previous one than
+        // that one took. Shards that receive equal load fall due together, and a checkpoint's
+        // durable commit writes every engine page dirtied since the last one: taken together,
+        // or back to back, they would stall the node for all of them.
+        if let Some(meta) = groups.get_mut(&META_GROUP) {
+            meta.maybe_snapshot(config)?;
+        }
+        let paced = checkpoint_not_before.is_some_and(|t| Instant::now() < t);
+        let most_overdue = groups
+            .iter()
+            .filter(|_| !paced)
+            .filter(|(&id, _)| id != META_GROUP)
+            .filter_map(|(&id, g)| g.snapshot_overdue_permille(config).map(|o| (o, id)))
+            .max_by_key(|&(overdue, id)| (overdue, std::cmp::Reverse(id)));
+        if let Some((_, id)) = most_overdue {
+            if let Some(group) = groups.get_mut(&id) {
+                let checkpoint_started = Instant::now();
+                group.maybe_snapshot(config)?;
+                let took = checkpoint_started.elapsed();
+                *checkpoint_not_before = Some(Instant::now() + took);
+                if let Some(m) = &metrics {
+                    m.checkpoint_duration.observe(took.as_secs_f64());
+                }
+            }
+        }
+        if let Some((disk, names)) = wal.take_doomed() {
+            // Off the event loop: unlinking a large segment takes the file system a while.
+            drop(tokio::task::spawn_blocking(move || {
+                crate::storage::remove_segments(disk.as_ref(), &names)
+            }));
+        }
+        if let Some(m) = &metrics {
+            m.turn_duration.observe(started.elapsed().as_secs_f64());
         }
         let mut meta_applied = false;
         let mut meta_role_changed = false;

@@ -86,6 +86,13 @@ impl GroupMachine {
 
 /// The engine file of a shard's replica, inside its group's files (`g<group>.kv.redb`).
 pub(super) const ENGINE_FILE: &str = "kv.redb";
+/// A shard's applies accumulate in one engine transaction until it holds this many bytes of
+/// command payloads or `ENGINE_BATCH_MAX_ENTRIES` entries (or a checkpoint or a backup view
+/// needs it committed).
+const ENGINE_BATCH_MAX_BYTES: u64 = 64 * 1024;
+const ENGINE_BATCH_MAX_ENTRIES: u64 = 256;
+/// A snapshot (checkpoint) that took at least this long is logged as a warning.
+const SLOW_SNAPSHOT_MS: u64 = 250;
 /// What a shard's Raft snapshot carries instead of its data: "the engine file holds the state
 /// at this index" (the data stays in the engine; a peer gets it streamed, see
 /// `snapshot_stream.rs`). A snapshot whose data is not a token is the legacy in-memory image.
@@ -229,6 +236,10 @@ pub(super) struct Group {
     pub(super) last_snapshot_index: LogIndex,
     /// Command payload bytes applied since the last snapshot (checkpoint).
     log_bytes_since_snapshot: u64,
+    /// Command payload bytes and entries applied into the engine's open batch (see
+    /// `ENGINE_BATCH_MAX_BYTES`).
+    batch_bytes: u64,
+    batch_entries: u64,
     /// The group's files (a shard's engine file lives there).
     pub(super) disk: Arc<dyn Disk>,
     /// The hard state last made durable (term and vote gate the leader's early sends).
@@ -261,6 +272,8 @@ impl Group {
             storage,
             last_snapshot_index,
             log_bytes_since_snapshot: 0,
+            batch_bytes: 0,
+            batch_entries: 0,
             disk,
             durable_hard_state,
             pending_writes: BTreeMap::new(),
@@ -283,6 +296,8 @@ impl Group {
     pub(super) fn engine_swapped_in(&mut self, index: LogIndex) {
         self.last_snapshot_index = self.last_snapshot_index.max(index);
         self.log_bytes_since_snapshot = 0;
+        self.batch_bytes = 0;
+        self.batch_entries = 0;
     }
 
     pub(super) fn is_leader(&self) -> bool {
@@ -455,11 +470,14 @@ impl Group {
         for entry in &ready.committed {
             self.apply(entry, config.node_id, outcome)?;
         }
-        // One engine transaction for the turn's applies (not durable: the log is).
-        if let GroupMachine::Kv(machine) = &mut self.machine {
-            machine
-                .commit(false)
-                .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
+        // The applies stay in the engine's open batch (reads see it) over several turns: each
+        // engine commit copies the B-tree pages it touched, so committing every turn costs
+        // CPU and file space for nothing (the log, not the engine, makes them durable).
+        // BUGGIFY: commit at the end of this turn anyway (batches of every size get crashed).
+        let full = self.batch_bytes >= ENGINE_BATCH_MAX_BYTES
+            || self.batch_entries >= ENGINE_BATCH_MAX_ENTRIES;
+        if full || crate::buggify!(config.sim, "engine-commit-early") {
+            self.commit_batch()?;
         }
         #[cfg(any(test, madsim))]
         if ready.snapshot.is_some() || !ready.committed.is_empty() {
@@ -475,7 +493,7 @@ impl Group {
         }
         self.serve_reads();
         self.raft.advance(ready);
-        self.maybe_snapshot(config)
+        Ok(())
     }
 
     fn wrap(&self, messages: Vec<Message>) -> Vec<PeerMessage> {
@@ -631,7 +649,9 @@ impl Group {
         let failed = |e: KvError| ServerError::Storage(format!("group {id}: applying: {e}"));
         if let EntryPayload::Command(bytes) = &entry.payload {
             self.log_bytes_since_snapshot += bytes.len() as u64;
+            self.batch_bytes += bytes.len() as u64;
         }
+        self.batch_entries += 1;
         let response = match (&entry.payload, &mut self.machine) {
             (EntryPayload::Command(bytes), GroupMachine::Kv(machine)) => {
                 match decode_command(bytes) {
@@ -700,6 +720,14 @@ impl Group {
     }
 
     fn open_backup(&mut self, nonce: u64) -> ClientResponse {
+        // The view is of the committed state: the open batch holds applies it must include.
+        if let Err(e) = self.commit_batch() {
+            warn!(group = self.id, error = %e, "cannot commit the batch for a backup view");
+            self.backups.cancel(nonce);
+            return ClientResponse::Unknown {
+                reason: format!("backup view: {e}"),
+            };
+        }
         let GroupMachine::Kv(machine) = &self.machine else {
             self.backups.cancel(nonce);
             return ClientResponse::Refused(RefusedReason::NotReady);
@@ -749,8 +777,12 @@ impl Group {
         self.backups.clear();
     }
 
-    /// Node shutting down: writes are in doubt, reads are refused.
+    /// Node shutting down: writes are in doubt, reads are refused. The open batch is
+    /// committed (not durably) so that a restart after a clean stop replays less of the log.
     pub(super) fn shut_down(&mut self) {
+        if let Err(e) = self.commit_batch() {
+            warn!(group = self.id, error = %e, "cannot commit the engine batch at shutdown");
+        }
         for (_, write) in std::mem::take(&mut self.pending_writes) {
             if let Some(reply) = write.reply {
                 let _ = reply.send(ClientResponse::Unknown {
@@ -766,13 +798,40 @@ impl Group {
         self.backups.clear();
     }
 
-    fn maybe_snapshot(&mut self, config: &ServerConfig) -> Result<(), ServerError> {
+    /// Commits the engine's open batch (not durably) with the applied index it covers.
+    fn commit_batch(&mut self) -> Result<(), ServerError> {
+        if let GroupMachine::Kv(machine) = &mut self.machine {
+            machine
+                .commit(false)
+                .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
+        }
+        self.batch_bytes = 0;
+        self.batch_entries = 0;
+        Ok(())
+    }
+
+    /// How far past its snapshot interval the group is, in thousandths of the interval
+    /// (entries or log bytes, whichever is further); None while no snapshot is due.
+    pub(super) fn snapshot_overdue_permille(&self, config: &ServerConfig) -> Option<u64> {
         let applied = self.machine.applied_index();
-        let by_entries = applied >= self.last_snapshot_index + config.snapshot_interval_entries;
-        let by_bytes = self.log_bytes_since_snapshot >= config.snapshot_interval_log_bytes;
-        if applied <= self.last_snapshot_index || !(by_entries || by_bytes) {
+        if applied <= self.last_snapshot_index {
+            return None;
+        }
+        let by_entries =
+            (applied - self.last_snapshot_index) * 1000 / config.snapshot_interval_entries.max(1);
+        let by_bytes =
+            self.log_bytes_since_snapshot * 1000 / config.snapshot_interval_log_bytes.max(1);
+        let overdue = by_entries.max(by_bytes);
+        (overdue >= 1000).then_some(overdue)
+    }
+
+    /// Takes a snapshot if one is due: a shard's is a durable checkpoint of its engine, the
+    /// metadata group's a serialized image.
+    pub(super) fn maybe_snapshot(&mut self, config: &ServerConfig) -> Result<(), ServerError> {
+        if self.snapshot_overdue_permille(config).is_none() {
             return Ok(());
         }
+        let applied = self.machine.applied_index();
         // The core knows the term and membership in force at `applied` (it has not compacted
         // past it); it refuses a snapshot whose metadata disagrees with its log.
         let Some(meta) = self.raft.snapshot_meta_at(applied) else {
@@ -783,6 +842,7 @@ impl Group {
             );
             return Ok(());
         };
+        let started = tokio::time::Instant::now();
         let data = match &mut self.machine {
             GroupMachine::Meta(m) => m.snapshot(),
             GroupMachine::Kv(m) => {
@@ -791,22 +851,42 @@ impl Group {
                 m.commit(true).map_err(|e| {
                     ServerError::Storage(format!("group {}: checkpoint: {e}", self.id))
                 })?;
+                self.batch_bytes = 0;
+                self.batch_entries = 0;
                 checkpoint_token(applied)
             }
         };
+        let engine_done = tokio::time::Instant::now();
         let snapshot = Snapshot { meta, data };
         self.storage
             .save_snapshot(&snapshot)
             .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
-        debug!(
-            group = self.id,
-            index = applied,
-            bytes = snapshot.data.len(),
-            "snapshot saved"
-        );
+        let saved = tokio::time::Instant::now();
         self.last_snapshot_index = applied;
         self.log_bytes_since_snapshot = 0;
         self.raft.snapshot_saved(snapshot);
+        let engine_ms = (engine_done - started).as_millis() as u64;
+        let save_ms = (saved - engine_done).as_millis() as u64;
+        let compact_ms = saved.elapsed().as_millis() as u64;
+        if engine_ms + save_ms + compact_ms >= SLOW_SNAPSHOT_MS {
+            warn!(
+                group = self.id,
+                index = applied,
+                engine_ms,
+                save_ms,
+                compact_ms,
+                "slow snapshot"
+            );
+        } else {
+            debug!(
+                group = self.id,
+                index = applied,
+                engine_ms,
+                save_ms,
+                compact_ms,
+                "snapshot saved"
+            );
+        }
         Ok(())
     }
 

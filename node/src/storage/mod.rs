@@ -37,7 +37,7 @@ pub use group_disk::{
 pub use node_storage::{NodeStorage, Recovered, StorageOptions};
 pub use redb_backend::DiskBackend;
 pub use snapshot::SNAPSHOT_FILE;
-pub use wal::{Wal, FORMAT_FILE, FORMAT_VERSION};
+pub use wal::{remove_segments, Wal, FORMAT_FILE, FORMAT_VERSION};
 
 use std::io;
 

@@ -1208,6 +1208,7 @@ fn segments_with_an_idle_group(
             busy.save_snapshot(&snap(i, 1)).unwrap();
         }
     }
+    wal.remove_doomed();
     (disk, wal.segment_count())
 }
 
@@ -1299,4 +1300,54 @@ fn format_marker_is_written_first_and_checked() {
     // Segments without the marker are damage, not a fresh directory.
     disk.remove(FORMAT_FILE).unwrap();
     assert!(matches!(open_wal(&disk), Err(StorageError::Corrupt { .. })));
+}
+
+/// Segments the WAL no longer needs are handed out for removal rather than deleted inline; a
+/// crash before they are removed leaves them on disk, and a recovery with them present finds
+/// the same state as one without them.
+#[test]
+fn doomed_segments_left_on_disk_recover_the_same_state() {
+    let disk = CrashDisk::new(12);
+    let options = StorageOptions {
+        segment_max_bytes: 500,
+        rewrite_max_bytes: 4096,
+        entry_cache_bytes: 0,
+        ..StorageOptions::default()
+    };
+    let wal = Wal::open(Arc::new(disk.clone()), options).unwrap();
+    let mut stores = open_groups(&wal, &disk, &[1, 2]);
+    stores
+        .get_mut(&1)
+        .unwrap()
+        .0
+        .persist(Some(&hs(1, Some(1), 1)), &entries(1, 3, 1), None)
+        .unwrap();
+    let busy = &mut stores.get_mut(&2).unwrap().0;
+    for i in 1..=200 {
+        busy.persist(Some(&hs(1, Some(1), i)), &entries(i, i, 1), None)
+            .unwrap();
+        if i % 5 == 0 {
+            busy.save_snapshot(&snap(i, 1)).unwrap();
+        }
+    }
+    let (_, doomed) = wal.take_doomed().expect("old segments were collected");
+    drop(stores);
+    drop(wal);
+    let on_disk = disk.list().unwrap();
+    assert!(
+        doomed.iter().all(|d| on_disk.contains(d)),
+        "collected segments are not removed inline"
+    );
+    let recover = |disk: &CrashDisk| {
+        let wal = open_wal(disk).unwrap();
+        let (_, idle) = group_store_in(&wal, disk, 1).unwrap();
+        let (_, busy) = group_store_in(&wal, disk, 2).unwrap();
+        (idle.entries, idle.hard_state, busy.entries, busy.hard_state)
+    };
+    let with_doomed = recover(&disk.clone());
+    assert_eq!(with_doomed.0, entries(1, 3, 1));
+    assert_eq!(with_doomed.1, hs(1, Some(1), 1));
+    assert_eq!(with_doomed.3, hs(1, Some(1), 200));
+    crate::storage::remove_segments(&disk, &doomed);
+    assert_eq!(recover(&disk), with_doomed, "removing them changes nothing");
 }

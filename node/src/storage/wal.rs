@@ -266,6 +266,10 @@ struct WalCore {
     /// The newest segment whose head checkpoint is durable: older segments are needed only
     /// for live entries.
     head_durable_seq: u64,
+    /// Segments no group needs any more, closed, waiting for `take_doomed` (the caller
+    /// removes them off its critical path: unlinking a large file costs the file system
+    /// time proportional to its size).
+    doomed: Vec<String>,
     poisoned: Option<String>,
     #[cfg(any(test, madsim))]
     planted_bugs: crate::bugs::PlantedBugs,
@@ -315,6 +319,7 @@ impl Wal {
             sync_needed: false,
             dir_dirty: false,
             head_durable_seq: seqs.first().map_or(1, |(seq, _)| *seq),
+            doomed: Vec::new(),
             poisoned: None,
             #[cfg(any(test, madsim))]
             planted_bugs: Default::default(),
@@ -391,6 +396,26 @@ impl Wal {
 
     pub fn segment_count(&self) -> usize {
         self.lock().segments.len()
+    }
+
+    /// Removes, here and now, the segments `sync` found no group needs any more (tests and
+    /// tools; the server removes them on a blocking thread, see `take_doomed`).
+    pub fn remove_doomed(&self) {
+        if let Some((disk, names)) = self.take_doomed() {
+            remove_segments(disk.as_ref(), &names);
+        }
+    }
+
+    /// The segments `sync` found no group needs any more (each handed out once), with the
+    /// disk that holds them: remove them with `remove_segments`, on a thread that may wait.
+    /// Until they are removed they are ordinary old segments to a recovery.
+    pub fn take_doomed(&self) -> Option<(Arc<dyn Disk>, Vec<String>)> {
+        let mut core = self.lock();
+        if core.doomed.is_empty() {
+            return None;
+        }
+        let names = std::mem::take(&mut core.doomed);
+        Some((Arc::clone(&core.disk), names))
     }
 
     pub(crate) fn check_poisoned(&self) -> Result<(), StorageError> {
@@ -584,7 +609,13 @@ impl WalCore {
             .min()
     }
 
-    /// Deletes the oldest segments that no group needs any more (durably: dir synced).
+    /// Closes the oldest segments that no group needs any more and hands them to `doomed`:
+    /// they are removed later, off the commit path (`take_doomed`), and the directory is not
+    /// synced for them (a directory sync waits for the file system's journal, hundreds of
+    /// milliseconds under write load): the removals become durable with the next directory
+    /// sync. A crash before that may bring a removed segment back; it is the log exactly as it
+    /// was, valid, before this call, and recovery replays it as it would have then (every
+    /// later head supersedes it), and deletes it again.
     fn collect_garbage(&mut self) -> Result<(), StorageError> {
         let limit = self
             .oldest_pinned_seq()
@@ -595,15 +626,10 @@ impl WalCore {
         while self.segments.len() > 1 && self.segments[0].seq < limit {
             let segment = self.segments.remove(0);
             drop(segment.file);
-            self.disk
-                .remove(&segment.name)
-                .map_err(|e| StorageError::io(&segment.name, "remove", e))?;
+            self.doomed.push(segment.name);
             removed += 1;
         }
         if removed > 0 {
-            self.disk
-                .sync_dir()
-                .map_err(|e| StorageError::io(".", "sync_dir", e))?;
             tracing::debug!(removed, limit, "deleted write-ahead log segments");
         }
         Ok(())
@@ -1060,6 +1086,19 @@ fn check_format(disk: &dyn Disk) -> Result<(), StorageError> {
     let mut bytes = Vec::new();
     record::encode(&payload, &mut bytes);
     super::snapshot::replace_file(disk, FORMAT_TMP_FILE, FORMAT_FILE, &bytes)
+}
+
+/// Removes the segments `Wal::take_doomed` handed out; a failure is logged (the segment stays
+/// an ordinary old segment, deleted again by the next recovery's collection).
+pub fn remove_segments(disk: &dyn Disk, names: &[String]) {
+    for name in names {
+        match disk.remove(name) {
+            Ok(()) => tracing::debug!(segment = %name, "deleted write-ahead log segment"),
+            Err(e) => {
+                tracing::warn!(segment = %name, error = %e, "cannot delete write-ahead log segment")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
