@@ -9,6 +9,8 @@ use sim::Scenario;
 
 /// A planted bug not found within this many seeds is a blind spot of the testbed.
 const MAX_SEEDS: u64 = 40;
+/// The seed budget of the one planted bug that only 1-3 % of swarm seeds find (see below).
+const THIN_READ_BUG_SEEDS: u64 = 200;
 
 fn hunt(bug: &str, max_seeds: u64, make: impl Fn(u64) -> Scenario) {
     for seed in 1..=max_seeds {
@@ -129,10 +131,15 @@ fn swarm_finds_read_skips_quorum() {
 }
 
 /// Reads served before the new leader committed an entry of its term: its commit index lags
-/// what its predecessor acknowledged (`CutLeaderOnCommit`, partitions with watchers).
+/// what its predecessor acknowledged (`CutLeaderOnCommit`, partitions with watchers, BUGGIFY's
+/// `hold-new-leader-appends`). The weakest spot of the testbed: 1-3 % of swarm seeds find it
+/// (a read must reach the new leader after a quorum answered its heartbeats and before its
+/// first Append is acknowledged), so this hunt gets `THIN_READ_BUG_SEEDS`.
 #[test]
 fn swarm_finds_read_before_term_commit() {
-    hunt_read_bug_in_swarm("read-before-term-commit");
+    hunt("read-before-term-commit", THIN_READ_BUG_SEEDS, |s| {
+        common::swarm_scenario(s, 20)
+    });
 }
 
 /// Votes granted without the log comparison: a leader without committed entries.

@@ -484,6 +484,11 @@ impl Raft {
         self.log.term(self.log.commit) == Some(self.term)
     }
 
+    /// Whether an entry of the current term is committed (a new leader's first commit).
+    pub fn term_committed(&self) -> bool {
+        self.committed_current_term()
+    }
+
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         self.randomized_election_timeout = self.rng.random_range(

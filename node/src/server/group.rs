@@ -253,6 +253,10 @@ pub(super) struct Group {
     pub(super) bootstrap_proposed_term: Term,
     /// Open backup views of this shard (leader only; see backup.rs).
     pub(super) backups: Backups,
+    /// Simulation: the term in which BUGGIFY decided to hold back this leader's Appends, and
+    /// for how many more turns.
+    #[cfg(madsim)]
+    held_appends: Option<(Term, u64)>,
 }
 
 impl Group {
@@ -283,6 +287,8 @@ impl Group {
             next_read_ctx: 1,
             bootstrap_proposed_term: 0,
             backups: Backups::default(),
+            #[cfg(madsim)]
+            held_appends: None,
         }
     }
 
@@ -417,6 +423,8 @@ impl Group {
             return Ok(None);
         }
         let mut ready: Ready = self.raft.ready();
+        #[cfg(madsim)]
+        self.hold_new_leader_appends(&mut ready, &addrs.sim);
         let commit_before = self.durable_hard_state.commit;
         if let Some(soft) = &ready.soft_state {
             debug!(group = self.id, role = ?soft.role, leader = ?soft.leader, term = self.raft.term(), "role changed");
@@ -494,6 +502,40 @@ impl Group {
         self.serve_reads();
         self.raft.advance(ready);
         Ok(())
+    }
+
+    /// BUGGIFY: a new leader's Appends are lost (its heartbeats are not) for up to 30 turns,
+    /// or until it commits an entry of its term: the window in which only the term-commit
+    /// rule keeps a read from being served at the commit index the leader inherited. Decided
+    /// once per term.
+    #[cfg(madsim)]
+    fn hold_new_leader_appends(&mut self, ready: &mut Ready, sim: &crate::sim_hooks::SimHooks) {
+        if self.raft.role() != Role::Leader || self.raft.term_committed() {
+            self.held_appends = None;
+            return;
+        }
+        let term = self.raft.term();
+        let hold = match &mut self.held_appends {
+            Some((held_term, left)) if *held_term == term => {
+                let hold = *left > 0;
+                *left = left.saturating_sub(1);
+                hold
+            }
+            _ => {
+                let turns = if crate::buggify!(sim, "hold-new-leader-appends") {
+                    sim.buggify.draw(1..=30)
+                } else {
+                    0
+                };
+                self.held_appends = Some((term, turns));
+                turns > 0
+            }
+        };
+        if hold {
+            ready
+                .messages
+                .retain(|m| !matches!(m.body, MessageBody::Append { .. }));
+        }
     }
 
     fn wrap(&self, messages: Vec<Message>) -> Vec<PeerMessage> {
