@@ -1,12 +1,19 @@
 //! `CrashDisk`: an in-memory `Disk` for tests and the simulator that models exactly what the
 //! `Disk` contract promises and nothing more.
 //!
-//! Each file keeps its durable image (as of its last `sync`) apart from the writes since; the
-//! directory keeps its durable name table (as of the last `sync_dir`) apart from the current
-//! one. `crash` throws away what was not made durable: every pending write (`CrashMode::Drop`),
-//! or a random prefix of them is kept and the last kept one is torn (`CrashMode::Torn`), with
+//! Each file keeps its current bytes and an undo log of the changes since its last `sync`
+//! (undoing all of them in reverse gives the durable image); the directory keeps its durable
+//! name table (as of the last `sync_dir`) apart from the current one. `crash` throws away what
+//! was not made durable: every pending write (`CrashMode::Drop`), or a random prefix of them is kept and the last kept one is torn (`CrashMode::Torn`), with
 //! all randomness drawn from the seed given to `new`, so a crash replays exactly. After a crash,
 //! handles opened before it fail: the process that held them is gone.
+//!
+//! Why an undo log rather than a durable copy plus the pending writes: a write then costs one
+//! copy of the bytes it overwrites (none for an append) instead of a copy of its data, a copy
+//! into the current image and, at `sync`, another into the durable one; a `sync` only drops
+//! the log. A crash undoes what it throws away, which draws the same random choices and gives
+//! the same image as replaying the kept writes onto the durable one (a test checks that
+//! against that replay model).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -28,10 +35,19 @@ pub enum CrashMode {
     Torn,
 }
 
-#[derive(Clone, Debug)]
-enum PendingOp {
-    Write { offset: u64, data: Vec<u8> },
-    SetLen(u64),
+/// How to take back one change made since the last `sync`.
+#[derive(Debug)]
+enum Undo {
+    /// A write of `len_bytes` at `offset` into a file `old_len` bytes long; `old` holds the
+    /// bytes it overwrote (those below `old_len`).
+    Write {
+        offset: usize,
+        len_bytes: usize,
+        old_len: usize,
+        old: Vec<u8>,
+    },
+    /// A `set_len` of a file `old_len` bytes long; `cut` holds the bytes it cut off.
+    SetLen { old_len: usize, cut: Vec<u8> },
 }
 
 #[derive(Clone, Debug)]
@@ -61,9 +77,101 @@ impl DirOp {
 
 #[derive(Default)]
 struct Inode {
-    durable: Vec<u8>,
     current: Vec<u8>,
-    pending: Vec<PendingOp>,
+    /// The changes since the last `sync`, oldest first.
+    undo: Vec<Undo>,
+}
+
+impl Inode {
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        let end = offset + data.len();
+        let old_len = self.current.len();
+        let old = self.current[offset.min(old_len)..end.min(old_len)].to_vec();
+        if old_len < end {
+            self.current.resize(end, 0);
+        }
+        self.current[offset..end].copy_from_slice(data);
+        self.undo.push(Undo::Write {
+            offset,
+            len_bytes: data.len(),
+            old_len,
+            old,
+        });
+    }
+
+    fn set_len(&mut self, len_bytes: usize) {
+        let old_len = self.current.len();
+        let cut = self.current.get(len_bytes..).unwrap_or_default().to_vec();
+        self.current.resize(len_bytes, 0);
+        self.undo.push(Undo::SetLen { old_len, cut });
+    }
+
+    /// Takes back the newest change (the image is then as right before it).
+    fn undo_last(&mut self) {
+        match self.undo.pop() {
+            Some(Undo::Write {
+                offset,
+                old_len,
+                old,
+                ..
+            }) => {
+                self.current[offset..offset + old.len()].copy_from_slice(&old);
+                self.current.truncate(old_len);
+            }
+            Some(Undo::SetLen { old_len, cut }) => {
+                self.current.truncate(old_len);
+                self.current.extend_from_slice(&cut);
+            }
+            None => {}
+        }
+    }
+
+    /// A power loss in `mode`: the current image becomes what survives.
+    fn crash(&mut self, mode: CrashMode, rng: &mut StdRng) {
+        if mode == CrashMode::Drop || self.undo.is_empty() {
+            while !self.undo.is_empty() {
+                self.undo_last();
+            }
+            return;
+        }
+        // A prefix of `kept` changes survives; the next one, if a write, is torn.
+        let kept = rng.random_range(0..=self.undo.len());
+        while self.undo.len() > kept + 1 {
+            self.undo_last();
+        }
+        if self.undo.len() > kept {
+            if let Some(&Undo::Write { len_bytes, .. }) = self.undo.last() {
+                let torn_len = rng.random_range(0..len_bytes.max(1)).min(len_bytes);
+                let zero_fill = rng.random_bool(0.5);
+                self.tear_last(torn_len, zero_fill);
+            } else {
+                self.undo_last();
+            }
+        }
+        self.undo.clear();
+    }
+
+    /// Of the newest change, a write, keeps only the first `torn_len` bytes; the rest of its
+    /// range is zero-filled or holds what it held before.
+    fn tear_last(&mut self, torn_len: usize, zero_fill: bool) {
+        let Some(Undo::Write {
+            offset,
+            len_bytes,
+            old_len,
+            old,
+        }) = self.undo.pop()
+        else {
+            return;
+        };
+        if zero_fill {
+            self.current[offset + torn_len..offset + len_bytes].fill(0);
+            return;
+        }
+        if torn_len < old.len() {
+            self.current[offset + torn_len..offset + old.len()].copy_from_slice(&old[torn_len..]);
+        }
+        self.current.truncate(old_len.max(offset + torn_len));
+    }
 }
 
 struct State {
@@ -109,6 +217,10 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn too_large(name: &str, bytes: u64) -> io::Error {
+    io::Error::other(format!("{name}: {bytes} bytes is beyond a file in memory"))
+}
+
 fn not_found(name: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("{name}: no such file"))
 }
@@ -150,31 +262,9 @@ impl CrashDisk {
         st.names = names;
         let live: Vec<u64> = st.names.values().copied().collect();
         st.inodes.retain(|id, _| live.contains(id));
-        for inode in st.inodes.values_mut() {
-            let mut image = inode.durable.clone();
-            if mode == CrashMode::Torn && !inode.pending.is_empty() {
-                let kept = st.rng.random_range(0..=inode.pending.len());
-                for op in &inode.pending[..kept] {
-                    apply(&mut image, op);
-                }
-                if let Some(PendingOp::Write { offset, data }) = inode.pending.get(kept) {
-                    let torn_len = st.rng.random_range(0..data.len().max(1));
-                    let mut torn = data[..torn_len.min(data.len())].to_vec();
-                    if st.rng.random_bool(0.5) {
-                        torn.resize(data.len(), 0);
-                    }
-                    apply(
-                        &mut image,
-                        &PendingOp::Write {
-                            offset: *offset,
-                            data: torn,
-                        },
-                    );
-                }
-            }
-            inode.durable = image.clone();
-            inode.current = image;
-            inode.pending.clear();
+        let State { inodes, rng, .. } = st;
+        for inode in inodes.values_mut() {
+            inode.crash(mode, rng);
         }
     }
 
@@ -208,24 +298,9 @@ impl CrashDisk {
         let mut st = lock(&self.state);
         let id = *st.names.get(name).ok_or_else(|| not_found(name))?;
         let inode = st.inodes.get_mut(&id).ok_or_else(|| not_found(name))?;
-        inode.durable = bytes.clone();
         inode.current = bytes;
-        inode.pending.clear();
+        inode.undo.clear();
         Ok(())
-    }
-}
-
-fn apply(image: &mut Vec<u8>, op: &PendingOp) {
-    match op {
-        PendingOp::Write { offset, data } => {
-            let start = *offset as usize;
-            let end = start + data.len();
-            if image.len() < end {
-                image.resize(end, 0);
-            }
-            image[start..end].copy_from_slice(data);
-        }
-        PendingOp::SetLen(len) => image.resize(*len as usize, 0),
     }
 }
 
@@ -321,13 +396,6 @@ impl CrashFile {
         let inode = st.inodes.entry(self.inode).or_default();
         Ok(f(inode))
     }
-
-    fn push(&mut self, op: PendingOp) -> io::Result<()> {
-        self.with_inode(true, |inode| {
-            apply(&mut inode.current, &op);
-            inode.pending.push(op);
-        })
-    }
 }
 
 impl DiskFile for CrashFile {
@@ -345,24 +413,18 @@ impl DiskFile for CrashFile {
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.push(PendingOp::Write {
-            offset,
-            data: data.to_vec(),
-        })
+        let offset = usize::try_from(offset).map_err(|_| too_large(&self.name, offset))?;
+        self.with_inode(true, |inode| inode.write(offset, data))
     }
 
     fn set_len(&mut self, len_bytes: u64) -> io::Result<()> {
-        self.push(PendingOp::SetLen(len_bytes))
+        let len_bytes = usize::try_from(len_bytes).map_err(|_| too_large(&self.name, len_bytes))?;
+        self.with_inode(true, |inode| inode.set_len(len_bytes))
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.with_inode(true, |inode| {
-            // Replaying the pending writes costs their size, not the file's.
-            for op in inode.pending.drain(..) {
-                apply(&mut inode.durable, &op);
-            }
-            debug_assert_eq!(inode.durable, inode.current);
-        })?;
+        // The current image becomes the durable one: nothing is left to undo.
+        self.with_inode(true, |inode| inode.undo.clear())?;
         lock(&self.state).syncs += 1;
         Ok(())
     }
@@ -438,6 +500,105 @@ mod tests {
                 full.starts_with(&got[..written]),
                 "seed {seed}: {got:?} is no prefix"
             );
+        }
+    }
+
+    /// The model the undo log must agree with: the durable image plus the writes since, a
+    /// crash replaying a random prefix of them and tearing the next (the former implementation).
+    #[derive(Default)]
+    struct ReplayModel {
+        durable: Vec<u8>,
+        pending: Vec<(Option<u64>, Vec<u8>, u64)>,
+    }
+
+    fn replay(image: &mut Vec<u8>, op: &(Option<u64>, Vec<u8>, u64)) {
+        match op {
+            (Some(offset), data, _) => {
+                let start = *offset as usize;
+                let end = start + data.len();
+                if image.len() < end {
+                    image.resize(end, 0);
+                }
+                image[start..end].copy_from_slice(data);
+            }
+            (None, _, len) => image.resize(*len as usize, 0),
+        }
+    }
+
+    impl ReplayModel {
+        fn crash(&mut self, mode: CrashMode, rng: &mut StdRng) -> Vec<u8> {
+            let mut image = self.durable.clone();
+            if mode == CrashMode::Torn {
+                // The directory's draw (no directory change is pending in the test).
+                let _ = rng.random_range(0..=0usize);
+            }
+            if mode == CrashMode::Torn && !self.pending.is_empty() {
+                let kept = rng.random_range(0..=self.pending.len());
+                for op in &self.pending[..kept] {
+                    replay(&mut image, op);
+                }
+                if let Some((Some(offset), data, _)) = self.pending.get(kept) {
+                    let torn_len = rng.random_range(0..data.len().max(1));
+                    let mut torn = data[..torn_len.min(data.len())].to_vec();
+                    if rng.random_bool(0.5) {
+                        torn.resize(data.len(), 0);
+                    }
+                    replay(&mut image, &(Some(*offset), torn, 0));
+                }
+            }
+            self.pending.clear();
+            self.durable = image.clone();
+            image
+        }
+    }
+
+    #[test]
+    fn crashes_leave_what_replaying_the_kept_writes_leaves() {
+        for seed in 0..300u64 {
+            let mut ops = StdRng::seed_from_u64(seed);
+            let disk = CrashDisk::new(seed);
+            let mut model_rng = StdRng::seed_from_u64(seed);
+            let mut model = ReplayModel::default();
+            let mut f = disk.open("f").unwrap();
+            disk.sync_dir().unwrap();
+            for step in 0..60 {
+                match ops.random_range(0..10) {
+                    0..=5 => {
+                        let offset = ops.random_range(0..64u64);
+                        let len = ops.random_range(0..24usize);
+                        let data: Vec<u8> = (0..len).map(|_| ops.random_range(1..=255u8)).collect();
+                        f.write_at(offset, &data).unwrap();
+                        model.pending.push((Some(offset), data, 0));
+                    }
+                    6 => {
+                        let len = ops.random_range(0..80u64);
+                        f.set_len(len).unwrap();
+                        model.pending.push((None, Vec::new(), len));
+                    }
+                    7 => {
+                        f.sync().unwrap();
+                        for op in std::mem::take(&mut model.pending) {
+                            replay(&mut model.durable, &op);
+                        }
+                    }
+                    _ => {
+                        let mode = if ops.random_bool(0.5) {
+                            CrashMode::Torn
+                        } else {
+                            CrashMode::Drop
+                        };
+                        disk.crash(mode);
+                        let expected = model.crash(mode, &mut model_rng);
+                        assert_eq!(read(&disk, "f"), expected, "seed {seed} step {step}");
+                        f = disk.open("f").unwrap();
+                    }
+                }
+                let mut model_current = model.durable.clone();
+                for op in &model.pending {
+                    replay(&mut model_current, op);
+                }
+                assert_eq!(read(&disk, "f"), model_current, "seed {seed} step {step}");
+            }
         }
     }
 
