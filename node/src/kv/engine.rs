@@ -536,7 +536,14 @@ impl Engine {
             .collect()
     }
 
+    /// Keys stored, the open batch included.
     pub fn key_count(&self) -> Result<u64, KvError> {
+        if let Some(txn) = &self.batch {
+            let table = txn
+                .open_table(DATA)
+                .map_err(|e| storage_error("open data", e))?;
+            return table.len().map_err(|e| storage_error("count keys", e));
+        }
         let view = self.read_view()?;
         let table = view
             .txn

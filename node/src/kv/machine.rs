@@ -153,7 +153,7 @@ impl StateMachine {
         self.applied_index
     }
 
-    /// Keys stored as of the last committed batch (0 when the engine cannot be read).
+    /// Keys stored, the open batch included (0 when the engine cannot be read).
     pub fn len(&self) -> usize {
         self.engine.key_count().unwrap_or(0) as usize
     }
