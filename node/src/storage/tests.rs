@@ -1178,13 +1178,13 @@ fn segment_recycling_never_drops_a_live_entry() {
     }
 }
 
-/// An idle group with a few live entries pins the oldest segment; rewriting them into the new
-/// segment's head frees it (with rewrites off, segments pile up).
-fn segments_with_an_idle_group(
+/// Group 1 writes 3 entries and idles; group 2 writes 200, snapshotting every 5, on tiny
+/// segments: the idle group's live entries pin the oldest segment. Returns the WAL, open.
+fn idle_and_busy_groups(
+    disk: &CrashDisk,
     rewrite_max_bytes: u64,
     bugs: crate::bugs::PlantedBugs,
-) -> (CrashDisk, usize) {
-    let disk = CrashDisk::new(11);
+) -> Wal {
     let options = StorageOptions {
         segment_max_bytes: 500,
         rewrite_max_bytes,
@@ -1193,7 +1193,7 @@ fn segments_with_an_idle_group(
     };
     let wal = Wal::open(Arc::new(disk.clone()), options).unwrap();
     wal.set_planted_bugs(bugs);
-    let mut stores = open_groups(&wal, &disk, &[1, 2]);
+    let mut stores = open_groups(&wal, disk, &[1, 2]);
     stores
         .get_mut(&1)
         .unwrap()
@@ -1208,8 +1208,20 @@ fn segments_with_an_idle_group(
             busy.save_snapshot(&snap(i, 1)).unwrap();
         }
     }
+    wal
+}
+
+/// An idle group with a few live entries pins the oldest segment; rewriting them into the new
+/// segment's head frees it (with rewrites off, segments pile up).
+fn segments_with_an_idle_group(
+    rewrite_max_bytes: u64,
+    bugs: crate::bugs::PlantedBugs,
+) -> (CrashDisk, usize) {
+    let disk = CrashDisk::new(11);
+    let wal = idle_and_busy_groups(&disk, rewrite_max_bytes, bugs);
     wal.remove_doomed();
-    (disk, wal.segment_count())
+    let kept = wal.segment_count();
+    (disk, kept)
 }
 
 #[test]
@@ -1308,30 +1320,8 @@ fn format_marker_is_written_first_and_checked() {
 #[test]
 fn doomed_segments_left_on_disk_recover_the_same_state() {
     let disk = CrashDisk::new(12);
-    let options = StorageOptions {
-        segment_max_bytes: 500,
-        rewrite_max_bytes: 4096,
-        entry_cache_bytes: 0,
-        ..StorageOptions::default()
-    };
-    let wal = Wal::open(Arc::new(disk.clone()), options).unwrap();
-    let mut stores = open_groups(&wal, &disk, &[1, 2]);
-    stores
-        .get_mut(&1)
-        .unwrap()
-        .0
-        .persist(Some(&hs(1, Some(1), 1)), &entries(1, 3, 1), None)
-        .unwrap();
-    let busy = &mut stores.get_mut(&2).unwrap().0;
-    for i in 1..=200 {
-        busy.persist(Some(&hs(1, Some(1), i)), &entries(i, i, 1), None)
-            .unwrap();
-        if i % 5 == 0 {
-            busy.save_snapshot(&snap(i, 1)).unwrap();
-        }
-    }
+    let wal = idle_and_busy_groups(&disk, 4096, Default::default());
     let (_, doomed) = wal.take_doomed().expect("old segments were collected");
-    drop(stores);
     drop(wal);
     let on_disk = disk.list().unwrap();
     assert!(
