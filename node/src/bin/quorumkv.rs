@@ -38,6 +38,12 @@ mod output;
 #[path = "quorumkv/user.rs"]
 mod user;
 
+/// mimalloc rather than the system allocator: a node allocates per message and per entry, and
+/// glibc's malloc was ~13 % of a node's CPU under 64 writers (docs/BENCHMARKS.md).
+#[cfg(not(madsim))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {
     cli::main()

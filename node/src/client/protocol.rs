@@ -105,8 +105,10 @@ pub enum BackupRequest {
 /// One key of a backup as stored: its last write's log index (`version`) and value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupItem {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub version: u64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 

@@ -22,31 +22,36 @@ pub const MAX_COMMAND_BYTES: usize = 4096 + (1 << 20) + 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Writes `new_value` only if the key's current state matches `expected`.
     CompareAndSwap {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expected: Expected,
+        #[serde(with = "serde_bytes")]
         new_value: Vec<u8>,
     },
     /// Writes `value` only if the key is absent.
     PutIfAbsent {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Keys in `range`, in ascending byte order, at most `limit` of them.
-    Scan {
-        range: KeyRange,
-        limit: u32,
-    },
+    Scan { range: KeyRange, limit: u32 },
     /// Opens the exactly-once session of `Command::client_id` (Raft dissertation §6.3,
     /// RegisterClient). The state machine starts a session at any seq-1 command; `node::client`
     /// always makes seq 1 an `OpenSession`, so no real operation is ever the one that creates
@@ -56,7 +61,9 @@ pub enum Operation {
     /// Redis SET: writes `value` when `condition` holds; `return_previous` asks for the value
     /// before (SET ... GET, GETSET). Answered by `OpResult::Set`.
     Set {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         condition: SetCondition,
         return_previous: bool,
@@ -64,12 +71,15 @@ pub enum Operation {
     /// Redis APPEND: the key's value (absent: empty) followed by `suffix`. Answered by
     /// `OpResult::Appended` with the new length.
     Append {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         suffix: Vec<u8>,
     },
     /// Redis INCRBY/DECRBY: adds `delta` to the key's value read as a decimal i64 (absent: 0)
     /// and stores the sum in decimal. Answered by `OpResult::Counter` or `OpResult::NotAnInteger`.
     Increment {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         delta: i64,
     },
@@ -128,7 +138,7 @@ pub enum Expected {
     /// The key must not exist.
     Absent,
     /// The key must exist with exactly this value.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key must exist with exactly this version.
     Version(Version),
 }
@@ -156,13 +166,16 @@ pub struct Command {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: Version,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanItem {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: Version,
 }

@@ -52,7 +52,7 @@ pub enum EntryPayload {
     /// Appended by every new leader so that it can commit an entry of its own term.
     Noop,
     /// Opaque application command (the KV state machine's encoded request).
-    Command(Vec<u8>),
+    Command(#[serde(with = "serde_bytes")] Vec<u8>),
     Membership(MembershipChange),
 }
 
@@ -76,6 +76,7 @@ pub struct SnapshotMeta {
 pub struct Snapshot {
     pub meta: SnapshotMeta,
     /// The application's encoded state machine at `meta.index`.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -187,4 +188,58 @@ pub struct Ready {
 pub struct SoftState {
     pub leader: Option<NodeId>,
     pub role: Role,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `EntryPayload` as it was before its bytes were (de)serialized as one block
+    /// (`serde_bytes`) rather than element by element.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum ElementWisePayload {
+        Noop,
+        Command(Vec<u8>),
+        Membership(MembershipChange),
+    }
+
+    /// WAL records and peer frames written by earlier versions must decode unchanged, and new
+    /// ones must be what those versions wrote: bincode frames a byte block and a sequence of
+    /// `u8` identically (length, then the bytes), and so does JSON (an array of numbers).
+    #[test]
+    fn command_bytes_encode_as_before() {
+        let codec = bincode::config::standard();
+        for data in [
+            vec![],
+            vec![0u8],
+            (0..=255u8).cycle().take(70_000).collect(),
+        ] {
+            let old = ElementWisePayload::Command(data.clone());
+            let new = EntryPayload::Command(data.clone());
+            let old_bytes = bincode::serde::encode_to_vec(&old, codec).unwrap();
+            let new_bytes = bincode::serde::encode_to_vec(&new, codec).unwrap();
+            assert_eq!(old_bytes, new_bytes, "{} bytes", data.len());
+            let (decoded, read): (EntryPayload, usize) =
+                bincode::serde::decode_from_slice(&old_bytes, codec).unwrap();
+            assert_eq!((decoded, read), (new, old_bytes.len()));
+
+            let old_json = serde_json::to_string(&old).unwrap();
+            let new_json = serde_json::to_string(&EntryPayload::Command(data.clone())).unwrap();
+            assert_eq!(old_json, new_json);
+            let decoded: EntryPayload = serde_json::from_str(&old_json).unwrap();
+            assert_eq!(decoded, EntryPayload::Command(data));
+        }
+    }
+
+    /// A length that claims more bytes than the input holds is an error, not an allocation.
+    #[test]
+    fn a_truncated_command_is_refused() {
+        let codec = bincode::config::standard();
+        let mut bytes =
+            bincode::serde::encode_to_vec(EntryPayload::Command(vec![7; 300]), codec).unwrap();
+        bytes.truncate(100);
+        let result: Result<(EntryPayload, usize), _> =
+            bincode::serde::decode_from_slice(&bytes, codec);
+        assert!(result.is_err());
+    }
 }
