@@ -42,7 +42,7 @@ use crate::raft::{
     LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId, Raft, Restored, Role,
 };
 use crate::storage::{
-    destroy_group, write_node_marker, Disk, GroupDisk, NodeMarker, NodeStorage, Wal,
+    begin_destroy_group, finish_destroy_group, write_node_marker, Disk, GroupDisk, NodeMarker, NodeStorage, Wal,
 };
 use crate::transport::{PeerMessage, PeerTransport};
 
@@ -66,6 +66,12 @@ pub(super) enum Internal {
     /// The cluster applied this node's removal (it may never apply it itself: the metadata
     /// group can drop it as a learner first).
     Removed,
+    /// The files of a deleted replica are gone (`error`: why not; the tombstone stays and the
+    /// next start finishes the deletion).
+    Destroyed {
+        group: GroupId,
+        error: Option<String>,
+    },
 }
 
 pub(super) struct EventLoop {
@@ -102,6 +108,9 @@ pub(super) struct EventLoop {
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: Option<mpsc::Receiver<Internal>>,
     admin_in_flight: bool,
+    /// Deleted replicas whose files are still being removed off the event loop (`destroy`):
+    /// none of them is created here again until its removal has finished.
+    destroying: BTreeSet<GroupId>,
     stop_reason: Option<String>,
     /// Metrics and readiness for the admin port (sampled on ticks; decides nothing).
     telemetry: Option<super::telemetry::Telemetry>,
@@ -157,6 +166,7 @@ impl EventLoop {
             internal_tx,
             internal_rx: Some(internal_rx),
             admin_in_flight: false,
+            destroying: BTreeSet::new(),
             stop_reason: None,
             telemetry: None,
             streams: Streams::default(),
@@ -358,6 +368,18 @@ impl EventLoop {
             Internal::Removed => {
                 self.stop_reason = Some("this node left the cluster".into());
             }
+            Internal::Destroyed { group, error: None } => {
+                self.destroying.remove(&group);
+                info!(group, "replica deleted");
+            }
+            Internal::Destroyed {
+                group,
+                error: Some(e),
+            } => {
+                // Still in `destroying`: never recreated by this process; a restart finishes
+                // the deletion from the tombstone before it opens anything.
+                tracing::error!(group, error = %e, "removing a deleted replica's files failed");
+            }
         }
     }
 
@@ -498,6 +520,9 @@ impl EventLoop {
         if group == META_GROUP {
             return true;
         }
+        if self.destroying.contains(&group) {
+            return false;
+        }
         let meta = self.meta();
         let me = self.config.node_id;
         let target = meta.target(group);
@@ -536,11 +561,50 @@ impl EventLoop {
         if let Some(mut g) = self.groups.remove(&group) {
             g.fail_all_in_flight(&self.addrs);
             drop(g);
-            destroy_group(&*self.disk, &self.wal, group)
+            begin_destroy_group(&*self.disk, &self.wal, group)
                 .map_err(|e| ServerError::Storage(format!("deleting group {group}: {e}")))?;
-            info!(group, "replica deleted");
+            self.remove_files_off_loop(group);
         }
         Ok(())
+    }
+
+    /// Removes the files of `group`, whose deletion `begin_destroy_group` made durable, on a
+    /// blocking thread: unlinking an engine file of gigabytes took 200-300 ms, and a node that
+    /// gave up four replicas at once stalled every group for a second. In simulation on a task
+    /// (madsim has no blocking pool), after a BUGGIFY delay that keeps the group in
+    /// `destroying` for a while.
+    fn remove_files_off_loop(&mut self, group: GroupId) {
+        self.destroying.insert(group);
+        let disk = Arc::clone(&self.disk);
+        let notices = self.internal_tx.clone();
+        #[cfg(madsim)]
+        let delay_ms = if crate::buggify!(self.config.sim, "slow-replica-removal") {
+            self.config.sim.buggify.draw(1..=500)
+        } else {
+            0
+        };
+        tokio::spawn(
+            async move {
+                #[cfg(not(madsim))]
+                let outcome = tokio::task::spawn_blocking(move || {
+                    finish_destroy_group(&*disk, group).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the removal task failed: {e}")));
+                #[cfg(madsim)]
+                let outcome = {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    finish_destroy_group(&*disk, group).map_err(|e| e.to_string())
+                };
+                let _ = notices
+                    .send(Internal::Destroyed {
+                        group,
+                        error: outcome.err(),
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
     }
 
     /// Handles every group's Readys: stage them all (records buffered in the WAL), sync the

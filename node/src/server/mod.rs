@@ -561,10 +561,14 @@ fn node_seed(config: &ServerConfig) -> u64 {
         ^ config.node_id.wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }
 
-/// The write-ahead log's options from the config (the rest keep their defaults).
+/// The write-ahead log's options from the config (the rest keep their defaults). No entry
+/// cache: each group's Raft core holds its uncompacted log in memory and the server never
+/// reads entries back from the WAL after recovery, so a cache would be a second copy of every
+/// entry (and a clone per append).
 fn storage_options(config: &ServerConfig) -> StorageOptions {
     StorageOptions {
         segment_max_bytes: config.wal_segment_max_bytes,
+        entry_cache_bytes: 0,
         ..StorageOptions::default()
     }
 }

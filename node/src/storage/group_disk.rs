@@ -150,21 +150,35 @@ fn tombstone_name(group: GroupId) -> String {
     format!("{}{TOMBSTONE}", group_prefix(group))
 }
 
-/// Crash-safely deletes `group`: first a synced tombstone file "g{group}.destroyed" (dir
-/// synced), then its removal in the WAL (synced: its records become garbage), then the group's
-/// other files, then the tombstone, then sync_dir.
+/// Crash-safely deletes `group`: `begin_destroy_group`, then `finish_destroy_group`.
 ///
 /// The caller must have dropped the group's `NodeStorage` (its open handles) first. Running it
 /// again after a failure or crash is safe: it finishes what is left.
 pub fn destroy_group(disk: &dyn Disk, wal: &Wal, group: GroupId) -> Result<(), StorageError> {
+    begin_destroy_group(disk, wal, group)?;
+    finish_destroy_group(disk, group)
+}
+
+/// The decision to delete `group`, made durable: a synced tombstone file "g{group}.destroyed"
+/// (dir synced), then the group's removal in the WAL (synced: its records become garbage).
+/// From here on a restart finishes the deletion (`hosted_groups`) and never opens the group.
+pub fn begin_destroy_group(disk: &dyn Disk, wal: &Wal, group: GroupId) -> Result<(), StorageError> {
     let tombstone = tombstone_name(group);
     let io = |op: &'static str| move |e: io::Error| StorageError::io(&tombstone_name(group), op, e);
     let mut file = disk.open(&tombstone).map_err(io("open"))?;
     file.sync().map_err(io("sync"))?;
     drop(file);
     disk.sync_dir().map_err(io("sync_dir"))?;
-    wal.remove_group(group)?;
+    wal.remove_group(group)
+}
 
+/// The rest of a deletion `begin_destroy_group` started: the group's files (its engine file
+/// may hold gigabytes: unlinking it takes the file system a while, so the server runs this off
+/// its event loop), a directory sync, then the tombstone and another directory sync. Until it
+/// has finished, nothing of `group` may be created on this disk again.
+pub fn finish_destroy_group(disk: &dyn Disk, group: GroupId) -> Result<(), StorageError> {
+    let tombstone = tombstone_name(group);
+    let io = |op: &'static str| move |e: io::Error| StorageError::io(&tombstone_name(group), op, e);
     let prefix = group_prefix(group);
     let doomed: Vec<String> = disk
         .list()

@@ -34,7 +34,8 @@ pub struct StorageOptions {
     /// head, oldest pins first, up to this many bytes per new segment; a group that does not
     /// fit keeps its segments until it compacts. At most half of `max_record_bytes`.
     pub rewrite_max_bytes: u64,
-    /// Memory for the newest entries of all groups together (reads of them need no disk I/O).
+    /// Memory for the newest entries of all groups together (reads of them need no disk I/O);
+    /// 0: no cache, entries are not copied on append and are read back from the segments.
     pub entry_cache_bytes: usize,
 }
 

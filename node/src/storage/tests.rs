@@ -764,6 +764,27 @@ fn destroy_group_removes_exactly_that_group() {
     populate_group(&disk, 11);
 }
 
+/// The server makes a deletion durable (`begin_destroy_group`) and removes the files later, off
+/// its event loop: a crash in between leaves the files, and the next start finishes the job
+/// without opening the group.
+#[test]
+fn a_begun_deletion_is_finished_by_the_next_start() {
+    for mode in [CrashMode::Drop, CrashMode::Torn] {
+        let disk = CrashDisk::new(5);
+        populate_group(&disk, 1);
+        let kept = populate_group(&disk, 2);
+        let wal = open_wal(&disk).unwrap();
+        begin_destroy_group(&disk, &wal, 1).unwrap();
+        drop(wal);
+        disk.crash(mode);
+        assert!(!group_files(&disk, 1).is_empty(), "{mode:?}: files were not left");
+        assert_eq!(hosted(&disk).unwrap().into_iter().collect::<Vec<_>>(), vec![2]);
+        assert!(group_files(&disk, 1).is_empty(), "{mode:?}: files left behind");
+        assert_eq!(group_store(&disk, 2).unwrap().1, kept);
+        finish_destroy_group(&disk, 1).expect("finishing again finds nothing to do");
+    }
+}
+
 /// Destroys group 1 with a crash after `ops` mutating disk calls, optionally crashes again
 /// `recovery_ops` calls into the recovery that finishes the job, and checks that group 1 is
 /// whole or gone and group 2 whole. Returns whether the destruction ran to completion.

@@ -212,6 +212,9 @@ impl GroupLog {
             bytes,
         });
         self.live_bytes += bytes;
+        if cache_cap_bytes == 0 {
+            return;
+        }
         if self
             .cache
             .back()
