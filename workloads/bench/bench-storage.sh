@@ -261,9 +261,10 @@ report() {
       jq -r 'select(.label == "growth" and .kind == "round") | .round
         | "| \(.round) | \(.at_s | floor) | \(.ops_per_s | floor) | \(.latency.p99_ms * 10 | round / 10) | \(.latency.max_ms * 10 | round / 10) | \(.errors) | \(.acked_bytes / 1048576 | floor) | \(.rss_bytes | map(if . == null then "-" else (. / 1048576 | floor | tostring) end) | join(", ")) | \(.disk_bytes | map(. / 1048576 | floor | tostring) | join(", ")) |"' "$JSONL"
       echo
-      jq -r -s '
+      # A full round lasted (about) BENCH_ROUND_S; the last one is usually cut short.
+      jq -r -s --argjson round_s "$ROUND_S" '
         map(select(.label == "growth" and .kind == "round") | .round) as $r
-        | ($r | map(select(.seconds >= 1))) as $full
+        | ($r | map(select(.seconds >= $round_s * 0.9))) as $full
         | "first full round \($full[0].ops_per_s | floor) puts/s, last full round \($full[-1].ops_per_s | floor) puts/s (\($full[-1].ops_per_s / $full[0].ops_per_s * 100 | floor)%); slowest request \($r | map(.latency.max_ms) | max | floor) ms; largest RSS of a node \($r | map(.rss_bytes[] // 0) | max / 1048576 | floor) MiB; disk at the end \($r[-1].disk_bytes | map(. / 1048576 | floor | tostring) | join(", ")) MiB"' "$JSONL"
       jq -r 'select(.label == "growth" and .kind == "total") | .total
         | "whole run: \(.ops) puts in \(.seconds | floor) s = \(.ops_per_s | floor)/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms, errors \(.errors)"' "$JSONL"
