@@ -11,7 +11,10 @@
 //! `SNAPSHOT_CHUNK_RETRIES` times, then the transfer is dropped and Raft asks again later).
 //!
 //! The receiver writes each chunk into a fresh engine file (`kv.redb.incoming`) with a
-//! non-durable commit. Invariants:
+//! non-durable commit, and a durable one whenever `RECEIVE_SYNC_EVERY_BYTES` more arrived: the
+//! file is then synced a piece at a time, not 128 MiB at the end (that one sync kept the disk
+//! busy for a second or more, and on a disk shared with other nodes their WAL syncs queued
+//! behind it). A partial file is never used: it is replaced by the next transfer. Invariants:
 //! - nothing of a transfer replaces the current state until ALL of it is validated: each
 //!   chunk's crc32, the sequence, every record (value layout, version <= the snapshot index,
 //!   session encoding), the crc32 of the whole stream, and the file's applied index equal to
@@ -42,6 +45,8 @@ use crate::transport::{PeerMessage, SnapshotChunk};
 pub(super) const SNAPSHOT_CHUNK_RETRIES: u32 = 5;
 /// The receiver's file for a transfer in progress (in the group's files).
 pub(super) const INCOMING_FILE: &str = "kv.redb.incoming";
+/// A receiver makes the incoming engine file durable after each this many bytes of records.
+pub(super) const RECEIVE_SYNC_EVERY_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ChunkRecord {
@@ -85,6 +90,8 @@ struct Incoming {
     applied: Option<LogIndex>,
     /// Totals of the data records taken so far.
     totals: Totals,
+    /// Bytes of records written since the incoming file was last made durable.
+    unsynced_bytes: u64,
 }
 
 /// The node's snapshot transfers, both directions.
@@ -339,6 +346,7 @@ impl Streams {
                     engine,
                     applied: None,
                     totals: Totals::default(),
+                    unsynced_bytes: 0,
                 },
             );
         }
@@ -500,6 +508,7 @@ fn write_records(inc: &mut Incoming, records: Vec<ChunkRecord>) -> Result<(), Kv
                 }
                 engine::write_raw(txn, &key, &value)?;
                 inc.totals.add(&key, &value);
+                inc.unsynced_bytes += (key.len() + value.len()) as u64;
             }
             ChunkRecord::Session { client, session } => {
                 decode_session(&session)?;
@@ -517,7 +526,11 @@ fn write_records(inc: &mut Incoming, records: Vec<ChunkRecord>) -> Result<(), Kv
             }
         }
     }
-    inc.engine.commit_batch(false)
+    let durable = inc.unsynced_bytes >= RECEIVE_SYNC_EVERY_BYTES;
+    if durable {
+        inc.unsynced_bytes = 0;
+    }
+    inc.engine.commit_batch(durable)
 }
 
 /// The end-of-stream checks (whole-stream checksum, applied index present and stored), and
@@ -566,6 +579,7 @@ pub(crate) fn receive_in_memory(
         engine: Engine::in_memory().map_err(|e| e.to_string())?,
         applied: None,
         totals: Totals::default(),
+        unsynced_bytes: 0,
     };
     for payload in payloads {
         let records = decode_records(payload, max_payload_bytes)?;
