@@ -289,6 +289,10 @@ async fn simulate(
         "seed {} scenario {} nodes {} clients {}",
         scenario.seed, scenario.name, scenario.nodes, scenario.clients
     ));
+    trace.log(format!(
+        "shards {} workload {:?} client policy {:?} think {} ms",
+        scenario.shards, scenario.workload, scenario.client_policy, scenario.think_time_ms
+    ));
     let transport = TransportFaults::new();
     let configs = match server_configs(&scenario, &trace, &monitor, &transport) {
         Ok(configs) => configs,
@@ -670,47 +674,176 @@ async fn pause_new_leaders(
     }
 }
 
-/// The `CutLeaderOnCommit` fault until `end`: a leader that reports its commit index advanced
-/// (it is about to acknowledge the writes) is cut off from every other server for `isolate_ms`
-/// with probability `strike_percent`%; clients still reach it. One cut at a time.
-async fn cut_leaders_on_commit(
+/// What `LaggingSuccessor` and `CutLeaderOnCommit` strike at.
+enum SuccessorCue {
+    /// A leader's commit index advanced to `index` in `term`.
+    Committed { term: u64, index: u64 },
+    /// A node became leader of `term`.
+    Elected { term: u64 },
+}
+
+/// The `LaggingSuccessor` fault until `end` (and `CutLeaderOnCommit`, with `cut_ms` =
+/// `loss_ms` = its `isolate_ms`): each cue strikes with probability `strike_percent`%. A
+/// leader whose commit index advances (not for the first time in its term: the first commit is
+/// its own no-op, which no client waits for) is cut off from every other server for `cut_ms`
+/// (clients still reach it; one cut at a time): its followers do not know what it just
+/// acknowledged, since its Appends are held back a few milliseconds while the fault lasts, so
+/// the cut lands before the Appends that carry the new commit index are on the wire. A node
+/// that becomes leader of a group loses that group's Appends from it and AppendResponses to it
+/// for `loss_ms`, and at least while the cut lasts (its heartbeats and their answers get
+/// through): it leads and a quorum answers its read rounds, but it cannot commit an entry of
+/// its term, so its commit index stays what it inherited and reads must wait until the clients
+/// that timed out at the cut leader have come over. Its first Appends left before it reported
+/// its election (they go out before its sync): losing their acknowledgements is what keeps it
+/// from committing. Each (new leader, group) is struck on its own, since one cut elects new
+/// leaders in every group the cut leader led.
+async fn lagging_successors(
     monitor: Arc<SafetyMonitor>,
     fleet: Fleet,
-    (isolate_ms, strike_percent): (u64, u32),
+    transport: TransportFaults,
+    (cut_ms, loss_ms, strike_percent): (u64, u64, u32),
     end: Instant,
     seed: u64,
     trace: Trace,
 ) {
-    let net = NetSim::current();
+    // A leader's Appends of the turn in which it commits carry the new commit index; they
+    // must still be on their way when the cut lands.
+    set_append_delay_ms(&transport, LAGGING_APPEND_DELAY_MS);
     let mut strikes = Strikes::new(&monitor, seed, strike_percent, end);
-    let committed = |event: &ProtocolEvent| match event {
-        ProtocolEvent::LeaderCommitted { term, index, .. } => Some((*term, *index)),
+    let cue_of = |event: &ProtocolEvent| match event {
+        ProtocolEvent::LeaderCommitted { term, index, .. } => Some(SuccessorCue::Committed {
+            term: *term,
+            index: *index,
+        }),
+        ProtocolEvent::BecameLeader { term } => Some(SuccessorCue::Elected { term: *term }),
         _ => None,
     };
-    while let Some((cue, leader, (term, index))) = strikes.next(&fleet, committed).await {
-        let ids = fleet.sim_ids();
-        let others: Vec<SimNodeId> = (0..ids.len())
-            .filter(|&i| i != leader as usize)
-            .map(|i| ids[i])
-            .collect();
-        let me = ids[leader as usize];
-        for &other in &others {
+    // The leader cut off (fleet index, node id) and until when.
+    let mut cut: Option<(u32, u64, Instant)> = None;
+    // (node id, group, term) of the leaders seen committing.
+    let mut terms_committed: BTreeSet<(u64, GroupId, u64)> = BTreeSet::new();
+    // (node id, group) -> when its log replication gets through again.
+    let mut lost: BTreeMap<(u64, GroupId), Instant> = BTreeMap::new();
+    while Instant::now() < end {
+        let wake = lost
+            .values()
+            .chain(cut.as_ref().map(|(_, _, until)| until))
+            .min()
+            .copied()
+            .unwrap_or(end);
+        let strike = tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(wake) => None,
+            strike = strikes.next(&fleet, cue_of) => Some(strike),
+        };
+        match strike {
+            None => {
+                let now = Instant::now();
+                if let Some((leader, node, _)) = cut.filter(|(_, _, until)| *until <= now) {
+                    reconnect(&fleet, leader);
+                    trace.log(format!("lagging successor: n{node} reconnected"));
+                    cut = None;
+                }
+                let released: Vec<(u64, GroupId)> = lost
+                    .iter()
+                    .filter(|(_, until)| **until <= now)
+                    .map(|(key, _)| *key)
+                    .collect();
+                for key in released {
+                    lost.remove(&key);
+                    set_appends_lost(&transport, key, false, &trace);
+                }
+            }
+            Some(None) => break,
+            Some(Some((cue, leader, SuccessorCue::Committed { term, index }))) => {
+                // A leader's first commit of its term is its own no-op (and what its
+                // predecessors left): no client waited on it. Later ones acknowledge writes.
+                let first = terms_committed.insert((cue.node, cue.group, term));
+                if cut.is_some() || first {
+                    continue;
+                }
+                cut_off(&fleet, leader);
+                let until = (Instant::now() + Duration::from_millis(cut_ms)).min(end);
+                cut = Some((leader, cue.node, until));
+                trace.log(format!(
+                    "lagging successor: cut off n{} for {cut_ms} ms as it committed index {index} of term {term} of group {}",
+                    cue.node, cue.group
+                ));
+            }
+            Some(Some((cue, _, SuccessorCue::Elected { term }))) => {
+                // At least while its predecessor is away: the clients that wait for it to
+                // answer come over when their requests time out.
+                let until = (Instant::now() + Duration::from_millis(loss_ms))
+                    .max(cut.map_or(end, |(_, _, until)| until))
+                    .min(end);
+                lost.insert((cue.node, cue.group), until);
+                set_appends_lost(&transport, (cue.node, cue.group), true, &trace);
+                trace.log(format!(
+                    "lagging successor: n{} leads term {term} of group {}: its appends are lost for {loss_ms} ms",
+                    cue.node, cue.group
+                ));
+            }
+        }
+    }
+    if let Some((leader, node, _)) = cut {
+        reconnect(&fleet, leader);
+        trace.log(format!("lagging successor: n{node} reconnected"));
+    }
+    for key in lost.into_keys() {
+        set_appends_lost(&transport, key, false, &trace);
+    }
+    set_append_delay_ms(&transport, 0);
+}
+
+/// How long Appends are held back while `LaggingSuccessor` lasts.
+const LAGGING_APPEND_DELAY_MS: u64 = 5;
+
+fn set_append_delay_ms(transport: &TransportFaults, delay_ms: u64) {
+    let mut plan = transport.plan();
+    plan.append_delay_ms = delay_ms;
+    transport.set(plan);
+}
+
+/// Cuts server `leader` off from every other server, both directions (clients still reach
+/// it).
+fn cut_off(fleet: &Fleet, leader: u32) {
+    let net = NetSim::current();
+    let ids = fleet.sim_ids();
+    let me = ids[leader as usize];
+    for (i, &other) in ids.iter().enumerate() {
+        if i != leader as usize {
             net.clog_link(me, other);
             net.clog_link(other, me);
         }
-        trace.log(format!(
-            "cut off n{} as it committed index {index} of term {term} of group {}",
-            cue.node, cue.group
-        ));
-        let until = (Instant::now() + Duration::from_millis(isolate_ms)).min(end);
-        tokio::time::sleep_until(until).await;
-        for &other in &others {
+    }
+}
+
+/// Undoes `cut_off`.
+fn reconnect(fleet: &Fleet, leader: u32) {
+    let net = NetSim::current();
+    let ids = fleet.sim_ids();
+    let me = ids[leader as usize];
+    for (i, &other) in ids.iter().enumerate() {
+        if i != leader as usize {
             net.unclog_link(me, other);
             net.unclog_link(other, me);
         }
-        trace.log(format!("n{} reconnected", cue.node));
-        strikes.forget_pending();
     }
+}
+
+/// Adds or removes one (leader, group) of the transport plan's lost log replication.
+fn set_appends_lost(transport: &TransportFaults, key: (u64, GroupId), lost: bool, trace: &Trace) {
+    let mut plan = transport.plan();
+    if lost {
+        plan.appends_lost.insert(key);
+    } else {
+        plan.appends_lost.remove(&key);
+        trace.log(format!(
+            "lagging successor: appends of n{} in group {} get through again",
+            key.0, key.1
+        ));
+    }
+    transport.set(plan);
 }
 
 /// The cues of a fault that strikes at protocol events (see `SafetyMonitor::add_cues`): each
@@ -1141,10 +1274,28 @@ async fn run_nemesis(
             } => {
                 let seed = rng.random::<u64>();
                 trace.log(format!("start {fault:?}"));
-                Undo::Task(tokio::spawn(cut_leaders_on_commit(
+                Undo::Task(tokio::spawn(lagging_successors(
                     monitor.clone(),
                     fleet.clone(),
-                    (*isolate_ms, *strike_percent),
+                    transport.clone(),
+                    (*isolate_ms, *isolate_ms, *strike_percent),
+                    end,
+                    seed,
+                    trace.clone(),
+                )))
+            }
+            Fault::LaggingSuccessor {
+                cut_ms,
+                loss_ms,
+                strike_percent,
+            } => {
+                let seed = rng.random::<u64>();
+                trace.log(format!("start {fault:?}"));
+                Undo::Task(tokio::spawn(lagging_successors(
+                    monitor.clone(),
+                    fleet.clone(),
+                    transport.clone(),
+                    (*cut_ms, *loss_ms, *strike_percent),
                     end,
                     seed,
                     trace.clone(),

@@ -98,6 +98,13 @@ pub enum FaultKind {
     /// successor while clients are redirected to it: it must learn what was committed before
     /// it answers anything.
     CutLeaderOnCommit,
+    /// Targeted: a leader is cut off from the other servers the instant its commit index
+    /// advances (as `CutLeaderOnCommit`), and each new leader's log replication (its Appends,
+    /// their acknowledgements) is lost for a while, while its heartbeats and their answers get
+    /// through: the successor leads, a quorum answers its read rounds, its commit index lags
+    /// what its predecessor acknowledged, and it cannot commit an entry of its own term. Only
+    /// the term-commit rule (Raft §6.4) keeps it from serving reads at that commit index.
+    LaggingSuccessor,
 }
 
 impl FaultKind {
@@ -163,6 +170,11 @@ impl FaultKind {
         FaultKind::CutLeaderOnCommit,
     ];
 
+    /// Kinds the swarm gained after its draws were in use: `swarm::draw` decides them after
+    /// every other knob of a seed, so that each seed's other choices stay what they were (and
+    /// a seed that leaves them off runs exactly as before). Not in `ALL`.
+    pub const SWARM_LATE: [FaultKind; 1] = [FaultKind::LaggingSuccessor];
+
     /// Every kind the swarm may enable (membership kinds only with spare servers).
     pub fn swarm() -> Vec<FaultKind> {
         let mut kinds = FaultKind::ALL.to_vec();
@@ -170,13 +182,17 @@ impl FaultKind {
         kinds.extend(FaultKind::TIME);
         kinds.extend(FaultKind::GRAY);
         kinds.extend(FaultKind::MEMBERSHIP);
+        kinds.extend(FaultKind::SWARM_LATE);
         kinds
     }
 
     /// Faults that occupy the network topology; two of them at once would undo each other.
     fn is_partition(self) -> bool {
         FaultKind::PARTITIONS.contains(&self)
-            || matches!(self, FaultKind::StaleLeader | FaultKind::CutLeaderOnCommit)
+            || matches!(
+                self,
+                FaultKind::StaleLeader | FaultKind::CutLeaderOnCommit | FaultKind::LaggingSuccessor
+            )
     }
 }
 
@@ -320,6 +336,17 @@ pub enum Fault {
     /// `strike_percent`% (one cut at a time).
     CutLeaderOnCommit {
         isolate_ms: u64,
+        strike_percent: u32,
+    },
+    /// While active, each with probability `strike_percent`%: a leader whose commit index
+    /// advances is cut off from every other server (both directions; clients still reach it)
+    /// for `cut_ms`, one cut at a time; a node that becomes leader of a group loses that
+    /// group's Appends from it and AppendResponses to it for `loss_ms` (every other message
+    /// gets through). Each (new leader, group) is struck on its own: one cut elects new leaders
+    /// in every group the cut leader led.
+    LaggingSuccessor {
+        cut_ms: u64,
+        loss_ms: u64,
         strike_percent: u32,
     },
 }
@@ -507,6 +534,15 @@ fn shuffled_nodes(rng: &mut StdRng, nodes: u32) -> Vec<u32> {
     all
 }
 
+/// Bounds of `LaggingSuccessor`'s cut: longer than most election timeouts (the successor
+/// must be elected while the leader is away).
+const LAGGING_CUT_MS_MIN: u64 = 500;
+const LAGGING_CUT_MS_MAX: u64 = 2_000;
+/// Bounds of `LaggingSuccessor`'s loss: long enough for clients that timed out at the cut
+/// leader (250-1,000 ms) to reach its successor while it still cannot commit.
+const LAGGING_LOSS_MS_MIN: u64 = 200;
+const LAGGING_LOSS_MS_MAX: u64 = 1_500;
+
 fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
     let minority = (nodes.saturating_sub(1) / 2).max(1);
     match kind {
@@ -609,6 +645,11 @@ fn resolve(kind: FaultKind, nodes: u32, rng: &mut StdRng) -> Fault {
         },
         FaultKind::ClockStall => Fault::ClockStall {
             node: rng.random_range(0..nodes),
+        },
+        FaultKind::LaggingSuccessor => Fault::LaggingSuccessor {
+            cut_ms: rng.random_range(LAGGING_CUT_MS_MIN..=LAGGING_CUT_MS_MAX),
+            loss_ms: rng.random_range(LAGGING_LOSS_MS_MIN..=LAGGING_LOSS_MS_MAX),
+            strike_percent: rng.random_range(30..=100),
         },
         FaultKind::PauseNewLeader => Fault::PauseNewLeader {
             pause_ms: rng.random_range(50..=1_500),

@@ -55,9 +55,11 @@ pub fn draw(template: &Scenario, seed: u64) -> Scenario {
     };
     let mut kinds: Vec<FaultKind> = FaultKind::swarm()
         .into_iter()
+        .filter(|kind| !FaultKind::SWARM_LATE.contains(kind))
         .filter(|_| rng.random_range(0..100) < enable_percent)
         .collect();
-    if rng.random_range(0..NO_FAULT_ONE_IN) == 0 {
+    let no_fault = rng.random_range(0..NO_FAULT_ONE_IN) == 0;
+    if no_fault {
         kinds.clear();
     }
     let joins = kinds.contains(&FaultKind::Join);
@@ -93,6 +95,12 @@ pub fn draw(template: &Scenario, seed: u64) -> Scenario {
     };
     // Drawn last, so that the knobs above stay what they were for every seed.
     let client_policy = draw_client_policy(&mut rng, clients);
+    // Kinds added to the swarm later: after every other draw, with this seed's probability.
+    for kind in FaultKind::SWARM_LATE {
+        if rng.random_range(0..100) < enable_percent && !no_fault {
+            nemesis.kinds.push(kind);
+        }
+    }
     Scenario {
         name: SWARM.to_string(),
         seed,

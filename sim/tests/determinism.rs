@@ -81,8 +81,54 @@ fn swarm_seed_replays_exactly() {
         template.for_seed(scenario.seed),
         "the draw is not a function of the seed"
     );
-    let first = common::run_and_report(&scenario);
-    let second = common::run_and_report(&scenario);
+    let first = replays_exactly(&scenario);
+    println!(
+        "verdict: swarm seed {} deterministic ({} ops, {} trace lines, kinds {:?})",
+        scenario.seed,
+        first.history.len(),
+        first.trace.lines().count(),
+        scenario.nemesis.kinds
+    );
+}
+
+const SWARM_SEEDS_SEARCHED: u64 = 200;
+
+/// The `LaggingSuccessor` fault acts on protocol cues, in the transport, per message: the first
+/// swarm seed (12 s, no spares) in which a new leader lost its appends replays bit for bit.
+#[test]
+fn lagging_successor_replays_exactly() {
+    let mut template = sim::Scenario::preset("swarm").expect("swarm");
+    template.duration_s = 12;
+    let struck = |report: &sim::RunReport| report.trace.contains("its appends are lost");
+    let scenario = (1..=SWARM_SEEDS_SEARCHED)
+        .map(|seed| template.for_seed(seed))
+        .filter(|s| {
+            s.spare_nodes == 0
+                && s.fault_schedule()
+                    .iter()
+                    .any(|f| matches!(f.fault, sim::Fault::LaggingSuccessor { .. }))
+        })
+        .find(|s| struck(&common::run_and_report(s)))
+        .expect("in some seed a new leader loses its appends");
+    let first = replays_exactly(&scenario);
+    assert!(
+        struck(&first),
+        "seed {}: no strike on replay",
+        scenario.seed
+    );
+    println!(
+        "verdict: lagging-successor seed {} deterministic ({} ops, {} trace lines)",
+        scenario.seed,
+        first.history.len(),
+        first.trace.lines().count()
+    );
+}
+
+/// Runs `scenario` twice and its concretized file once: the same history, trace and verdict
+/// each time. Returns the first run.
+fn replays_exactly(scenario: &sim::Scenario) -> sim::RunReport {
+    let first = common::run_and_report(scenario);
+    let second = common::run_and_report(scenario);
     assert!(
         first.history.len() > 20,
         "too few operations: {}",
@@ -102,16 +148,8 @@ fn swarm_seed_replays_exactly() {
         &replayed.history.to_jsonl(),
     );
     same_lines("replayed traces", &first.trace, &replayed.trace);
-    println!(
-        "verdict: swarm seed {} deterministic ({} ops, {} trace lines, kinds {:?})",
-        scenario.seed,
-        first.history.len(),
-        first.trace.lines().count(),
-        scenario.nemesis.kinds
-    );
+    first
 }
-
-const SWARM_SEEDS_SEARCHED: u64 = 200;
 
 /// Panics naming the first line where `a` and `b` differ.
 fn same_lines(what: &str, a: &str, b: &str) {

@@ -9,8 +9,9 @@ use sim::Scenario;
 
 /// A planted bug not found within this many seeds is a blind spot of the testbed.
 const MAX_SEEDS: u64 = 40;
-/// The seed budget of the one planted bug that only 1-3 % of swarm seeds find (see below).
-const THIN_READ_BUG_SEEDS: u64 = 200;
+/// The seed budget of the planted bug the fewest swarm seeds find (6.5 % of seeds 1..200; see
+/// below): first found at seed 26, next at 49, so one perturbed seed does not make it flaky.
+const THIN_READ_BUG_SEEDS: u64 = 60;
 
 fn hunt(bug: &str, max_seeds: u64, make: impl Fn(u64) -> Scenario) {
     for seed in 1..=max_seeds {
@@ -118,8 +119,9 @@ fn hunt_in_swarm(bug: &str) {
 }
 
 /// The read-path bugs need longer runs (a deposed or fresh leader, watchers reading the key
-/// just written): 20 simulated seconds per seed, as `make mutation`.
-fn hunt_read_bug_in_swarm(bug: &str) {
+/// just written), and so does `vote-ignores-log`: 20 simulated seconds per seed, as
+/// `make mutation`.
+fn hunt_in_long_swarm_runs(bug: &str) {
     hunt(bug, MAX_SEEDS, |s| common::swarm_scenario(s, 20));
 }
 
@@ -127,14 +129,15 @@ fn hunt_read_bug_in_swarm(bug: &str) {
 /// answers the watchers that stick to it while the writers moved to its successor.
 #[test]
 fn swarm_finds_read_skips_quorum() {
-    hunt_read_bug_in_swarm("read-skips-quorum");
+    hunt_in_long_swarm_runs("read-skips-quorum");
 }
 
 /// Reads served before the new leader committed an entry of its term: its commit index lags
-/// what its predecessor acknowledged (`CutLeaderOnCommit`, partitions with watchers, BUGGIFY's
-/// `hold-new-leader-appends`). The weakest spot of the testbed: 1-3 % of swarm seeds find it
-/// (a read must reach the new leader after a quorum answered its heartbeats and before its
-/// first Append is acknowledged), so this hunt gets `THIN_READ_BUG_SEEDS`.
+/// what its predecessor acknowledged. A read must reach the new leader after a quorum answered
+/// its heartbeats and before its first Append is acknowledged: `LaggingSuccessor` and
+/// `CutLeaderOnCommit` cut a leader off as it commits and lose its successor's log
+/// replication meanwhile (1-3 % of swarm seeds found it before they did, 6.5 % since), so
+/// this hunt gets `THIN_READ_BUG_SEEDS`.
 #[test]
 fn swarm_finds_read_before_term_commit() {
     hunt("read-before-term-commit", THIN_READ_BUG_SEEDS, |s| {
@@ -142,10 +145,12 @@ fn swarm_finds_read_before_term_commit() {
     });
 }
 
-/// Votes granted without the log comparison: a leader without committed entries.
+/// Votes granted without the log comparison: a leader without committed entries. At 10
+/// simulated seconds per seed only seed 26 of 1..40 found it (and none once `LaggingSuccessor`
+/// changed that seed; the next is 63); at 20 s, 17-19 of seeds 1..100 do, the first at seed 3.
 #[test]
 fn swarm_finds_vote_ignores_log() {
-    hunt_in_swarm("vote-ignores-log");
+    hunt_in_long_swarm_runs("vote-ignores-log");
 }
 
 /// A candidate canvasses and counts learners: leaders without a majority of voters.

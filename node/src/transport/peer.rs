@@ -391,6 +391,7 @@ impl FaultInjector {
         let plan = self.faults.current();
         let link = (message.from(), message.to());
         if plan.is_blocked(link.0, link.1)
+            || plan.loses_append(&message)
             || self.rng.random_bool(clamp(plan.drop_probability))
             || plan
                 .link_drop_percent
@@ -407,8 +408,18 @@ impl FaultInjector {
         };
         for _ in 0..copies {
             let message = message.clone();
-            if plan.delay_ms_max > 0 && self.rng.random_bool(clamp(plan.delay_probability)) {
-                let delay = Duration::from_millis(self.rng.random_range(1..=plan.delay_ms_max));
+            let delay = match plan.append_delay(&message) {
+                Some(delay) => Some(delay),
+                None if plan.delay_ms_max > 0
+                    && self.rng.random_bool(clamp(plan.delay_probability)) =>
+                {
+                    Some(Duration::from_millis(
+                        self.rng.random_range(1..=plan.delay_ms_max),
+                    ))
+                }
+                None => None,
+            };
+            if let Some(delay) = delay {
                 if let Some(queue) = transport.links.get(&message.to()).map(|l| l.queue.clone()) {
                     tokio::spawn(
                         async move {
