@@ -42,7 +42,8 @@ use crate::raft::{
     LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId, Raft, Restored, Role,
 };
 use crate::storage::{
-    begin_destroy_group, finish_destroy_group, write_node_marker, Disk, GroupDisk, NodeMarker, NodeStorage, Wal,
+    begin_destroy_group, finish_destroy_group, write_node_marker, Disk, GroupDisk, NodeMarker,
+    NodeStorage, Wal,
 };
 use crate::transport::{PeerMessage, PeerTransport};
 

@@ -31,8 +31,8 @@ pub use crash_disk::{CrashDisk, CrashMode};
 pub use disk::{Disk, DiskFile};
 pub use file_disk::FileDisk;
 pub use group_disk::{
-    begin_destroy_group, destroy_group, finish_destroy_group, hosted_groups, read_node_marker, write_node_marker, GroupDisk, NodeMarker,
-    NODE_MARKER_FILE,
+    begin_destroy_group, destroy_group, finish_destroy_group, hosted_groups, read_node_marker,
+    write_node_marker, GroupDisk, NodeMarker, NODE_MARKER_FILE,
 };
 pub use node_storage::{NodeStorage, Recovered, StorageOptions};
 pub use redb_backend::DiskBackend;

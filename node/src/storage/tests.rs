@@ -777,9 +777,18 @@ fn a_begun_deletion_is_finished_by_the_next_start() {
         begin_destroy_group(&disk, &wal, 1).unwrap();
         drop(wal);
         disk.crash(mode);
-        assert!(!group_files(&disk, 1).is_empty(), "{mode:?}: files were not left");
-        assert_eq!(hosted(&disk).unwrap().into_iter().collect::<Vec<_>>(), vec![2]);
-        assert!(group_files(&disk, 1).is_empty(), "{mode:?}: files left behind");
+        assert!(
+            !group_files(&disk, 1).is_empty(),
+            "{mode:?}: files were not left"
+        );
+        assert_eq!(
+            hosted(&disk).unwrap().into_iter().collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert!(
+            group_files(&disk, 1).is_empty(),
+            "{mode:?}: files left behind"
+        );
         assert_eq!(group_store(&disk, 2).unwrap().1, kept);
         finish_destroy_group(&disk, 1).expect("finishing again finds nothing to do");
     }
