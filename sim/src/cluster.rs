@@ -682,6 +682,28 @@ enum SuccessorCue {
     Elected { term: u64 },
 }
 
+/// `lagging_successors` as the nemesis task of one fault (`CutLeaderOnCommit` or
+/// `LaggingSuccessor`, which differ only in their windows).
+fn spawn_lagging(
+    monitor: &Arc<SafetyMonitor>,
+    fleet: &Fleet,
+    transport: &TransportFaults,
+    windows: (u64, u64, u32),
+    end: Instant,
+    seed: u64,
+    trace: &Trace,
+) -> Undo {
+    Undo::Task(tokio::spawn(lagging_successors(
+        Arc::clone(monitor),
+        fleet.clone(),
+        transport.clone(),
+        windows,
+        end,
+        seed,
+        trace.clone(),
+    )))
+}
+
 /// The `LaggingSuccessor` fault until `end` (and `CutLeaderOnCommit`, with `cut_ms` =
 /// `loss_ms` = its `isolate_ms`): each cue strikes with probability `strike_percent`%. A
 /// leader whose commit index advances (not for the first time in its term: the first commit is
@@ -1272,34 +1294,20 @@ async fn run_nemesis(
                 isolate_ms,
                 strike_percent,
             } => {
+                let windows = (*isolate_ms, *isolate_ms, *strike_percent);
                 let seed = rng.random::<u64>();
                 trace.log(format!("start {fault:?}"));
-                Undo::Task(tokio::spawn(lagging_successors(
-                    monitor.clone(),
-                    fleet.clone(),
-                    transport.clone(),
-                    (*isolate_ms, *isolate_ms, *strike_percent),
-                    end,
-                    seed,
-                    trace.clone(),
-                )))
+                spawn_lagging(&monitor, &fleet, &transport, windows, end, seed, &trace)
             }
             Fault::LaggingSuccessor {
                 cut_ms,
                 loss_ms,
                 strike_percent,
             } => {
+                let windows = (*cut_ms, *loss_ms, *strike_percent);
                 let seed = rng.random::<u64>();
                 trace.log(format!("start {fault:?}"));
-                Undo::Task(tokio::spawn(lagging_successors(
-                    monitor.clone(),
-                    fleet.clone(),
-                    transport.clone(),
-                    (*cut_ms, *loss_ms, *strike_percent),
-                    end,
-                    seed,
-                    trace.clone(),
-                )))
+                spawn_lagging(&monitor, &fleet, &transport, windows, end, seed, &trace)
             }
             Fault::PauseNewLeader {
                 pause_ms,
