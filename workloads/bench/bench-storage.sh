@@ -3,7 +3,8 @@
 # driven by `quorumkv-ycsb write` (closed-loop writers of fresh keys, reported in rounds):
 #
 #   compare   quorumkv (`quorumkv local --nodes 3`, default config: 16 shards) and etcd
-#             (3 members) in the same run: 64 writers and 1 writer of 256-byte values.
+#             (3 members) in the same run: 64 writers and 1 writer of 256-byte values,
+#             BENCH_COMPARE_REPEAT rounds in alternating order (each store fresh every round).
 #   growth    a fresh quorumkv cluster, 64 writers of 1 KiB values to fresh keys until
 #             BENCH_STORAGE_MIB MiB were acknowledged (each replica then holds that much):
 #             per round puts/s, p99 and max latency, RSS of each node, bytes on disk per node.
@@ -16,7 +17,7 @@
 #
 # Knobs (environment): BENCH_STORAGE_MIB (default 200; 2048 is the issue's full size),
 # BENCH_SCENARIOS ("compare growth restart transfer"; restart and transfer need growth),
-# BENCH_COMPARE_S (10), BENCH_ROUND_S (10), BENCH_BUILD=0 (use the release binaries as they
+# BENCH_COMPARE_S (10), BENCH_COMPARE_REPEAT (3), BENCH_ROUND_S (10), BENCH_BUILD=0 (use the release binaries as they
 # are), BENCH_QUORUMKV / BENCH_YCSB (other binaries, e.g. a copy of a build to compare;
 # implies BENCH_BUILD=0), BENCH_OUT (target/bench), BENCH_BASE_PORT (20000: quorumkv uses BASE+1..BASE+304),
 # BENCH_ETCD_PORT (20500: etcd uses +1..+3 and +101..+103), BENCH_SERVER_MAX_S (every server
@@ -29,6 +30,7 @@ ROOT=$PWD
 MIB=${BENCH_STORAGE_MIB:-200}
 SCENARIOS=${BENCH_SCENARIOS:-compare growth restart transfer}
 COMPARE_S=${BENCH_COMPARE_S:-10}
+COMPARE_REPEAT=${BENCH_COMPARE_REPEAT:-3}
 ROUND_S=${BENCH_ROUND_S:-10}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 DATA=${BENCH_DIR:-$OUT/storage-data}
@@ -115,25 +117,38 @@ start_etcd() {
   "$YCSB" wait --store etcd --endpoints "$ETCD_ENDPOINTS" --timeout-s 60 >/dev/null
 }
 
-# compare_runs STORE ENDPOINTS: 64 writers then 1 writer of 256 B values.
+# compare_runs STORE ENDPOINTS REP: 64 writers then 1 writer of 256 B values, on a fresh cluster.
 compare_runs() {
-  local store=$1 endpoints=$2 clients
+  local store=$1 endpoints=$2 rep=$3 clients
   for clients in 64 1; do
-    log "compare: $store, $clients writers, load $(load)"
+    log "compare (round $rep): $store, $clients writers, load $(load)"
     "$YCSB" write --store "$store" --endpoints "$endpoints" --value-bytes 256 \
-      --clients "$clients" --key-prefix "c$clients" --warmup-s 2 --round-s 2 --duration-s "$((COMPARE_S + 2))" --label "compare-$store-$clients" \
-      --out "$JSONL" || log "compare run failed: $store $clients (kept going)"
-    record "{\"label\":\"compare-$store-$clients\",\"kind\":\"load\",\"loadavg\":\"$(load)\"}"
+      --clients "$clients" --key-prefix "c$clients" --warmup-s 2 --round-s 2 --duration-s "$((COMPARE_S + 2))" --label "compare-$store-$clients-r$rep" \
+      --out "$JSONL" || log "compare run failed: $store $clients round $rep (kept going)"
+    record "{\"label\":\"compare-$store-$clients-r$rep\",\"kind\":\"load\",\"loadavg\":\"$(load)\"}"
   done
 }
 
+compare_store() {
+  case $1 in
+    quorumkv) start_quorumkv; compare_runs quorumkv "$QKV_ENDPOINTS" "$2" ;;
+    etcd) start_etcd; compare_runs etcd "$ETCD_ENDPOINTS" "$2" ;;
+  esac
+  stop_started
+}
+
+# BENCH_COMPARE_REPEAT rounds, the order alternating (quorumkv first in odd rounds, etcd first
+# in even ones), so that a drift in the machine's other load does not favour one store; each
+# round's ratio is reported, and the median of the rounds.
 scenario_compare() {
-  start_quorumkv
-  compare_runs quorumkv "$QKV_ENDPOINTS"
-  stop_started
-  start_etcd
-  compare_runs etcd "$ETCD_ENDPOINTS"
-  stop_started
+  local rep
+  for rep in $(seq "$COMPARE_REPEAT"); do
+    if [ $((rep % 2)) = 1 ]; then
+      compare_store quorumkv "$rep"; compare_store etcd "$rep"
+    else
+      compare_store etcd "$rep"; compare_store quorumkv "$rep"
+    fi
+  done
 }
 
 GROWN=0
@@ -246,10 +261,18 @@ report() {
         | .[] | select(.kind == "total" and (.label | startswith("compare-")))
         | "| \(.total.store) | \(.total.clients) | \(.total.ops_per_s | floor) | \(.total.latency.p50_ms * 100 | round / 100) | \(.total.latency.p99_ms * 100 | round / 100) | \(.total.latency.max_ms * 100 | round / 100) | \(.total.errors) | \($load[.label]) |"' "$JSONL"
       for c in 64 1; do
-        q=$(jq -s "map(select(.kind == \"total\" and .label == \"compare-quorumkv-$c\"))[0].total.ops_per_s // 0" "$JSONL")
-        e=$(jq -s "map(select(.kind == \"total\" and .label == \"compare-etcd-$c\"))[0].total.ops_per_s // 0" "$JSONL")
         echo
-        echo "$c writers: quorumkv / etcd = $(jq -n "if $e > 0 then ($q / $e * 100 | round / 100) else \"n/a\" end")x"
+        # Per round: the ratio of the two stores' rates; then the median of the rounds'
+        # rates and of their ratios.
+        jq -r -s --arg c "$c" '
+          def rate($store; $rep): map(select(.kind == "total" and .label == "compare-\($store)-\($c)-r\($rep)"))[0].total.ops_per_s // 0;
+          def median: sort | if length == 0 then 0 else .[(length - 1) / 2 | floor] end;
+          def r2: . * 100 | round / 100;
+          [.[] | select(.kind == "total" and (.label | test("^compare-quorumkv-\($c)-r"))) | .label | sub(".*-r"; "")] as $reps
+          | [$reps[] as $r | {rep: $r, q: rate("quorumkv"; $r), e: rate("etcd"; $r)}] as $rounds
+          | ($rounds | map(select(.e > 0) | .q / .e)) as $ratios
+          | "\($c) writers: quorumkv / etcd per round: \($rounds | map("\(.q | floor) / \(.e | floor) = \(if .e > 0 then (.q / .e | r2 | tostring) + "x" else "n/a" end)") | join("; "))"
+            + "; median ratio \($ratios | median | r2)x (median rates \($rounds | map(.q) | median | floor) vs \($rounds | map(.e) | median | floor) puts/s)"' "$JSONL"
       done
       echo
     fi

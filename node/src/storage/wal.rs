@@ -12,6 +12,11 @@
 //! Invariants:
 //! - every segment but the newest was fully synced before the next one got records, so only
 //!   the newest may have a torn tail; a bad record anywhere else is `Corrupt { file, offset }`;
+//! - the newest segment's file may run on past its last record with zeros
+//!   (`zero_ahead_bytes`, written with the records that reach into new room), so that most
+//!   appends overwrite bytes the file has and their fdatasync need not also commit a new file
+//!   size; a closing segment is cut to its records (durably) before the next segment is
+//!   created, so zeros past the records anywhere else are damage;
 //! - records of one `persist` are contiguous and in order (entries, then hard state), so any
 //!   prefix of a turn's buffer recovers, per group, a prefix of that group's records;
 //! - a new segment starts with a checkpoint of every group (taken right after a sync, when the
@@ -251,6 +256,9 @@ struct Segment {
     seq: u64,
     name: String,
     len_bytes: u64,
+    /// The newest segment's file is this long, every byte past `len_bytes` zero
+    /// (`StorageOptions::zero_ahead_bytes`); older segments end at `len_bytes`.
+    file_bytes: u64,
     /// Open handle (the newest segment always has one; older ones on first read).
     file: Option<Box<dyn DiskFile>>,
 }
@@ -563,14 +571,7 @@ impl WalCore {
         if !self.pending.is_empty() {
             let offset = self.active().len_bytes;
             let pending = std::mem::take(&mut self.pending);
-            let segment = self
-                .segments
-                .last_mut()
-                .expect("the WAL always has a segment");
-            let file = segment.file.as_mut().expect("the newest segment is open");
-            file.write_at(offset, &pending)
-                .map_err(|e| StorageError::io(&segment.name, "write", e))?;
-            segment.len_bytes += pending.len() as u64;
+            self.write_active(offset, &pending)?;
             self.pending = pending;
             self.pending.clear();
         }
@@ -594,6 +595,38 @@ impl WalCore {
         self.collect_garbage()?;
         if self.active().len_bytes >= self.options.segment_max_bytes {
             self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// Writes records at `offset` of the newest segment, which then ends with them; when they
+    /// reach past the zero-filled room, zeros follow them up to the next multiple of
+    /// `zero_ahead_bytes` (written with them, made durable by the same sync).
+    fn write_active(&mut self, offset: u64, records: &[u8]) -> Result<(), StorageError> {
+        let zero_ahead = self.options.zero_ahead_bytes;
+        let segment = self
+            .segments
+            .last_mut()
+            .expect("the WAL always has a segment");
+        debug_assert_eq!(offset, segment.len_bytes, "records are appended");
+        let file = segment.file.as_mut().expect("the newest segment is open");
+        file.write_at(offset, records)
+            .map_err(|e| StorageError::io(&segment.name, "write", e))?;
+        let end = offset + records.len() as u64;
+        segment.len_bytes = end;
+        if end > segment.file_bytes {
+            segment.file_bytes = end;
+            if let Some(chunks) = end.checked_div(zero_ahead) {
+                // Not past the size at which the segment is closed (the room would be cut).
+                let room_end =
+                    ((chunks + 1) * zero_ahead).min(self.options.segment_max_bytes.max(end));
+                if room_end > end {
+                    let zeros = vec![0u8; (room_end - end) as usize];
+                    file.write_at(end, &zeros)
+                        .map_err(|e| StorageError::io(&segment.name, "zero-fill", e))?;
+                    segment.file_bytes = room_end;
+                }
+            }
         }
         Ok(())
     }
@@ -643,6 +676,18 @@ impl WalCore {
     /// head and the directory entry are synced before it returns.
     fn roll(&mut self) -> Result<(), StorageError> {
         debug_assert!(self.pending.is_empty() && !self.sync_needed);
+        // Only the newest segment may end in zeros (recovery reads zeros anywhere else as
+        // damage): the closing one is cut to its records, durably, before the next exists.
+        if let Some(closing) = self.segments.last_mut() {
+            if closing.file_bytes > closing.len_bytes {
+                let file = closing.file.as_mut().expect("the newest segment is open");
+                file.set_len(closing.len_bytes)
+                    .map_err(|e| StorageError::io(&closing.name, "truncate zero room", e))?;
+                file.sync()
+                    .map_err(|e| StorageError::io(&closing.name, "sync", e))?;
+                closing.file_bytes = closing.len_bytes;
+            }
+        }
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let name = segment_name(seq);
         let mut file = self
@@ -657,6 +702,7 @@ impl WalCore {
             seq,
             name,
             len_bytes: 0,
+            file_bytes: 0,
             file: Some(file),
         });
         self.dir_dirty = true;
@@ -734,13 +780,11 @@ impl WalCore {
         // Made durable at once (one extra fsync per segment), so that nobody waits for a sync
         // of records they did not write, and the older segments can go at the next sync.
         let pending = std::mem::take(&mut self.pending);
+        self.write_active(0, &pending)?;
         let segment = self.segments.last_mut().expect("just pushed");
         let file = segment.file.as_mut().expect("just opened");
-        file.write_at(0, &pending)
-            .map_err(|e| StorageError::io(&segment.name, "write", e))?;
         file.sync()
             .map_err(|e| StorageError::io(&segment.name, "sync", e))?;
-        segment.len_bytes = pending.len() as u64;
         self.pending = pending;
         self.pending.clear();
         self.disk
@@ -810,12 +854,12 @@ impl WalCore {
         let segment = &mut self.segments[position];
         let name = segment.name.clone();
         if loc.seq == active_seq && loc.offset >= active_len {
+            // One record parsed where it starts, however much the turn buffered after it.
             let at = (loc.offset - active_len) as usize;
-            let scanned = record::scan(&name, &self.pending[at..], true, max)?;
-            let payload = scanned.records.first().map(|(_, p)| p.to_vec());
-            return payload
-                .map(|p| (name.clone(), p))
-                .ok_or_else(|| StorageError::corrupt(&name, loc.offset, "no buffered record"));
+            let payload = record::parse_at(&name, &self.pending, at, max).map_err(|e| {
+                StorageError::corrupt(&name, loc.offset, format!("buffered record: {e}"))
+            })?;
+            return Ok((name, payload.to_vec()));
         }
         if segment.file.is_none() {
             let file = self
@@ -833,7 +877,7 @@ impl WalCore {
         }
         let mut framed = vec![0u8; record::HEADER_BYTES + len];
         read_exact(file.as_ref(), &name, loc.offset, &mut framed)?;
-        let scanned = record::scan(&name, &framed, false, max).map_err(|e| match e {
+        let payload = record::parse_at(&name, &framed, 0, max).map_err(|e| match e {
             StorageError::Corrupt { file, reason, .. } => StorageError::Corrupt {
                 file,
                 offset: loc.offset,
@@ -841,10 +885,7 @@ impl WalCore {
             },
             other => other,
         })?;
-        let payload = scanned.records.first().map(|(_, p)| p.to_vec());
-        payload
-            .map(|p| (name.clone(), p))
-            .ok_or_else(|| StorageError::corrupt(&name, loc.offset, "no record"))
+        Ok((name, payload.to_vec()))
     }
 
     /// Reads one segment at open, replaying its records into the groups' state.
@@ -916,13 +957,17 @@ impl WalCore {
             }
         }
         let mut len_bytes = bytes.len() as u64;
+        let file_bytes = len_bytes;
         let mut file = None;
         if is_last {
             let mut handle = self
                 .disk
                 .open(&name)
                 .map_err(|e| StorageError::io(&name, "open", e))?;
-            if scanned.valid_len < len_bytes {
+            if scanned.zero_tail {
+                // Zero-filled room past the last record: appends go on there.
+                len_bytes = scanned.valid_len;
+            } else if scanned.valid_len < len_bytes {
                 handle
                     .set_len(scanned.valid_len)
                     .map_err(|e| StorageError::io(&name, "truncate torn tail", e))?;
@@ -937,6 +982,11 @@ impl WalCore {
             seq,
             name,
             len_bytes,
+            file_bytes: if scanned.zero_tail {
+                file_bytes
+            } else {
+                len_bytes
+            },
             file,
         });
         Ok(())
