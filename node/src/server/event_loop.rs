@@ -649,7 +649,7 @@ impl EventLoop {
             let mut staged = Vec::new();
             for (&id, group) in groups.iter_mut() {
                 let outcome = outcomes.entry(id).or_default();
-                if let Some(ready) = group.stage_ready(addrs, &mut outgoing, outcome)? {
+                if let Some(ready) = group.stage_ready(config, addrs, &mut outgoing, outcome)? {
                     staged.push((id, ready));
                 }
             }

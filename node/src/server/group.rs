@@ -415,6 +415,7 @@ impl Group {
     /// `finish_ready`). None when the core has nothing ready.
     pub(super) fn stage_ready(
         &mut self,
+        config: &ServerConfig,
         addrs: &ClientAddrs,
         outbox: &mut Vec<PeerMessage>,
         outcome: &mut ReadyOutcome,
@@ -441,6 +442,21 @@ impl Group {
                 ready.snapshot.as_ref(),
             )
             .map_err(|e| ServerError::Storage(format!("group {}: {e}", self.id)))?;
+        // A shard's committed entries are applied, and their clients answered, before the
+        // turn's sync: the Raft core hands out only entries committed by a quorum AND durable
+        // here already (`commit.min(persisted)`, persisted advancing only after a sync), so
+        // nothing of this turn's unsynced writes is among them; the answers then leave while
+        // the disk syncs. A Ready with a snapshot, and the metadata group (whose applies
+        // change the map the other groups act on), apply after the sync, in `finish_ready`;
+        // so does a shard when BUGGIFY says so (`apply` skips what is applied already).
+        let early = self.id != META_GROUP
+            && ready.snapshot.is_none()
+            && !crate::buggify!(config.sim, "apply-after-sync");
+        if early {
+            for entry in &ready.committed {
+                self.apply(entry, config.node_id, outcome)?;
+            }
+        }
         Ok(Some(StagedReady {
             ready,
             commit_before,
