@@ -17,7 +17,7 @@
 #
 # Knobs (environment): BENCH_STORAGE_MIB (default 200; 2048 is the full size),
 # BENCH_SCENARIOS ("compare growth restart transfer"; restart and transfer need growth),
-# BENCH_COMPARE_S (10), BENCH_COMPARE_REPEAT (3), BENCH_ROUND_S (10), BENCH_BUILD=0 (use the release binaries as they
+# BENCH_COMPARE_S (10), BENCH_COMPARE_REPEAT (5), BENCH_ROUND_S (10), BENCH_BUILD=0 (use the release binaries as they
 # are), BENCH_QUORUMKV / BENCH_YCSB (other binaries, e.g. a copy of a build to compare;
 # implies BENCH_BUILD=0), BENCH_OUT (target/bench), BENCH_BASE_PORT (20000: quorumkv uses BASE+1..BASE+304),
 # BENCH_ETCD_PORT (20500: etcd uses +1..+3 and +101..+103), BENCH_SERVER_MAX_S (every server
@@ -30,7 +30,7 @@ ROOT=$PWD
 MIB=${BENCH_STORAGE_MIB:-200}
 SCENARIOS=${BENCH_SCENARIOS:-compare growth restart transfer}
 COMPARE_S=${BENCH_COMPARE_S:-10}
-COMPARE_REPEAT=${BENCH_COMPARE_REPEAT:-3}
+COMPARE_REPEAT=${BENCH_COMPARE_REPEAT:-5}
 ROUND_S=${BENCH_ROUND_S:-10}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 DATA=${BENCH_DIR:-$OUT/storage-data}
