@@ -54,23 +54,24 @@ fn parse(bytes: &[u8], offset: usize, max_record_bytes: usize) -> Result<&[u8], 
     Ok(payload)
 }
 
-/// The record at `offset` of `bytes` (a whole buffer of records, or one framed record), its
-/// damage reported as `Corrupt` at `offset`.
+/// The record at `at` of `bytes` (a turn's buffer of records, or one framed record read from a
+/// file); its damage is reported as `Corrupt` at `file_offset`, where the record sits in `file`.
 pub fn parse_at<'a>(
     file: &str,
     bytes: &'a [u8],
-    offset: usize,
+    at: usize,
+    file_offset: u64,
     max_record_bytes: usize,
 ) -> Result<&'a [u8], StorageError> {
-    if offset > bytes.len() {
+    if at > bytes.len() {
         return Err(StorageError::corrupt(
             file,
-            offset as u64,
+            file_offset,
             "record past the end",
         ));
     }
-    parse(bytes, offset, max_record_bytes)
-        .map_err(|reason| StorageError::corrupt(file, offset as u64, reason))
+    parse(bytes, at, max_record_bytes)
+        .map_err(|reason| StorageError::corrupt(file, file_offset, reason))
 }
 
 pub struct Scanned<'a> {

@@ -37,6 +37,22 @@ fn hs(term: Term, vote: Option<u64>, commit: LogIndex) -> HardState {
     HardState { term, vote, commit }
 }
 
+/// Segments with 4 KiB of zero-filled room after their records.
+fn room_4k() -> StorageOptions {
+    StorageOptions {
+        zero_ahead_bytes: 4096,
+        ..StorageOptions::default()
+    }
+}
+
+/// Where a segment's records end (the zero-filled room after them is not part of them).
+fn records_end(segment: &[u8]) -> usize {
+    segment
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1)
+}
+
 fn small_segments() -> StorageOptions {
     StorageOptions {
         segment_max_bytes: 600,
@@ -562,9 +578,7 @@ fn damage_in_the_middle_of_the_last_segment_is_not_mistaken_for_a_torn_tail() {
         let names = segments(&disk);
         assert_eq!(names.len(), 1);
         let mut bytes = disk.contents(&names[0]).unwrap();
-        // The middle of the records (the zero-filled room after them is not part of it).
-        let records_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
-        let middle = records_end / 2;
+        let middle = records_end(&bytes) / 2;
         bytes[middle] ^= 0x01;
         disk.replace_contents(&names[0], bytes).unwrap();
         let err = open(&disk, options).unwrap_err();
@@ -609,16 +623,12 @@ fn truncated_or_zero_filled_tail_is_cut_and_never_served() {
 
 #[test]
 fn zero_filled_room_is_kept_and_appended_into() {
-    let options = StorageOptions {
-        zero_ahead_bytes: 4096,
-        ..StorageOptions::default()
-    };
+    let options = room_4k();
     let (disk, all) = disk_with_log(options.clone());
     let name = segments(&disk).remove(0);
     let room = disk.contents(&name).unwrap();
-    let records_end = room.iter().rposition(|&b| b != 0).unwrap() + 1;
     assert_eq!(room.len() % 4096, 0, "the file ends on the room's boundary");
-    assert!(room.len() > records_end, "zeros follow the records");
+    assert!(room.len() > records_end(&room), "zeros follow the records");
     // A restart reads the room as the end of the log: nothing cut, nothing lost.
     let (mut s, r) = open(&disk, options.clone()).unwrap();
     assert_eq!(r.entries, all);
@@ -634,14 +644,11 @@ fn zero_filled_room_is_kept_and_appended_into() {
 
 #[test]
 fn bytes_in_the_zero_room_are_a_torn_tail_and_cut() {
-    let options = StorageOptions {
-        zero_ahead_bytes: 4096,
-        ..StorageOptions::default()
-    };
+    let options = room_4k();
     let (disk, all) = disk_with_log(options.clone());
     let name = segments(&disk).remove(0);
     let mut bytes = disk.contents(&name).unwrap();
-    let records_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let records_end = records_end(&bytes);
     // Half a record header written into the room: a torn write of the next turn.
     bytes[records_end + 3] = 0x5a;
     disk.replace_contents(&name, bytes).unwrap();

@@ -856,9 +856,7 @@ impl WalCore {
         if loc.seq == active_seq && loc.offset >= active_len {
             // One record parsed where it starts, however much the turn buffered after it.
             let at = (loc.offset - active_len) as usize;
-            let payload = record::parse_at(&name, &self.pending, at, max).map_err(|e| {
-                StorageError::corrupt(&name, loc.offset, format!("buffered record: {e}"))
-            })?;
+            let payload = record::parse_at(&name, &self.pending, at, loc.offset, max)?;
             return Ok((name, payload.to_vec()));
         }
         if segment.file.is_none() {
@@ -877,14 +875,7 @@ impl WalCore {
         }
         let mut framed = vec![0u8; record::HEADER_BYTES + len];
         read_exact(file.as_ref(), &name, loc.offset, &mut framed)?;
-        let payload = record::parse_at(&name, &framed, 0, max).map_err(|e| match e {
-            StorageError::Corrupt { file, reason, .. } => StorageError::Corrupt {
-                file,
-                offset: loc.offset,
-                reason,
-            },
-            other => other,
-        })?;
+        let payload = record::parse_at(&name, &framed, 0, loc.offset, max)?;
         Ok((name, payload.to_vec()))
     }
 
