@@ -78,7 +78,9 @@ impl Raft {
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.become_snapshot(snapshot.meta.index);
         }
-        tracing::info!(
+        // Debug: the core asks again on every stall interval while a shard's snapshot streams
+        // (the stream logs its start and end once, at info).
+        tracing::debug!(
             id = self.id(),
             to,
             index = snapshot.meta.index,
