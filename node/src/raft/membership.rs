@@ -51,6 +51,9 @@ impl Raft {
                 leader: self.leader,
             }));
         }
+        if let Some(to) = self.handing_over() {
+            return Err(ProposeError::NotLeader(Self::transferring(to)));
+        }
         if self.membership_change_pending() {
             return Err(ProposeError::MembershipChangePending);
         }

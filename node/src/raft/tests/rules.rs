@@ -3,7 +3,7 @@
 use super::cluster::Cluster;
 use crate::raft::{
     Config, Entry, EntryPayload, HardState, Membership, MembershipChange, Message, MessageBody,
-    NodeId, ProposeError, Raft, Ready, Restored, Role,
+    NodeId, NotLeader, ProposeError, Raft, Ready, Restored, Role,
 };
 
 fn config(id: NodeId, seed: u64) -> Config {
@@ -783,6 +783,46 @@ fn leadership_transfer_hands_over_to_the_target() {
 }
 
 #[test]
+fn proposals_wait_while_leadership_is_handed_over() {
+    let mut c = cluster(3);
+    let l = elect(&mut c);
+    run_ticks(&mut c, 2);
+    let target = (1..=3).find(|id| *id != l).unwrap();
+    let other = (1..=3).find(|id| *id != l && *id != target).unwrap();
+    c.raft_mut(l).unwrap().transfer_leadership(target).unwrap();
+    // Were the leader to append now, the entry could reach `other` and not `target` before
+    // `target` campaigns: `other` (and the old leader) would refuse it their votes for a log
+    // behind theirs, and the group would wait an election timeout for any leader.
+    assert_eq!(
+        c.raft_mut(l).unwrap().propose(b"x".to_vec()),
+        Err(NotLeader {
+            leader: Some(target)
+        })
+    );
+    assert!(matches!(
+        c.raft_mut(l)
+            .unwrap()
+            .propose_membership(MembershipChange::Remove(other)),
+        Err(ProposeError::NotLeader(_))
+    ));
+    // Everything the old leader sends to `other` arrives; nothing but its TimeoutNow reaches
+    // `target` first: `target` still wins at once, without any tick.
+    c.process_all_ready().unwrap();
+    let mut slot = 0;
+    while slot < c.network.len() {
+        let m = &c.network[slot];
+        if m.to == target && !matches!(m.body, MessageBody::TimeoutNow) {
+            c.drop_message(slot);
+        } else {
+            slot += 1;
+        }
+    }
+    settle(&mut c);
+    assert_eq!(c.leader(), Some(target));
+    assert!(c.raft_mut(target).unwrap().propose(b"y".to_vec()).is_ok());
+}
+
+#[test]
 fn leadership_transfer_aborts_after_an_election_timeout() {
     let mut c = cluster(3);
     let l = elect(&mut c);
@@ -797,6 +837,10 @@ fn leadership_transfer_aborts_after_an_election_timeout() {
     );
     run_ticks(&mut c, 12);
     assert_eq!(c.leader(), Some(l));
+    assert!(
+        c.raft_mut(l).unwrap().propose(b"x".to_vec()).is_ok(),
+        "proposals resume once the transfer is given up"
+    );
     assert_eq!(c.raft_mut(l).unwrap().transfer_leadership(other), Ok(()));
 }
 
