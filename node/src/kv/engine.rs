@@ -42,8 +42,6 @@ pub(crate) const META_STORED_BYTES: &str = "stored_bytes";
 pub(crate) const META_DIGEST: &str = "digest";
 /// On-disk format of the engine file; bump on any incompatible change of the tables.
 pub const FORMAT: u64 = 2;
-/// Page cache while a new, empty engine file is initialized.
-const CREATE_CACHE_BYTES: usize = 64 * 1024;
 /// Decoding bound of one stored session (its last response may hold a scan).
 const MAX_SESSION_BYTES: usize = 64 << 20;
 
@@ -358,13 +356,14 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Opens (or creates, empty) the engine file `name` of `disk`, with a page cache of
-    /// `cache_bytes`. A file of another format is refused.
+    /// `cache_bytes`. A file of another format is refused. Opening an existing file writes
+    /// nothing durable (a restart of a group costs no sync).
     pub fn open(disk: &Arc<dyn Disk>, name: &str, cache_bytes: usize) -> Result<Engine, KvError> {
         let existed = disk
             .exists(name)
             .map_err(|e| storage_error(&format!("stat {name}"), e))?;
         if !existed {
-            Engine::create(disk, name)?;
+            return Engine::create(disk, name, cache_bytes);
         }
         let db = Engine::open_db(disk, name, cache_bytes)?;
         Engine::init(db, name)
@@ -372,8 +371,11 @@ impl Engine {
 
     /// Creates the engine file `name`, initialized and durable, under a temporary name first
     /// (renamed into place, directory synced): a crash leaves no file or a whole one, never a
-    /// name whose header is partly written (redb refuses such a file for good).
-    fn create(disk: &Arc<dyn Disk>, name: &str) -> Result<(), KvError> {
+    /// name whose header is partly written (redb refuses such a file for good). The database
+    /// stays open across the rename (the handle follows the file; both of its commit slots
+    /// are durable before the rename, so a crash right after it finds a whole file, as if
+    /// the database had been reopened).
+    fn create(disk: &Arc<dyn Disk>, name: &str, cache_bytes: usize) -> Result<Engine, KvError> {
         let temporary = format!("{name}.new");
         let io = |what: &str| {
             let what = format!("{what} {temporary}");
@@ -382,13 +384,12 @@ impl Engine {
         if disk.exists(&temporary).map_err(io("stat"))? {
             disk.remove(&temporary).map_err(io("remove"))?;
         }
-        // `init` commits durably; closing the database marks it shut down cleanly.
-        drop(Engine::init(
-            Engine::open_db(disk, &temporary, CREATE_CACHE_BYTES)?,
-            &temporary,
-        )?);
+        // `init` commits durably (both commit slots) before the rename.
+        let mut engine = Engine::init(Engine::open_db(disk, &temporary, cache_bytes)?, &temporary)?;
         disk.rename(&temporary, name).map_err(io("rename"))?;
-        disk.sync_dir().map_err(io("sync_dir after renaming"))
+        disk.sync_dir().map_err(io("sync_dir after renaming"))?;
+        engine.renamed(name);
+        Ok(engine)
     }
 
     fn open_db(disk: &Arc<dyn Disk>, name: &str, cache_bytes: usize) -> Result<Database, KvError> {
@@ -409,23 +410,38 @@ impl Engine {
         Engine::init(db, "memory")
     }
 
+    /// Checks the format of `db`, or writes it (and creates the tables) into a new file with
+    /// two durable commits. A file that has its format is only read: nothing is committed.
     fn init(db: Database, name: &str) -> Result<Engine, KvError> {
         let engine = Engine {
             db,
             batch: None,
             name: name.to_string(),
         };
-        let format = {
-            let txn = engine.begin()?;
-            let found = {
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(|e| storage_error("open meta", e))?;
-                let found = meta
-                    .get(META_FORMAT)
-                    .map_err(|e| storage_error("read format", e))?
-                    .map(|v| v.value());
-                if found.is_none() {
+        let txn = engine.begin()?;
+        let found = txn
+            .open_table(META)
+            .map_err(|e| storage_error("open meta", e))?
+            .get(META_FORMAT)
+            .map_err(|e| storage_error("read format", e))?
+            .map(|v| v.value());
+        match found {
+            Some(FORMAT) => {
+                // The tables were created with the format: nothing to write.
+                txn.abort()
+                    .map_err(|e| storage_error(&format!("{name}: abort"), e))?;
+            }
+            Some(found) => {
+                return Err(KvError::Storage(format!(
+                    "{name}: engine format {found}, this build reads only format {FORMAT}: \
+                     re-seed this replica (remove its files and let it rejoin)"
+                )));
+            }
+            None => {
+                {
+                    let mut meta = txn
+                        .open_table(META)
+                        .map_err(|e| storage_error("open meta", e))?;
                     meta.insert(META_FORMAT, FORMAT)
                         .map_err(|e| storage_error("write format", e))?;
                 }
@@ -433,23 +449,13 @@ impl Engine {
                     .map_err(|e| storage_error("open data", e))?;
                 txn.open_table(SESSIONS)
                     .map_err(|e| storage_error("open sessions", e))?;
-                found
-            };
-            engine.finish(txn, Durability::Immediate)?;
-            if found.is_none() {
+                engine.finish(txn, Durability::Immediate)?;
                 // A second durable commit writes the other commit slot: from here on both
                 // slots' version bytes are on disk and never rewritten (the backend writes
                 // only changed header bytes), so a torn header write cannot zero them.
                 let txn = engine.begin()?;
                 engine.finish(txn, Durability::Immediate)?;
             }
-            found
-        };
-        if let Some(found) = format.filter(|&f| f != FORMAT) {
-            return Err(KvError::Storage(format!(
-                "{name}: engine format {found}, this build reads only format {FORMAT}: \
-                 re-seed this replica (remove its files and let it rejoin)"
-            )));
         }
         Ok(engine)
     }
@@ -461,6 +467,11 @@ impl Engine {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The engine's file was renamed to `name` while open (its messages name it so from now on).
+    pub(crate) fn renamed(&mut self, name: &str) {
+        self.name = name.to_string();
     }
 
     fn begin(&self) -> Result<WriteTransaction, KvError> {

@@ -21,9 +21,10 @@
 //!   the snapshot's index. A bad chunk drops the transfer and its file; the current engine,
 //!   log and snapshot are untouched;
 //! - the validated file is made durable, then renamed over the engine file and the directory
-//!   synced, and only then does the Raft core see the snapshot (whose token it persists). An
-//!   engine ahead of its log is safe (it holds committed state only; applies skip what it
-//!   covers); a token ahead of its engine never exists;
+//!   synced (the received engine stays open and becomes the group's), and only then does the
+//!   Raft core see the snapshot (whose token it persists). An engine ahead of its log is safe
+//!   (it holds committed state only; applies skip what it covers); a token ahead of its engine
+//!   never exists;
 //! - no step holds more than one chunk in memory or works longer than one chunk.
 
 use std::collections::BTreeMap;
@@ -600,16 +601,16 @@ fn finish(
 ) -> Result<Option<Message>, String> {
     seal(&mut inc, total)?;
     let index = inc.meta.index;
-    drop(inc.engine);
     let current = group.machine_applied_index();
     if index <= current {
         debug!(
             group = group.id,
             index, current, "received snapshot is not ahead of the engine: discarded"
         );
+        drop(inc.engine);
         let _ = group.disk.remove(INCOMING_FILE);
     } else {
-        swap_in(group, config, kv_config)
+        swap_in(group, inc.engine, config, kv_config)
             .map_err(|e| format!("swapping in the received engine: {e}"))?;
         group.engine_swapped_in(index);
         info!(
@@ -632,10 +633,13 @@ fn finish(
     }))
 }
 
-/// Replaces the group's engine by the validated incoming file: the old engine is closed,
-/// the file renamed over it and the directory synced, then the new one opened.
+/// Replaces the group's engine by the validated incoming one (`received`, sealed: every
+/// batch committed, the last durably): the old engine is closed, the file renamed over it
+/// and the directory synced. `received` stays open across the rename (its handle follows
+/// the file, and it holds exactly what reopening the file would read).
 fn swap_in(
     group: &mut Group,
+    mut received: Engine,
     config: &ServerConfig,
     kv_config: &KvConfig,
 ) -> Result<(), ServerError> {
@@ -649,11 +653,13 @@ fn swap_in(
         .rename(INCOMING_FILE, ENGINE_FILE)
         .map_err(|e| storage(&e))?;
     group.disk.sync_dir().map_err(|e| storage(&e))?;
-    let engine = open_engine(&group.disk, ENGINE_FILE, config).map_err(|e| storage(&e))?;
+    received.renamed(ENGINE_FILE);
     #[allow(unused_mut)]
-    let mut machine = StateMachine::open(kv_config.clone(), engine).map_err(|e| storage(&e))?;
+    let mut machine = StateMachine::open(kv_config.clone(), received).map_err(|e| storage(&e))?;
     #[cfg(any(test, madsim))]
     machine.set_planted_bugs(config.planted_bugs);
+    #[cfg(not(any(test, madsim)))]
+    let _ = config;
     group.machine = GroupMachine::Kv(machine);
     Ok(())
 }
