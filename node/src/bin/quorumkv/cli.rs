@@ -382,6 +382,10 @@ pub struct ServerTuning {
     /// File whose first line is that admin's password (QUORUMKV_ADMIN_PASSWORD wins).
     #[arg(long)]
     pub admin_password_file: Option<PathBuf>,
+    /// Threads of the node's async runtime, which run its connections and peer links (the
+    /// event loop has the main thread to itself); default: one per CPU core.
+    #[arg(long, env = "QUORUMKV_WORKER_THREADS", value_parser = worker_threads_parser())]
+    pub worker_threads: Option<usize>,
     #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info" or "node=debug".
@@ -390,8 +394,9 @@ pub struct ServerTuning {
 }
 
 /// `QUORUMKV_*` variables that belong to the CLI, not to a config field.
-const CLI_VARIABLES: [&str; 14] = [
+const CLI_VARIABLES: [&str; 15] = [
     "QUORUMKV_ADMIN_PASSWORD",
+    "QUORUMKV_WORKER_THREADS",
     "QUORUMKV_USER",
     "QUORUMKV_PASSWORD",
     "QUORUMKV_PASSWORD_FILE",
@@ -521,12 +526,33 @@ impl ServerTuning {
     }
 }
 
+/// Upper bound of `--worker-threads`.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// `--worker-threads`: 1..=MAX_WORKER_THREADS.
+pub fn worker_threads_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_WORKER_THREADS as u64)
+}
+
+impl Cli {
+    /// The runtime's worker threads a node command asks for (None: tokio's default, one per
+    /// core).
+    fn worker_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Server(args) => args.tuning.worker_threads,
+            Command::Cluster { command } => command.worker_threads(),
+            _ => None,
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads() {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -986,7 +1012,7 @@ pub async fn serve(config: ServerConfig) -> u8 {
         tokio::spawn(reload_on_sighup(files));
     }
     let _entered = span.enter();
-    tracing::info!(client_addr = %server.client_addr(), redis_addr = ?server.redis_addr(), peer_addr = %server.peer_addr(), data_dir = %data_dir.display(), pid = std::process::id(), "quorumkv server ready");
+    tracing::info!(client_addr = %server.client_addr(), redis_addr = ?server.redis_addr(), peer_addr = %server.peer_addr(), data_dir = %data_dir.display(), pid = std::process::id(), worker_threads = tokio::runtime::Handle::current().metrics().num_workers(), "quorumkv server ready");
     drop(_entered);
     let result = tracing::Instrument::instrument(server.run(shutdown_signal()), span).await;
     match result {
@@ -1039,6 +1065,28 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn worker_threads_size_the_runtime_of_node_commands_only() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let threads = |args: &[&str]| parse(args).map(|cli| cli.worker_threads());
+        assert_eq!(threads(&["quorumkv", "server"]).ok(), Some(None));
+        assert_eq!(
+            threads(&["quorumkv", "server", "--worker-threads", "3"]).ok(),
+            Some(Some(3))
+        );
+        assert_eq!(
+            threads(&["quorumkv", "cluster", "join", "--worker-threads", "1"]).ok(),
+            Some(Some(1))
+        );
+        assert_eq!(threads(&["quorumkv", "get", "k"]).ok(), Some(None));
+        for bad in ["0", "1025", "-1", "many"] {
+            assert!(
+                parse(&["quorumkv", "server", "--worker-threads", bad]).is_err(),
+                "--worker-threads {bad} must be refused"
+            );
+        }
     }
 
     #[test]

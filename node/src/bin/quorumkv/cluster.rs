@@ -44,6 +44,16 @@ pub enum ClusterCommand {
     Leave(LeaveArgs),
 }
 
+impl ClusterCommand {
+    /// The runtime's worker threads `join` asks for (the other commands are clients).
+    pub fn worker_threads(&self) -> Option<usize> {
+        match self {
+            ClusterCommand::Join(args) => args.tuning.worker_threads,
+            _ => None,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct JoinArgs {
     /// Client address (HOST:PORT, names allowed) of a running node to ask for admission

@@ -45,6 +45,22 @@ pub struct LocalArgs {
     /// restarts, since the cluster keeps its users).
     #[arg(long)]
     auth: bool,
+    /// Runtime worker threads of each node (connections and peer links; each node's event
+    /// loop has a thread of its own besides). Default: the machine's cores divided among the
+    /// nodes, at least one: the nodes share this machine, and more threads than cores only
+    /// switch between each other (3 nodes on 2 cores: one worker each, 17 % more writes/s
+    /// than two, docs/BENCHMARKS.md).
+    #[arg(long, env = "QUORUMKV_WORKER_THREADS", value_parser = crate::cli::worker_threads_parser())]
+    worker_threads: Option<usize>,
+}
+
+impl LocalArgs {
+    fn node_worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / usize::from(self.nodes.max(1))).max(1)
+        })
+    }
 }
 
 /// The admin password of `local --auth`: from the environment (not written anywhere), or the
@@ -195,8 +211,9 @@ pub async fn run(args: LocalArgs) -> u8 {
     }
     let endpoints: Vec<String> = members.iter().map(|m| m.client_addr.to_string()).collect();
     out!(
-        "quorumkv local: {} nodes, data and logs in {}",
+        "quorumkv local: {} nodes ({} runtime worker threads each), data and logs in {}",
         args.nodes,
+        args.node_worker_threads(),
         dir.display()
     );
     for (member, (_, child)) in members.iter().zip(&children.0) {
@@ -333,6 +350,8 @@ fn spawn_node(
         .arg("server")
         .arg("--config")
         .arg(&config_path)
+        .arg("--worker-threads")
+        .arg(args.node_worker_threads().to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -358,4 +377,38 @@ async fn stop_all(children: &mut Children) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Drop kills whatever is left.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        local: LocalArgs,
+    }
+
+    fn local(args: &[&str]) -> LocalArgs {
+        let argv = std::iter::once("local").chain(args.iter().copied());
+        Wrapper::try_parse_from(argv).expect("valid flags").local
+    }
+
+    #[test]
+    fn nodes_share_the_machines_cores_with_at_least_one_worker_each() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let one_node = local(&["--nodes", "1"]).node_worker_threads();
+        assert_eq!(one_node, cores);
+        let three = local(&["--nodes", "3"]).node_worker_threads();
+        assert!(
+            three >= 1 && three * 3 <= cores.max(3),
+            "{three} workers for 3 nodes on {cores} cores"
+        );
+        assert_eq!(local(&["--nodes", "999"]).node_worker_threads(), 1);
+        assert_eq!(
+            local(&["--nodes", "3", "--worker-threads", "4"]).node_worker_threads(),
+            4
+        );
+    }
 }
