@@ -308,6 +308,22 @@ impl Streams {
             if same && chunk.seq < inc.next_seq {
                 return Ok((ack(true), None)); // a resend of a chunk already taken
             }
+            if !same && chunk.seq != 0 {
+                // A straggler of a transfer this one replaced (a deposed leader's, or one its
+                // sender restarted): refused, and the transfer in progress goes on. Dropping
+                // it here made two senders of one shard (the old and the new leader) cancel
+                // each other's streams over and over.
+                debug!(
+                    group = group.id,
+                    from = chunk.from,
+                    transfer = chunk.transfer,
+                    seq = chunk.seq,
+                    current_from = inc.from,
+                    current_transfer = inc.transfer,
+                    "snapshot chunk of a replaced transfer refused"
+                );
+                return Ok((ack(false), None));
+            }
         }
         match self.take_chunk(group, &chunk, config, kv_config) {
             Ok(step) => Ok((ack(true), step)),

@@ -236,6 +236,75 @@ fn a_lost_chunk_is_resent_and_a_restarted_transfer_starts_over() {
 }
 
 #[test]
+fn a_straggler_of_a_replaced_transfer_does_not_cancel_the_current_one() {
+    let mut pair = Pair::new(PlantedBugs::default());
+    // A first transfer (say, of a leader since deposed) gets two chunks in...
+    let old_first = pair.start();
+    let (old_second, _, _) = pair.deliver(old_first);
+    let old_second = old_second.unwrap();
+    // ...then the new leader starts over at chunk 0, which replaces it.
+    pair.out.forget_group(GROUP);
+    let view = pair.sender.kv().unwrap().engine().read_view().unwrap();
+    let first = chunk_of(
+        pair.out
+            .start_with(3, &pair.sender, 2, view, meta(KEYS), &pair.send_config, 0)
+            .unwrap(),
+    );
+    assert_ne!(
+        (first.from, first.transfer),
+        (old_second.from, old_second.transfer)
+    );
+    let new_transfer = first.transfer;
+    let (ack, step) = pair
+        .inc
+        .on_chunk(
+            &mut pair.receiver,
+            first,
+            &pair.recv_config,
+            &KvConfig::default(),
+        )
+        .unwrap();
+    assert!(ack_parts(&ack).2 && step.is_none());
+    // The old transfer's next chunk arrives late: refused, and nothing else.
+    let (ack, step) = pair
+        .inc
+        .on_chunk(
+            &mut pair.receiver,
+            old_second,
+            &pair.recv_config,
+            &KvConfig::default(),
+        )
+        .unwrap();
+    assert!(!ack_parts(&ack).2 && step.is_none());
+    // The new transfer goes on to the end.
+    let mut next = pair
+        .out
+        .on_ack(3, GROUP, 2, new_transfer, 0, true, &pair.send_config, 0)
+        .map(chunk_of);
+    let mut installed = None;
+    while let Some(chunk) = next.take() {
+        let (ack, step) = pair
+            .inc
+            .on_chunk(
+                &mut pair.receiver,
+                chunk,
+                &pair.recv_config,
+                &KvConfig::default(),
+            )
+            .unwrap();
+        let (transfer, seq, accepted) = ack_parts(&ack);
+        assert!(accepted, "chunk {seq} of the current transfer refused");
+        installed = installed.or(step);
+        next = pair
+            .out
+            .on_ack(3, GROUP, 2, transfer, seq, accepted, &pair.send_config, 0)
+            .map(chunk_of);
+    }
+    assert!(installed.is_some(), "the current transfer completed");
+    assert_eq!(contents(&pair.receiver), contents(&pair.sender));
+}
+
+#[test]
 fn a_corrupt_chunk_is_refused_and_touches_no_durable_state() {
     let mut pair = Pair::new(PlantedBugs::default());
     let before = contents(&pair.receiver);
