@@ -21,6 +21,16 @@ pub struct Config {
     pub max_append_entries: usize,
     /// Payload bytes per Append message (one larger entry is still sent alone).
     pub max_append_bytes: usize,
+    /// Leader: a snapshot compacts the log only up to the first entry a member still needs
+    /// from it (`Raft::log_needed_from`: a member catching up, or one being sent a snapshot,
+    /// which will ask for the entries after it), keeping the entries at or below the
+    /// snapshot's index from there on, as long as they number at most
+    /// `retained_log_entries_max` and their payloads hold at most `retained_log_bytes_max`
+    /// bytes; past either bound it compacts through the snapshot (the member then needs a
+    /// newer snapshot). Followers always compact through their snapshots. 0 (the default in
+    /// `Config::new`): never keep entries a snapshot covers.
+    pub retained_log_entries_max: u64,
+    pub retained_log_bytes_max: u64,
     pub rng_seed: u64,
     /// Deliberately planted bugs (test and simulation builds only); all off by default.
     #[cfg(any(test, madsim))]
@@ -39,6 +49,8 @@ impl Config {
             max_inflight_appends: 64,
             max_append_entries: 1024,
             max_append_bytes: 1 << 20,
+            retained_log_entries_max: 0,
+            retained_log_bytes_max: 0,
             rng_seed,
             #[cfg(any(test, madsim))]
             bugs: crate::bugs::PlantedBugs::default(),

@@ -369,7 +369,7 @@ impl Raft {
                 return;
             }
             for pr in self.progress.values_mut() {
-                pr.recent_active = false;
+                pr.start_activity_round();
             }
         }
         if self.lead_transferee.is_some() {

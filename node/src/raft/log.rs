@@ -1,4 +1,5 @@
-//! The in-memory Raft log: the entries after the last snapshot, plus the bookkeeping that ties
+//! The in-memory Raft log: the entries after its compaction point (the last snapshot, or on a
+//! leader an earlier index a catching-up member still needs), plus the bookkeeping that ties
 //! them to the persistence contract of `Ready`.
 //!
 //! Invariants:

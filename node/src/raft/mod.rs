@@ -10,7 +10,8 @@
 //! Implemented: randomized elections with PreVote and CheckQuorum (follower lease), log
 //! replication with fast conflict back-off and per-follower flow control, batching of
 //! proposals into Appends, the Figure 8 commit rule, snapshots and InstallSnapshot, ReadIndex,
-//! leadership transfer and one-server-at-a-time membership changes with learners.
+//! leadership transfer and one-server-at-a-time membership changes with learners, and log
+//! compaction that keeps, within bounds, the entries a catching-up member still needs.
 //!
 //! Invariants the code asserts or maintains (see also `log.rs`, `progress.rs`):
 //! - term and vote only change through `become_*`; a message that depends on them is only
@@ -246,12 +247,14 @@ impl Raft {
 
     /// The application has durably saved a snapshot of its state machine at
     /// `snapshot.meta.index` (<= applied); build `meta` with `snapshot_meta_at`. The core drops
-    /// its log up to that index and sends this snapshot to followers that need entries it no
-    /// longer has. Call it also after a restart with the snapshot loaded from disk, so the
-    /// core has its data to send. A snapshot that does not match the log is ignored.
+    /// its log up to that index (a leader keeps, within `Config::retained_log_entries_max` and
+    /// `retained_log_bytes_max`, the entries a member still needs: see `log_needed_from`) and
+    /// sends this snapshot to followers that need entries it no longer has. Call it also after
+    /// a restart with the snapshot loaded from disk, so the core has its data to send. A
+    /// snapshot that does not match the log is ignored.
     pub fn snapshot_saved(&mut self, snapshot: Snapshot) {
         let meta = &snapshot.meta;
-        let current = self.log.snapshot_index();
+        let current = self.snapshot_index();
         if meta.index < current || meta.index > self.applied {
             tracing::warn!(
                 index = meta.index,
@@ -268,10 +271,69 @@ impl Raft {
             );
             return;
         }
-        self.log.compact(meta.index, meta.term);
-        self.base_membership = meta.membership.clone();
+        let through = self.compaction_point(meta.index);
+        let at = if through == meta.index {
+            Some(meta.clone())
+        } else {
+            self.snapshot_meta_at(through)
+        };
+        if let Some(at) = at {
+            self.log.compact(at.index, at.term);
+            self.base_membership = at.membership;
+        }
         self.snapshot_meta = Some(meta.clone());
         self.snapshot = Some(snapshot);
+    }
+
+    /// Leader: the first log index a member still needs from this log (the lowest
+    /// `Progress::needs_from`: a member catching up, or one being sent a snapshot, which will
+    /// ask for the entries after it). Members that need entries the log no longer holds (they
+    /// get a snapshot) or that were not heard from for a whole CheckQuorum round are left
+    /// out; None on a follower or when no member needs any.
+    pub fn log_needed_from(&self) -> Option<LogIndex> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let first = self.log.first_index();
+        self.progress
+            .values()
+            .filter_map(Progress::needs_from)
+            .filter(|&index| index >= first)
+            .min()
+    }
+
+    /// Where a snapshot at `snapshot_index` compacts the log through: just before the first
+    /// entry a member still needs, unless the entries kept at or below the snapshot would pass
+    /// the bounds of `Config::retained_log_entries_max` / `retained_log_bytes_max`.
+    fn compaction_point(&self, snapshot_index: LogIndex) -> LogIndex {
+        let current = self.log.snapshot_index();
+        let Some(needed) = self.log_needed_from() else {
+            return snapshot_index;
+        };
+        let through = (needed - 1).clamp(current, snapshot_index);
+        let kept = self.log.slice(through + 1, snapshot_index);
+        let kept_entries = kept.len() as u64;
+        let kept_bytes: u64 = kept
+            .iter()
+            .map(|e| self::log::payload_bytes(e) as u64)
+            .sum();
+        if kept_entries > self.config.retained_log_entries_max
+            || kept_bytes > self.config.retained_log_bytes_max
+        {
+            if kept_entries > 0 && self.config.retained_log_entries_max > 0 {
+                tracing::info!(
+                    id = self.id(),
+                    needed,
+                    snapshot_index,
+                    kept_entries,
+                    kept_bytes,
+                    "log kept for a catching-up member passes its bound: compacting through \
+                     the snapshot"
+                );
+            }
+            return snapshot_index;
+        }
+        through
     }
 
     /// The metadata a snapshot taken at `index` must carry (term and membership in force
@@ -436,9 +498,10 @@ impl Raft {
         let Some(pr) = self.progress.get_mut(&node) else {
             return false;
         };
-        let recent_active = pr.recent_active;
+        let (recent_active, active_before) = (pr.recent_active, pr.active_before);
         *pr = Progress::new(next);
         pr.recent_active = recent_active;
+        pr.active_before = active_before;
         self.send_append(node, true);
         true
     }
@@ -474,7 +537,16 @@ impl Raft {
     }
 
     pub fn membership_index(&self) -> LogIndex {
-        self.last_membership_index.max(self.log.snapshot_index())
+        self.last_membership_index.max(self.snapshot_index())
+    }
+
+    /// The index of the latest snapshot (0: none). A leader's log may still hold entries at
+    /// or below it (see `log_needed_from`).
+    fn snapshot_index(&self) -> LogIndex {
+        self.snapshot_meta
+            .as_ref()
+            .map_or(0, |m| m.index)
+            .max(self.log.snapshot_index())
     }
 
     /// True while a membership change is uncommitted or the leader has not yet committed an entry of its term.

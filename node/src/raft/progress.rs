@@ -4,6 +4,9 @@
 //! after a rejection or when its position is unknown), `Replicate` (pipelined Appends, at most
 //! `max_inflight_appends` unacknowledged) or `Snapshot` (an InstallSnapshot is in flight; no
 //! Appends until it is acknowledged or stalls). Invariant: `matched < next`.
+//!
+//! `needs_from` is the first log index the follower will still ask for; the leader does not
+//! compact its log past it (within bounds, see `Config::retained_log_entries_max`).
 
 use std::collections::VecDeque;
 
@@ -31,8 +34,16 @@ pub(crate) struct Progress {
     pub(crate) inflight: VecDeque<LogIndex>,
     /// Heard from since the last CheckQuorum round.
     pub(crate) recent_active: bool,
+    /// Heard from in the CheckQuorum round before that.
+    pub(crate) active_before: bool,
     /// Highest ReadIndex round (`read_seq`) this follower has acknowledged.
     pub(crate) read_ack_seq: u64,
+    /// The index of the oldest snapshot sent to this follower since it last acknowledged
+    /// reaching one (meaningful while above `matched`). A stalled InstallSnapshot is sent
+    /// again, perhaps a newer one, while the first may still be on its way: a shard streams
+    /// its snapshot for seconds to minutes and ignores the repeat, and the follower, once it
+    /// has installed the first, asks for the entries after that one.
+    pub(crate) snapshot_sent: Option<LogIndex>,
 }
 
 impl Progress {
@@ -44,8 +55,30 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: false,
+            active_before: false,
             read_ack_seq: 0,
+            snapshot_sent: None,
         }
+    }
+
+    /// The first log index this follower will ask the leader for: the entry after the oldest
+    /// snapshot on its way to it, else the entry after its match index. None when it has not
+    /// been heard from for a whole CheckQuorum round (one to two election timeouts): a
+    /// member that is down does not hold the leader's log in memory.
+    pub(crate) fn needs_from(&self) -> Option<LogIndex> {
+        if !self.recent_active && !self.active_before {
+            return None;
+        }
+        Some(match self.snapshot_sent {
+            Some(index) if index > self.matched => index + 1,
+            _ => self.matched + 1,
+        })
+    }
+
+    /// A CheckQuorum round ends.
+    pub(crate) fn start_activity_round(&mut self) {
+        self.active_before = self.recent_active;
+        self.recent_active = false;
     }
 
     pub(crate) fn is_paused(&self, max_inflight_appends: usize) -> bool {
@@ -103,6 +136,10 @@ impl Progress {
     }
 
     pub(crate) fn become_snapshot(&mut self, index: LogIndex) {
+        self.snapshot_sent = Some(match self.snapshot_sent {
+            Some(earlier) if earlier > self.matched => earlier.min(index),
+            _ => index,
+        });
         self.state = ProgressState::Snapshot {
             index,
             stall_ticks: 0,
@@ -166,5 +203,37 @@ mod tests {
             !pr.reject(7, 6),
             "probe: only the outstanding rejection counts"
         );
+    }
+
+    #[test]
+    fn a_follower_sent_a_snapshot_needs_the_entries_after_the_oldest_one() {
+        let mut pr = Progress::new(3);
+        pr.recent_active = true;
+        pr.acknowledge(2);
+        assert_eq!(pr.needs_from(), Some(3));
+        pr.become_snapshot(10);
+        assert_eq!(pr.needs_from(), Some(11));
+        // Stalled, asked again with a newer snapshot: the first may still arrive.
+        pr.become_probe();
+        pr.become_snapshot(15);
+        assert_eq!(pr.needs_from(), Some(11));
+        // It installed the first one; later snapshots start a new count.
+        pr.matched = 10;
+        pr.become_probe();
+        assert_eq!(pr.needs_from(), Some(11));
+        pr.acknowledge(12);
+        pr.become_snapshot(20);
+        assert_eq!(pr.needs_from(), Some(21));
+    }
+
+    #[test]
+    fn a_follower_silent_for_a_whole_round_needs_nothing_kept() {
+        let mut pr = Progress::new(3);
+        assert_eq!(pr.needs_from(), None, "never heard from");
+        pr.recent_active = true;
+        pr.start_activity_round();
+        assert_eq!(pr.needs_from(), Some(1), "heard from in the round before");
+        pr.start_activity_round();
+        assert_eq!(pr.needs_from(), None);
     }
 }

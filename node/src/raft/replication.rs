@@ -316,6 +316,9 @@ impl Raft {
             pr.next = pr.matched + 1;
             pr.become_probe();
         }
+        // Also when a stall already put it back to probing: its `next` may lie below the
+        // snapshot it now holds (probing there would send it another snapshot).
+        pr.next = pr.next.max(pr.matched + 1);
         if moved && self.maybe_commit() {
             self.bcast_append();
         }

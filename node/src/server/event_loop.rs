@@ -47,14 +47,6 @@ use crate::storage::{
 };
 use crate::transport::{PeerMessage, PeerTransport};
 
-/// A shard that streams its snapshot to a peer defers its checkpoints (which compact its log)
-/// until it is this overdue (per mille of its snapshot interval: 4x). A checkpoint during the
-/// stream compacts the log past the streamed index, so the receiver, once it has installed
-/// the snapshot, needs entries the leader no longer has and gets a whole new snapshot: at
-/// 2 GiB every shard was streamed three times to a joining node (~20 s each). The deferred
-/// log is bounded by 4x `snapshot_interval_entries` / `snapshot_interval_log_bytes`.
-const STREAMING_CHECKPOINT_DEFER_MAX_PERMILLE: u64 = 4000;
-
 /// Inputs drained per channel per turn, so one busy source cannot starve the others.
 const MAX_DRAIN_PER_TURN: usize = 4096;
 /// Notices from the node's own background tasks (join, leave) queued for the event loop.
@@ -703,9 +695,6 @@ impl EventLoop {
             .filter(|_| !paced)
             .filter(|(&id, _)| id != META_GROUP)
             .filter_map(|(&id, g)| g.snapshot_overdue_permille(config).map(|o| (o, id)))
-            .filter(|&(overdue, id)| {
-                overdue >= STREAMING_CHECKPOINT_DEFER_MAX_PERMILLE || !streams.sending(id)
-            })
             .max_by_key(|&(overdue, id)| (overdue, std::cmp::Reverse(id)));
         if let Some((_, id)) = most_overdue {
             if let Some(group) = groups.get_mut(&id) {

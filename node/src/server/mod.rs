@@ -586,6 +586,14 @@ fn kv_config(config: &ServerConfig) -> Result<KvConfig, ServerError> {
     Ok(kv)
 }
 
+/// How much log a group's leader keeps below a checkpoint for a member catching up (one being
+/// streamed a snapshot will ask for the entries after it), per mille of the snapshot interval
+/// (`snapshot_interval_entries` / `snapshot_interval_log_bytes`): 4x. Compacting through the
+/// checkpoint made a node joining under 64 writers need a whole new snapshot (~20 s at 2 GiB)
+/// for most shards: their leaders checkpointed while the first was streaming, or between its
+/// last chunk and the receiver asking for the entries after it (issue 11).
+const LOG_KEPT_FOR_CATCH_UP_MAX_PERMILLE: u64 = 4000;
+
 /// The Raft settings of one group; each group draws its election timeouts from its own seed so
 /// that a node's groups do not time out in lockstep.
 fn raft_config(config: &ServerConfig, group: GroupId) -> Result<raft::Config, ServerError> {
@@ -596,6 +604,9 @@ fn raft_config(config: &ServerConfig, group: GroupId) -> Result<raft::Config, Se
     raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
     raft_config.pre_vote = true;
     raft_config.check_quorum = true;
+    let kept = |interval: u64| interval.saturating_mul(LOG_KEPT_FOR_CATCH_UP_MAX_PERMILLE) / 1000;
+    raft_config.retained_log_entries_max = kept(config.snapshot_interval_entries);
+    raft_config.retained_log_bytes_max = kept(config.snapshot_interval_log_bytes);
     #[cfg(any(test, madsim))]
     {
         raft_config.bugs = config.planted_bugs;
@@ -718,6 +729,20 @@ mod tests {
             seed: 1,
             ..ServerConfig::default()
         }
+    }
+
+    /// Issue 11: a group's leader keeps the log a member catching up still needs, up to 4x
+    /// the snapshot interval (the core alone keeps none).
+    #[test]
+    fn groups_keep_log_for_members_catching_up_within_four_snapshot_intervals() {
+        let config = ServerConfig {
+            snapshot_interval_entries: 100,
+            snapshot_interval_log_bytes: 1000,
+            ..ServerConfig::default()
+        };
+        let raft = raft_config(&config, 3).expect("valid");
+        let kept = (raft.retained_log_entries_max, raft.retained_log_bytes_max);
+        assert_eq!(kept, (400, 4000));
     }
 
     /// Sim `votes` seed 87: a bootstrap node that crashes before any of its replicas wrote

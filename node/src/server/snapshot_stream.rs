@@ -269,14 +269,6 @@ impl Streams {
         resend
     }
 
-    /// Whether this node is streaming `group`'s state to any peer.
-    pub(super) fn sending(&self, group: GroupId) -> bool {
-        self.outgoing
-            .range((group, NodeId::MIN)..=(group, NodeId::MAX))
-            .next()
-            .is_some()
-    }
-
     /// Forgets transfers of a group this node no longer hosts.
     pub(super) fn forget_group(&mut self, group: GroupId) {
         self.outgoing.retain(|&(g, _), _| g != group);

@@ -393,12 +393,17 @@ impl Cluster {
             if r.role() != Role::Leader {
                 continue;
             }
-            let snap = r.snapshot_meta().map_or(0, |m| m.index);
+            // The log starts after its compaction point: the snapshot's index, or on a leader
+            // keeping entries for a member catching up, below it.
+            let first = r
+                .log_entries()
+                .first()
+                .map_or(r.last_index() + 1, |e| e.index);
             for (index, (entry, commit_term)) in &self.checker.committed {
-                if *commit_term >= r.term() || *index <= snap {
+                if *commit_term >= r.term() || *index < first {
                     continue;
                 }
-                let have = r.log_entries().get((*index - snap - 1) as usize);
+                let have = r.log_entries().get((*index - first) as usize);
                 if have != Some(entry) {
                     return Err(format!(
                         "leader completeness: leader {id} of term {} lacks entry {index} committed by term {commit_term}",

@@ -98,6 +98,7 @@ fn turbulent_scenario(voters: u64) -> impl Strategy<Value = Scenario> {
                 check_quorum,
                 max_append_entries: mae,
                 max_inflight_appends: mia,
+                retained_log_entries_max: 0,
                 actions,
             },
         )
@@ -134,16 +135,19 @@ fn steady_scenario(voters: u64) -> impl Strategy<Value = Scenario> {
         any::<bool>(),
         1..=4usize,
         1..=4usize,
+        // Leaders keep entries for catching-up members (bounded) in some runs.
+        prop_oneof![Just(0u64), 1..=12u64],
         proptest::collection::vec(steady_action(), 200..500),
     )
         .prop_map(
-            move |(spares, pre_vote, check_quorum, mae, mia, actions)| Scenario {
+            move |(spares, pre_vote, check_quorum, mae, mia, retained, actions)| Scenario {
                 voters,
                 spares,
                 pre_vote,
                 check_quorum,
                 max_append_entries: mae,
                 max_inflight_appends: mia,
+                retained_log_entries_max: retained,
                 actions,
             },
         )
@@ -157,6 +161,8 @@ struct Scenario {
     check_quorum: bool,
     max_append_entries: usize,
     max_inflight_appends: usize,
+    /// `Config::retained_log_entries_max` (0: leaders compact through every snapshot).
+    retained_log_entries_max: u64,
     actions: Vec<Action>,
 }
 
@@ -177,6 +183,7 @@ fn scenario(voters: u64) -> impl Strategy<Value = Scenario> {
                 check_quorum,
                 max_append_entries: mae,
                 max_inflight_appends: mia,
+                retained_log_entries_max: 0,
                 actions,
             },
         )
@@ -202,6 +209,8 @@ fn run(s: &Scenario, bugs: PlantedBugs) -> Result<Stats, String> {
         c.check_quorum = knobs.check_quorum;
         c.max_append_entries = knobs.max_append_entries;
         c.max_inflight_appends = knobs.max_inflight_appends;
+        c.retained_log_entries_max = knobs.retained_log_entries_max;
+        c.retained_log_bytes_max = knobs.retained_log_entries_max * 8;
         c.bugs = bugs;
         c
     };

@@ -687,6 +687,180 @@ fn lagging_follower_gets_a_snapshot() {
     );
 }
 
+/// Leaders keep up to `entries` entries below a snapshot for members catching up.
+fn retaining(entries: u64) -> impl Fn(NodeId, u64) -> Config {
+    move |id, seed| {
+        let mut c = Config::new(id, seed);
+        c.retained_log_entries_max = entries;
+        c.retained_log_bytes_max = entries * 16;
+        c
+    }
+}
+
+/// As `settle`, but every InstallSnapshot to `to` is held back (a shard's snapshot streams
+/// for seconds while the leader goes on) and returned.
+fn settle_holding_snapshots(c: &mut Cluster, to: NodeId) -> Vec<Message> {
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        c.process_all_ready().unwrap();
+        let (snapshots, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut c.network)
+            .into_iter()
+            .partition(|m| m.to == to && matches!(m.body, MessageBody::InstallSnapshot { .. }));
+        held.extend(snapshots);
+        c.network = rest;
+        if c.network.is_empty() {
+            break;
+        }
+        while !c.network.is_empty() {
+            c.deliver(0);
+        }
+    }
+    c.check().unwrap();
+    held
+}
+
+/// Issue 11 (a node joining under load got most shards streamed twice): a follower is sent a
+/// snapshot; while it is on its way the leader checkpoints twice (and, the first one having
+/// stalled, asks again with a newer snapshot, which the stream in progress ignores). Returns
+/// the InstallSnapshots the follower received (the first one included) and whether the one
+/// it ended up with is the first.
+fn catch_up_after_checkpoints_meanwhile(retained_entries_max: u64) -> (u64, bool) {
+    let mut c = Cluster::new(&[1, 2, 3], &[], retaining(retained_entries_max));
+    let l = elect(&mut c);
+    let lag = (1..=3).find(|id| *id != l).unwrap();
+    let other = (1..=3).find(|id| *id != l && *id != lag).unwrap();
+    c.crash(lag);
+    for i in 0..20u8 {
+        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
+    }
+    settle(&mut c);
+    // More than the bound behind: the leader compacts through its snapshot all the same.
+    c.snapshot(l);
+    assert!(c.raft(l).unwrap().log_entries().is_empty());
+    let first_snapshot = c.raft(l).unwrap().snapshot_meta().unwrap().index;
+    c.restart(lag);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        c.tick_all();
+        held = settle_holding_snapshots(&mut c, lag);
+        if !held.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 1, "the leader sends its snapshot");
+    // The leader goes on and checkpoints while the snapshot is on its way.
+    for i in 0..3u8 {
+        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
+    }
+    settle_holding_snapshots(&mut c, lag);
+    c.snapshot(l);
+    c.snapshot(other);
+    let first_kept = |c: &Cluster, id| c.raft(id).unwrap().log_entries().first().map(|e| e.index);
+    assert_eq!(first_kept(&c, other), None, "followers compact through");
+    // The snapshot stalls: the leader asks again, with its newer snapshot.
+    let mut resent = Vec::new();
+    for _ in 0..30 {
+        c.tick_all();
+        resent.extend(settle_holding_snapshots(&mut c, lag));
+    }
+    assert!(!resent.is_empty(), "a stalled snapshot is sent again");
+    for i in 0..2u8 {
+        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
+    }
+    settle_holding_snapshots(&mut c, lag);
+    c.snapshot(l);
+    assert!(c.raft(l).unwrap().snapshot_meta().unwrap().index >= first_snapshot + 5);
+    if retained_entries_max >= 5 {
+        assert_eq!(first_kept(&c, l), Some(first_snapshot + 1));
+        assert_eq!(
+            c.raft(l).unwrap().log_needed_from(),
+            Some(first_snapshot + 1)
+        );
+    }
+    // The first snapshot arrives; everything after it is delivered.
+    let before = c.checker.delivered.get("InstallSnapshot").copied();
+    assert_eq!(before, None);
+    c.network.extend(held);
+    run_ticks(&mut c, 5);
+    let lr = c.raft(l).unwrap().commit_index();
+    assert_eq!(c.nodes[&lag].app.index, lr, "caught up");
+    let installed = c.nodes[&lag].durable.snapshot.as_ref().unwrap().meta.index;
+    (
+        c.checker.delivered["InstallSnapshot"],
+        installed == first_snapshot,
+    )
+}
+
+#[test]
+fn a_follower_sent_a_snapshot_catches_up_from_the_log_though_the_leader_checkpointed() {
+    assert_eq!(catch_up_after_checkpoints_meanwhile(8), (1, true));
+}
+
+#[test]
+fn past_its_bound_the_leader_compacts_and_the_follower_gets_a_second_snapshot() {
+    assert_eq!(catch_up_after_checkpoints_meanwhile(4), (2, false));
+    assert_eq!(catch_up_after_checkpoints_meanwhile(0), (2, false));
+}
+
+/// The snapshot reaches the follower just after the leader's stall timer put it back to
+/// probing (before the leader asked again): the acknowledgement must move the probe past the
+/// snapshot, not leave it at the old position below the log, which sent a second snapshot.
+#[test]
+fn a_snapshot_acknowledged_after_its_stall_is_followed_by_appends() {
+    use crate::raft::progress::ProgressState;
+    let mut c = Cluster::new(&[1, 2, 3], &[], retaining(8));
+    let l = elect(&mut c);
+    let lag = (1..=3).find(|id| *id != l).unwrap();
+    c.crash(lag);
+    for i in 0..20u8 {
+        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
+    }
+    settle(&mut c);
+    c.snapshot(l);
+    c.restart(lag);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        c.tick_all();
+        held = settle_holding_snapshots(&mut c, lag);
+        if !held.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 1, "the leader sends its snapshot");
+    let state = |c: &Cluster| c.raft(l).unwrap().progress[&lag].state;
+    for _ in 0..100 {
+        if state(&c) == ProgressState::Probe {
+            break;
+        }
+        c.tick(l);
+    }
+    assert_eq!(state(&c), ProgressState::Probe, "the snapshot stalled");
+    c.network = held;
+    c.deliver(0);
+    c.process_ready(lag).unwrap();
+    let response = c
+        .network
+        .iter()
+        .position(|m| matches!(m.body, MessageBody::InstallSnapshotResponse { .. }))
+        .expect("the follower acknowledges the snapshot");
+    c.deliver(response);
+    c.process_ready(l).unwrap();
+    assert!(
+        !c.network
+            .iter()
+            .any(|m| m.to == lag && matches!(m.body, MessageBody::InstallSnapshot { .. })),
+        "no second snapshot: {:?}",
+        c.network
+    );
+    run_ticks(&mut c, 5);
+    assert_eq!(
+        c.nodes[&lag].app.index,
+        c.raft(l).unwrap().commit_index(),
+        "caught up"
+    );
+    assert_eq!(c.checker.delivered["InstallSnapshot"], 1);
+}
+
 #[test]
 fn read_index_waits_for_a_current_term_commit_and_a_quorum_round() {
     let mut c = cluster(3);
