@@ -194,9 +194,13 @@ fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
     // Small WAL segments: rolls, segment heads, rewrites and recycling happen within a run.
     let wal_segment = [4096, 32 << 10, config.wal_segment_max_bytes];
     config.wal_segment_max_bytes = wal_segment[rng.random_range(0..wal_segment.len())];
+    // Half the seeds checkpoint without redb's quick repair (a production knob, default on):
+    // a reopen after a crash then runs redb's full repair, and checkpoints, frequent under
+    // the knobs above, skip serializing the allocator state (most of their CPU).
+    config.engine_quick_repair = rng.random_bool(0.5);
     trace.log(format!(
-        "buggify: wal_segment_max_bytes={}",
-        config.wal_segment_max_bytes
+        "buggify: wal_segment_max_bytes={} engine_quick_repair={}",
+        config.wal_segment_max_bytes, config.engine_quick_repair
     ));
     trace.log(format!(
         "buggify: snapshot_interval_entries={} max_batch_messages={} peer_queue_messages={} election_timeout_ticks={}..{} max_append_entries={:?}",

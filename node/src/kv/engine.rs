@@ -346,6 +346,8 @@ pub struct Engine {
     pub(crate) batch: Option<WriteTransaction>,
     db: Database,
     name: String,
+    /// Durable commits record redb's allocator state (`set_quick_repair`).
+    quick_repair: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -417,6 +419,7 @@ impl Engine {
             db,
             batch: None,
             name: name.to_string(),
+            quick_repair: true,
         };
         let txn = engine.begin()?;
         let found = txn
@@ -469,6 +472,12 @@ impl Engine {
         &self.name
     }
 
+    /// Whether later durable commits record redb's allocator state (default on; see
+    /// `ServerConfig::engine_quick_repair`). Off, a reopen after a crash walks the whole file.
+    pub fn set_quick_repair(&mut self, on: bool) {
+        self.quick_repair = on;
+    }
+
     /// The engine's file was renamed to `name` while open (its messages name it so from now on).
     pub(crate) fn renamed(&mut self, name: &str) {
         self.name = name.to_string();
@@ -484,9 +493,10 @@ impl Engine {
         let durable = matches!(durability, Durability::Immediate);
         txn.set_durability(durability)
             .map_err(|e| storage_error("set durability", e))?;
-        // A durable commit also records the allocator state, so reopening after a crash
-        // does not walk the whole file (restart time independent of the data size).
-        txn.set_quick_repair(durable);
+        // A durable commit also records the allocator state (unless configured off), so
+        // reopening after a crash does not walk the whole file (restart time independent of
+        // the data size).
+        txn.set_quick_repair(durable && self.quick_repair);
         txn.commit()
             .map_err(|e| storage_error(&format!("{}: commit", self.name), e))
     }

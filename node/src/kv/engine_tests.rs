@@ -16,8 +16,15 @@ const FILE: &str = "kv.redb";
 const CACHE_BYTES: usize = 1 << 20;
 
 fn open(disk: &CrashDisk) -> Result<StateMachine, super::KvError> {
+    open_with(disk, true)
+}
+
+/// Opens with `quick_repair` for the durable commits from here on.
+fn open_with(disk: &CrashDisk, quick_repair: bool) -> Result<StateMachine, super::KvError> {
     let disk: Arc<dyn Disk> = Arc::new(disk.clone());
-    StateMachine::open(KvConfig::default(), Engine::open(&disk, FILE, CACHE_BYTES)?)
+    let mut engine = Engine::open(&disk, FILE, CACHE_BYTES)?;
+    engine.set_quick_repair(quick_repair);
+    StateMachine::open(KvConfig::default(), engine)
 }
 
 fn put(client: u64, seq: u64, key: u64, value_bytes: usize) -> Command {
@@ -36,9 +43,14 @@ type Model = BTreeMap<u64, (BTreeMap<Vec<u8>, Versioned>, usize)>;
 
 /// Applies random batches with a checkpoint now and then; the disk fails after a random
 /// number of mutating calls. Returns the model and the last durable applied index.
-fn run_until_failure(disk: &CrashDisk, rng: &mut StdRng, bugs: PlantedBugs) -> (Model, u64) {
+fn run_until_failure(
+    disk: &CrashDisk,
+    rng: &mut StdRng,
+    bugs: PlantedBugs,
+    quick_repair: bool,
+) -> (Model, u64) {
     let mut model: Model = BTreeMap::new();
-    let mut machine = open(disk).expect("fresh engine");
+    let mut machine = open_with(disk, quick_repair).expect("fresh engine");
     machine.set_planted_bugs(bugs);
     model.insert(0, (BTreeMap::new(), 0));
     let mut current: BTreeMap<Vec<u8>, Versioned> = BTreeMap::new();
@@ -79,9 +91,20 @@ fn run_until_failure(disk: &CrashDisk, rng: &mut StdRng, bugs: PlantedBugs) -> (
 }
 
 fn check_recovery(seed: u64, mode: CrashMode, bugs: PlantedBugs) -> Result<(), String> {
+    check_recovery_with(seed, mode, bugs, true)
+}
+
+/// `check_recovery` with checkpoints that record redb's allocator state (`quick_repair`) or
+/// not (then the reopen after the crash runs redb's full repair).
+fn check_recovery_with(
+    seed: u64,
+    mode: CrashMode,
+    bugs: PlantedBugs,
+    quick_repair: bool,
+) -> Result<(), String> {
     let disk = CrashDisk::new(seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let (model, durable) = run_until_failure(&disk, &mut rng, bugs);
+    let (model, durable) = run_until_failure(&disk, &mut rng, bugs, quick_repair);
     disk.crash(mode);
     let machine = open(&disk).map_err(|e| format!("reopen failed: {e}"))?;
     let applied = machine.applied_index();
@@ -141,6 +164,35 @@ fn a_torn_crash_reopens_to_the_last_checkpoint_or_a_later_whole_batch() {
             panic!("seed {seed} Torn: {e}");
         }
     }
+}
+
+/// Without quick repair (`engine_quick_repair = false`) a checkpoint is a one-phase commit and
+/// a reopen after a crash rebuilds redb's allocator state by walking the file: the same
+/// guarantees in both crash modes.
+#[test]
+fn without_quick_repair_a_crash_reopens_to_the_last_checkpoint_or_a_later_whole_batch() {
+    for seed in 0..crash_seeds() {
+        for mode in [CrashMode::Drop, CrashMode::Torn] {
+            if let Err(e) = check_recovery_with(seed, mode, PlantedBugs::default(), false) {
+                panic!("seed {seed} {mode:?} without quick repair: {e}");
+            }
+        }
+    }
+}
+
+/// A checkpoint with quick repair is redb's two-phase commit (two syncs); without, one.
+#[test]
+fn a_checkpoint_without_quick_repair_syncs_once() {
+    let syncs_per_checkpoint = |quick_repair: bool| {
+        let disk = CrashDisk::new(8);
+        let mut machine = open_with(&disk, quick_repair).unwrap();
+        machine.apply_ok(1, &put(7, 1, 1, 10));
+        let before = disk.sync_count();
+        machine.commit(true).unwrap();
+        disk.sync_count() - before
+    };
+    assert_eq!(syncs_per_checkpoint(true), 2);
+    assert_eq!(syncs_per_checkpoint(false), 1);
 }
 
 #[test]

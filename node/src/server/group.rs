@@ -120,7 +120,9 @@ pub(super) fn open_engine(
     name: &str,
     config: &ServerConfig,
 ) -> Result<Engine, KvError> {
-    Engine::open(group_disk, name, config.engine_cache_bytes_per_group)
+    let mut engine = Engine::open(group_disk, name, config.engine_cache_bytes_per_group)?;
+    engine.set_quick_repair(config.engine_quick_repair);
+    Ok(engine)
 }
 
 /// A state machine for `group`: the metadata restored from a snapshot's data, or a shard's
