@@ -697,6 +697,21 @@ fn retaining(entries: u64) -> impl Fn(NodeId, u64) -> Config {
     }
 }
 
+/// Ticks (up to 20 times) until the leader sends `to` its snapshot, which is held back and
+/// returned: exactly one.
+fn tick_until_snapshot_held(c: &mut Cluster, to: NodeId) -> Vec<Message> {
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        c.tick_all();
+        held = settle_holding_snapshots(c, to);
+        if !held.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 1, "the leader sends its snapshot");
+    held
+}
+
 /// As `settle`, but every InstallSnapshot to `to` is held back (a shard's snapshot streams
 /// for seconds while the leader goes on) and returned.
 fn settle_holding_snapshots(c: &mut Cluster, to: NodeId) -> Vec<Message> {
@@ -739,15 +754,7 @@ fn catch_up_after_checkpoints_meanwhile(retained_entries_max: u64) -> (u64, bool
     assert!(c.raft(l).unwrap().log_entries().is_empty());
     let first_snapshot = c.raft(l).unwrap().snapshot_meta().unwrap().index;
     c.restart(lag);
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        c.tick_all();
-        held = settle_holding_snapshots(&mut c, lag);
-        if !held.is_empty() {
-            break;
-        }
-    }
-    assert_eq!(held.len(), 1, "the leader sends its snapshot");
+    let held = tick_until_snapshot_held(&mut c, lag);
     // The leader goes on and checkpoints while the snapshot is on its way.
     for i in 0..3u8 {
         c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
@@ -818,15 +825,7 @@ fn a_snapshot_acknowledged_after_its_stall_is_followed_by_appends() {
     settle(&mut c);
     c.snapshot(l);
     c.restart(lag);
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        c.tick_all();
-        held = settle_holding_snapshots(&mut c, lag);
-        if !held.is_empty() {
-            break;
-        }
-    }
-    assert_eq!(held.len(), 1, "the leader sends its snapshot");
+    let held = tick_until_snapshot_held(&mut c, lag);
     let state = |c: &Cluster| c.raft(l).unwrap().progress[&lag].state;
     for _ in 0..100 {
         if state(&c) == ProgressState::Probe {
