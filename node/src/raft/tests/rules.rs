@@ -665,17 +665,24 @@ fn pipelining_respects_the_inflight_window_and_message_limits() {
     );
 }
 
-#[test]
-fn lagging_follower_gets_a_snapshot() {
-    let mut c = cluster(3);
-    let l = elect(&mut c);
+/// In a 3-node cluster: elects a leader, crashes another node, commits 20 entries without it
+/// and snapshots the leader. Returns (leader, crashed follower).
+fn leader_snapshotted_past_a_crashed_follower(c: &mut Cluster) -> (NodeId, NodeId) {
+    let l = elect(c);
     let lag = (1..=3).find(|id| *id != l).unwrap();
     c.crash(lag);
     for i in 0..20u8 {
         c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
     }
-    settle(&mut c);
+    settle(c);
     c.snapshot(l);
+    (l, lag)
+}
+
+#[test]
+fn lagging_follower_gets_a_snapshot() {
+    let mut c = cluster(3);
+    let (l, lag) = leader_snapshotted_past_a_crashed_follower(&mut c);
     assert!(c.raft(l).unwrap().log_entries().is_empty());
     c.restart(lag);
     run_ticks(&mut c, 5);
@@ -741,16 +748,9 @@ fn settle_holding_snapshots(c: &mut Cluster, to: NodeId) -> Vec<Message> {
 /// it ended up with is the first.
 fn catch_up_after_checkpoints_meanwhile(retained_entries_max: u64) -> (u64, bool) {
     let mut c = Cluster::new(&[1, 2, 3], &[], retaining(retained_entries_max));
-    let l = elect(&mut c);
-    let lag = (1..=3).find(|id| *id != l).unwrap();
-    let other = (1..=3).find(|id| *id != l && *id != lag).unwrap();
-    c.crash(lag);
-    for i in 0..20u8 {
-        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
-    }
-    settle(&mut c);
     // More than the bound behind: the leader compacts through its snapshot all the same.
-    c.snapshot(l);
+    let (l, lag) = leader_snapshotted_past_a_crashed_follower(&mut c);
+    let other = (1..=3).find(|id| *id != l && *id != lag).unwrap();
     assert!(c.raft(l).unwrap().log_entries().is_empty());
     let first_snapshot = c.raft(l).unwrap().snapshot_meta().unwrap().index;
     c.restart(lag);
@@ -816,14 +816,7 @@ fn past_its_bound_the_leader_compacts_and_the_follower_gets_a_second_snapshot() 
 fn a_snapshot_acknowledged_after_its_stall_is_followed_by_appends() {
     use crate::raft::progress::ProgressState;
     let mut c = Cluster::new(&[1, 2, 3], &[], retaining(8));
-    let l = elect(&mut c);
-    let lag = (1..=3).find(|id| *id != l).unwrap();
-    c.crash(lag);
-    for i in 0..20u8 {
-        c.raft_mut(l).unwrap().propose(vec![i]).unwrap();
-    }
-    settle(&mut c);
-    c.snapshot(l);
+    let (l, lag) = leader_snapshotted_past_a_crashed_follower(&mut c);
     c.restart(lag);
     let held = tick_until_snapshot_held(&mut c, lag);
     let state = |c: &Cluster| c.raft(l).unwrap().progress[&lag].state;
