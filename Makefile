@@ -47,7 +47,8 @@ bench-peers:
 # quorumkv vs etcd (64 and 1 writers, 256 B), growth to BENCH_STORAGE_MIB MiB per replica
 # (1 KiB values, per-round puts/s, latency, RSS, disk), restart of a node holding that data,
 # a node joining under 64 writers. Default 200 MiB (minutes); FULL=1 is the issue's 2 GiB.
-# Writes target/bench/storage.md and storage.jsonl; knobs in workloads/bench/bench-storage.sh.
+# Installs jq, etcd-server and protobuf-compiler when missing (apt-get). Writes
+# target/bench/storage.md and storage.jsonl; knobs in workloads/bench/bench-storage.sh.
 BENCH_STORAGE_MIB ?= $(if $(FULL),2048,200)
 .PHONY: bench-storage
 bench-storage:

@@ -317,12 +317,28 @@ report() {
   } >"$MD"
 }
 
+# Debian packages the chosen scenarios need (jq for the report; etcd for compare; protoc to
+# build quorumkv-ycsb with its etcd client), installed when missing.
+install_missing() {
+  local missing=()
+  command -v jq >/dev/null || missing+=(jq)
+  case " $SCENARIOS " in
+    *" compare "*) command -v etcd >/dev/null || missing+=(etcd-server) ;;
+  esac
+  if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_QUORUMKV:-}${BENCH_YCSB:-}" ]; then
+    command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  fi
+  [ ${#missing[@]} = 0 ] && return
+  log "installing ${missing[*]}"
+  local sudo=
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+}
+
 main() {
   LOAD_BEFORE=$(load)
-  command -v jq >/dev/null || { log "needs jq (apt-get install -y jq)"; exit 2; }
-  case " $SCENARIOS " in
-    *" compare "*) command -v etcd >/dev/null || { log "needs etcd (apt-get install -y etcd-server protobuf-compiler)"; exit 2; } ;;
-  esac
+  install_missing
   if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_QUORUMKV:-}${BENCH_YCSB:-}" ]; then
     log "building release binaries"
     cargo build --release -p node --bin quorumkv
