@@ -16,6 +16,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: a simulation allocates per frame, per entry and per
+/// timer, and malloc/free/realloc were about a fifth of its instructions (docs/SIMULATION.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "sim",
