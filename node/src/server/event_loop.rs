@@ -648,6 +648,11 @@ impl EventLoop {
         loop {
             let mut staged = Vec::new();
             for (&id, group) in groups.iter_mut() {
+                // Most groups have nothing in most turns; an outcome left at its default
+                // changes nothing below, so only groups with a Ready get one.
+                if !group.raft.has_ready() {
+                    continue;
+                }
                 let outcome = outcomes.entry(id).or_default();
                 if let Some(ready) = group.stage_ready(config, addrs, &mut outgoing, outcome)? {
                     staged.push((id, ready));
