@@ -319,7 +319,11 @@ impl Streams {
         }
         match self.take_chunk(group, &chunk, config, kv_config) {
             Ok(step) => Ok((ack(true), step)),
-            Err(reason) => {
+            Err(TakeError::Fatal(e)) => {
+                self.incoming.remove(&group.id);
+                Err(e)
+            }
+            Err(TakeError::Refused(reason)) => {
                 warn!(group = group.id, from = chunk.from, transfer = chunk.transfer, seq = chunk.seq, reason = %reason, "snapshot chunk refused: transfer dropped");
                 self.incoming.remove(&group.id);
                 let _ = group.disk.remove(INCOMING_FILE);
@@ -334,7 +338,7 @@ impl Streams {
         chunk: &SnapshotChunk,
         config: &ServerConfig,
         kv_config: &KvConfig,
-    ) -> Result<Option<Message>, String> {
+    ) -> Result<Option<Message>, TakeError> {
         if crc32fast::hash(&chunk.payload) != chunk.crc {
             return Err("chunk checksum mismatch".into());
         }
@@ -372,10 +376,10 @@ impl Streams {
             .get_mut(&group.id)
             .ok_or("no transfer in progress (its first chunk was lost)")?;
         if inc.from != chunk.from || inc.transfer != chunk.transfer || inc.next_seq != chunk.seq {
-            return Err(format!(
+            return Err(TakeError::Refused(format!(
                 "out of sequence (expected chunk {} of transfer {} from {})",
                 inc.next_seq, inc.transfer, inc.from
-            ));
+            )));
         }
         if inc.meta != chunk.meta {
             return Err("snapshot metadata changed within a transfer".into());
@@ -614,7 +618,7 @@ fn finish(
     chunk: &SnapshotChunk,
     config: &ServerConfig,
     kv_config: &KvConfig,
-) -> Result<Option<Message>, String> {
+) -> Result<Option<Message>, TakeError> {
     seal(&mut inc, total)?;
     let index = inc.meta.index;
     let current = group.machine_applied_index();
@@ -626,8 +630,7 @@ fn finish(
         drop(inc.engine);
         let _ = group.disk.remove(INCOMING_FILE);
     } else {
-        swap_in(group, inc.engine, config, kv_config)
-            .map_err(|e| format!("swapping in the received engine: {e}"))?;
+        swap_in(group, inc.engine, config, kv_config)?;
         group.engine_swapped_in(index);
         info!(
             group = group.id,
@@ -649,34 +652,69 @@ fn finish(
     }))
 }
 
+/// Why a chunk was not taken.
+#[derive(Debug)]
+enum TakeError {
+    /// The transfer is dropped and the group is as it was before it (the sender starts over).
+    Refused(String),
+    /// The group's engine file was replaced but could not be put in use: the node must stop
+    /// (a restart opens whatever the directory durably names).
+    Fatal(ServerError),
+}
+
+impl From<String> for TakeError {
+    fn from(reason: String) -> TakeError {
+        TakeError::Refused(reason)
+    }
+}
+
+impl From<&str> for TakeError {
+    fn from(reason: &str) -> TakeError {
+        TakeError::Refused(reason.to_string())
+    }
+}
+
 /// Replaces the group's engine by the validated incoming one (`received`, sealed: every
-/// batch committed, the last durably): the old engine is closed, the file renamed over it
-/// and the directory synced. `received` stays open across the rename (its handle follows
-/// the file, and it holds exactly what reopening the file would read).
+/// batch committed, the last durably): the file is renamed over the old one, the old engine
+/// closed and the directory synced. The old engine stays in use until the rename succeeded,
+/// so a failed rename changes nothing (the transfer is refused and starts over); a failure
+/// after it is fatal, since the file the group's name points at is then the received one.
+/// `received` stays open across the rename (its handle follows the file, and it holds exactly
+/// what reopening the file would read).
 fn swap_in(
     group: &mut Group,
     mut received: Engine,
     config: &ServerConfig,
     kv_config: &KvConfig,
-) -> Result<(), ServerError> {
+) -> Result<(), TakeError> {
     let id = group.id;
-    let storage = |e: &dyn std::fmt::Display| ServerError::Storage(format!("group {id}: {e}"));
-    let placeholder = StateMachine::new(kv_config.clone()).map_err(|e| storage(&e))?;
-    let old = std::mem::replace(&mut group.machine, GroupMachine::Kv(placeholder));
-    drop(old);
-    group
-        .disk
-        .rename(INCOMING_FILE, ENGINE_FILE)
-        .map_err(|e| storage(&e))?;
-    group.disk.sync_dir().map_err(|e| storage(&e))?;
+    group.disk.rename(INCOMING_FILE, ENGINE_FILE).map_err(|e| {
+        TakeError::Refused(format!(
+            "renaming the received engine {INCOMING_FILE} over {ENGINE_FILE}: {e}"
+        ))
+    })?;
     received.renamed(ENGINE_FILE);
+    let fatal = |what: &str, e: &dyn std::fmt::Display| {
+        TakeError::Fatal(ServerError::Storage(format!(
+            "group {id}: {what} (the received engine is already renamed to {ENGINE_FILE}): {e}"
+        )))
+    };
     #[allow(unused_mut)]
-    let mut machine = StateMachine::open(kv_config.clone(), received).map_err(|e| storage(&e))?;
+    let mut machine = StateMachine::open(kv_config.clone(), received)
+        .map_err(|e| fatal("opening the received engine", &e))?;
     #[cfg(any(test, madsim))]
     machine.set_planted_bugs(config.planted_bugs);
     #[cfg(not(any(test, madsim)))]
     let _ = config;
-    group.machine = GroupMachine::Kv(machine);
+    // The old engine closes here; its file is no longer named.
+    drop(std::mem::replace(
+        &mut group.machine,
+        GroupMachine::Kv(machine),
+    ));
+    group
+        .disk
+        .sync_dir()
+        .map_err(|e| fatal("syncing the directory after the rename", &e))?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! the receiver's durable state, a crash right after the swap, and the planted bugs.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::*;
@@ -391,4 +392,125 @@ fn malformed_install_snapshots_are_refused_before_the_core_persists_them() {
         &message(crate::meta::META_GROUP, &valid_meta)
     )
     .is_ok());
+}
+
+/// A disk on which renaming a received engine into place fails while `fail` is set;
+/// everything else goes to `inner`.
+struct RenamesFail {
+    inner: CrashDisk,
+    fail: Arc<AtomicBool>,
+}
+
+impl Disk for RenamesFail {
+    fn open(&self, name: &str) -> std::io::Result<Box<dyn crate::storage::DiskFile>> {
+        self.inner.open(name)
+    }
+    fn exists(&self, name: &str) -> std::io::Result<bool> {
+        self.inner.exists(name)
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        let swap = from.ends_with(INCOMING_FILE) && to.ends_with(ENGINE_FILE);
+        if swap && self.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected rename failure"));
+        }
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+/// A received snapshot whose rename into place fails is refused, and the group keeps the
+/// engine it had, data and applied index (it used to be left with an empty in-memory
+/// placeholder: every later read and apply went to an empty shard). A later transfer goes
+/// through.
+#[test]
+fn a_failed_swap_keeps_the_engine_the_group_had() {
+    let mut pair = Pair::new(PlantedBugs::default());
+    let fail = Arc::new(AtomicBool::new(false));
+    let disk: Arc<dyn Disk> = Arc::new(RenamesFail {
+        inner: CrashDisk::new(5),
+        fail: Arc::clone(&fail),
+    });
+    let wal = Wal::open(disk.clone(), StorageOptions::default()).expect("open the WAL");
+    pair.receiver = open_group(
+        GROUP,
+        &disk,
+        &wal,
+        &pair.recv_config,
+        &KvConfig::default(),
+        membership(),
+        0,
+    )
+    .expect("open group");
+    // The receiver already holds a few keys of its own, applied and committed.
+    let GroupMachine::Kv(machine) = &mut pair.receiver.machine else {
+        panic!("a shard group");
+    };
+    for i in 1..=5u64 {
+        let command = Command {
+            client_id: 9,
+            seq: i,
+            op: Operation::Put {
+                key: format!("own-{i}").into_bytes(),
+                value: vec![7; 8],
+            },
+        };
+        machine.apply(i, &command).unwrap();
+    }
+    machine.commit(true).unwrap();
+    let before = contents(&pair.receiver);
+    assert_eq!(before.len(), 5);
+
+    fail.store(true, Ordering::SeqCst);
+    let mut chunk = pair.start();
+    let mut taken = 0;
+    loop {
+        let last = chunk.total_crc.is_some();
+        let (next, step, accepted) = pair.deliver(chunk);
+        if !accepted {
+            assert!(next.is_none() && step.is_none());
+            assert!(
+                last,
+                "refused at its last chunk (the rename), after {taken} taken"
+            );
+            break;
+        }
+        assert!(
+            step.is_none(),
+            "the transfer cannot complete without its rename"
+        );
+        taken += 1;
+        chunk = next.expect("a next chunk");
+    }
+    assert!(taken > 5, "{taken} chunks taken before the last");
+    assert_eq!(pair.receiver.machine_applied_index(), 5);
+    assert_eq!(contents(&pair.receiver), before);
+    // The engine still takes applies and checkpoints.
+    let GroupMachine::Kv(machine) = &mut pair.receiver.machine else {
+        panic!("a shard group");
+    };
+    let command = Command {
+        client_id: 9,
+        seq: 6,
+        op: Operation::Put {
+            key: b"own-6".to_vec(),
+            value: vec![7; 8],
+        },
+    };
+    machine.apply(6, &command).unwrap();
+    machine.commit(true).unwrap();
+    assert_eq!(contents(&pair.receiver).len(), 6);
+
+    fail.store(false, Ordering::SeqCst);
+    let first = pair.start();
+    pair.run(first);
+    assert_eq!(pair.receiver.machine_applied_index(), KEYS);
+    assert_eq!(contents(&pair.receiver), contents(&pair.sender));
 }
