@@ -277,7 +277,7 @@ where
     let read = read_payload(reader, len_bytes, &mut payload, &mut charge);
     let finished = match limits.payload_timeout {
         None => Some(read.await),
-        Some(limit) => tokio::time::timeout(limit, read).await.ok(),
+        Some(limit) => crate::deadline::timeout(limit, read).await.ok(),
     };
     match finished {
         Some(result) => result?,

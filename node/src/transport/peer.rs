@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 
-use crate::deadline::{timeout, Ticker};
+use crate::deadline::{timeout, timeout_on, Deadline, Ticker};
 use tracing::Instrument;
 use tracing::{debug, info, warn};
 
@@ -1008,8 +1008,12 @@ async fn serve_inbound(
     }
     debug!(peer = from, "peer connected");
     let silence = Duration::from_millis(config.transport.silence_timeout_ms);
+    // One deadline for the connection: each read restarts the wait, but the timer armed for
+    // an earlier read is kept until it fires (one timer per silence period, not per frame).
+    let mut silent_at = Deadline::after(silence);
     loop {
-        let frame = timeout(
+        let frame = timeout_on(
+            &mut silent_at,
             silence,
             read_frame_limited::<_, PeerFrame>(&mut reader, &limits),
         )
