@@ -170,10 +170,21 @@ pub fn encode_frame<T: Serialize>(
     max_frame_bytes: usize,
 ) -> Result<Vec<u8>, FrameError> {
     let mut buf = Vec::with_capacity(FRAME_HEADER_BYTES + 64);
+    encode_frame_into(value, max_frame_bytes, &mut buf)?;
+    Ok(buf)
+}
+
+/// As `encode_frame`, into `buf` (cleared first), so that a connection reuses one buffer.
+pub fn encode_frame_into<T: Serialize>(
+    value: &T,
+    max_frame_bytes: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    buf.clear();
     buf.extend_from_slice(&FRAME_MAGIC);
     buf.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
     buf.extend_from_slice(&[0u8; 4]);
-    bincode::serde::encode_into_std_write(value, &mut buf, wire_config())
+    bincode::serde::encode_into_std_write(value, buf, wire_config())
         .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len_bytes = buf.len() - FRAME_HEADER_BYTES;
     if len_bytes > max_frame_bytes {
@@ -187,7 +198,7 @@ pub fn encode_frame<T: Serialize>(
         max_frame_bytes,
     })?;
     buf[6..10].copy_from_slice(&len.to_be_bytes());
-    Ok(buf)
+    Ok(())
 }
 
 /// Decodes one frame payload (header already stripped).
@@ -266,7 +277,7 @@ where
     let read = read_payload(reader, len_bytes, &mut payload, &mut charge);
     let finished = match limits.payload_timeout {
         None => Some(read.await),
-        Some(limit) => tokio::time::timeout(limit, read).await.ok(),
+        Some(limit) => crate::deadline::timeout(limit, read).await.ok(),
     };
     match finished {
         Some(result) => result?,

@@ -41,12 +41,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 
-use crate::deadline::{timeout, Ticker};
+use crate::deadline::{timeout, timeout_on, Deadline, Ticker};
 use tracing::Instrument;
 use tracing::{debug, info, warn};
 
 use super::frame::{
-    encode_frame, read_frame, read_frame_limited, FrameBudget, FrameError, ReadLimits,
+    encode_frame, encode_frame_into, read_frame, read_frame_limited, FrameBudget, FrameError,
+    ReadLimits,
 };
 use super::stream::{member_name, Accepted, Acceptor, Connector, PeerCertificate, Stream};
 use crate::config::TransportConfig;
@@ -216,8 +217,9 @@ pub struct PeerTransport {
     connector: Connector,
     /// Messages refused because a peer's queue was full or the peer is unknown.
     pub dropped_messages: u64,
+    /// Boxed: taken out and put back around every `send` (its RNG state is large).
     #[cfg(any(test, madsim))]
-    faults: Option<FaultInjector>,
+    faults: Option<Box<FaultInjector>>,
 }
 
 impl PeerTransport {
@@ -317,11 +319,11 @@ impl PeerTransport {
     #[cfg(any(test, madsim))]
     pub fn set_faults(&mut self, faults: super::TransportFaults, rng_seed: u64) {
         use rand::SeedableRng;
-        self.faults = Some(FaultInjector {
+        self.faults = Some(Box::new(FaultInjector {
             faults,
             rng: rand::rngs::StdRng::seed_from_u64(rng_seed),
             held: BTreeMap::new(),
-        });
+        }));
     }
 
     /// Queues messages for their peers without waiting; a full queue drops the message.
@@ -401,44 +403,50 @@ impl FaultInjector {
             transport.dropped_messages += 1;
             return;
         }
-        let copies = if self.rng.random_bool(clamp(plan.duplicate_probability)) {
-            2
-        } else {
-            1
+        if self.rng.random_bool(clamp(plan.duplicate_probability)) {
+            self.deliver(transport, &plan, message.clone());
+        }
+        self.deliver(transport, &plan, message);
+    }
+
+    /// Delays, holds back (reorders) or queues one copy of a message.
+    fn deliver(
+        &mut self,
+        transport: &mut PeerTransport,
+        plan: &super::FaultPlan,
+        message: PeerMessage,
+    ) {
+        use rand::Rng;
+        let delay = match plan.append_delay(&message) {
+            Some(delay) => Some(delay),
+            None if plan.delay_ms_max > 0
+                && self.rng.random_bool(clamp(plan.delay_probability)) =>
+            {
+                Some(Duration::from_millis(
+                    self.rng.random_range(1..=plan.delay_ms_max),
+                ))
+            }
+            None => None,
         };
-        for _ in 0..copies {
-            let message = message.clone();
-            let delay = match plan.append_delay(&message) {
-                Some(delay) => Some(delay),
-                None if plan.delay_ms_max > 0
-                    && self.rng.random_bool(clamp(plan.delay_probability)) =>
-                {
-                    Some(Duration::from_millis(
-                        self.rng.random_range(1..=plan.delay_ms_max),
-                    ))
-                }
-                None => None,
-            };
-            if let Some(delay) = delay {
-                if let Some(queue) = transport.links.get(&message.to()).map(|l| l.queue.clone()) {
-                    tokio::spawn(
-                        async move {
-                            sleep(delay).await;
-                            let _ = queue.try_send(message);
-                        }
-                        .in_current_span(),
-                    );
-                }
-            } else if self.rng.random_bool(clamp(plan.reorder_probability)) {
-                if let Some(earlier) = self.held.insert(message.to(), message) {
-                    transport.enqueue(earlier);
-                }
-            } else {
-                let to = message.to();
-                transport.enqueue(message);
-                if let Some(held) = self.held.remove(&to) {
-                    transport.enqueue(held);
-                }
+        if let Some(delay) = delay {
+            if let Some(queue) = transport.links.get(&message.to()).map(|l| l.queue.clone()) {
+                tokio::spawn(
+                    async move {
+                        sleep(delay).await;
+                        let _ = queue.try_send(message);
+                    }
+                    .in_current_span(),
+                );
+            }
+        } else if self.rng.random_bool(clamp(plan.reorder_probability)) {
+            if let Some(earlier) = self.held.insert(message.to(), message) {
+                transport.enqueue(earlier);
+            }
+        } else {
+            let to = message.to();
+            transport.enqueue(message);
+            if let Some(held) = self.held.remove(&to) {
+                transport.enqueue(held);
             }
         }
     }
@@ -565,26 +573,25 @@ impl OutboundLink {
         stream: Stream,
         queue: &mut mpsc::Receiver<PeerMessage>,
     ) -> Result<(), PeerError> {
-        let (read_half, mut write_half) = tokio::io::split(stream);
-        let write_timeout = Duration::from_millis(self.config.silence_timeout_ms);
+        let (read_half, write_half) = tokio::io::split(stream);
+        let mut writer = FrameWriter {
+            link: self,
+            writer: write_half,
+            buf: Vec::new(),
+            timeout: Duration::from_millis(self.config.silence_timeout_ms),
+        };
         let hello = PeerFrame::Hello {
             from: self.me,
             to: self.peer,
         };
-        self.write(&mut write_half, &hello, write_timeout).await?;
+        writer.write(&hello).await?;
 
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let mut reader = tokio::spawn(
             read_pongs(read_half, last_heard.clone(), self.max_frame_bytes).in_current_span(),
         );
         let result = self
-            .pump(
-                &mut write_half,
-                queue,
-                &last_heard,
-                &mut reader,
-                write_timeout,
-            )
+            .pump(&mut writer, queue, &last_heard, &mut reader)
             .await;
         reader.abort();
         result
@@ -592,27 +599,29 @@ impl OutboundLink {
 
     async fn pump<W: AsyncWrite + Unpin>(
         &self,
-        writer: &mut W,
+        writer: &mut FrameWriter<'_, W>,
         queue: &mut mpsc::Receiver<PeerMessage>,
         last_heard: &Mutex<Instant>,
         reader: &mut JoinHandle<Result<(), PeerError>>,
-        write_timeout: Duration,
     ) -> Result<(), PeerError> {
         let silence = Duration::from_millis(self.config.silence_timeout_ms);
         let mut ping = Ticker::new(Duration::from_millis(self.config.heartbeat_interval_ms));
+        // Reused from one batch to the next (its capacity stays).
+        let mut batch = Vec::new();
         loop {
             tokio::select! {
                 biased;
                 first = queue.recv() => {
                     let Some(first) = first else { return Ok(()) };
-                    let mut batch = vec![first];
+                    batch.push(first);
                     while batch.len() < self.config.max_batch_messages {
                         match queue.try_recv() {
                             Ok(m) => batch.push(m),
                             Err(_) => break,
                         }
                     }
-                    self.write_batch(writer, batch, write_timeout).await?;
+                    batch = writer.write_batch(batch).await?;
+                    batch.clear();
                 }
                 // The reader ends only on an error (a refusal, a closed connection).
                 ended = &mut *reader => {
@@ -626,56 +635,66 @@ impl OutboundLink {
                     if heard.elapsed() > silence {
                         return Err(PeerError::Silent { silence_ms: self.config.silence_timeout_ms });
                     }
-                    self.write(writer, &PeerFrame::Ping, write_timeout).await?;
+                    writer.write(&PeerFrame::Ping).await?;
                 }
             }
         }
     }
+}
 
+/// The writing half of an outbound connection, with one encode buffer for all its frames.
+struct FrameWriter<'a, W> {
+    link: &'a OutboundLink,
+    writer: W,
+    buf: Vec<u8>,
+    /// A frame not written within this fails the connection (`silence_timeout_ms`).
+    timeout: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<'_, W> {
     /// Writes a batch as one frame; a batch too large for one frame is split, and a single
     /// message too large for any frame is dropped with an error (the limit is misconfigured).
-    async fn write_batch<W: AsyncWrite + Unpin>(
-        &self,
-        writer: &mut W,
+    /// Gives the batch back (its messages are sent or dropped; the caller reuses the vector).
+    async fn write_batch(
+        &mut self,
         batch: Vec<PeerMessage>,
-        write_timeout: Duration,
-    ) -> Result<(), PeerError> {
+    ) -> Result<Vec<PeerMessage>, PeerError> {
         let frame = PeerFrame::Messages(batch);
-        match encode_frame(&frame, self.max_frame_bytes) {
-            Ok(bytes) => {
-                write_bytes(writer, &bytes, write_timeout).await?;
-                self.count_sent(bytes.len());
-                Ok(())
+        let encoded = encode_frame_into(&frame, self.link.max_frame_bytes, &mut self.buf);
+        let PeerFrame::Messages(mut batch) = frame else {
+            unreachable!("built as Messages above")
+        };
+        match encoded {
+            Ok(()) => {
+                self.send_buf().await?;
+                Ok(batch)
             }
             Err(FrameError::TooLarge { .. }) => {
-                let PeerFrame::Messages(batch) = frame else {
-                    unreachable!()
-                };
                 if batch.len() == 1 {
                     warn!(
-                        peer = self.peer,
+                        peer = self.link.peer,
                         "a single Raft message exceeds max_peer_frame_bytes: dropped"
                     );
-                    return Ok(());
+                    return Ok(batch);
                 }
-                let mut first = batch;
-                let second = first.split_off(first.len() / 2);
-                Box::pin(self.write_batch(writer, first, write_timeout)).await?;
-                Box::pin(self.write_batch(writer, second, write_timeout)).await
+                let second = batch.split_off(batch.len() / 2);
+                let first = Box::pin(self.write_batch(batch)).await?;
+                Box::pin(self.write_batch(second)).await?;
+                Ok(first)
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn write<W: AsyncWrite + Unpin>(
-        &self,
-        writer: &mut W,
-        frame: &PeerFrame,
-        write_timeout: Duration,
-    ) -> Result<(), PeerError> {
-        let bytes = encode_frame(frame, self.max_frame_bytes)?;
-        write_bytes(writer, &bytes, write_timeout).await?;
-        self.count_sent(bytes.len());
+    async fn write(&mut self, frame: &PeerFrame) -> Result<(), PeerError> {
+        encode_frame_into(frame, self.link.max_frame_bytes, &mut self.buf)?;
+        self.send_buf().await
+    }
+
+    /// Writes the encoded frame in `buf`.
+    async fn send_buf(&mut self) -> Result<(), PeerError> {
+        write_bytes(&mut self.writer, &self.buf, self.timeout).await?;
+        self.link.count_sent(self.buf.len());
         Ok(())
     }
 }
@@ -989,8 +1008,12 @@ async fn serve_inbound(
     }
     debug!(peer = from, "peer connected");
     let silence = Duration::from_millis(config.transport.silence_timeout_ms);
+    // One deadline for the connection: each read restarts the wait, but the timer armed for
+    // an earlier read is kept until it fires (one timer per silence period, not per frame).
+    let mut silent_at = Deadline::after(silence);
     loop {
-        let frame = timeout(
+        let frame = timeout_on(
+            &mut silent_at,
             silence,
             read_frame_limited::<_, PeerFrame>(&mut reader, &limits),
         )
