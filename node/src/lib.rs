@@ -52,6 +52,7 @@ pub mod fuzz_targets;
 pub mod kv;
 pub mod meta;
 pub mod metrics;
+pub mod moving_deadline;
 pub mod placement;
 pub mod raft;
 pub mod resp;

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use node::deadline::Deadline;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -108,7 +109,9 @@ impl<S: KvStore> WorkloadClient<S> {
             let op = self.generator.next_op(&mut self.rng);
             self.perform(op).await;
             if self.think_time_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(self.think_time_ms)).await;
+                // One timer however often the task is woken meanwhile (madsim's `sleep` arms
+                // one per poll, and each stale timer wakes the task again later).
+                Deadline::after(Duration::from_millis(self.think_time_ms)).await;
             }
         }
     }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use crate::deadline::timeout;
+use crate::moving_deadline::MovingDeadline;
 use tracing::debug;
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub(crate) struct Connections {
     connector: Connector,
     /// Sent in an `Authenticate` frame on every new connection.
     credentials: Option<Arc<Credentials>>,
+    /// The current request's timeout; one timer serves many requests (`moving_deadline`).
+    request_deadline: MovingDeadline,
 }
 
 impl Connections {
@@ -73,6 +76,7 @@ impl Connections {
             max_frame_bytes,
             connector,
             credentials: credentials.map(Arc::new),
+            request_deadline: MovingDeadline::new(Instant::now()),
         }
     }
 
@@ -129,9 +133,10 @@ impl Connections {
             }
             self.open.insert(addr, connection);
         }
+        let now = Instant::now();
         let request_timeout = self
             .request_timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
+            .min(deadline.saturating_duration_since(now));
         let max = self.max_frame_bytes;
         let Some(connection) = self.open.get_mut(&addr) else {
             return Err(AttemptError::NotSent(format!("no connection to {addr}")));
@@ -141,7 +146,14 @@ impl Connections {
             connection.writer.flush().await?;
             read_frame::<_, ServerFrame>(&mut connection.reader, max).await
         };
-        let response = match timeout(request_timeout, exchange).await {
+        let request_deadline = &mut self.request_deadline;
+        request_deadline.set(now + request_timeout);
+        let answered = tokio::select! {
+            biased;
+            answer = exchange => Ok(answer),
+            () = request_deadline.elapsed() => Err(()),
+        };
+        let response = match answered {
             Ok(Ok(Some(ServerFrame {
                 response: ClientResponse::Refused(RefusedReason::TlsRequired),
                 ..

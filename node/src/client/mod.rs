@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::time::{sleep, Instant};
+use tokio::time::Instant;
+
+use crate::deadline::Deadline;
 
 use self::connection::{AttemptError, Connections};
 pub use self::protocol::{ClientRequest, ClientResponse, NodeStatus, RefusedReason};
@@ -1183,7 +1185,8 @@ impl Client {
             .random_range(0..=backoff.as_millis() as u64 / 2 + 1);
         let pause = backoff + Duration::from_millis(jitter);
         let remaining = attempts.deadline.saturating_duration_since(Instant::now());
-        sleep(pause.min(remaining)).await;
+        // One timer however often the task is woken meanwhile (madsim's `sleep` arms one per poll).
+        Deadline::after(pause.min(remaining)).await;
         attempts.backoff = (backoff * 2).min(self.options.retry_backoff_max);
     }
 

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, Instant};
 
 use crate::deadline::timeout;
+use crate::moving_deadline::MovingDeadline;
 use tracing::Instrument;
 use tracing::{debug, warn};
 
@@ -305,15 +306,18 @@ async fn serve_client(
         budget: Some(&config.budget),
         payload_timeout: Some(config.frame_read_timeout),
     };
+    // One idle timer per connection, not one per request (`moving_deadline`).
+    let mut idle = MovingDeadline::new(Instant::now() + config.idle_timeout);
     loop {
-        let frame = match timeout(
-            config.idle_timeout,
-            read_frame_limited::<_, ClientFrame>(&mut reader, &limits),
-        )
-        .await
-        {
+        idle.set(Instant::now() + config.idle_timeout);
+        let read = tokio::select! {
+            biased;
+            frame = read_frame_limited::<_, ClientFrame>(&mut reader, &limits) => Ok(frame),
+            () = idle.elapsed() => Err(()),
+        };
+        let frame = match read {
             Ok(frame) => frame?,
-            Err(_) => {
+            Err(()) => {
                 debug!(%addr, idle_timeout_ms = config.idle_timeout.as_millis() as u64, "idle client connection closed");
                 return Ok(());
             }
