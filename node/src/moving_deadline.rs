@@ -9,6 +9,11 @@
 //! arms one for the deadline as it is then. With a timeout `T` and requests every `t`, that is
 //! about one timer per `T` instead of one per `t`. In tokio it saves a timer entry per request.
 //!
+//! `deadline::Deadline::set` keeps a timer the same way for a deadline that stays in one task
+//! (a peer connection's silence limit); this one also follows an owner that moves between
+//! tasks (a `Client` is used from whichever task holds it), at the price of a waker per timer.
+//! Folding the two into one type is left to do.
+//!
 //! Invariants: `poll_elapsed` is ready exactly when the time reaches the deadline last `set`,
 //! and whenever it returns pending, a timer is armed, no later than that deadline, that wakes
 //! the task that polled last (a timer armed by another task is replaced: the owner may move
