@@ -51,6 +51,7 @@ RESULTS=$OUT/results.jsonl
 LOGS=$OUT/logs
 
 log() { printf '[bench-peers %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+. "$ROOT/workloads/bench/apt.sh"
 
 # --- what this script started, stopped on every exit ------------------------------------------
 # Each server runs under `timeout`, which puts itself and everything below it (quorumkv
@@ -86,12 +87,7 @@ install_missing() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
   command -v timeout >/dev/null || missing+=(coreutils)
-  [ ${#missing[@]} = 0 ] && return
-  log "installing ${missing[*]}"
-  local sudo=
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+  apt_install "${missing[@]}"
 }
 
 # Every server runs under `timeout`: it stops by itself after SERVER_MAX_S.

@@ -48,6 +48,7 @@ LOGS=$OUT/storage-logs
 QKV_ENDPOINTS="127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2)),127.0.0.1:$((BASE + 3))"
 
 log() { printf '[bench-storage %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+. "$ROOT/workloads/bench/apt.sh"
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 now_ms() { date +%s%3N; }
 
@@ -328,12 +329,7 @@ install_missing() {
   if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_QUORUMKV:-}${BENCH_YCSB:-}" ]; then
     command -v protoc >/dev/null || missing+=(protobuf-compiler)
   fi
-  [ ${#missing[@]} = 0 ] && return
-  log "installing ${missing[*]}"
-  local sudo=
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+  apt_install "${missing[@]}"
 }
 
 main() {
