@@ -36,7 +36,10 @@ fn membership() -> Membership {
 }
 
 fn group_on(disk: &CrashDisk, config: &ServerConfig) -> Group {
-    let disk: Arc<dyn Disk> = Arc::new(disk.clone());
+    group_on_disk(Arc::new(disk.clone()), config)
+}
+
+fn group_on_disk(disk: Arc<dyn Disk>, config: &ServerConfig) -> Group {
     let wal = Wal::open(disk.clone(), StorageOptions::default()).expect("open the WAL");
     open_group(
         GROUP,
@@ -426,6 +429,23 @@ impl Disk for RenamesFail {
     }
 }
 
+/// Applies entry `index`, a put of key `own-<index>`, to `group`'s engine and commits it durably.
+fn put_own_key(group: &mut Group, index: LogIndex) {
+    let GroupMachine::Kv(machine) = &mut group.machine else {
+        panic!("a shard group");
+    };
+    let command = Command {
+        client_id: 9,
+        seq: index,
+        op: Operation::Put {
+            key: format!("own-{index}").into_bytes(),
+            value: vec![7; 8],
+        },
+    };
+    machine.apply(index, &command).unwrap();
+    machine.commit(true).unwrap();
+}
+
 /// A received snapshot whose rename into place fails is refused, and the group keeps the
 /// engine it had, data and applied index (it used to be left with an empty in-memory
 /// placeholder: every later read and apply went to an empty shard). A later transfer goes
@@ -438,33 +458,11 @@ fn a_failed_swap_keeps_the_engine_the_group_had() {
         inner: CrashDisk::new(5),
         fail: Arc::clone(&fail),
     });
-    let wal = Wal::open(disk.clone(), StorageOptions::default()).expect("open the WAL");
-    pair.receiver = open_group(
-        GROUP,
-        &disk,
-        &wal,
-        &pair.recv_config,
-        &KvConfig::default(),
-        membership(),
-        0,
-    )
-    .expect("open group");
+    pair.receiver = group_on_disk(disk, &pair.recv_config);
     // The receiver already holds a few keys of its own, applied and committed.
-    let GroupMachine::Kv(machine) = &mut pair.receiver.machine else {
-        panic!("a shard group");
-    };
-    for i in 1..=5u64 {
-        let command = Command {
-            client_id: 9,
-            seq: i,
-            op: Operation::Put {
-                key: format!("own-{i}").into_bytes(),
-                value: vec![7; 8],
-            },
-        };
-        machine.apply(i, &command).unwrap();
+    for i in 1..=5 {
+        put_own_key(&mut pair.receiver, i);
     }
-    machine.commit(true).unwrap();
     let before = contents(&pair.receiver);
     assert_eq!(before.len(), 5);
 
@@ -493,19 +491,7 @@ fn a_failed_swap_keeps_the_engine_the_group_had() {
     assert_eq!(pair.receiver.machine_applied_index(), 5);
     assert_eq!(contents(&pair.receiver), before);
     // The engine still takes applies and checkpoints.
-    let GroupMachine::Kv(machine) = &mut pair.receiver.machine else {
-        panic!("a shard group");
-    };
-    let command = Command {
-        client_id: 9,
-        seq: 6,
-        op: Operation::Put {
-            key: b"own-6".to_vec(),
-            value: vec![7; 8],
-        },
-    };
-    machine.apply(6, &command).unwrap();
-    machine.commit(true).unwrap();
+    put_own_key(&mut pair.receiver, 6);
     assert_eq!(contents(&pair.receiver).len(), 6);
 
     fail.store(false, Ordering::SeqCst);
