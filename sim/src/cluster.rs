@@ -210,8 +210,8 @@ fn buggify(config: &mut ServerConfig, rng: &mut StdRng, trace: &Trace) {
     let wal_segment = [4096, 32 << 10, config.wal_segment_max_bytes];
     config.wal_segment_max_bytes = wal_segment[rng.random_range(0..wal_segment.len())];
     // Half the seeds checkpoint without redb's quick repair (a production knob, default on):
-    // a reopen after a crash then runs redb's full repair, and checkpoints, frequent under
-    // the knobs above, skip serializing the allocator state (most of their CPU).
+    // a reopen after a crash then runs redb's full repair, and checkpoints skip serializing
+    // the allocator state (a small share of their CPU: docs/SIMULATION.md, "Session 11").
     config.engine_quick_repair = rng.random_bool(0.5);
     trace.log(format!(
         "buggify: wal_segment_max_bytes={} engine_quick_repair={}",
